@@ -1,0 +1,1 @@
+"""GPLQ calibration: losses, calibration loop, weight PTQ, metrics (calibration issue)."""

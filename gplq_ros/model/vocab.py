@@ -1,0 +1,110 @@
+"""VLAD vocabulary: spherical k-means on patch features, saved versioned without pickle.
+
+File format (``FORMAT`` version ``VERSION``): one safetensors file holding ``centers``
+(K, C) float32 unit vectors; its header metadata key ``gplq_ros`` holds a JSON object
+(format, version, backbone, weights_sha256, block, facet, long_side, k, image list with
+sha256, feature count, seed). A sidecar ``.json`` with the same object is written for
+people to read; loading trusts only the safetensors file.
+"""
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from .heads import l2_normalize
+
+FORMAT = 'gplq_ros.vlad_vocab'
+VERSION = 1
+
+
+class VocabError(ValueError):
+    """A vocabulary file that cannot be used (missing, wrong version, malformed)."""
+
+
+def spherical_kmeans(x: np.ndarray, k: int, iters: int = 30, seed: int = 0) -> np.ndarray:
+    """k-means on unit vectors by cosine similarity, k-means++ seeding; returns (k, C)."""
+    x = l2_normalize(np.asarray(x, np.float32))
+    n = x.shape[0]
+    if k < 1 or n < k:
+        raise ValueError(f'k-means needs 1 <= k <= number of features, got k={k} n={n}')
+    rng = np.random.default_rng(seed)
+    centers = [x[rng.integers(n)]]
+    d2 = np.full(n, np.inf, np.float32)
+    for _ in range(1, k):
+        d2 = np.minimum(d2, np.maximum(0.0, 2.0 - 2.0 * (x @ centers[-1])))
+        p = d2 / d2.sum() if d2.sum() > 0 else None
+        centers.append(x[rng.choice(n, p=p)])
+    c = np.stack(centers)
+    for _ in range(iters):
+        assign = np.argmax(x @ c.T, axis=1)
+        new = np.zeros_like(c)
+        np.add.at(new, assign, x)
+        empty = np.bincount(assign, minlength=k) == 0
+        if empty.any():  # re-seed empty clusters on the worst-served points
+            worst = np.argsort(np.max(x @ c.T, axis=1))[:int(empty.sum())]
+            new[empty] = x[worst]
+        new = l2_normalize(new)
+        if np.allclose(new, c, atol=1e-6):
+            c = new
+            break
+        c = new
+    return c.astype(np.float32)
+
+
+@dataclass
+class VocabMeta:
+    backbone: str
+    weights_sha256: str
+    block: int
+    facet: str
+    long_side: int
+    k: int
+    seed: int
+    n_features: int
+    images: List[dict] = field(default_factory=list)
+    format: str = FORMAT
+    version: int = VERSION
+
+
+@dataclass
+class Vocabulary:
+    centers: np.ndarray
+    meta: VocabMeta
+
+    def save(self, path: Path, force: bool = False) -> None:
+        path = Path(path)
+        if path.exists() and not force:
+            raise FileExistsError(f'{path} exists; pass force=True (--force) to overwrite')
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(asdict(self.meta), sort_keys=True)
+        tmp = path.with_suffix(path.suffix + '.tmp')
+        save_file({'centers': np.ascontiguousarray(self.centers, np.float32)}, str(tmp),
+                  metadata={'gplq_ros': text})
+        tmp.replace(path)
+        path.with_suffix('.json').write_text(json.dumps(asdict(self.meta), indent=2) + '\n')
+
+    @classmethod
+    def load(cls, path: Path, expect_weights_sha256: Optional[str] = None) -> 'Vocabulary':
+        path = Path(path)
+        if not path.is_file():
+            raise VocabError(f'vocabulary file not found: {path} (build one with gplq_vocab)')
+        from safetensors import safe_open
+        with safe_open(str(path), framework='numpy') as f:
+            header = (f.metadata() or {}).get('gplq_ros')
+        if header is None:
+            raise VocabError(f'{path}: no gplq_ros metadata; not a gplq_ros vocabulary')
+        raw = json.loads(header)
+        if raw.get('format') != FORMAT or raw.get('version') != VERSION:
+            raise VocabError(f'{path}: format={raw.get("format")!r} version={raw.get("version")!r}'
+                             f' is not supported (expected {FORMAT!r} version {VERSION})')
+        meta = VocabMeta(**raw)
+        centers = load_file(str(path))['centers']
+        if centers.shape[0] != meta.k or centers.ndim != 2:
+            raise VocabError(f'{path}: centers shape {centers.shape} does not match k={meta.k}')
+        if expect_weights_sha256 and meta.weights_sha256 != expect_weights_sha256:
+            raise VocabError(f'{path}: built for weights sha256={meta.weights_sha256[:12]}..., '
+                             f'but the extractor uses {expect_weights_sha256[:12]}...')
+        return cls(centers, meta)

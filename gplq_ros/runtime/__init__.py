@@ -1,0 +1,1 @@
+"""Onboard runtime: artifact format, ONNX export, ONNX Runtime engine (runtime issue)."""

@@ -1,0 +1,1 @@
+"""Console scripts (gplq_assets, gplq_vocab, gplq_demo)."""

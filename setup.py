@@ -1,0 +1,32 @@
+"""ament_python package definition for gplq_ros (also installable with pip)."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'gplq_ros'
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(include=[PACKAGE, PACKAGE + '.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
+        ('share/' + PACKAGE, ['package.xml']),
+        ('share/' + PACKAGE + '/launch', glob('launch/*.py')),
+        ('share/' + PACKAGE + '/config', glob('config/*.yaml')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='gplq_ros maintainers',
+    maintainer_email='maintainers@gplq-ros.invalid',
+    description='GPLQ-quantized DINOv2 features for onboard drone perception.',
+    license='Apache-2.0',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'gplq_assets = gplq_ros.tools.assets:main',
+            'gplq_vocab = gplq_ros.tools.vocab:main',
+            'gplq_demo = gplq_ros.tools.demo:main',
+        ],
+    },
+)
