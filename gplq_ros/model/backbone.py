@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .preprocess import PATCH
-from .weights import TIMM_ARCH, read_checkpoint, sha256_file
+from .weights import TIMM_ARCH, WeightsError, read_checkpoint, sha256_file
 
 FACETS = ('token', 'query', 'key', 'value')
 Key = Tuple[int, str]
@@ -112,11 +112,18 @@ def load_extractor(weights: Optional[Path] = None) -> DinoV2Extractor:
     """Build the extractor with weights loaded strictly (missing/unexpected keys raise)."""
     from ..paths import default_weights
     path = Path(weights) if weights else default_weights()
-    sd = read_checkpoint(path)
-    vit = build_vit()
-    missing, unexpected = vit.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ValueError(f'{path}: does not match {TIMM_ARCH}: missing={sorted(missing)[:5]} '
-                         f'unexpected={sorted(unexpected)[:5]}')
+    vit = load_strict(build_vit(), read_checkpoint(path), path)
     vit.eval().requires_grad_(False)
     return DinoV2Extractor(vit, sha256_file(path)).eval()
+
+
+def load_strict(vit: nn.Module, sd: dict, source) -> nn.Module:
+    """Load every key with matching shapes, or raise WeightsError naming what differs."""
+    try:
+        missing, unexpected = vit.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise WeightsError(f'{source}: not DINOv2-S/14 ({TIMM_ARCH}): {str(e)[:400]}') from None
+    if missing or unexpected:
+        raise WeightsError(f'{source}: not DINOv2-S/14 ({TIMM_ARCH}): missing={sorted(missing)[:5]} '
+                           f'unexpected={sorted(unexpected)[:5]}')
+    return vit

@@ -31,12 +31,18 @@ def spherical_kmeans(x: np.ndarray, k: int, iters: int = 30, seed: int = 0) -> n
     if k < 1 or n < k:
         raise ValueError(f'k-means needs 1 <= k <= number of features, got k={k} n={n}')
     rng = np.random.default_rng(seed)
+    # greedy k-means++ (as scikit-learn): of 2 + log(k) candidates drawn with probability
+    # proportional to the squared distance, keep the one that lowers the potential most
+    trials = 2 + int(np.log(k))
     centers = [x[rng.integers(n)]]
-    d2 = np.full(n, np.inf, np.float32)
+    d2 = np.maximum(0.0, 2.0 - 2.0 * (x @ centers[0]))
     for _ in range(1, k):
-        d2 = np.minimum(d2, np.maximum(0.0, 2.0 - 2.0 * (x @ centers[-1])))
         p = d2 / d2.sum() if d2.sum() > 0 else None
-        centers.append(x[rng.choice(n, p=p)])
+        cand = rng.choice(n, size=trials, p=p)
+        cand_d2 = np.minimum(d2[None], np.maximum(0.0, 2.0 - 2.0 * (x[cand] @ x.T)))
+        best = int(np.argmin(cand_d2.sum(axis=1)))
+        centers.append(x[cand[best]])
+        d2 = cand_d2[best]
     c = np.stack(centers)
     for _ in range(iters):
         assign = np.argmax(x @ c.T, axis=1)

@@ -132,8 +132,9 @@ def convert_onnx(onnx_path: Path, dest: Path) -> Path:
     sd = {k: np.ascontiguousarray(v, np.float32) for k, v in hf_to_timm(onnx_to_hf(onnx_path)).items()}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix('.tmp')
-    save_file(sd, str(tmp), metadata={'backbone': BACKBONE_ID, 'source': ONNX_MEMBER,
-                                      'source_sha256': sha256_file(onnx_path)})
+    # one metadata key: safetensors writes several in random order (file hash would vary)
+    meta = {'backbone': BACKBONE_ID, 'source': ONNX_MEMBER, 'source_sha256': sha256_file(onnx_path)}
+    save_file(sd, str(tmp), metadata={'gplq_ros': json.dumps(meta, sort_keys=True)})
     tmp.replace(dest)
     return dest
 
@@ -157,22 +158,18 @@ def convert_user_weights(src: Path, home: Path) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from ..model.backbone import build_vit
+    from ..model.backbone import build_vit, load_strict
     from ..model.weights import read_checkpoint
-    sd = read_checkpoint(src)
-    vit = build_vit()
-    missing, unexpected = vit.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise WeightsError(f'{src}: not DINOv2-S/14: missing={sorted(missing)[:5]} '
-                           f'unexpected={sorted(unexpected)[:5]}')
+    vit = load_strict(build_vit(), read_checkpoint(src), src)
     with torch.inference_mode():
         y = vit.forward_features(torch.zeros(1, 3, 518, 518))
     if not torch.isfinite(y).all():
         raise WeightsError(f'{src}: non-finite output on a zero image')
     dest = home / 'weights' / f'user_{sha256_file(src)[:12]}.safetensors'
     dest.parent.mkdir(parents=True, exist_ok=True)
+    meta = {'backbone': BACKBONE_ID, 'source': str(src)}
     save_file({k: v.contiguous().float() for k, v in vit.state_dict().items()}, str(dest),
-              metadata={'backbone': BACKBONE_ID, 'source': str(src)})
+              metadata={'gplq_ros': json.dumps(meta, sort_keys=True)})
     return {'source': str(src), 'path': str(dest), 'sha256': sha256_file(dest)}
 
 

@@ -1,4 +1,6 @@
 """Helpers shared by the console scripts: image lists and crops of real images."""
+import functools
+import sys
 from pathlib import Path
 from typing import List
 
@@ -6,6 +8,8 @@ import cv2
 import numpy as np
 
 from ..model.preprocess import read_rgb
+from ..model.vocab import VocabError
+from ..model.weights import WeightsError
 from ..paths import default_images_dir
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
@@ -56,3 +60,20 @@ def tile(images: List[np.ndarray], height: int) -> np.ndarray:
         parts.append(cv2.resize(im, (w, height), interpolation=cv2.INTER_AREA))
         parts.append(np.full((height, 4, 3), 255, np.uint8))
     return np.concatenate(parts[:-1], axis=1)
+
+
+USER_ERRORS = (FileNotFoundError, FileExistsError, VocabError, WeightsError)
+
+
+def cli(prog: str):
+    """Wrap a console-script main: user errors print one line and exit 2 (no traceback)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def main(argv=None) -> int:
+            try:
+                return fn(argv)
+            except USER_ERRORS as e:
+                print(f'{prog}: error: {e}', file=sys.stderr)
+                return 2
+        return main
+    return wrap

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..model.heads import l2_normalize
 from ..paths import default_vocab
-from .common import list_images, load_images, tile
+from .common import cli, list_images, load_images, tile
 
 PANEL_H = 360
 
@@ -75,6 +75,7 @@ def similarity_png(names, sim: np.ndarray, flip: np.ndarray) -> np.ndarray:
     return img
 
 
+@cli('gplq_demo')
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='gplq_demo', description=__doc__.split('\n\n')[0])
     ap.add_argument('--images', nargs='+', default=None, help='dirs/files (default: cached aerial images)')

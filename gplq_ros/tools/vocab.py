@@ -13,7 +13,7 @@ import numpy as np
 
 from ..model.weights import BACKBONE_ID, sha256_file
 from ..paths import default_vocab, default_weights
-from .common import list_images, load_images, random_views
+from .common import cli, list_images, load_images, random_views
 
 
 def build_vocabulary(extractor, images, k=32, block=9, facet='value', long_side=224,
@@ -36,6 +36,7 @@ def build_vocabulary(extractor, images, k=32, block=9, facet='value', long_side=
     return Vocabulary(centers, meta)
 
 
+@cli('gplq_vocab')
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='gplq_vocab', description=__doc__.split('\n\n')[0])
     ap.add_argument('--images', nargs='+', default=None, help='dirs/files (default: cached aerial images)')
@@ -48,8 +49,15 @@ def main(argv=None) -> int:
     ap.add_argument('--crops', type=int, default=8, help='random crops per image (default 8)')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--force', action='store_true', help='overwrite --out')
+    ap.add_argument('--if-missing', action='store_true',
+                    help='exit 0 without work when --out exists and matches the weights')
     args = ap.parse_args(argv)
     out = args.out or default_vocab()
+    if out.exists() and args.if_missing and not args.force:
+        from ..model.vocab import Vocabulary
+        Vocabulary.load(out, sha256_file(args.weights or default_weights()))
+        print(f'gplq_vocab: using existing {out}')
+        return 0
     if out.exists() and not args.force:
         print(f'gplq_vocab: {out} exists; pass --force to rebuild it', file=sys.stderr)
         return 1

@@ -1,0 +1,45 @@
+"""Shared fixtures: real assets (fetched/verified once per cache), the real extractor,
+and ROS 2 environment isolation (random ROS_DOMAIN_ID per test run, loopback only)."""
+import os
+import random
+import sys
+
+import pytest
+
+# Before anything imports rclpy: isolate this run's DDS traffic.
+os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 101))
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
+
+
+@pytest.fixture(scope='session')
+def manifest():
+    from gplq_ros.paths import gplq_home
+    from gplq_ros.tools.assets import ensure_assets
+    return ensure_assets(gplq_home())
+
+
+@pytest.fixture(scope='session')
+def image_paths(manifest):
+    from gplq_ros.tools.common import list_images
+    return list_images([manifest['images']['dir']])
+
+
+@pytest.fixture(scope='session')
+def images(image_paths):
+    from gplq_ros.tools.common import load_images
+    return dict(zip([p.name for p in image_paths], load_images(image_paths)))
+
+
+@pytest.fixture(scope='session')
+def extractor(manifest):
+    import torch
+    torch.set_num_threads(2)
+    from gplq_ros.model.backbone import load_extractor
+    return load_extractor(manifest['weights']['path'])
+
+
+@pytest.fixture(scope='session')
+def vocab(extractor, images):
+    from gplq_ros.tools.vocab import build_vocabulary
+    return build_vocabulary(extractor, list(images.values()), k=32, crops=4, seed=0)

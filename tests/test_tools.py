@@ -1,0 +1,60 @@
+"""gplq_vocab and gplq_demo end to end on real images."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(module, *args):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='2')
+    return subprocess.run([sys.executable, '-m', module, *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def three_images(image_paths):
+    return [p for p in image_paths if p.name.startswith(('OSBS', 'SOAP'))]
+
+
+def test_vocab_then_demo(three_images, tmp_path, manifest):
+    vocab = tmp_path / 'v.safetensors'
+    res = run('gplq_ros.tools.vocab', '--images', *three_images, '--k', 8, '--crops', 2, '--out', vocab)
+    assert res.returncode == 0, res.stderr
+    meta = json.loads(vocab.with_suffix('.json').read_text())
+    assert meta['k'] == 8 and meta['block'] == 9 and meta['facet'] == 'value'
+    assert meta['weights_sha256'] == manifest['weights']['sha256']
+    assert meta['n_features'] == 3 * 3 * 256  # whole image + 2 crops, 16x16 patches each
+
+    # never overwritten silently; --if-missing reuses it
+    res = run('gplq_ros.tools.vocab', '--images', *three_images, '--k', 8, '--out', vocab)
+    assert res.returncode == 1 and '--force' in res.stderr
+    res = run('gplq_ros.tools.vocab', '--if-missing', '--out', vocab)
+    assert res.returncode == 0 and 'existing' in res.stdout
+
+    out = tmp_path / 'demo'
+    res = run('gplq_ros.tools.demo', '--images', *three_images, '--vocab', vocab, '--long-side', 224,
+              '--out', out)
+    assert res.returncode == 0, res.stderr
+    for p in three_images:
+        pic = cv2.imread(str(out / (p.stem + '.png')))
+        assert pic is not None and pic.shape[0] == 360 and pic.shape[1] > 4 * 360
+    summary = json.loads((out / 'similarity.json').read_text())
+    assert len(summary['similarity']) == 3 and summary['min_flip_cosine'] > 0
+    assert cv2.imread(str(out / 'similarity.png')) is not None
+
+
+def test_demo_without_vocabulary_says_how_to_build_it(tmp_path, three_images):
+    res = run('gplq_ros.tools.demo', '--images', three_images[0], '--vocab', tmp_path / 'none.safetensors',
+              '--out', tmp_path / 'd')
+    assert res.returncode == 2 and 'gplq_vocab' in res.stderr
+
+
+def test_bad_images_argument(tmp_path):
+    res = run('gplq_ros.tools.vocab', '--images', tmp_path / 'nowhere', '--out', tmp_path / 'v.safetensors')
+    assert res.returncode == 2 and 'nowhere' in res.stderr
