@@ -27,6 +27,8 @@ setup(
             'gplq_assets = gplq_ros.tools.assets:main',
             'gplq_vocab = gplq_ros.tools.vocab:main',
             'gplq_demo = gplq_ros.tools.demo:main',
+            'gplq_calibrate = gplq_ros.tools.calibrate:main',
+            'gplq_fidelity = gplq_ros.tools.fidelity:main',
         ],
     },
 )

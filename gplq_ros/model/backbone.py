@@ -11,7 +11,7 @@
   attention input projections, taken from its ``qkv`` Linear).
 """
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,16 @@ class DinoV2Extractor(nn.Module):
         for blk in self.vit.blocks:
             t = blk(t)
         return self.vit.norm(t)
+
+    def block_tokens(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Patch tokens (B, gh*gw, C) after every block; the last after the final LayerNorm."""
+        t = self.embed(x)
+        outs = []
+        for blk in self.vit.blocks:
+            t = blk(t)
+            outs.append(t[:, 1:])
+        outs[-1] = self.vit.norm(t)[:, 1:]
+        return outs
 
 
 def build_vit() -> nn.Module:

@@ -39,20 +39,32 @@ def label(img: np.ndarray, text: str) -> np.ndarray:
     return img
 
 
+def boundary_rgb(out, scale: float) -> np.ndarray:
+    return cv2.applyColorMap((np.clip(out.boundary_full / max(scale, 1e-6), 0, 1) * 255).astype(np.uint8),
+                             cv2.COLORMAP_INFERNO)[..., ::-1]
+
+
+def draw_corners(img: np.ndarray, out) -> np.ndarray:
+    img = img.copy()
+    r = max(3, int(min(img.shape[:2]) / 80))
+    for i, (x, y) in enumerate(out.corners_px):
+        color = (255, 40, 40) if i < 10 else (255, 220, 0)
+        cv2.circle(img, (int(x), int(y)), r, color, max(1, r // 2), cv2.LINE_AA)
+    return img
+
+
+def draw_boundary_corners(image: np.ndarray, out, text: str, scale: float = 0.6) -> np.ndarray:
+    """Boundary map (fixed colour scale, comparable between models) with corners on top."""
+    return label(draw_corners(boundary_rgb(out, scale), out), text)
+
+
 def draw_panel(image: np.ndarray, out) -> np.ndarray:
     h, w = image.shape[:2]
     pca = cv2.resize(pca_rgb(out.tokens), (w, h), interpolation=cv2.INTER_NEAREST)
-    bmax = max(float(out.boundary.max()), 1e-6)
-    bnd = cv2.applyColorMap((np.clip(out.boundary_full / bmax, 0, 1) * 255).astype(np.uint8),
-                            cv2.COLORMAP_INFERNO)[..., ::-1]
-    corners = image.copy()
-    r = max(3, int(min(h, w) / 80))
-    for i, (x, y) in enumerate(out.corners_px):
-        color = (255, 40, 40) if i < 10 else (255, 220, 0)
-        cv2.circle(corners, (int(x), int(y)), r, color, max(1, r // 2), cv2.LINE_AA)
+    bmax = float(out.boundary.max())
     return tile([label(image, 'input'), label(pca, 'feature PCA'),
-                 label(bnd, f'boundary (max {bmax:.2f})'),
-                 label(corners, f'{len(out.corners_px)} Harris corners')], PANEL_H)
+                 label(boundary_rgb(out, bmax), f'boundary (max {bmax:.2f})'),
+                 label(draw_corners(image, out), f'{len(out.corners_px)} Harris corners')], PANEL_H)
 
 
 def similarity_png(names, sim: np.ndarray, flip: np.ndarray) -> np.ndarray:

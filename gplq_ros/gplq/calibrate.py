@@ -1,0 +1,86 @@
+"""Stage 1: activation-only calibration (weights FP32 and frozen).
+
+Quantizer s, z are initialized from statistics on ``init_crops`` crops, then (method
+'gplq') learned for ``epochs`` epochs with Adam on the GPLQ loss. Per quantizer the
+learning rates are relative: scales step by ~``lr * mean(s0)``, zero-points by
+~``5 * lr`` codes. Model-agnostic: needs ``block_tokens``, ``quantizers``,
+``act_enabled``, ``observe`` (``model.quantized.QuantDinoV2`` provides them).
+"""
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import CalibConfig
+from .losses import GPLQLoss, as_grid
+
+
+def batches_of(tensors: Sequence[torch.Tensor], batch: int, order=None):
+    idx = list(range(len(tensors))) if order is None else list(order)
+    for i in range(0, len(idx), batch):
+        yield torch.cat([tensors[j] for j in idx[i:i + batch]])
+
+
+@torch.no_grad()
+def init_quantizers(qm, inputs: Sequence[torch.Tensor], method: str, batch: int) -> None:
+    qm.act_enabled(False).observe(True)
+    for x in batches_of(inputs, batch):
+        qm.block_tokens(x)
+    for q in qm.quantizers.values():
+        q.init_from_stats(method)
+    qm.observe(False)
+
+
+def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
+           progress: Optional[Callable] = None) -> Dict[str, list]:
+    """Calibrate activation quantizers in place; returns the per-step loss history."""
+    init = cfg.method if cfg.method in ('minmax', 'percentile') else cfg.init
+    init_quantizers(qm, inputs[:cfg.init_crops], init, cfg.batch)
+    history: Dict[str, list] = {}
+    if cfg.method != 'gplq' or cfg.epochs == 0:
+        qm.act_enabled(True)
+        return history
+    grid = (inputs[0].shape[2] // 14, inputs[0].shape[3] // 14)
+    loss_fn = GPLQLoss(cfg)
+    groups = []
+    for q in qm.quantizers.values():
+        q.scale.requires_grad_(True)
+        q.zero_point.requires_grad_(True)
+        groups.append({'params': [q.scale], 'lr': cfg.lr * float(q.scale.detach().abs().mean())})
+        groups.append({'params': [q.zero_point], 'lr': 5.0 * cfg.lr})
+    opt = torch.optim.Adam(groups)
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.pca_final:
+        with torch.no_grad():
+            qm.act_enabled(False)
+            fp = qm.block_tokens(torch.cat(inputs[:cfg.init_crops]))
+        history['pca_components'] = [loss_fn.fit_pca(fp[-1])]
+    step = 0
+    t0 = time.perf_counter()
+    for _ in range(cfg.epochs):
+        for x in batches_of(inputs, cfg.batch, rng.permutation(len(inputs))):
+            with torch.no_grad():
+                qm.act_enabled(False)
+                fp = [as_grid(t, grid) for t in qm.block_tokens(x)]
+            qm.act_enabled(True)
+            for q in qm.quantizers.values():
+                q.track_error = cfg.lambda_reg > 0
+            out = [as_grid(t, grid) for t in qm.block_tokens(x)]
+            errors = [q.last_error for q in qm.quantizers.values() if q.last_error is not None]
+            terms = loss_fn(fp, out, errors)
+            opt.zero_grad(set_to_none=True)
+            terms['total'].backward()
+            opt.step()
+            step += 1
+            for k, v in terms.items():
+                history.setdefault(k, []).append(float(v.detach()))
+            if progress:
+                progress(step, {k: float(v.detach()) for k, v in terms.items()})
+    for q in qm.quantizers.values():
+        q.track_error, q.last_error = False, None
+        q.scale.requires_grad_(False)
+        q.zero_point.requires_grad_(False)
+    qm.act_enabled(True)
+    history['wall_s'] = [time.perf_counter() - t0]
+    return history

@@ -1,0 +1,183 @@
+"""Quantization math (torch): affine fake-quant with learnable scale/zero-point, the
+straight-through estimator, LSQ gradient scaling, observers and symmetric weight codes.
+
+Activation quantizer (asymmetric, unsigned codes in [0, 2^b - 1])::
+
+    Q(x) = (clamp(round(x / s) + round(z), qmin, qmax) - round(z)) * s
+
+``round`` uses the straight-through estimator, so d/ds and d/dz are the LSQ(+)
+gradients; both are scaled by ``1 / sqrt(numel_per_scale * qmax)`` (LSQ).
+Weights are symmetric signed codes in [-2^(b-1), 2^(b-1) - 1] (4 bits: [-8, 7]) with
+one scale per output channel or per group of ``group_size`` input channels; the clip
+ratio of each row/group is the one (of a grid) that minimizes the squared error.
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+
+def act_qrange(bits: int) -> Tuple[int, int]:
+    return 0, (1 << bits) - 1
+
+
+def weight_qrange(bits: int) -> Tuple[int, int]:
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """Value of x, gradient multiplied by g."""
+    return (x - x * g).detach() + x * g
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+               qmin: int, qmax: int, g: float = 1.0) -> torch.Tensor:
+    s = grad_scale(scale, g).abs().clamp_min(1e-8)
+    z = round_ste(grad_scale(zero_point, g))
+    q = torch.clamp(round_ste(x / s) + z, qmin, qmax)
+    return (q - z) * s
+
+
+class ActQuantizer(nn.Module):
+    """Learnable affine activation quantizer, per tensor or per channel (last dim).
+
+    Modes: ``observe()`` records ranges (min/max and percentiles) while passing x
+    through; ``init_from_stats(method)`` sets s, z; ``enable()`` fake-quantizes.
+    """
+
+    def __init__(self, bits: int, channels: Optional[int] = None, name: str = ''):
+        super().__init__()
+        if not 2 <= bits <= 16:
+            raise ValueError(f'{name}: activation bits must be in [2, 16], got {bits}')
+        self.bits, self.channels, self.name = bits, channels, name
+        n = channels or 1
+        self.scale = nn.Parameter(torch.ones(n))
+        self.zero_point = nn.Parameter(torch.zeros(n))
+        self.enabled = False
+        self.observing = False
+        self.track_error = False
+        self.last_error: Optional[torch.Tensor] = None
+        self._stats = []
+
+    @property
+    def per_channel(self) -> bool:
+        return self.channels is not None
+
+    def observe(self, on: bool = True):
+        self.observing = on
+        if on:
+            self._stats = []
+        return self
+
+    def enable(self, on: bool = True):
+        self.enabled = on
+        return self
+
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1]) if self.per_channel else x.reshape(1, -1).T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            with torch.no_grad():
+                flat = self._reduce(x.detach().float())
+                if flat.shape[0] > 200_000:  # subsample huge tensors for quantiles
+                    idx = torch.randint(0, flat.shape[0], (200_000,), generator=_gen(flat.shape[0]))
+                    sample = flat[idx]
+                else:
+                    sample = flat
+                qs = torch.quantile(sample, torch.tensor([0.001, 0.005, 0.995, 0.999]), dim=0)
+                self._stats.append(torch.stack([flat.min(0).values, qs[0], qs[1], qs[2], qs[3],
+                                                flat.max(0).values]))
+            return x
+        if not self.enabled:
+            return x
+        qmin, qmax = act_qrange(self.bits)
+        per = x.numel() / self.scale.numel()
+        y = fake_quant(x, self.scale, self.zero_point, qmin, qmax, 1.0 / math.sqrt(per * qmax))
+        if self.track_error:
+            self.last_error = ((y - x) ** 2).mean() / (x.detach() ** 2).mean().clamp_min(1e-12)
+        return y
+
+    @torch.no_grad()
+    def init_from_stats(self, method: str = 'minmax'):
+        """minmax: [min, max] over batches; percentile: mean of per-batch 0.1%/99.9%
+        (0.5/99.5% below 6 bits) quantiles."""
+        if not self._stats:
+            raise RuntimeError(f'{self.name}: no statistics observed')
+        st = torch.stack(self._stats)  # (batches, 6, n)
+        if method == 'minmax':
+            lo, hi = st[:, 0].min(0).values, st[:, 5].max(0).values
+        elif method == 'percentile':
+            lo_i, hi_i = (2, 3) if self.bits < 6 else (1, 4)
+            lo, hi = st[:, lo_i].mean(0), st[:, hi_i].mean(0)
+        else:
+            raise ValueError(f'{self.name}: unknown init method {method!r}')
+        lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
+        qmin, qmax = act_qrange(self.bits)
+        s = ((hi - lo) / (qmax - qmin)).clamp_min(1e-8)
+        self.scale.copy_(s)
+        self.zero_point.copy_(qmin - lo / s)
+        self._stats = []
+        self.observing = False
+
+    def qparams(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(scale > 0, integer zero-point) as used in the forward pass."""
+        return self.scale.detach().abs().clamp_min(1e-8), torch.round(self.zero_point.detach())
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _grouped(w: torch.Tensor, group_size: Optional[int]) -> torch.Tensor:
+    out_f, in_f = w.shape
+    if group_size is None or group_size >= in_f:
+        return w.reshape(out_f, 1, in_f)
+    if in_f % group_size:
+        raise ValueError(f'in_features={in_f} is not a multiple of group_size={group_size}')
+    return w.reshape(out_f, in_f // group_size, group_size)
+
+
+@torch.no_grad()
+def weight_scales(w: torch.Tensor, bits: int, group_size: Optional[int] = None,
+                  clip: str = 'mse', grid: int = 20, min_ratio: float = 0.5) -> torch.Tensor:
+    """Symmetric scales (out, n_groups): per output channel when group_size is None.
+
+    clip='minmax' uses max|w|; clip='mse' tries ``grid`` ratios in [min_ratio, 1] of it
+    and keeps, per row/group, the one with the smallest squared rounding error."""
+    qmin, qmax = weight_qrange(bits)
+    g = _grouped(w.float(), group_size)
+    amax = g.abs().amax(-1).clamp_min(1e-12)
+    if clip == 'minmax':
+        return amax / qmax
+    if clip != 'mse':
+        raise ValueError(f'unknown weight clip {clip!r} (minmax|mse)')
+    best_err = torch.full_like(amax, float('inf'))
+    best = amax / qmax
+    for r in torch.linspace(1.0, min_ratio, grid):
+        s = amax * r / qmax
+        q = torch.clamp(torch.round(g / s[..., None]), qmin, qmax) * s[..., None]
+        err = ((q - g) ** 2).sum(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, s, best)
+    return best
+
+
+def weight_codes(w: torch.Tensor, scales: torch.Tensor, bits: int,
+                 group_size: Optional[int] = None) -> torch.Tensor:
+    """Integer codes (int8 tensor, shape of w) for given scales (round to nearest)."""
+    qmin, qmax = weight_qrange(bits)
+    g = _grouped(w.float(), group_size)
+    return torch.clamp(torch.round(g / scales[..., None]), qmin, qmax).reshape(w.shape).to(torch.int8)
+
+
+def dequantize_weight(codes: torch.Tensor, scales: torch.Tensor,
+                      group_size: Optional[int] = None) -> torch.Tensor:
+    g = _grouped(codes.float(), group_size)
+    return (g * scales[..., None]).reshape(codes.shape)
