@@ -22,7 +22,7 @@ class CalibConfig:
     method: str = 'gplq'             # gplq | minmax | percentile
     epochs: int = 1
     crops: int = 256
-    batch: int = 8
+    batch: int = 4
     lr: float = 0.01                 # relative step: scales move by ~lr * s0 per step
     init: str = 'minmax'             # initial s, z: minmax | percentile (measured worse)
     init_crops: int = 32

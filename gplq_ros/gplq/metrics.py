@@ -5,9 +5,11 @@
 * corner repeatability: fraction of FP32 corners with a quantized corner within
   ``radius`` patches (Chebyshev distance);
 * gradient alignment: cos(grad_theta L_fp, grad_theta L_q) per Linear weight and overall
-  for the label-free surrogate L = 1 - mean_patches cos(f(x), flip(f(flip(x)))): cross-view
-  consistency of the final tokens of an image and its horizontal flip. The quantized
-  gradient reaches the FP32 weights through the straight-through weight quantizer.
+  for the label-free surrogate L = 1 - mean_patches cos(f_theta(x'), t(x)): cross-view
+  consistency between the final tokens of a photometrically augmented view x' (contrast
+  x0.7, brightness +0.3 in normalized units, horizontal flip undone on the token grid) and
+  the fixed FP32 tokens t(x) of the original view. The quantized gradient reaches the
+  FP32 weights through the straight-through weight quantizer.
 """
 from typing import Dict, Sequence
 
@@ -50,12 +52,17 @@ def corner_repeatability(fp, q, radius: int = 1) -> float:
 def gradient_alignment(qm, inputs: Sequence, batch: int = 4, batches: int = 2) -> Dict[str, object]:
     import torch
 
-    def surrogate(x):
-        a = qm.block_tokens(x)[-1]
-        b = qm.block_tokens(torch.flip(x, dims=[3]))[-1]
-        gh, gw = x.shape[2] // 14, x.shape[3] // 14
-        b = torch.flip(b.reshape(b.shape[0], gh, gw, -1), dims=[2]).reshape_as(a)
-        return 1 - torch.nn.functional.cosine_similarity(a, b, dim=-1).mean()
+    gh, gw = inputs[0].shape[2] // 14, inputs[0].shape[3] // 14
+    xs = [torch.cat(list(inputs[i * batch:(i + 1) * batch])) for i in range(batches)]
+    with torch.no_grad():
+        qm.act_enabled(False).weight_enabled(False)
+        targets = [qm.block_tokens(x)[-1] for x in xs]
+
+    def surrogate(x, target):
+        view = torch.flip(x * 0.7 + 0.3, dims=[3])
+        b = qm.block_tokens(view)[-1]
+        b = torch.flip(b.reshape(b.shape[0], gh, gw, -1), dims=[2]).reshape_as(target)
+        return 1 - torch.nn.functional.cosine_similarity(b, target, dim=-1).mean()
 
     weights = {n: lin.weight for n, lin in qm.linears.items()}
     grads = {}
@@ -64,9 +71,8 @@ def gradient_alignment(qm, inputs: Sequence, batch: int = 4, batches: int = 2) -
         for w in weights.values():
             w.requires_grad_(True)
             w.grad = None
-        for i in range(batches):
-            x = torch.cat(list(inputs[i * batch:(i + 1) * batch]))
-            surrogate(x).backward()
+        for x, t in zip(xs, targets):
+            surrogate(x, t).backward()
         grads[mode] = {n: w.grad.detach().clone() for n, w in weights.items()}
         for w in weights.values():
             w.requires_grad_(False)
@@ -79,4 +85,4 @@ def gradient_alignment(qm, inputs: Sequence, batch: int = 4, batches: int = 2) -
     g1 = torch.cat([grads['fp'][n].flatten() for n in weights])
     g2 = torch.cat([grads['q'][n].flatten() for n in weights])
     return {'per_layer': per, 'overall': float(torch.nn.functional.cosine_similarity(g1, g2, dim=0)),
-            'surrogate': 'cross-view (horizontal flip) final-token cosine consistency'}
+            'surrogate': 'cross-view consistency: photometric jitter + flip vs FP32 tokens'}

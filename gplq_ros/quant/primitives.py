@@ -35,12 +35,51 @@ def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
     return (x - x * g).detach() + x * g
 
 
-def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-               qmin: int, qmax: int, g: float = 1.0) -> torch.Tensor:
+def fake_quant_reference(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                         qmin: int, qmax: int, g: float = 1.0) -> torch.Tensor:
+    """The quantizer written with autograd (STE + LSQ scaling); ``fake_quant`` computes the
+    same values and gradients while saving only x for backward (tested against this)."""
     s = grad_scale(scale, g).abs().clamp_min(1e-8)
     z = round_ste(grad_scale(zero_point, g))
     q = torch.clamp(round_ste(x / s) + z, qmin, qmax)
     return (q - z) * s
+
+
+def _reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
+    """Sum a broadcast gradient back to a per-tensor (1,) or per-last-dim (C,) shape."""
+    return t.reshape(-1, shape[0]).sum(0) if shape[0] > 1 else t.sum().reshape(1)
+
+
+class _FakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax, g):
+        s = scale.abs().clamp_min(1e-8)
+        z = torch.round(zero_point)
+        ctx.save_for_backward(x, scale, zero_point)
+        ctx.q = (qmin, qmax, g)
+        return (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, scale, zero_point = ctx.saved_tensors
+        qmin, qmax, g = ctx.q
+        s = scale.abs().clamp_min(1e-8)
+        z = torch.round(zero_point)
+        v = x / s
+        q = torch.round(v) + z
+        low, high = q < qmin, q > qmax
+        inside = ~(low | high)
+        gx = gy * inside
+        ds = torch.where(inside, torch.round(v) - v, torch.where(low, qmin - z, qmax - z))
+        gs = _reduce_to(gy * ds, scale.shape) * torch.sign(scale) * g
+        gz = _reduce_to(gy * (~inside) * (-s), zero_point.shape) * g
+        return gx, gs, gz, None, None, None
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+               qmin: int, qmax: int, g: float = 1.0) -> torch.Tensor:
+    """Q(x) with STE/LSQ gradients to x, scale and zero_point (scale/zp: (1,) or (C,))."""
+    return _FakeQuant.apply(x, scale, zero_point, qmin, qmax, g)
 
 
 class ActQuantizer(nn.Module):
