@@ -20,7 +20,7 @@ CONFIGS = {
                                     '--lambda-edge', '0'],
     'GPLQ full': ['--method', 'gplq'],
 }
-COLS = ('final_cosine', 'boundary_ssim', 'corner_repeatability', 'descriptor_cosine')
+COLS = ('final_cosine', 'boundary_ssim', 'corner_repeatability', 'descriptor_cosine', 'descriptor_top1')
 
 TRAIN_STEP = '''
 import resource, torch
@@ -80,12 +80,13 @@ def main():
     (args.out / 'table.json').write_text(json.dumps({'rows': rows, 'fp32_train_step_peak_rss_mb': train_rss,
                                                      'crops': args.crops, 'batch': args.batch}, indent=2))
     print(f'\ncalibration on {args.crops} crops, batch {args.batch}; held-out: 3 NEON OSBS/SOAP tiles x 5 views')
-    print('| bits | config | final cos | boundary SSIM | corner rep. | descriptor cos | drift | grad. align | '
-          'wall s | peak RSS MB |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
+    print('| bits | config | final cos | boundary SSIM | corner rep. | descriptor cos | descriptor top-1 | '
+          'drift | grad. align | wall s | peak RSS MB |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         print(f'| {r["bits"]} | {r["config"]} | {r["final_cosine"]:.4f} | {r["boundary_ssim"]:.4f} | '
-              f'{r["corner_repeatability"]:.3f} | {r["descriptor_cosine"]:.4f} | {r["drift"]:.3f} | '
+              f'{r["corner_repeatability"]:.3f} | {r["descriptor_cosine"]:.4f} | {r["descriptor_top1"]:.3f} | '
+              f'{r["drift"]:.3f} | '
               f'{r["alignment"]:.3f} | {r["wall_s"]:.0f} | {r["peak_rss_mb"]:.0f} |')
     print(f'FP32 training step (batch {args.batch}, AdamW) peak RSS: {train_rss:.0f} MB' if train_rss else
           'FP32 training step failed')

@@ -1,8 +1,10 @@
 """Stage 1: activation-only calibration (weights FP32 and frozen).
 
 Quantizer s, z are initialized from statistics on ``init_crops`` crops, then (method
-'gplq') learned for ``epochs`` epochs with Adam on the GPLQ loss. Per quantizer the
-learning rates are relative: scales step by ~``lr * mean(s0)``, zero-points by
+'gplq') learned for ``epochs`` epochs with Adam on the GPLQ loss. L_reg's gradient is applied per quantizer
+(it depends only on that quantizer's s, z and input), so no graph is kept for it and
+the blocks can be recomputed in the backward pass (activation checkpointing). Per
+quantizer the learning rates are relative: scales step by ~``lr * mean(s0)``, zero-points by
 ~``5 * lr`` codes. Model-agnostic: needs ``block_tokens``, ``quantizers``,
 ``act_enabled``, ``observe`` (``model.quantized.QuantDinoV2`` provides them).
 """
@@ -16,16 +18,20 @@ from .config import CalibConfig
 from .losses import GPLQLoss, as_grid
 
 
-def batches_of(tensors: Sequence[torch.Tensor], batch: int, order=None):
+def model_device(qm) -> torch.device:
+    return next(qm.parameters()).device
+
+
+def batches_of(tensors: Sequence[torch.Tensor], batch: int, order=None, device=None):
     idx = list(range(len(tensors))) if order is None else list(order)
     for i in range(0, len(idx), batch):
-        yield torch.cat([tensors[j] for j in idx[i:i + batch]])
+        yield torch.cat([tensors[j] for j in idx[i:i + batch]]).to(device or 'cpu')
 
 
 @torch.no_grad()
 def init_quantizers(qm, inputs: Sequence[torch.Tensor], method: str, batch: int) -> None:
     qm.act_enabled(False).observe(True)
-    for x in batches_of(inputs, batch):
+    for x in batches_of(inputs, batch, device=model_device(qm)):
         qm.block_tokens(x)
     for q in qm.quantizers.values():
         q.init_from_stats(method)
@@ -54,23 +60,33 @@ def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
     if cfg.pca_final:
         with torch.no_grad():
             qm.act_enabled(False)
-            fp = qm.block_tokens(torch.cat(inputs[:cfg.init_crops]))
+            fp = qm.block_tokens(torch.cat(inputs[:cfg.init_crops]).to(model_device(qm)))
         history['pca_components'] = [loss_fn.fit_pca(fp[-1])]
     step = 0
     t0 = time.perf_counter()
     for _ in range(cfg.epochs):
-        for x in batches_of(inputs, cfg.batch, rng.permutation(len(inputs))):
+        for x in batches_of(inputs, cfg.batch, rng.permutation(len(inputs)), model_device(qm)):
             with torch.no_grad():
                 qm.act_enabled(False)
                 fp = [as_grid(t, grid) for t in qm.block_tokens(x)]
             qm.act_enabled(True)
-            for q in qm.quantizers.values():
+            quantizers = list(qm.quantizers.values())
+            for q in quantizers:
                 q.track_error = cfg.lambda_reg > 0
             out = [as_grid(t, grid) for t in qm.block_tokens(x)]
-            errors = [q.last_error for q in qm.quantizers.values() if q.last_error is not None]
+            for q in quantizers:  # block recomputation in backward must not track again
+                q.track_error = False
+            errors = [q.last_error for q in quantizers if q.last_error is not None]
             terms = loss_fn(fp, out, errors)
             opt.zero_grad(set_to_none=True)
             terms['total'].backward()
+            if errors:  # L_reg: each quantizer's local gradient, weighted as in the loss
+                w = cfg.lambda_reg / len(errors)
+                for q in quantizers:
+                    gs, gz = q.error_grads
+                    q.scale.grad = q.scale.grad + w * gs if q.scale.grad is not None else w * gs
+                    q.zero_point.grad = q.zero_point.grad + w * gz if q.zero_point.grad is not None else w * gz
+                    q.last_error, q.error_grads = None, None
             opt.step()
             step += 1
             for k, v in terms.items():

@@ -7,7 +7,8 @@
 * ``corner``: lambda_corner * mean over the FP32 map's Harris corners of
   ||A_fp - A_q||^2 / (C * P) (final map).
 * ``edge``: lambda_edge * the same over positions with E/max E > edge_threshold.
-* ``reg``: lambda_reg * mean over quantizers of ||Q(A) - A||^2 / ||A||^2.
+* ``reg``: lambda_reg * mean over quantizers of ||Q(A) - A||^2 / ||A||^2 (the stage-1
+  loop passes detached values and applies this term's gradient per quantizer).
 Sums over positions are taken as means and divided by the layer power so that the
 lambdas keep their meaning for any image size and layer scale.
 """
@@ -69,7 +70,8 @@ class GPLQLoss:
         mean = x.mean(0)
         _, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
         var = (s ** 2) / (s ** 2).sum()
-        k = int(torch.searchsorted(var.cumsum(0), torch.tensor(self.cfg.pca_variance)).item()) + 1
+        k = int(torch.searchsorted(var.cumsum(0), torch.tensor([self.cfg.pca_variance], device=var.device,
+                                                                 dtype=var.dtype)).item()) + 1
         self.pca = (mean, vt[:k].T.contiguous())
         return k
 

@@ -53,7 +53,8 @@ def gradient_alignment(qm, inputs: Sequence, batch: int = 4, batches: int = 2) -
     import torch
 
     gh, gw = inputs[0].shape[2] // 14, inputs[0].shape[3] // 14
-    xs = [torch.cat(list(inputs[i * batch:(i + 1) * batch])) for i in range(batches)]
+    dev = next(qm.parameters()).device
+    xs = [torch.cat(list(inputs[i * batch:(i + 1) * batch])).to(dev) for i in range(batches)]
     with torch.no_grad():
         qm.act_enabled(False).weight_enabled(False)
         targets = [qm.block_tokens(x)[-1] for x in xs]

@@ -46,7 +46,7 @@ def gptq_codes(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, bits: int
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(n, dtype=h.dtype)
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(n, dtype=h.dtype, device=h.device)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     gs = group_size or n
     codes = torch.zeros_like(w, dtype=torch.int8)

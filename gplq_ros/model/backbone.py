@@ -44,6 +44,7 @@ class DinoV2Extractor(nn.Module):
         super().__init__()
         self.vit = vit
         self.weights_sha256 = weights_sha256
+        self.checkpoint = False
         self.depth = len(vit.blocks)
         self.dim = vit.embed_dim
         self._qkv: Dict[int, torch.Tensor] = {}
@@ -103,11 +104,16 @@ class DinoV2Extractor(nn.Module):
         return self.vit.norm(t)
 
     def block_tokens(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """Patch tokens (B, gh*gw, C) after every block; the last after the final LayerNorm."""
+        """Patch tokens (B, gh*gw, C) after every block; the last after the final LayerNorm.
+
+        With ``self.checkpoint`` set and gradients enabled, each block is recomputed in
+        the backward pass instead of keeping its intermediates (activation checkpointing)."""
+        from torch.utils.checkpoint import checkpoint
         t = self.embed(x)
         outs = []
+        ckpt = self.checkpoint and torch.is_grad_enabled()
         for blk in self.vit.blocks:
-            t = blk(t)
+            t = checkpoint(blk, t, use_reentrant=False) if ckpt else blk(t)
             outs.append(t[:, 1:])
         outs[-1] = self.vit.norm(t)[:, 1:]
         return outs

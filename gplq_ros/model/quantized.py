@@ -29,9 +29,10 @@ class QLinear(nn.Module):
         self.bias = linear.bias
         self.in_quant = in_quant
         self.name = name
-        self.weight_q: Optional[torch.Tensor] = None
-        self.codes: Optional[torch.Tensor] = None
-        self.scales: Optional[torch.Tensor] = None
+        # non-persistent buffers: follow .to(device), stay out of the state dict
+        self.register_buffer('weight_q', None, persistent=False)
+        self.register_buffer('codes', None, persistent=False)
+        self.register_buffer('scales', None, persistent=False)
         self.bits: Optional[int] = None
         self.group_size: Optional[int] = None
         self.weight_enabled = False
@@ -105,6 +106,7 @@ class QuantDinoV2(nn.Module):
                 self.linears[lin.name] = lin
         self.extractor = DinoV2Extractor(vit, extractor.weights_sha256)
         self.extractor.requires_grad_(False)
+        self.extractor.checkpoint = True  # calibration backward: recompute blocks, keep memory low
 
     # -- switches ---------------------------------------------------------------------
     def act_enabled(self, on: bool = True):

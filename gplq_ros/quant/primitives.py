@@ -101,6 +101,7 @@ class ActQuantizer(nn.Module):
         self.observing = False
         self.track_error = False
         self.last_error: Optional[torch.Tensor] = None
+        self.error_grads: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         self._stats = []
 
     @property
@@ -126,21 +127,32 @@ class ActQuantizer(nn.Module):
                 flat = self._reduce(x.detach().float())
                 if flat.shape[0] > 200_000:  # subsample huge tensors for quantiles
                     idx = torch.randint(0, flat.shape[0], (200_000,), generator=_gen(flat.shape[0]))
-                    sample = flat[idx]
+                    sample = flat[idx.to(flat.device)]
                 else:
                     sample = flat
-                qs = torch.quantile(sample, torch.tensor([0.001, 0.005, 0.995, 0.999]), dim=0)
+                qs = torch.quantile(sample, torch.tensor([0.001, 0.005, 0.995, 0.999], device=flat.device),
+                                    dim=0)
                 self._stats.append(torch.stack([flat.min(0).values, qs[0], qs[1], qs[2], qs[3],
                                                 flat.max(0).values]))
             return x
         if not self.enabled:
             return x
         qmin, qmax = act_qrange(self.bits)
-        per = x.numel() / self.scale.numel()
-        y = fake_quant(x, self.scale, self.zero_point, qmin, qmax, 1.0 / math.sqrt(per * qmax))
+        g = 1.0 / math.sqrt(x.numel() / self.scale.numel() * qmax)
         if self.track_error:
-            self.last_error = ((y - x) ** 2).mean() / (x.detach() ** 2).mean().clamp_min(1e-12)
-        return y
+            self._local_error(x.detach(), qmin, qmax, g)
+        return fake_quant(x, self.scale, self.zero_point, qmin, qmax, g)
+
+    def _local_error(self, x: torch.Tensor, qmin: int, qmax: int, g: float) -> None:
+        """||Q(x) - x||^2 / ||x||^2 for this input, and its gradient w.r.t. (s, z) computed
+        here and now: the regularizer depends on nothing else, so no graph is kept for it."""
+        # identity saved-tensor hooks: inside a checkpointed block, this small graph must not
+        # be handed to the checkpoint's recomputation machinery
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            y = fake_quant(x, self.scale, self.zero_point, qmin, qmax, g)
+            err = ((y - x) ** 2).mean() / (x ** 2).mean().clamp_min(1e-12)
+            self.error_grads = torch.autograd.grad(err, [self.scale, self.zero_point])
+        self.last_error = err.detach()
 
     @torch.no_grad()
     def init_from_stats(self, method: str = 'minmax'):
@@ -198,7 +210,7 @@ def weight_scales(w: torch.Tensor, bits: int, group_size: Optional[int] = None,
         raise ValueError(f'unknown weight clip {clip!r} (minmax|mse)')
     best_err = torch.full_like(amax, float('inf'))
     best = amax / qmax
-    for r in torch.linspace(1.0, min_ratio, grid):
+    for r in torch.linspace(1.0, min_ratio, grid).tolist():
         s = amax * r / qmax
         q = torch.clamp(torch.round(g / s[..., None]), qmin, qmax) * s[..., None]
         err = ((q - g) ** 2).sum(-1)

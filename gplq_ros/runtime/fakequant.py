@@ -25,23 +25,23 @@ def _fp_state(qm: QuantDinoV2) -> Dict[str, torch.Tensor]:
 
 
 def export_tensors(qm: QuantDinoV2) -> Tuple[Dict[str, np.ndarray], dict]:
-    tensors = {f'fp/{k}': v.detach().float().numpy() for k, v in _fp_state(qm).items()}
+    tensors = {f'fp/{k}': v.detach().float().cpu().numpy() for k, v in _fp_state(qm).items()}
     layers = {}
     for name, lin in qm.linears.items():
         if lin.weight_q is None:
             continue
-        codes = lin.codes.numpy()
+        codes = lin.codes.cpu().numpy()
         if lin.bits <= 4:
             tensors[f'w/{name}.int4'] = pack_int4(codes)
         else:
             tensors[f'w/{name}.int8'] = codes.astype(np.int8)
-        tensors[f'w/{name}.scales'] = lin.scales.detach().float().numpy()
+        tensors[f'w/{name}.scales'] = lin.scales.detach().float().cpu().numpy()
         layers[name] = {'bits': lin.bits, 'group_size': lin.group_size, 'shape': list(codes.shape)}
     acts = {}
     for key, q in qm.quantizers.items():
         s, z = q.qparams()
-        tensors[f'a/{q.name}.scale'] = s.float().numpy()
-        tensors[f'a/{q.name}.zero_point'] = z.float().numpy()
+        tensors[f'a/{q.name}.scale'] = s.float().cpu().numpy()
+        tensors[f'a/{q.name}.zero_point'] = z.float().cpu().numpy()
         acts[q.name] = {'bits': q.bits, 'granularity': 'channel' if q.per_channel else 'tensor'}
     return tensors, {'layers': layers, 'activations': acts}
 

@@ -48,22 +48,23 @@ def calibrate(ext, spec: QuantSpec, cfg: CalibConfig, crops, progress=None):
     """Both stages, basin and alignment; returns (qm, results)."""
     import torch
 
-    from ..gplq.calibrate import batches_of, stage1
+    from ..gplq.calibrate import batches_of, model_device, stage1
     from ..gplq.metrics import gradient_alignment
     from ..gplq.weight_ptq import collect_hessians, stage2
     from ..model.quantized import QuantDinoV2
     torch.manual_seed(cfg.seed)
-    qm = QuantDinoV2(ext, spec)
+    qm = QuantDinoV2(ext, spec).to(cfg.device)
     t0 = time.perf_counter()
     history = stage1(qm, crops, cfg, progress)
     t1 = time.perf_counter()
-    hs = collect_hessians(qm, batches_of(crops[:cfg.gptq_crops], cfg.batch)) \
+    hs = collect_hessians(qm, batches_of(crops[:cfg.gptq_crops], cfg.batch, device=model_device(qm))) \
         if spec.weight_method == 'gptq' else None
     basin = stage2(qm, spec, hs, cfg.eps_basin, cfg.enforce_basin)
     t2 = time.perf_counter()
     align = gradient_alignment(qm, crops, batch=min(4, cfg.batch), batches=cfg.align_batches)
     align['gamma'] = cfg.gamma_align
     align['below_gamma'] = sorted(n for n, c in align['per_layer'].items() if c < cfg.gamma_align)
+    qm.cpu()  # evaluation, report and export run on the CPU
     results = {'history': history, 'basin': basin, 'alignment': align,
                'timing_s': {'stage1': round(t1 - t0, 1), 'stage2': round(t2 - t1, 1),
                             'alignment': round(time.perf_counter() - t2, 1)}}
@@ -142,6 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument('--weight-method', choices=['gptq', 'rtn'], default='gptq')
     ap.add_argument('--weight-clip', choices=['mse', 'minmax'], default='mse')
     ap.add_argument('--exclude', nargs='*', default=[], help='layers kept FP32, e.g. blocks.11.mlp.fc2')
+    ap.add_argument('--keep-8bit', nargs='*', default=[], help='layers with 8-bit weights, e.g. blocks.9.attn.qkv')
     ap.add_argument('--method', choices=['gplq', 'minmax', 'percentile'], default=d.method)
     ap.add_argument('--epochs', type=int, default=d.epochs)
     ap.add_argument('--crops', type=int, default=d.crops)
@@ -164,11 +166,14 @@ def main(argv=None) -> int:
     ap.add_argument('--out', type=Path, default=None, help='artifact path (default $GPLQ_HOME/artifacts/<bits>_<method>.safetensors)')
     ap.add_argument('--force', action='store_true', help='overwrite --out')
     ap.add_argument('--no-report', action='store_true', help='skip held-out fidelity, report and pictures')
+    ap.add_argument('--report-vocab', type=Path, default=None,
+                    help='VLAD vocabulary for the report (default: the gplq_vocab one, if built)')
     args = ap.parse_args(argv)
 
     spec = QuantSpec.from_bits(args.bits, attn_bits=args.attn_bits, act_granularity=args.act_granularity,
                                group_size=args.group_size or None, weight_method=args.weight_method,
-                               weight_clip=args.weight_clip, exclude=list(args.exclude))
+                               weight_clip=args.weight_clip, exclude=list(args.exclude),
+                               keep_8bit=list(args.keep_8bit))
     cfg = CalibConfig(method=args.method, epochs=args.epochs, crops=args.crops, batch=args.batch, lr=args.lr,
                       init=args.init, alpha=args.alpha, beta=args.beta, lambda_corner=args.lambda_corner,
                       lambda_edge=args.lambda_edge, lambda_reg=args.lambda_reg,
@@ -186,9 +191,6 @@ def main(argv=None) -> int:
     from ..model.weights import BACKBONE_ID, sha256_file
     from ..runtime.artifact import save_artifact
     from ..runtime.fakequant import export_tensors
-    if cfg.device == 'cuda':
-        print('gplq_calibrate: --device cuda: calibration runs on the CPU in this version; '
-              'CUDA is only checked for availability', file=sys.stderr)
     t_start = time.perf_counter()
     paths = list_images(args.images) if args.images else default_calibration_images()
     ext = load_extractor(args.weights)
@@ -213,7 +215,8 @@ def main(argv=None) -> int:
         from .fidelity import default_heldout, evaluate
         held = default_heldout()
         images = dict(zip([p.name for p in held], load_images(held)))
-        vocab = Vocabulary.load(default_vocab(), ext.weights_sha256) if default_vocab().is_file() else None
+        vpath = args.report_vocab or default_vocab()
+        vocab = Vocabulary.load(vpath, ext.weights_sha256) if vpath.is_file() else None
         centers = vocab.centers if vocab is not None else None
         fidelity = evaluate(ext, qm, images, PipelineConfig(long_side=224), centers, views=4)
         pictures = heldout_pictures(ext, qm, images, out.parent / (out.stem + '_report'), centers)

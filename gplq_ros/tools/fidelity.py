@@ -4,7 +4,9 @@ calibrated on.
 Per image (whole, plus ``--views`` random crops/flips/rotations): final and per-layer
 patch-token cosine, final-token MSE, boundary-map SSIM (patch grid), corner repeatability
 (fraction of FP32 top-k corners with a quantized corner within 1 patch) and VLAD
-descriptor cosine (same vocabulary for both). Prints means/minima; ``--json F`` writes all.
+descriptor cosine (same vocabulary for both); over all views, ``descriptor_top1``: the
+fraction of quantized descriptors whose nearest FP32 descriptor is their own view's.
+Prints means/minima; ``--json F`` writes all.
 """
 import argparse
 import json
@@ -53,10 +55,13 @@ def compare(ext, qm, image: np.ndarray, cfg: PipelineConfig, centers) -> Dict[st
 def evaluate(ext, qm, images: Dict[str, np.ndarray], cfg: PipelineConfig, centers,
              views: int = 4, seed: int = 1) -> Dict[str, object]:
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, fp_desc, q_desc = [], [], []
     for name, img in images.items():
         for v, view in enumerate([img] + random_views(img, views, rng)):
             r = compare(ext, qm, view, cfg, centers)
+            if centers is not None:
+                fp_desc.append(r['fp'].descriptor)
+                q_desc.append(r['q'].descriptor)
             r = {k: val for k, val in r.items() if k not in ('fp', 'q')}
             rows.append(dict(r, image=name, view=v))
     summary = {}
@@ -64,6 +69,12 @@ def evaluate(ext, qm, images: Dict[str, np.ndarray], cfg: PipelineConfig, center
         vals = np.array([r[m] for r in rows if r[m] is not None], dtype=np.float64)
         if vals.size:
             summary[m] = {'mean': vals.mean(0).round(6).tolist(), 'min': vals.min(0).round(6).tolist()}
+    if len(fp_desc) > 1:
+        # place recognition as used: does each quantized descriptor find its own view's FP32
+        # descriptor first among all evaluated views (an FP32 map, quantized queries)?
+        sim = np.stack(q_desc) @ np.stack(fp_desc).T
+        hit = float(np.mean(np.argmax(sim, axis=1) == np.arange(len(sim))))
+        summary['descriptor_top1'] = {'mean': hit, 'min': hit}
     return {'summary': summary, 'rows': rows, 'n': len(rows)}
 
 
@@ -101,7 +112,7 @@ def main(argv=None) -> int:
     res['artifact'] = str(args.model)
     res['bits'] = meta['spec']
     print(f'{args.model}: {meta["tag"]}, {res["n"]} views of {len(paths)} held-out images')
-    for m in METRICS:
+    for m in METRICS + ('descriptor_top1',):
         if m in res['summary']:
             s = res['summary'][m]
             print(f'  {m:22s} mean {s["mean"]:.4f}  min {s["min"]:.4f}')

@@ -1,0 +1,169 @@
+"""Calibration on the real model: stage 1 lowers the loss, stage 2 lands on the 4-bit
+grid, the artifact reproduces the calibrated model exactly and refuses bad files."""
+import json
+import struct
+
+import pytest
+import torch
+
+from gplq_ros.gplq.calibrate import batches_of, init_quantizers, stage1
+from gplq_ros.gplq.config import CalibConfig
+from gplq_ros.gplq.losses import GPLQLoss, as_grid
+from gplq_ros.gplq.weight_ptq import basin_drift, collect_hessians, gptq_codes, stage2
+from gplq_ros.model.quantized import QuantDinoV2
+from gplq_ros.quant.primitives import weight_codes, weight_scales
+from gplq_ros.quant.spec import QuantSpec
+from gplq_ros.runtime.artifact import ArtifactError, load_artifact, save_artifact
+from gplq_ros.runtime.fakequant import export_tensors, fakequant_model
+from gplq_ros.tools.calibrate import make_crops
+
+
+@pytest.fixture(scope='module')
+def crops(images):
+    big = [images['2019_YELL_2_541000_4977000_image_crop.png'], images['AWPE_Pigeon_Lake_2020_DJI_0005.JPG']]
+    return make_crops(big, 8, seed=0)
+
+
+def mimic_loss(qm, crops, cfg):
+    loss, total = GPLQLoss(cfg), 0.0
+    with torch.no_grad():
+        for x in batches_of(crops, 4):
+            qm.act_enabled(False)
+            fp = [as_grid(t, (16, 16)) for t in qm.block_tokens(x)]
+            qm.act_enabled(True)
+            q = [as_grid(t, (16, 16)) for t in qm.block_tokens(x)]
+            total += float(loss(fp, q, [])['mimic'])
+    return total
+
+
+def test_quant_model_without_quantization_is_the_fp32_model(extractor, crops):
+    qm = QuantDinoV2(extractor, QuantSpec())
+    with torch.no_grad():
+        a, b = extractor.block_tokens(crops[0]), qm.block_tokens(crops[0])
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, atol=2e-4, rtol=1e-4)
+    assert len(qm.quantizers) == 12 * 8 and len(qm.linears) == 48
+
+
+def test_stage1_lowers_the_mimicking_loss(extractor, crops):
+    cfg = CalibConfig(crops=8, batch=2, epochs=3, init_crops=8, lambda_reg=0.01)
+    qm = QuantDinoV2(extractor, QuantSpec.from_bits('w4a4'))
+    init_quantizers(qm, crops, 'minmax', 4)
+    qm.act_enabled(True)
+    before = mimic_loss(qm, crops, cfg)
+    weights_before = {n: lin.weight.clone() for n, lin in qm.linears.items()}
+    hist = stage1(qm, crops, cfg)
+    after = mimic_loss(qm, crops, cfg)
+    assert len(hist['total']) == 12 and set(hist) >= {'mimic', 'corner', 'edge', 'reg', 'total'}
+    assert after < 0.98 * before, (before, after)  # measured here: -4.3 % in 12 steps
+    for n, lin in qm.linears.items():          # stage 1 never touches the weights
+        assert torch.equal(lin.weight, weights_before[n])
+
+
+@pytest.fixture(scope='module')
+def calibrated(extractor, crops):
+    spec = QuantSpec.from_bits('w4a8', group_size=32)
+    qm = QuantDinoV2(extractor, spec)
+    stage1(qm, crops, CalibConfig(crops=8, batch=4, epochs=1, init_crops=8))
+    hs = collect_hessians(qm, batches_of(crops, 4))
+    basin = stage2(qm, spec, hs)
+    return qm, hs, basin
+
+
+def test_stage2_weights_lie_on_the_4bit_grid(calibrated):
+    qm, _, basin = calibrated
+    for name, lin in qm.linears.items():
+        assert lin.bits == 4 and lin.codes.min() >= -8 and lin.codes.max() <= 7
+        out_f, in_f = lin.weight.shape
+        ratio = lin.weight_q.reshape(out_f, in_f // 32, 32) / lin.scales[..., None]
+        torch.testing.assert_close(ratio, torch.round(ratio), atol=1e-4, rtol=0)
+        torch.testing.assert_close(ratio.round().to(torch.int8).reshape(out_f, in_f), lin.codes)
+    assert 0 < basin['drift']['overall'] < 0.5
+    assert set(basin['drift']) == set(qm.linears) | {'overall'}
+    assert basin['drift'] == basin_drift(qm)
+
+
+def test_gptq_lowers_the_layer_output_error(calibrated):
+    qm, hs, _ = calibrated
+    name = 'blocks.5.mlp.fc1'
+    w, h = qm.linears[name].weight.detach(), hs[name]
+    s = weight_scales(w, 4, 32)
+
+    def out_err(codes):
+        d = (codes.float().reshape(w.shape[0], -1, 32) * s[..., None]).reshape(w.shape) - w
+        return float(torch.trace(d.double() @ h @ d.double().T))
+    assert out_err(gptq_codes(w, h, s, 4, 32)) < 0.8 * out_err(weight_codes(w, s, 4, 32))
+
+
+def test_enforce_basin_keeps_drifting_layers_at_8bit(extractor, crops):
+    spec = QuantSpec.from_bits('w4a8', weight_method='rtn')
+    qm = QuantDinoV2(extractor, spec)
+    init_quantizers(qm, crops[:4], 'minmax', 4)
+    res = stage2(qm, spec, None, eps_basin=0.1, enforce_basin=True)
+    assert res['kept_8bit'] and set(res['kept_8bit']) == set(res['over_eps'])
+    assert all(qm.linears[n].bits == 8 for n in res['kept_8bit'])
+    assert all(res['drift'][n] <= 0.1 for n in res['kept_8bit'])
+    assert spec.keep_8bit == sorted(res['kept_8bit'])
+
+
+def save(qm, path, **meta):
+    tensors, layout = export_tensors(qm)
+    base = {'backbone': 'dinov2_vits14', 'weights_sha256': qm.extractor.weights_sha256,
+            'spec': qm.spec.to_dict(), 'tag': qm.spec.tag, **layout}
+    base.update(meta)
+    return save_artifact(path, tensors, base)
+
+
+def test_artifact_reproduces_the_calibrated_model_exactly(calibrated, crops, tmp_path):
+    qm, _, _ = calibrated
+    path = tmp_path / 'a.safetensors'
+    save(qm, path)
+    loaded, meta = fakequant_model(path, qm.extractor.weights_sha256)
+    with torch.no_grad():
+        for x in crops[:2]:
+            a, b = qm.block_tokens(x), loaded.block_tokens(x)
+            for u, v in zip(a, b):
+                assert torch.equal(u, v)
+            key = (9, 'value')
+            assert torch.equal(qm(x, [key])[key], loaded(x, [key])[key])
+    # 4-bit codes are stored packed: the file is well under a quarter of FP32
+    assert path.stat().st_size < 0.25 * 22_056_192 * 4
+    assert meta['layers']['blocks.0.attn.qkv']['bits'] == 4
+
+
+def test_artifact_refusals(calibrated, tmp_path):
+    qm, _, _ = calibrated
+    path = tmp_path / 'a.safetensors'
+    save(qm, path)
+    with pytest.raises(FileExistsError, match='--force'):
+        save(qm, path)
+    with pytest.raises(ArtifactError, match='reference weights'):
+        load_artifact(path, expect_weights_sha256='0' * 64)
+    with pytest.raises(ArtifactError, match="backbone='dinov2_vits14', expected 'dinov2_vitb14'"):
+        load_artifact(path, expect_backbone='dinov2_vitb14')
+    with pytest.raises(ArtifactError, match='not found'):
+        load_artifact(tmp_path / 'missing.safetensors')
+
+    other = tmp_path / 'v2.safetensors'
+    save(qm, other)
+    raw = bytearray(other.read_bytes())
+    hlen = struct.unpack('<Q', raw[:8])[0]
+    header = json.loads(raw[8:8 + hlen])
+    meta = json.loads(header['__metadata__']['gplq_ros'])
+    meta['version'] = 99
+    header['__metadata__']['gplq_ros'] = json.dumps(meta)
+    new = json.dumps(header).encode()
+    new += b' ' * (-len(new) % 8)
+    other.write_bytes(struct.pack('<Q', len(new)) + new + raw[8 + hlen:])
+    with pytest.raises(ArtifactError, match='version=99 is not supported'):
+        load_artifact(other)
+
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0xFF                                    # flip bits in the tensor data
+    corrupt = tmp_path / 'corrupt.safetensors'
+    corrupt.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match='checksum mismatch'):
+        load_artifact(corrupt)
+    (tmp_path / 'junk.safetensors').write_bytes(b'not a safetensors file')
+    with pytest.raises(ArtifactError, match='not a readable safetensors'):
+        load_artifact(tmp_path / 'junk.safetensors')

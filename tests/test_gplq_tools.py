@@ -1,0 +1,61 @@
+"""gplq_calibrate and gplq_fidelity end to end on real images (tiny calibration)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(module, *args):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='2')
+    return subprocess.run([sys.executable, '-m', module, *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=900)
+
+
+def test_calibrate_report_and_fidelity(tmp_path, manifest, vocab):
+    vocab_path = tmp_path / 'vocab.safetensors'
+    vocab.save(vocab_path)
+    env_vocab = ['--vocab', vocab_path]
+    out = tmp_path / 'w4a4.safetensors'
+    res = run('gplq_ros.tools.calibrate', '--bits', 'w4a4', '--crops', 4, '--batch', 2, '--gptq-crops', 4,
+              '--out', out, '--report-vocab', vocab_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'stage 1 w4a4 gplq' in res.stderr            # the progress bar with the loss
+    assert out.is_file() and out.with_suffix('.report.png').is_file()
+    report = json.loads(out.with_suffix('.report.json').read_text())
+    m = report['metrics']
+    assert set(report['history']) >= {'mimic', 'corner', 'edge', 'reg', 'total'}
+    assert len(report['history']['total']) == 2
+    assert m['peak_rss_mb'] > 0 and m['timing_s']['total'] > 0
+    assert 'overall' in m['basin']['drift'] and 'overall' in m['gradient_alignment']
+    assert len(m['heldout']['per_layer_cosine']['mean']) == 12
+    assert 0.5 < m['heldout']['final_cosine']['mean'] <= 1.0
+    for pic in report['pictures']:
+        assert cv2.imread(pic) is not None
+    assert len(report['pictures']) == 3
+
+    res = run('gplq_ros.tools.calibrate', '--bits', 'w4a4', '--crops', 4, '--out', out)
+    assert res.returncode == 1 and '--force' in res.stderr  # never overwritten silently
+
+    held = [p for p in (Path(manifest['images']['dir'])).iterdir() if p.name.startswith('SOAP_061')]
+    js = tmp_path / 'fid.json'
+    res = run('gplq_ros.tools.fidelity', '--model', out, '--images', *held, '--views', 1, '--json', js, *env_vocab)
+    assert res.returncode == 0, res.stderr[-3000:]
+    fid = json.loads(js.read_text())
+    assert fid['n'] == 2
+    for k in ('final_cosine', 'output_mse', 'boundary_ssim', 'corner_repeatability', 'descriptor_cosine'):
+        assert k in fid['summary'], k
+    assert 'final_cosine' in res.stdout
+
+    calib_img = Path(manifest['images']['dir']) / 'AWPE_Pigeon_Lake_2020_DJI_0005.JPG'
+    res = run('gplq_ros.tools.fidelity', '--model', out, '--images', calib_img, '--views', 0, *env_vocab)
+    assert res.returncode == 0 and 'was used in calibration' in res.stderr
+
+    bad = tmp_path / 'bad.safetensors'
+    bad.write_bytes(out.read_bytes()[:-50] + b'\0' * 50)
+    res = run('gplq_ros.tools.fidelity', '--model', bad, '--images', *held, *env_vocab)
+    assert res.returncode == 2 and 'checksum mismatch' in res.stderr
