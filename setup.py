@@ -29,6 +29,8 @@ setup(
             'gplq_demo = gplq_ros.tools.demo:main',
             'gplq_calibrate = gplq_ros.tools.calibrate:main',
             'gplq_fidelity = gplq_ros.tools.fidelity:main',
+            'gplq_export = gplq_ros.tools.export:main',
+            'gplq_bench = gplq_ros.tools.bench:main',
         ],
     },
 )

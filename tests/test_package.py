@@ -37,7 +37,8 @@ def test_setup_installs_ros_layout():
 ONBOARD_MODULES = ['gplq_ros.model.preprocess', 'gplq_ros.model.heads', 'gplq_ros.model.vocab',
                    'gplq_ros.model.pipeline', 'gplq_ros.nodes.image_codec', 'gplq_ros.quant',
                    'gplq_ros.gplq', 'gplq_ros.runtime', 'gplq_ros.paths', 'gplq_ros.quant.packing',
-                   'gplq_ros.quant.spec', 'gplq_ros.runtime.artifact', 'gplq_ros.gplq.config']
+                   'gplq_ros.quant.spec', 'gplq_ros.runtime.artifact', 'gplq_ros.gplq.config',
+                   'gplq_ros.runtime.engine']
 
 
 @pytest.mark.parametrize('module', ONBOARD_MODULES)
@@ -51,6 +52,7 @@ def test_onboard_modules_import_without_torch_or_rclpy(module):
 
 def test_console_scripts_installed():
     bindir = Path(sys.executable).parent
-    for name in ('gplq_assets', 'gplq_vocab', 'gplq_demo', 'gplq_calibrate', 'gplq_fidelity'):
+    for name in ('gplq_assets', 'gplq_vocab', 'gplq_demo', 'gplq_calibrate', 'gplq_fidelity', 'gplq_export',
+                 'gplq_bench'):
         res = subprocess.run([str(bindir / name), '--help'], capture_output=True, text=True)
         assert res.returncode == 0 and 'usage' in res.stdout, name

@@ -1,6 +1,8 @@
 """Calibration configuration: a validated, versioned dataclass (no torch)."""
 from dataclasses import asdict, dataclass
 
+from ..fileformat import check_fields
+
 CALIB_VERSION = 1
 
 
@@ -68,9 +70,7 @@ class CalibConfig:
             ('gamma_align', -1 <= self.gamma_align <= 1),
             ('align_batches', 1 <= self.align_batches <= 100),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f'CalibConfig.{name}={getattr(self, name)!r} is out of range')
+        check_fields(self, checks)
 
     def to_dict(self) -> dict:
         return asdict(self)

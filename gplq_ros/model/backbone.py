@@ -27,7 +27,7 @@ Key = Tuple[int, str]
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
     """(1, 1 + S*S, C) -> (1, 1 + gh*gw, C), bicubic, no anti-aliasing."""
     cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
-    s = int(round(patch_pos.shape[1] ** 0.5))
+    s = int(round(int(patch_pos.shape[1]) ** 0.5))  # int(): constant under ONNX tracing
     if (grid_h, grid_w) == (s, s):
         return pos_embed
     c = patch_pos.shape[-1]
@@ -60,7 +60,7 @@ class DinoV2Extractor(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, H, W) -> tokens (B, 1 + gh*gw, C) with position embeddings."""
-        b, _, h, w = x.shape
+        b, h, w = x.shape[0], int(x.shape[2]), int(x.shape[3])  # int(): fixed size when traced
         if h % PATCH or w % PATCH:
             raise ValueError(f'input height/width must be multiples of {PATCH}, got {h}x{w}')
         t = self.vit.patch_embed.proj(x).flatten(2).transpose(1, 2)

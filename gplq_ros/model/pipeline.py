@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from ..fileformat import check_fields
 from . import heads
 from .preprocess import Prepared, prepare
 
@@ -48,9 +50,7 @@ class PipelineConfig:
             ('harris_sigma', 0.0 <= self.harris_sigma <= 5.0),
             ('corner_rel_threshold', 0.0 <= self.corner_rel_threshold < 1.0),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f'PipelineConfig.{name}={getattr(self, name)!r} is out of range')
+        check_fields(self, checks)
 
     @property
     def keys(self):
@@ -69,6 +69,15 @@ class Outputs:
     corners: heads.Corners             # patch-grid corners, best first
     corners_px: np.ndarray             # (n, 2) float32 (x, y) in original image pixels
     descriptor: Optional[np.ndarray]   # (K*C,) float32 unit VLAD, None without vocabulary
+
+
+def single_thread_blas() -> None:
+    """Hold numpy's BLAS to one thread in this process (torch and ONNX Runtime keep theirs).
+
+    The heads' matrices are tiny; OpenBLAS's idle threads spinning after them slowed the
+    next backbone forward on 2 cores from 79 to 132 ms (torch reference pipeline, measured).
+    Limiting per call did not help (re-enabling the threads restarts the spinning)."""
+    threadpool_limits(limits=1, user_api='blas')
 
 
 def run_heads(cfg: PipelineConfig, prep: Prepared, tokens: np.ndarray,
@@ -100,6 +109,7 @@ class ReferencePipeline:
         self.extractor = extractor
         self.cfg = cfg
         self.vocab = vocab
+        single_thread_blas()
 
     def features(self, image_rgb: np.ndarray):
         """(Prepared, feature_block tokens (N, C), vlad features (N, C)) as numpy."""

@@ -14,6 +14,7 @@ from typing import List, Optional
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from ..fileformat import read_versioned_meta
 from .heads import l2_normalize
 
 FORMAT = 'gplq_ros.vlad_vocab'
@@ -94,18 +95,8 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: Path, expect_weights_sha256: Optional[str] = None) -> 'Vocabulary':
-        path = Path(path)
-        if not path.is_file():
-            raise VocabError(f'vocabulary file not found: {path} (build one with gplq_vocab)')
-        from safetensors import safe_open
-        with safe_open(str(path), framework='numpy') as f:
-            header = (f.metadata() or {}).get('gplq_ros')
-        if header is None:
-            raise VocabError(f'{path}: no gplq_ros metadata; not a gplq_ros vocabulary')
-        raw = json.loads(header)
-        if raw.get('format') != FORMAT or raw.get('version') != VERSION:
-            raise VocabError(f'{path}: format={raw.get("format")!r} version={raw.get("version")!r}'
-                             f' is not supported (expected {FORMAT!r} version {VERSION})')
+        raw = read_versioned_meta(path, FORMAT, VERSION, 'vocabulary', 'build one with gplq_vocab',
+                                  VocabError)
         meta = VocabMeta(**raw)
         centers = load_file(str(path))['centers']
         if centers.shape[0] != meta.k or centers.ndim != 2:

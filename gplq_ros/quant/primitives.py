@@ -52,6 +52,25 @@ def _reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
 
 class _FakeQuant(torch.autograd.Function):
     @staticmethod
+    def symbolic(g, x, scale, zero_point, qmin, qmax, gs):
+        """ONNX: QuantizeLinear (uint8) [-> Clip to [qmin, qmax] below 8 bits] -> DequantizeLinear.
+        Exact when scale > 0 and zero_point is integral (``ActQuantizer.freeze`` makes them so)."""
+        if qmin < 0 or qmax > 255:
+            raise ValueError(f'ONNX export supports unsigned codes in [0, 255], got [{qmin}, {qmax}]')
+        per_tensor = scale.type().sizes() in ([1], [])
+        if per_tensor:
+            scale = g.op('Squeeze', scale)
+            zero_point = g.op('Squeeze', zero_point)
+        zp = g.op('Cast', zero_point, to_i=2)  # TensorProto.UINT8
+        attrs = {} if per_tensor else {'axis_i': -1}
+        q = g.op('QuantizeLinear', x, scale, zp, **attrs)
+        if qmin > 0 or qmax < 255:
+            lo = g.op('Constant', value_t=torch.tensor(qmin, dtype=torch.uint8))
+            hi = g.op('Constant', value_t=torch.tensor(qmax, dtype=torch.uint8))
+            q = g.op('Clip', q, lo, hi)
+        return g.op('DequantizeLinear', q, scale, zp, **attrs)
+
+    @staticmethod
     def forward(ctx, x, scale, zero_point, qmin, qmax, g):
         s = scale.abs().clamp_min(1e-8)
         z = torch.round(zero_point)
@@ -175,6 +194,14 @@ class ActQuantizer(nn.Module):
         self.zero_point.copy_(qmin - lo / s)
         self._stats = []
         self.observing = False
+
+    @torch.no_grad()
+    def freeze(self):
+        """Store the effective (|s| clamped, rounded z) values; the forward is unchanged."""
+        s, z = self.qparams()
+        self.scale.copy_(s)
+        self.zero_point.copy_(z)
+        return self
 
     def qparams(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(scale > 0, integer zero-point) as used in the forward pass."""

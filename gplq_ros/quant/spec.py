@@ -3,6 +3,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
+from ..fileformat import check_fields
+
 SPEC_VERSION = 1
 LINEAR_KINDS = ('qkv', 'proj', 'fc1', 'fc2')
 ATTN_KINDS = ('q', 'k', 'v', 'attn')
@@ -48,9 +50,7 @@ class QuantSpec:
             ('weight_clip', self.weight_clip in ('mse', 'minmax')),
             ('weight_method', self.weight_method in ('gptq', 'rtn')),
         ]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f'QuantSpec.{name}={getattr(self, name)!r} is not allowed')
+        check_fields(self, checks)
         for name in self.exclude + self.keep_8bit:
             if not re.fullmatch(r'blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)', name):
                 raise ValueError(f'QuantSpec: layer name {name!r} is not blocks.N.(attn.qkv|attn.proj|'

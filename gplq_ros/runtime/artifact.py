@@ -21,6 +21,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from ..fileformat import read_versioned_meta
+
 FORMAT = 'gplq_ros.artifact'
 VERSION = 1
 
@@ -55,22 +57,8 @@ def save_artifact(path: Path, tensors: Dict[str, np.ndarray], meta: dict, force:
 
 
 def read_meta(path: Path) -> dict:
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f'artifact not found: {path} (make one with gplq_calibrate)')
-    try:
-        with safe_open(str(path), framework='numpy') as f:
-            raw = (f.metadata() or {}).get('gplq_ros')
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ArtifactError(f'{path}: not a readable safetensors file ({e})') from None
-    if raw is None:
-        raise ArtifactError(f'{path}: no gplq_ros metadata; not a gplq_ros artifact')
-    meta = json.loads(raw)
-    if meta.get('format') != FORMAT or meta.get('version') != VERSION:
-        raise ArtifactError(f'{path}: format={meta.get("format")!r} version={meta.get("version")!r} '
-                            f'is not supported (this gplq_ros reads {FORMAT!r} version {VERSION})')
-    return meta
+    return read_versioned_meta(path, FORMAT, VERSION, 'artifact', 'make one with gplq_calibrate',
+                               ArtifactError)
 
 
 def load_artifact(path: Path, expect_backbone: Optional[str] = None,

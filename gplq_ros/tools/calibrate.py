@@ -30,9 +30,9 @@ def default_calibration_images():
     return [p for p in list_images([default_images_dir()]) if not p.name.startswith(HELDOUT_PREFIXES)]
 
 
-def make_crops(images, n: int, seed: int):
+def make_crops(images, n: int, seed: int, size: int = 224):
     """n random square crops (30-70 % of the short side, flips, 90-degree rotations),
-    taken round-robin over the images, each resized to 224x224."""
+    taken round-robin over the images, each resized to size x size."""
     import torch
 
     from ..model.preprocess import prepare
@@ -40,7 +40,7 @@ def make_crops(images, n: int, seed: int):
     out = []
     for i in range(n):
         view = random_views(images[i % len(images)], 1, rng)[0]
-        out.append(torch.from_numpy(prepare(view, size=(224, 224)).tensor))
+        out.append(torch.from_numpy(prepare(view, size=(size, size)).tensor))
     return out
 
 

@@ -1,0 +1,88 @@
+"""Onboard engine: ONNX Runtime + numpy heads. Imports neither torch nor rclpy.
+
+``load(path)`` opens an ONNX graph written by ``runtime.export`` (fixed input size) and
+``engine(image_uint8_rgb)`` returns ``model.pipeline.Outputs`` (tokens, boundary maps,
+corners, descriptor). Images of another size are resized to the graph's input size
+(aspect ratio is not preserved: export the graph for the camera's aspect ratio, e.g.
+168x224 for 640x480 frames). Threads and execution providers are configurable (CPU by
+default; CUDA/TensorRT are used when asked for and present); intra-op spinning is off so
+that several sessions in one process do not steal each other's cores; numpy's BLAS is
+held to one thread (``model.pipeline.single_thread_blas``); the session is warmed up at
+load.
+"""
+import json
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from ..model.pipeline import Outputs, PipelineConfig, run_heads, single_thread_blas
+from ..model.preprocess import prepare
+
+
+class EngineError(ValueError):
+    """A model file the engine cannot run; the message says why."""
+
+
+class Engine:
+    def __init__(self, path: Path, threads: int = 2, providers: Optional[Sequence[str]] = None,
+                 centers: Optional[np.ndarray] = None, warmup: int = 2):
+        path = Path(path)
+        if not path.is_file():
+            raise EngineError(f'model file not found: {path}')
+        if threads < 1:
+            raise EngineError(f'threads={threads}: must be >= 1')
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        available = ort.get_available_providers()
+        wanted = list(providers or ['CPUExecutionProvider'])
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise EngineError(f'providers={missing} not available in this onnxruntime ({available})')
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=wanted)
+        except Exception as e:  # ORT raises its own types for malformed graphs
+            raise EngineError(f'{path}: onnxruntime cannot load it ({str(e)[:300]})') from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get('gplq_ros')
+        if raw is None:
+            raise EngineError(f'{path}: no gplq_ros metadata; export it with gplq_export')
+        self.meta = json.loads(raw)
+        self.input_hw = tuple(self.meta['input_hw'])
+        self.cfg = PipelineConfig(**self.meta['pipeline'])
+        if centers is not None and centers.shape[1] != 384:
+            raise EngineError(f'vocabulary centers shape {centers.shape}: expected (K, 384)')
+        self.centers = centers
+        self.path = path
+        single_thread_blas()
+        zero = np.zeros((self.input_hw[0], self.input_hw[1], 3), np.uint8)
+        for _ in range(warmup):
+            self(zero)
+
+    @property
+    def kind(self) -> str:
+        return self.meta['kind']
+
+    def features(self, image_rgb: np.ndarray):
+        prep = prepare(image_rgb, size=self.input_hw)
+        tokens, vlad_features = self.session.run(['tokens', 'vlad_features'], {'pixels': prep.tensor})
+        return prep, tokens[0], vlad_features[0]
+
+    def __call__(self, image_rgb: np.ndarray) -> Outputs:
+        prep, tok, vf = self.features(image_rgb)
+        return run_heads(self.cfg, prep, tok, vf, self.centers)
+
+    def latency_ms(self, image_rgb: np.ndarray, runs: int = 20) -> float:
+        ts = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            self(image_rgb)
+            ts.append(time.perf_counter() - t)
+        return float(np.median(ts) * 1e3)
+
+
+def load(path: Path, **kw) -> Engine:
+    return Engine(path, **kw)

@@ -1,0 +1,104 @@
+"""ONNX export of the DINOv2 extractor (offline side; imports torch).
+
+The graph has a fixed input size (a drone camera has one): ``pixels`` float32
+(1, 3, h, w), ImageNet-normalized as ``model.preprocess.prepare`` makes it, and two
+outputs: ``tokens`` (1, gh*gw, 384), the feature block's tokens for the boundary and
+corner heads, and ``vlad_features`` (1, gh*gw, 384) for the place descriptor. The heads
+run in numpy after the graph (``model.pipeline.run_heads``), identical to the FP32
+reference. The ONNX metadata key ``gplq_ros`` (JSON) records kind, input size, pipeline
+config, backbone and weights sha256.
+"""
+import json
+import warnings
+from pathlib import Path
+from typing import Tuple
+
+import onnx
+import torch
+
+from ..model.pipeline import PipelineConfig
+from ..model.preprocess import PATCH
+from ..model.weights import BACKBONE_ID
+
+ONNX_FORMAT = 'gplq_ros.onnx'
+ONNX_VERSION = 1
+
+
+class _Graph(torch.nn.Module):
+    def __init__(self, extractor, cfg: PipelineConfig):
+        super().__init__()
+        self.extractor, self.keys = extractor, cfg.keys
+
+    def forward(self, pixels):
+        out = self.extractor(pixels, self.keys)
+        return out[self.keys[0]], out[self.keys[1]]
+
+
+def export_onnx(extractor, path: Path, input_hw: Tuple[int, int], cfg: PipelineConfig = PipelineConfig(),
+                kind: str = 'fp32', force: bool = False, extra_meta: dict = None) -> Path:
+    path = Path(path)
+    h, w = input_hw
+    if h % PATCH or w % PATCH or h <= 0 or w <= 0:
+        raise ValueError(f'input_hw={input_hw}: both sides must be positive multiples of {PATCH}')
+    if path.exists() and not force:
+        raise FileExistsError(f'{path} exists; pass --force to overwrite it')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    with torch.no_grad(), warnings.catch_warnings():
+        # the trace is for one fixed input size on purpose: size-to-int conversions are expected
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        torch.onnx.export(_Graph(extractor.eval(), cfg), (torch.zeros(1, 3, h, w),), str(tmp), dynamo=False,
+                          opset_version=17, input_names=['pixels'], output_names=['tokens', 'vlad_features'])
+    model = onnx.load(str(tmp))
+    meta = {'format': ONNX_FORMAT, 'version': ONNX_VERSION, 'kind': kind, 'input_hw': [h, w],
+            'pipeline': cfg.__dict__, 'backbone': BACKBONE_ID, 'weights_sha256': extractor.weights_sha256,
+            **(extra_meta or {})}
+    model.metadata_props.add(key='gplq_ros', value=json.dumps(meta, sort_keys=True))
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def integer_weights(onnx_path: Path, tensors: dict, layers: dict) -> int:
+    """Replace the float weights of per-output-channel layers by int8 codes + a per-channel
+    DequantizeLinear, so ONNX Runtime can run DQ(act) x DQ(weight) MatMuls on integer
+    kernels. Each MatMul weight initializer is matched to its artifact layer by value
+    (the exporter stores exactly the dequantized grid values, transposed). Per-group
+    layers stay float (int8 kernels have one scale per column). Returns how many changed."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from ..quant.packing import unpack_int4
+    model = onnx.load(str(onnx_path))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    candidates = {}
+    for name, info in layers.items():
+        if info['group_size'] not in (None, info['shape'][1]):
+            continue
+        n = int(np.prod(info['shape']))
+        codes = (unpack_int4(tensors[f'w/{name}.int4'], n) if f'w/{name}.int4' in tensors
+                 else tensors[f'w/{name}.int8']).reshape(info['shape'])
+        scales = tensors[f'w/{name}.scales'].reshape(-1)
+        candidates[name] = (codes.T.copy(), scales)  # (in, out) as in the MatMul
+    changed = 0
+    for node in list(g.node):
+        if node.op_type != 'MatMul' or node.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        for name, (codes, scales) in list(candidates.items()):
+            if codes.shape != w.shape or not np.array_equal(codes.astype(np.float32) * scales[None, :], w):
+                continue
+            base = node.input[1]
+            g.initializer.remove(inits[base])
+            g.initializer.extend([numpy_helper.from_array(codes.astype(np.int8), base + '_int8'),
+                                  numpy_helper.from_array(scales.astype(np.float32), base + '_scale'),
+                                  numpy_helper.from_array(np.zeros(len(scales), np.int8), base + '_zp')])
+            g.node.insert(list(g.node).index(node), helper.make_node(
+                'DequantizeLinear', [base + '_int8', base + '_scale', base + '_zp'], [base], axis=1,
+                name=base + '_DequantizeLinear'))
+            del candidates[name]
+            changed += 1
+            break
+    onnx.save(model, str(onnx_path))
+    return changed

@@ -1,0 +1,119 @@
+"""ONNX export + onboard engine (ORT + numpy heads) against the torch models."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gplq_ros.gplq.metrics import token_cosine
+from gplq_ros.model.pipeline import PipelineConfig, ReferencePipeline
+from gplq_ros.runtime.engine import EngineError, load
+from gplq_ros.runtime.export import export_onnx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def fp32_onnx(extractor, tmp_path_factory):
+    return export_onnx(extractor, tmp_path_factory.mktemp('onnx') / 'fp32.onnx', (168, 224))
+
+
+def camera_frame(images, name='2019_YELL_2_541000_4977000_image_crop.png'):
+    return np.ascontiguousarray(images[name][:480, :640])
+
+
+def test_fp32_engine_matches_the_torch_reference(fp32_onnx, extractor, vocab, images):
+    eng = load(fp32_onnx, centers=vocab.centers)
+    assert eng.kind == 'fp32' and eng.input_hw == (168, 224)
+    ref = ReferencePipeline(extractor, PipelineConfig(), vocab)
+    for name in ('2019_YELL_2_541000_4977000_image_crop.png', 'AWPE_Pigeon_Lake_2020_DJI_0005.JPG'):
+        frame = camera_frame(images, name)
+        a, b = eng(frame), ref(frame)
+        assert a.grid_hw == b.grid_hw == (12, 16)
+        assert token_cosine(a.tokens, b.tokens) > 0.99999
+        assert float(a.descriptor @ b.descriptor) > 0.9999
+        np.testing.assert_allclose(a.boundary, b.boundary, atol=1e-4)
+        assert a.boundary_full.shape == (480, 640) and a.boundary_full.dtype == np.float32
+        assert a.descriptor.shape == (32 * 384,) and a.descriptor.dtype == np.float32
+
+
+def test_engine_resizes_other_frame_sizes(fp32_onnx, images):
+    eng = load(fp32_onnx)
+    out = eng(np.ascontiguousarray(images['OSBS_029.png']))      # 400x400 into a 168x224 graph
+    assert out.grid_hw == (12, 16) and out.boundary_full.shape == (400, 400)
+    assert out.descriptor is None                                   # no vocabulary given
+
+
+def test_quantized_engine_matches_fake_quant_model(extractor, images, tmp_path):
+    from gplq_ros.gplq.calibrate import stage1
+    from gplq_ros.gplq.config import CalibConfig
+    from gplq_ros.gplq.weight_ptq import stage2
+    from gplq_ros.model.quantized import QuantDinoV2
+    from gplq_ros.quant.spec import QuantSpec
+    from gplq_ros.tools.calibrate import make_crops
+    spec = QuantSpec.from_bits('w4a8', group_size=32, weight_method='rtn')
+    qm = QuantDinoV2(extractor, spec)
+    stage1(qm, make_crops([images['AWPE_Pigeon_Lake_2020_DJI_0005.JPG']], 8, 0),
+           CalibConfig(method='minmax', crops=8, init_crops=8))
+    stage2(qm, spec, None)
+    for q in qm.quantizers.values():
+        q.freeze()
+    path = export_onnx(qm.extractor, tmp_path / 'q.onnx', (168, 224), kind='gplq')
+    eng = load(path)
+    for name in ('2019_YELL_2_541000_4977000_image_crop.png', 'SOAP_031.png'):
+        frame = camera_frame(images, name) if name.startswith('2019') else images[name]
+        prep, tok, vf = eng.features(frame)
+        with torch.no_grad():
+            o = qm(torch.from_numpy(prep.tensor), [(11, 'token'), (9, 'value')])
+        # ORT fuses Q/DQ into integer kernels; requantization rounding differs slightly
+        assert token_cosine(tok, o[(11, 'token')][0].numpy()) > 0.999
+        assert token_cosine(vf, o[(9, 'value')][0].numpy()) > 0.99
+
+
+def test_engine_refusals(tmp_path, fp32_onnx):
+    with pytest.raises(EngineError, match='not found'):
+        load(tmp_path / 'none.onnx')
+    (tmp_path / 'junk.onnx').write_bytes(b'junk')
+    with pytest.raises(EngineError, match='cannot load'):
+        load(tmp_path / 'junk.onnx')
+    with pytest.raises(EngineError, match='threads=0'):
+        load(fp32_onnx, threads=0)
+    with pytest.raises(EngineError, match='not available'):
+        load(fp32_onnx, providers=['NoSuchExecutionProvider'])
+    import onnx
+    m = onnx.load(str(fp32_onnx))
+    del m.metadata_props[:]
+    onnx.save(m, str(tmp_path / 'plain.onnx'))
+    with pytest.raises(EngineError, match='no gplq_ros metadata'):
+        load(tmp_path / 'plain.onnx')
+    with pytest.raises(ValueError, match='multiples of 14'):
+        export_onnx(None, tmp_path / 'x.onnx', (100, 224))
+
+
+def test_engine_path_imports_no_torch(fp32_onnx):
+    code = ('import sys, numpy as np; from gplq_ros.runtime.engine import load; '
+            f'e = load(r"{fp32_onnx}"); o = e(np.zeros((480, 640, 3), np.uint8)); '
+            'bad = [m for m in ("torch", "timm", "rclpy") if m in sys.modules]; print(bad, o.grid_hw); '
+            'sys.exit(1 if bad else 0)')
+    res = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert '(12, 16)' in res.stdout
+
+
+def test_export_cli(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = tmp_path / 'fp32.onnx'
+    res = subprocess.run([sys.executable, '-m', 'gplq_ros.tools.export', '--fp32', '--size', '112', '112',
+                          '--out', str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert load(out).input_hw == (112, 112)
+    res = subprocess.run([sys.executable, '-m', 'gplq_ros.tools.export', '--fp32', '--size', '112', '112',
+                          '--out', str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 2 and '--force' in res.stderr
+    res = subprocess.run([sys.executable, '-m', 'gplq_ros.tools.export', '--model', str(tmp_path / 'no.safetensors'),
+                          '--out', str(tmp_path / 'q.onnx')], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 2 and 'not found' in res.stderr
