@@ -54,7 +54,9 @@ def test_quantized_engine_matches_fake_quant_model(extractor, images, tmp_path):
     from gplq_ros.model.quantized import QuantDinoV2
     from gplq_ros.quant.spec import QuantSpec
     from gplq_ros.tools.calibrate import make_crops
-    spec = QuantSpec.from_bits('w4a8', group_size=32, weight_method='rtn')
+    from gplq_ros.runtime.export import integer_weights
+    from gplq_ros.runtime.fakequant import export_tensors
+    spec = QuantSpec.from_bits('w4a8', group_size=None, weight_method='rtn')
     qm = QuantDinoV2(extractor, spec)
     stage1(qm, make_crops([images['AWPE_Pigeon_Lake_2020_DJI_0005.JPG']], 8, 0),
            CalibConfig(method='minmax', crops=8, init_crops=8))
@@ -62,6 +64,10 @@ def test_quantized_engine_matches_fake_quant_model(extractor, images, tmp_path):
     for q in qm.quantizers.values():
         q.freeze()
     path = export_onnx(qm.extractor, tmp_path / 'q.onnx', (168, 224), kind='gplq')
+    float_mb = path.stat().st_size / 1e6
+    tensors, layout = export_tensors(qm)
+    assert integer_weights(path, tensors, layout['layers']) == 48     # every Linear as int8 codes
+    assert path.stat().st_size / 1e6 < 0.35 * float_mb
     eng = load(path)
     for name in ('2019_YELL_2_541000_4977000_image_crop.png', 'SOAP_031.png'):
         frame = camera_frame(images, name) if name.startswith('2019') else images[name]

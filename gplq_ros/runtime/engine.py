@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from ..model.pipeline import Outputs, PipelineConfig, run_heads, single_thread_blas
@@ -44,13 +45,20 @@ class Engine:
         if missing:
             raise EngineError(f'providers={missing} not available in this onnxruntime ({available})')
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=wanted)
-        except Exception as e:  # ORT raises its own types for malformed graphs
+            raw = {p.key: p.value for p in onnx.load(str(path)).metadata_props}.get('gplq_ros')
+        except Exception as e:  # protobuf raises its own types for malformed files
             raise EngineError(f'{path}: onnxruntime cannot load it ({str(e)[:300]})') from None
-        raw = self.session.get_modelmeta().custom_metadata_map.get('gplq_ros')
         if raw is None:
             raise EngineError(f'{path}: no gplq_ros metadata; export it with gplq_export')
         self.meta = json.loads(raw)
+        # In GPLQ graphs ORT's MatMul+Add -> Gemm fusion runs before its QDQ fusions and
+        # leaves DQ(act) x DQ(int8 W) as a float Gemm (measured 69 ms at 224 px, 2 threads);
+        # without it they become MatMulIntegerToFloat (22 ms). FP32 graphs need the fusion.
+        disabled = ['MatMulAddFusion'] if self.meta.get('kind') == 'gplq' else []
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=wanted, disabled_optimizers=disabled)
+        except Exception as e:  # ORT raises its own types for malformed graphs
+            raise EngineError(f'{path}: onnxruntime cannot load it ({str(e)[:300]})') from None
         self.input_hw = tuple(self.meta['input_hw'])
         self.cfg = PipelineConfig(**self.meta['pipeline'])
         if centers is not None and centers.shape[1] != 384:

@@ -72,6 +72,7 @@ def integer_weights(onnx_path: Path, tensors: dict, layers: dict) -> int:
     model = onnx.load(str(onnx_path))
     g = model.graph
     inits = {t.name: t for t in g.initializer}
+    consts = {n.output[0]: n for n in g.node if n.op_type == 'Constant'}  # the exporter folds W^T here
     candidates = {}
     for name, info in layers.items():
         if info['group_size'] not in (None, info['shape'][1]):
@@ -83,14 +84,18 @@ def integer_weights(onnx_path: Path, tensors: dict, layers: dict) -> int:
         candidates[name] = (codes.T.copy(), scales)  # (in, out) as in the MatMul
     changed = 0
     for node in list(g.node):
-        if node.op_type != 'MatMul' or node.input[1] not in inits:
+        if node.op_type != 'MatMul' or (node.input[1] not in inits and node.input[1] not in consts):
             continue
-        w = numpy_helper.to_array(inits[node.input[1]])
+        base = node.input[1]
+        src = inits.get(base)
+        w = numpy_helper.to_array(src if src is not None else consts[base].attribute[0].t)
         for name, (codes, scales) in list(candidates.items()):
             if codes.shape != w.shape or not np.array_equal(codes.astype(np.float32) * scales[None, :], w):
                 continue
-            base = node.input[1]
-            g.initializer.remove(inits[base])
+            if src is not None:
+                g.initializer.remove(src)
+            else:
+                g.node.remove(consts[base])
             g.initializer.extend([numpy_helper.from_array(codes.astype(np.int8), base + '_int8'),
                                   numpy_helper.from_array(scales.astype(np.float32), base + '_scale'),
                                   numpy_helper.from_array(np.zeros(len(scales), np.int8), base + '_zp')])

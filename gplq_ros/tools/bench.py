@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     from ..model.vocab import Vocabulary
     from ..paths import default_vocab, gplq_home
     from ..runtime.engine import load
-    from ..runtime.export import export_onnx
+    from ..runtime.artifact import load_artifact
+    from ..runtime.export import export_onnx, integer_weights
     from ..runtime.fakequant import fakequant_model
     from .calibrate import default_calibration_images, make_crops
     from .fidelity import default_heldout
@@ -112,9 +113,12 @@ def main(argv=None) -> int:
                 q.freeze()
             path = export_onnx(qm.extractor, args.workdir / f'{a.stem}_{size}.onnx', hw, cfg, kind='gplq',
                                force=True)
-            graphs.append((f'GPLQ {meta["tag"].upper()} (QDQ)', path))
+            n_int8 = integer_weights(path, load_artifact(a)[0], meta['layers'])
+            gs = meta['spec']['group_size']
+            label = f'GPLQ {meta["tag"].upper()} ' + (f'g{gs}, float W' if n_int8 == 0 else f'per-channel, int8 W')
+            graphs.append((label, path))
             if size == 224:
-                fid[f'GPLQ {meta["tag"].upper()} (QDQ)'] = {'artifact_mb': round(a.stat().st_size / 1e6, 2)}
+                fid[label] = {'artifact_mb': round(a.stat().st_size / 1e6, 2)}
         for name, path in graphs:
             before = rss_mb()
             engines = {th: load(path, threads=th, centers=vocab.centers) for th in args.threads}

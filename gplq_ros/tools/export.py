@@ -3,7 +3,9 @@
 ``--fp32``: the FP32 backbone (the monitor's reference). ``--model ARTIFACT``: the GPLQ
 model, activations as QuantizeLinear/DequantizeLinear pairs with the artifact's own
 scales and zero-points (a Clip keeps sub-8-bit codes in range), weights as their
-dequantized 4-bit grid values.
+dequantized 4-bit grid values; layers with one scale per output channel then get int8
+code initializers + a per-channel DequantizeLinear, which ONNX Runtime runs as integer
+MatMuls (``runtime.export.integer_weights``).
 """
 import argparse
 import sys
@@ -24,8 +26,8 @@ def main(argv=None) -> int:
     ap.add_argument('--out', type=Path, required=True)
     ap.add_argument('--force', action='store_true')
     args = ap.parse_args(argv)
-    from ..runtime.artifact import ArtifactError
-    from ..runtime.export import export_onnx
+    from ..runtime.artifact import ArtifactError, load_artifact
+    from ..runtime.export import export_onnx, integer_weights
     try:
         if args.fp32:
             from ..model.backbone import load_extractor
@@ -38,6 +40,10 @@ def main(argv=None) -> int:
                 q.freeze()
             path = export_onnx(qm.extractor, args.out, tuple(args.size), kind='gplq', force=args.force,
                                extra_meta={'artifact_checksum': meta['checksum'], 'tag': meta['tag']})
+            tensors, _ = load_artifact(args.model)
+            n = integer_weights(path, tensors, meta['layers'])
+            print(f'gplq_export: {n} of {len(meta["layers"])} layers as int8 weights '
+                  '(per-output-channel layers; per-group layers stay float)')
     except (ArtifactError, ValueError) as e:
         print(f'gplq_export: error: {e}', file=sys.stderr)
         return 2
