@@ -1,19 +1,9 @@
 """gplq_calibrate and gplq_fidelity end to end on real images (tiny calibration)."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run(module, *args):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='2')
-    return subprocess.run([sys.executable, '-m', module, *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=900)
+from helpers.cli import run_module as run
 
 
 def test_calibrate_report_and_fidelity(tmp_path, manifest, vocab):

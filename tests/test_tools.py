@@ -1,20 +1,9 @@
 """gplq_vocab and gplq_demo end to end on real images."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run(module, *args):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='2')
-    return subprocess.run([sys.executable, '-m', module, *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=600)
+from helpers.cli import run_module as run
 
 
 @pytest.fixture(scope='module')
