@@ -54,7 +54,7 @@ def test_quantized_engine_matches_fake_quant_model(extractor, images, tmp_path):
     from gplq_ros.model.quantized import QuantDinoV2
     from gplq_ros.quant.spec import QuantSpec
     from gplq_ros.tools.calibrate import make_crops
-    from gplq_ros.runtime.export import integer_weights
+    from gplq_ros.runtime.export import fuse_integer_linears, integer_weights
     from gplq_ros.runtime.fakequant import export_tensors
     spec = QuantSpec.from_bits('w4a8', group_size=None, weight_method='rtn')
     qm = QuantDinoV2(extractor, spec)
@@ -68,7 +68,12 @@ def test_quantized_engine_matches_fake_quant_model(extractor, images, tmp_path):
     tensors, layout = export_tensors(qm)
     assert integer_weights(path, tensors, layout['layers']) == 48     # every Linear as int8 codes
     assert path.stat().st_size / 1e6 < 0.35 * float_mb
+    unfused = load(path)
+    assert fuse_integer_linears(path) == (48, 24)                      # bias + LayerScale folded
     eng = load(path)
+    for img in (images['SOAP_031.png'],):
+        a, b = unfused.features(img)[1], eng.features(img)[1]
+        assert token_cosine(a, b) > 0.999
     for name in ('2019_YELL_2_541000_4977000_image_crop.png', 'SOAP_031.png'):
         frame = camera_frame(images, name) if name.startswith('2019') else images[name]
         prep, tok, vf = eng.features(frame)

@@ -107,3 +107,76 @@ def integer_weights(onnx_path: Path, tensors: dict, layers: dict) -> int:
             break
     onnx.save(model, str(onnx_path))
     return changed
+
+
+def fuse_integer_linears(onnx_path: Path) -> Tuple[int, int]:
+    """ONNX Runtime-specific rewrite of the int8-weight Linears written by ``integer_weights``:
+    ``DQ(Q(x)) @ DQ(W_int8) + b`` becomes one ``com.microsoft.MatMulIntegerToFloat`` with the
+    bias folded in, and a following LayerScale ``Mul(gamma)`` is folded into its weight
+    scales and bias (``gamma * (s_a s_w acc + b) = s_a (gamma s_w) acc + gamma b``).
+    ORT does neither fusion on its own here. Returns (linears fused, LayerScales folded)."""
+    import collections
+
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    consts = {n.output[0]: n for n in g.node if n.op_type == 'Constant'}
+    prod = {o: n for n in g.node for o in n.output}
+    cons = collections.defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            cons[i].append(n)
+
+    def const(name):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        return numpy_helper.to_array(consts[name].attribute[0].t) if name in consts else None
+
+    def only_user(name, op):
+        users = cons[name]
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    drop, replace, fused, folded = set(), {}, 0, 0
+    for n in g.node:
+        if n.op_type != 'MatMul':
+            continue
+        da, dw = prod.get(n.input[0]), prod.get(n.input[1])
+        if not (da is not None and dw is not None and da.op_type == dw.op_type == 'DequantizeLinear'
+                and dw.input[0] in inits and len(da.input) == 3 and len(dw.input) == 3):
+            continue
+        add = only_user(n.output[0], 'Add')
+        bias = const([i for i in add.input if i != n.output[0]][0]) if add is not None else None
+        if bias is None or bias.ndim != 1:
+            continue
+        w_scale = numpy_helper.to_array(inits[dw.input[1]]).astype(np.float32)
+        out = add.output[0]
+        mul = only_user(out, 'Mul')
+        gamma = const([i for i in mul.input if i != out][0]) if mul is not None else None
+        if gamma is not None and gamma.shape == bias.shape:
+            w_scale, bias, out = w_scale * gamma, bias * gamma, mul.output[0]
+            drop.add(id(mul))
+            folded += 1
+        base = n.name.replace('/', '_').strip('_')
+        g.initializer.extend([numpy_helper.from_array(w_scale.astype(np.float32), base + '_wscale'),
+                              numpy_helper.from_array(bias.astype(np.float32), base + '_bias')])
+        replace[id(n)] = helper.make_node(
+            'MatMulIntegerToFloat', [da.input[0], dw.input[0], da.input[1], base + '_wscale', da.input[2],
+                                     dw.input[2], base + '_bias'], [out], domain='com.microsoft',
+            name=n.name + '_int8')
+        drop.update({id(add), id(dw)})
+        if len(cons[n.input[0]]) == 1:
+            drop.add(id(da))
+        fused += 1
+    nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input}
+    for t in [t for t in g.initializer if t.name not in used]:
+        g.initializer.remove(t)
+    if fused and not any(o.domain == 'com.microsoft' for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid('com.microsoft', 1))
+    onnx.save(model, str(onnx_path))
+    return fused, folded

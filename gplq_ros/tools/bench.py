@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     from ..paths import default_vocab, gplq_home
     from ..runtime.engine import load
     from ..runtime.artifact import load_artifact
-    from ..runtime.export import export_onnx, integer_weights
+    from ..runtime.export import export_onnx, fuse_integer_linears, integer_weights
     from ..runtime.fakequant import fakequant_model
     from .calibrate import default_calibration_images, make_crops
     from .fidelity import default_heldout
@@ -114,6 +114,7 @@ def main(argv=None) -> int:
             path = export_onnx(qm.extractor, args.workdir / f'{a.stem}_{size}.onnx', hw, cfg, kind='gplq',
                                force=True)
             n_int8 = integer_weights(path, load_artifact(a)[0], meta['layers'])
+            fuse_integer_linears(path)
             gs = meta['spec']['group_size']
             label = f'GPLQ {meta["tag"].upper()} ' + (f'g{gs}, float W' if n_int8 == 0 else f'per-channel, int8 W')
             graphs.append((label, path))

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument('--force', action='store_true')
     args = ap.parse_args(argv)
     from ..runtime.artifact import ArtifactError, load_artifact
-    from ..runtime.export import export_onnx, integer_weights
+    from ..runtime.export import export_onnx, fuse_integer_linears, integer_weights
     try:
         if args.fp32:
             from ..model.backbone import load_extractor
@@ -42,8 +42,10 @@ def main(argv=None) -> int:
                                extra_meta={'artifact_checksum': meta['checksum'], 'tag': meta['tag']})
             tensors, _ = load_artifact(args.model)
             n = integer_weights(path, tensors, meta['layers'])
+            fused, folded = fuse_integer_linears(path)
             print(f'gplq_export: {n} of {len(meta["layers"])} layers as int8 weights '
-                  '(per-output-channel layers; per-group layers stay float)')
+                  f'(per-output-channel layers; per-group layers stay float); {fused} fused with their '
+                  f'bias, {folded} LayerScales folded')
     except (ArtifactError, ValueError) as e:
         print(f'gplq_export: error: {e}', file=sys.stderr)
         return 2
