@@ -5,8 +5,10 @@ Rows: torch FP32 eager (the reference pipeline), ORT FP32, ORT dynamic int8
 calibration on 16 real crops), and each given GPLQ artifact exported as a QDQ graph.
 Every ORT row includes preprocessing and the numpy heads, as onboard. Columns per input
 size (square, px) and thread count: median / p95 ms, ratio to torch FP32 and to ORT
-dynamic int8; then model file size, RSS growth when the engine was built, and fidelity to
+dynamic int8; then model file size, onboard peak RSS, and fidelity to
 FP32 on the held-out NEON tiles at 224 px (final patch-token cosine, VLAD cosine).
+"RSS MB" is the peak RSS of a separate process that imports only the onboard engine (no
+torch), loads the graph and runs 5 frames.
 """
 import argparse
 import json
@@ -20,9 +22,24 @@ import numpy as np
 from .common import cli, load_images
 
 
-def rss_mb() -> float:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 1e6
+ONBOARD_RSS = """
+import resource, sys, numpy as np
+from gplq_ros.runtime.engine import load
+e = load(sys.argv[1], threads=2)
+for _ in range(5):
+    e(np.zeros((480, 640, 3), np.uint8))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+"""
+
+
+def onboard_peak_rss_mb(path: Path) -> float:
+    """Peak RSS of a fresh process that only loads the engine (no torch) and runs 5 frames."""
+    import subprocess
+    res = subprocess.run([sys.executable, '-c', ONBOARD_RSS, str(path)], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    if res.returncode != 0:
+        raise RuntimeError(f'engine process failed for {path}: {res.stderr[-500:]}')
+    return round(float(res.stdout.strip().splitlines()[-1]), 1)
 
 
 def timed(fn, image, runs):
@@ -121,9 +138,8 @@ def main(argv=None) -> int:
             if size == 224:
                 fid[label] = {'artifact_mb': round(a.stat().st_size / 1e6, 2)}
         for name, path in graphs:
-            before = rss_mb()
             engines = {th: load(path, threads=th, centers=vocab.centers) for th in args.threads}
-            rss = round(rss_mb() - before, 1)
+            rss = onboard_peak_rss_mb(path)
             add(name, size, lambda th: engines[th], round(path.stat().st_size / 1e6, 2), rss)
             if size == 224:
                 e = engines[args.threads[-1]]
