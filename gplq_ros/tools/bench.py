@@ -22,13 +22,15 @@ import numpy as np
 from .common import cli, load_images
 
 
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork/exec (the parent's peak would show)
 ONBOARD_RSS = """
-import resource, sys, numpy as np
+import sys, numpy as np
 from gplq_ros.runtime.engine import load
 e = load(sys.argv[1], threads=2)
 for _ in range(5):
     e(np.zeros((480, 640, 3), np.uint8))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
+print(int(hwm.split()[1]) / 1024.0)
 """
 
 
