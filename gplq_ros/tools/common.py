@@ -10,6 +10,7 @@ import numpy as np
 from ..model.preprocess import read_rgb
 from ..model.vocab import VocabError
 from ..model.weights import WeightsError
+from ..runtime.artifact import ArtifactError
 from ..paths import default_images_dir
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
@@ -62,7 +63,11 @@ def tile(images: List[np.ndarray], height: int) -> np.ndarray:
     return np.concatenate(parts[:-1], axis=1)
 
 
-USER_ERRORS = (FileNotFoundError, FileExistsError, VocabError, WeightsError)
+class AssetError(RuntimeError):
+    """An asset that could not be fetched or verified; the message says what to do."""
+
+
+USER_ERRORS = (FileNotFoundError, FileExistsError, VocabError, WeightsError, ArtifactError, AssetError)
 
 
 def cli(prog: str):

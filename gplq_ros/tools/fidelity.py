@@ -53,12 +53,16 @@ def compare(ext, qm, image: np.ndarray, cfg: PipelineConfig, centers) -> Dict[st
 
 
 def evaluate(ext, qm, images: Dict[str, np.ndarray], cfg: PipelineConfig, centers,
-             views: int = 4, seed: int = 1) -> Dict[str, object]:
+             views: int = 4, seed: int = 1, whole: Dict[str, dict] = None) -> Dict[str, object]:
+    """Metrics over every view; ``whole``, if given, receives each whole image's full
+    ``compare`` result (FP32 and quantized outputs included) for pictures."""
     rng = np.random.default_rng(seed)
     rows, fp_desc, q_desc = [], [], []
     for name, img in images.items():
         for v, view in enumerate([img] + random_views(img, views, rng)):
             r = compare(ext, qm, view, cfg, centers)
+            if v == 0 and whole is not None:
+                whole[name] = r
             if centers is not None:
                 fp_desc.append(r['fp'].descriptor)
                 q_desc.append(r['q'].descriptor)
@@ -93,14 +97,9 @@ def main(argv=None) -> int:
     from ..model.backbone import load_extractor
     from ..model.vocab import Vocabulary
     from ..model.weights import sha256_file
-    from ..runtime.artifact import ArtifactError
     from ..runtime.fakequant import fakequant_model
     ext = load_extractor(args.weights)
-    try:
-        qm, meta = fakequant_model(args.model, ext.weights_sha256)
-    except ArtifactError as e:
-        print(f'gplq_fidelity: error: {e}', file=sys.stderr)
-        return 2
+    qm, meta = fakequant_model(args.model, ext.weights_sha256)
     vocab = Vocabulary.load(args.vocab or default_vocab(), ext.weights_sha256)
     paths = list_images(args.images) if args.images else default_heldout()
     used = {i['sha256'] for i in meta.get('data', {}).get('images', [])}
