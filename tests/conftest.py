@@ -43,3 +43,21 @@ def extractor(manifest):
 def vocab(extractor, images):
     from gplq_ros.tools.vocab import build_vocabulary
     return build_vocabulary(extractor, list(images.values()), k=32, crops=4, seed=0)
+
+
+@pytest.fixture(scope='session')
+def w4a8_artifact(manifest, tmp_path_factory):
+    """A real (tiny: 4 crops) W4A8 per-output-channel GPLQ artifact made by gplq_calibrate."""
+    from helpers.cli import run_module
+    out = tmp_path_factory.mktemp('artifact') / 'w4a8.safetensors'
+    res = run_module('gplq_ros.tools.calibrate', '--bits', 'w4a8', '--group-size', 0, '--crops', 4, '--batch', 2,
+                     '--gptq-crops', 4, '--no-report', '--out', out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope='session')
+def packed_graph(w4a8_artifact):
+    """The artifact exported for 640x480 cameras (168x224), weights read from the artifact."""
+    from gplq_ros.runtime.export import export_artifact
+    return export_artifact(w4a8_artifact, w4a8_artifact.with_name('w4a8_168x224.onnx'), (168, 224))['path']

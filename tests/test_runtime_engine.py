@@ -128,3 +128,33 @@ def test_export_cli(tmp_path):
     res = subprocess.run([sys.executable, '-m', 'gplq_ros.tools.export', '--model', str(tmp_path / 'no.safetensors'),
                           '--out', str(tmp_path / 'q.onnx')], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 2 and 'not found' in res.stderr
+
+
+def test_packed_graph_reads_4bit_codes_from_the_artifact(w4a8_artifact, packed_graph, images, tmp_path):
+    from gplq_ros.runtime.export import export_artifact
+    standalone = export_artifact(w4a8_artifact, tmp_path / 'standalone.onnx', (168, 224), packed=False)
+    assert standalone['int8'] == standalone['fused'] == 48 and standalone['packed'] == 0
+    # the 4-bit codes live once on disk, in the artifact: the graph keeps only float parts
+    assert packed_graph.stat().st_size < 0.2 * standalone['path'].stat().st_size
+    a, b = load(packed_graph), load(standalone['path'])
+    assert a.artifact == w4a8_artifact and b.artifact is None
+    frame = camera_frame(images)
+    np.testing.assert_array_equal(a.features(frame)[1], b.features(frame)[1])
+
+
+def test_packed_graph_refuses_a_missing_or_other_artifact(w4a8_artifact, packed_graph, tmp_path):
+    from gplq_ros.runtime.artifact import load_artifact, save_artifact
+    with pytest.raises(EngineError, match='artifact=.*not found'):
+        load(packed_graph, artifact=tmp_path / 'none.safetensors')
+    tensors, meta = load_artifact(w4a8_artifact)
+    tensors['a/' + next(iter(meta['activations'])) + '.scale'] *= 1.01   # a different calibration
+    other = tmp_path / 'other.safetensors'
+    save_artifact(other, tensors, {k: v for k, v in meta.items() if k != 'checksum'})
+    with pytest.raises(EngineError, match='not the one this graph was exported from'):
+        load(packed_graph, artifact=other)
+    corrupt = tmp_path / 'corrupt.safetensors'
+    data = bytearray(w4a8_artifact.read_bytes())
+    data[-100:] = bytes(100)
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(EngineError, match='checksum mismatch'):
+        load(packed_graph, artifact=corrupt)

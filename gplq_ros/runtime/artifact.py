@@ -24,6 +24,7 @@ import numpy as np
 from ..fileformat import read_versioned_meta
 
 FORMAT = 'gplq_ros.artifact'
+PACKED_PREFIX = 'gplq_packed:'  # ONNX initializers the engine fills from an artifact's codes
 VERSION = 1
 
 

@@ -9,6 +9,11 @@ default; CUDA/TensorRT are used when asked for and present); intra-op spinning i
 that several sessions in one process do not steal each other's cores; numpy's BLAS is
 held to one thread (``model.pipeline.single_thread_blas``); the session is warmed up at
 load.
+
+GPLQ graphs exported packed (the default of ``gplq_export --model``) hold no int8 weight
+codes: the engine reads them from the artifact (``artifact=``, by default the file the
+graph names, next to it), checks that it is the artifact the graph was exported from
+(checksum), unpacks the 4-bit codes to int8 and hands ORT the completed graph in memory.
 """
 import json
 from pathlib import Path
@@ -28,7 +33,7 @@ class EngineError(ValueError):
 
 class Engine:
     def __init__(self, path: Path, threads: int = 2, providers: Optional[Sequence[str]] = None,
-                 centers: Optional[np.ndarray] = None, warmup: int = 2):
+                 centers: Optional[np.ndarray] = None, warmup: int = 2, artifact: Optional[Path] = None):
         path = Path(path)
         if not path.is_file():
             raise EngineError(f'model file not found: {path}')
@@ -44,7 +49,8 @@ class Engine:
         if missing:
             raise EngineError(f'providers={missing} not available in this onnxruntime ({available})')
         try:
-            raw = {p.key: p.value for p in onnx.load(str(path)).metadata_props}.get('gplq_ros')
+            model = onnx.load(str(path))
+            raw = {p.key: p.value for p in model.metadata_props}.get('gplq_ros')
         except Exception as e:  # protobuf raises its own types for malformed files
             raise EngineError(f'{path}: onnxruntime cannot load it ({str(e)[:300]})') from None
         if raw is None:
@@ -54,8 +60,15 @@ class Engine:
         # leaves DQ(act) x DQ(int8 W) as a float Gemm (measured 69 ms at 224 px, 2 threads);
         # without it they become MatMulIntegerToFloat (22 ms). FP32 graphs need the fusion.
         disabled = ['MatMulAddFusion'] if self.meta.get('kind') == 'gplq' else []
+        self.artifact = None
+        source = str(path)
+        if self.meta.get('packed_layers'):
+            self.artifact = Path(artifact) if artifact else path.parent / self.meta['artifact_file']
+            _fill_packed(model, self.meta, self.artifact)
+            source = model.SerializeToString()
+        del model
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=wanted, disabled_optimizers=disabled)
+            self.session = ort.InferenceSession(source, so, providers=wanted, disabled_optimizers=disabled)
         except Exception as e:  # ORT raises its own types for malformed graphs
             raise EngineError(f'{path}: onnxruntime cannot load it ({str(e)[:300]})') from None
         self.input_hw = tuple(self.meta['input_hw'])
@@ -81,6 +94,30 @@ class Engine:
     def __call__(self, image_rgb: np.ndarray) -> Outputs:
         prep, tok, vf = self.features(image_rgb)
         return run_heads(self.cfg, prep, tok, vf, self.centers)
+
+
+def _fill_packed(model, meta: dict, artifact: Path) -> None:
+    """Add the int8 code initializers of a packed graph from its artifact's 4-bit codes."""
+    from onnx import numpy_helper
+
+    from ..quant.packing import unpack_int4
+    from .artifact import PACKED_PREFIX, ArtifactError, load_artifact
+    if not artifact.is_file():
+        raise EngineError(f'artifact={artifact}: not found (this graph takes its weights from it)')
+    try:
+        tensors, ameta = load_artifact(artifact)
+    except ArtifactError as e:
+        raise EngineError(str(e)) from None
+    if ameta['checksum'] != meta.get('artifact_checksum'):
+        raise EngineError(f'artifact={artifact}: checksum {ameta["checksum"][:12]}... is not the one this graph '
+                          f'was exported from ({str(meta.get("artifact_checksum"))[:12]}...); export it again')
+    for name in meta['packed_layers']:
+        shape = ameta['layers'][name]['shape']
+        n = int(np.prod(shape))
+        codes = (unpack_int4(tensors[f'w/{name}.int4'], n) if f'w/{name}.int4' in tensors
+                 else tensors[f'w/{name}.int8']).reshape(shape)
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(codes.T, np.int8),
+                                                               PACKED_PREFIX + name))
 
 
 def load(path: Path, **kw) -> Engine:

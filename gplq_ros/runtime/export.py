@@ -19,6 +19,7 @@ import torch
 from ..model.pipeline import PipelineConfig
 from ..model.preprocess import PATCH
 from ..model.weights import BACKBONE_ID
+from .artifact import PACKED_PREFIX
 
 ONNX_FORMAT = 'gplq_ros.onnx'
 ONNX_VERSION = 1
@@ -96,11 +97,11 @@ def integer_weights(onnx_path: Path, tensors: dict, layers: dict) -> int:
                 g.initializer.remove(src)
             else:
                 g.node.remove(consts[base])
-            g.initializer.extend([numpy_helper.from_array(codes.astype(np.int8), base + '_int8'),
+            g.initializer.extend([numpy_helper.from_array(codes.astype(np.int8), PACKED_PREFIX + name),
                                   numpy_helper.from_array(scales.astype(np.float32), base + '_scale'),
                                   numpy_helper.from_array(np.zeros(len(scales), np.int8), base + '_zp')])
             g.node.insert(list(g.node).index(node), helper.make_node(
-                'DequantizeLinear', [base + '_int8', base + '_scale', base + '_zp'], [base], axis=1,
+                'DequantizeLinear', [PACKED_PREFIX + name, base + '_scale', base + '_zp'], [base], axis=1,
                 name=base + '_DequantizeLinear'))
             del candidates[name]
             changed += 1
@@ -180,3 +181,46 @@ def fuse_integer_linears(onnx_path: Path) -> Tuple[int, int]:
         model.opset_import.append(helper.make_opsetid('com.microsoft', 1))
     onnx.save(model, str(onnx_path))
     return fused, folded
+
+
+def _set_meta(model, **changes) -> dict:
+    prop = next(p for p in model.metadata_props if p.key == 'gplq_ros')
+    meta = dict(json.loads(prop.value), **changes)
+    prop.value = json.dumps(meta, sort_keys=True)
+    return meta
+
+
+def strip_packed_weights(onnx_path: Path, artifact_path: Path) -> int:
+    """Drop the int8 code initializers that ``integer_weights`` made: the onboard engine
+    fills them at load from the artifact's packed 4-bit codes (``runtime.engine``), so the
+    4-bit weights exist once on disk. The graph records the artifact's file name and
+    checksum. Returns how many were dropped."""
+    model = onnx.load(str(onnx_path))
+    g = model.graph
+    packed = [t for t in g.initializer if t.name.startswith(PACKED_PREFIX)]
+    for t in packed:
+        g.initializer.remove(t)
+    _set_meta(model, packed_layers=sorted(t.name[len(PACKED_PREFIX):] for t in packed),
+              artifact_file=Path(artifact_path).name)
+    onnx.save(model, str(onnx_path))
+    return len(packed)
+
+
+def export_artifact(artifact_path: Path, path: Path, input_hw: Tuple[int, int],
+                    cfg: PipelineConfig = PipelineConfig(), packed: bool = True, force: bool = False,
+                    expect_weights_sha256: str = None) -> dict:
+    """The whole GPLQ export: fake-quant model of the artifact -> Q/DQ graph -> int8 codes for
+    per-output-channel layers -> fused integer Linears -> (``packed``) codes left in the
+    artifact. Returns counts for the caller to report."""
+    from .artifact import load_artifact
+    from .fakequant import fakequant_model
+    qm, meta = fakequant_model(artifact_path, expect_weights_sha256)
+    for q in qm.quantizers.values():
+        q.freeze()
+    path = export_onnx(qm.extractor, path, input_hw, cfg, kind='gplq', force=force,
+                       extra_meta={'artifact_checksum': meta['checksum'], 'tag': meta['tag']})
+    n_int8 = integer_weights(path, load_artifact(artifact_path)[0], meta['layers'])
+    fused, folded = fuse_integer_linears(path)
+    stripped = strip_packed_weights(path, artifact_path) if packed else 0
+    return {'path': path, 'layers': len(meta['layers']), 'int8': n_int8, 'fused': fused, 'folded': folded,
+            'packed': stripped, 'tag': meta['tag'], 'group_size': meta['spec']['group_size']}

@@ -84,9 +84,7 @@ def main(argv=None) -> int:
     from ..model.vocab import Vocabulary
     from ..paths import default_vocab, gplq_home
     from ..runtime.engine import load
-    from ..runtime.artifact import load_artifact
-    from ..runtime.export import export_onnx, fuse_integer_linears, integer_weights
-    from ..runtime.fakequant import fakequant_model
+    from ..runtime.export import export_artifact, export_onnx
     from .calibrate import default_calibration_images, make_crops
     from .fidelity import default_heldout
 
@@ -127,15 +125,11 @@ def main(argv=None) -> int:
                         calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=['MatMul', 'Gemm'])
         graphs = [('ORT FP32', fp32), ('ORT dynamic int8', dyn), ('ORT static int8 QDQ (MinMax)', stat)]
         for a in arts:
-            qm, meta = fakequant_model(a, ext.weights_sha256)
-            for q in qm.quantizers.values():
-                q.freeze()
-            path = export_onnx(qm.extractor, args.workdir / f'{a.stem}_{size}.onnx', hw, cfg, kind='gplq',
-                               force=True)
-            n_int8 = integer_weights(path, load_artifact(a)[0], meta['layers'])
-            fuse_integer_linears(path)
-            gs = meta['spec']['group_size']
-            label = f'GPLQ {meta["tag"].upper()} ' + (f'g{gs}, float W' if n_int8 == 0 else 'per-channel, int8 W')
+            r = export_artifact(a, args.workdir / f'{a.stem}_{size}.onnx', hw, cfg, packed=False, force=True,
+                                expect_weights_sha256=ext.weights_sha256)
+            path = r['path']
+            label = f'GPLQ {r["tag"].upper()} ' + (f'g{r["group_size"]}, float W' if r['int8'] == 0
+                                                   else 'per-channel, int8 W')
             graphs.append((label, path))
             if size == 224:
                 fid[label] = {'artifact_mb': round(a.stat().st_size / 1e6, 2)}

@@ -5,7 +5,9 @@ model, activations as QuantizeLinear/DequantizeLinear pairs with the artifact's 
 scales and zero-points (a Clip keeps sub-8-bit codes in range), weights as their
 dequantized 4-bit grid values; layers with one scale per output channel then get int8
 code initializers + a per-channel DequantizeLinear, which ONNX Runtime runs as integer
-MatMuls (``runtime.export.integer_weights``).
+MatMuls (``runtime.export.integer_weights``). By default those int8 codes are left out of
+the ONNX file (``--standalone`` keeps them in): the engine fills them at load from the
+artifact's packed 4-bit codes, so ship the .onnx and the .safetensors side by side.
 """
 import argparse
 import sys
@@ -24,28 +26,25 @@ def main(argv=None) -> int:
     ap.add_argument('--size', type=int, nargs=2, default=[168, 224], metavar=('H', 'W'),
                     help='network input size, multiples of 14 (default 168 224: 640x480 cameras)')
     ap.add_argument('--out', type=Path, required=True)
+    ap.add_argument('--standalone', action='store_true',
+                    help='keep the int8 weight codes in the ONNX file instead of reading them from the artifact')
     ap.add_argument('--force', action='store_true')
     args = ap.parse_args(argv)
-    from ..runtime.artifact import load_artifact
-    from ..runtime.export import export_onnx, fuse_integer_linears, integer_weights
+    from ..runtime.export import export_artifact, export_onnx
     try:
         if args.fp32:
             from ..model.backbone import load_extractor
             path = export_onnx(load_extractor(args.weights), args.out, tuple(args.size), kind='fp32',
                                force=args.force)
         else:
-            from ..runtime.fakequant import fakequant_model
-            qm, meta = fakequant_model(args.model)
-            for q in qm.quantizers.values():
-                q.freeze()
-            path = export_onnx(qm.extractor, args.out, tuple(args.size), kind='gplq', force=args.force,
-                               extra_meta={'artifact_checksum': meta['checksum'], 'tag': meta['tag']})
-            tensors, _ = load_artifact(args.model)
-            n = integer_weights(path, tensors, meta['layers'])
-            fused, folded = fuse_integer_linears(path)
-            print(f'gplq_export: {n} of {len(meta["layers"])} layers as int8 weights '
-                  f'(per-output-channel layers; per-group layers stay float); {fused} fused with their '
-                  f'bias, {folded} LayerScales folded')
+            r = export_artifact(args.model, args.out, tuple(args.size), packed=not args.standalone,
+                                force=args.force)
+            path = r['path']
+            print(f'gplq_export: {r["int8"]} of {r["layers"]} layers as int8 weights '
+                  f'(per-output-channel layers; per-group layers stay float); {r["fused"]} fused with their '
+                  f'bias, {r["folded"]} LayerScales folded; '
+                  + (f'{r["packed"]} read at load from {args.model.name} (keep it next to the graph)'
+                     if r['packed'] else 'weights stored in the graph'))
     except ValueError as e:  # e.g. a size that is not a multiple of 14
         print(f'gplq_export: error: {e}', file=sys.stderr)
         return 2
