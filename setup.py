@@ -13,7 +13,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', glob('launch/*.py')),
-        ('share/' + PACKAGE + '/config', glob('config/*.yaml')),
+        ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.xml')),
     ],
     install_requires=['setuptools'],
     zip_safe=True,
@@ -24,6 +24,12 @@ setup(
     tests_require=['pytest'],
     entry_points={
         'console_scripts': [
+            'feature_node = gplq_ros.nodes.feature_node:main',
+            'monitor_node = gplq_ros.nodes.monitor_node:main',
+            'flight_sim_node = gplq_ros.nodes.flight_sim_node:main',
+            'gplq_up = gplq_ros.tools.up:main',
+            'gplq_record = gplq_ros.tools.record:main',
+            'gplq_eval_bag = gplq_ros.tools.eval_bag:main',
             'gplq_assets = gplq_ros.tools.assets:main',
             'gplq_vocab = gplq_ros.tools.vocab:main',
             'gplq_demo = gplq_ros.tools.demo:main',

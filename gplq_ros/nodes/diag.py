@@ -1,0 +1,18 @@
+"""diagnostic_msgs helpers: one DiagnosticStatus from a level, message and key/values."""
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+
+def status(name: str, hardware_id: str, level: int, message: str, values: dict) -> DiagnosticStatus:
+    def fmt(v):
+        if v is None:
+            return 'nan'
+        return f'{v:.4g}' if isinstance(v, float) else str(v)
+    return DiagnosticStatus(level=bytes([int(level)]), name=name, message=message, hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=fmt(v)) for k, v in values.items()])
+
+
+def array(stamp, statuses) -> DiagnosticArray:
+    msg = DiagnosticArray()
+    msg.header.stamp = stamp
+    msg.status = list(statuses)
+    return msg

@@ -1,0 +1,90 @@
+"""flight_sim_node: a simulated drone camera over a real orthophoto (demos and tests).
+
+Publishes ``image`` (sensor_msgs/Image, rgb8, ``frame_id`` a camera optical frame, stamp =
+the ROS time of the capture) at ``rate_hz``, and the true window pose on ``~/true_pose``
+(geometry_msgs/PoseStamped, frame ``map`` on the orthophoto, same stamp as the image; see
+``gplq_ros.onboard.flight`` for the convention). Stops after ``max_frames`` if > 0.
+"""
+import math
+import sys
+import time
+from pathlib import Path
+
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from ..onboard.flight import Flight, FlightConfig
+from .image_codec import numpy_to_image
+from .params import Params, declare_qos
+from .run import run_node
+
+DEFAULT_ORTHO = '2019_YELL_2_528000_4978000_image_crop2.png'   # NEON 10 cm forest/meadow, 2472x2299
+
+
+class FlightSimNode(Node):
+    NODE_NAME = 'flight_sim_node'
+
+    def __init__(self, **kw):
+        super().__init__('flight_sim_node', **kw)
+        p = self.params = Params(self)
+        image = p.declare('image', '', f'orthophoto to fly over; empty: {DEFAULT_ORTHO} from the asset cache',
+                          read_only=True)
+        rate = p.declare('rate_hz', 10.0, 'camera frame rate', (0.1, 120.0), read_only=True)
+        self.frame_id = p.declare('frame_id', 'camera_optical_frame', 'frame_id of the images (optical frame)',
+                                  read_only=True)
+        self.map_frame = p.declare('map_frame', 'map', 'frame_id of the true pose', read_only=True)
+        self.max_frames = p.declare('max_frames', 0, 'stop publishing after this many frames (0: never)',
+                                    (0, 10 ** 9), read_only=True)
+        cfg = FlightConfig(
+            width=p.declare('width', 640, 'image width, pixels', (16, 8192), read_only=True),
+            height=p.declare('height', 480, 'image height, pixels', (16, 8192), read_only=True),
+            gsd_m=p.declare('gsd_m', 0.1, 'orthophoto ground sampling distance, m/pixel', (0.001, 10.0),
+                            read_only=True),
+            speed_mps=p.declare('speed_mps', 4.0, 'mean ground speed, m/s', (0.0, 100.0), read_only=True),
+            height_m=p.declare('height_m', 40.0, 'mean height above ground, m', (1.0, 1000.0), read_only=True),
+            height_amp=p.declare('height_amp', 0.25, 'relative height oscillation', (0.0, 0.89), read_only=True),
+            yaw_amp_deg=p.declare('yaw_amp_deg', 20.0, 'yaw oscillation about the track, degrees', (0.0, 180.0),
+                                  read_only=True),
+            hfov_deg=p.declare('hfov_deg', 70.0, 'horizontal field of view, degrees', (10.0, 170.0),
+                               read_only=True),
+            seed=p.declare('seed', 0, 'track phase seed', (0, 2 ** 31 - 1), read_only=True))
+        qos = declare_qos(p, 'qos', 'best_effort', 5, 'the image and pose publishers')
+        from ..model.preprocess import read_rgb
+        from ..paths import default_images_dir
+        path = Path(image) if image else default_images_dir() / DEFAULT_ORTHO
+        if not path.is_file():
+            raise ValueError(f'parameter image={str(path)!r}: file not found (run gplq_assets)')
+        self.flight = Flight(read_rgb(path), cfg)
+        self.pub_image = self.create_publisher(Image, 'image', qos)
+        self.pub_pose = self.create_publisher(PoseStamped, '~/true_pose', qos)
+        self.sent = 0
+        self.t0 = time.monotonic()
+        self.timer = self.create_timer(1.0 / rate, self.tick)
+        self.get_logger().info(f'flying over {path.name} at {rate:g} Hz, {cfg.width}x{cfg.height}, '
+                               f'publishing {self.pub_image.topic_name}')
+
+    def tick(self) -> None:
+        if self.max_frames and self.sent >= self.max_frames:
+            self.timer.cancel()
+            return
+        pose = self.flight.pose(time.monotonic() - self.t0)
+        frame = self.flight.render(pose)
+        stamp = self.get_clock().now().to_msg()
+        img = numpy_to_image(frame, 'rgb8')
+        img.header.stamp, img.header.frame_id = stamp, self.frame_id
+        ps = PoseStamped()
+        ps.header.stamp, ps.header.frame_id = stamp, self.map_frame
+        ps.pose.position.x, ps.pose.position.y, ps.pose.position.z = pose.x_m, pose.y_m, pose.z_m
+        ps.pose.orientation.z, ps.pose.orientation.w = math.sin(pose.yaw / 2), math.cos(pose.yaw / 2)
+        self.pub_image.publish(img)
+        self.pub_pose.publish(ps)
+        self.sent += 1
+
+
+def main(argv=None) -> int:
+    return run_node(FlightSimNode, argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

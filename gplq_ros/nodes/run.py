@@ -1,0 +1,26 @@
+"""The main() shared by the nodes: init, construct, spin, clean shutdown."""
+import rclpy
+from rclpy.executors import ExternalShutdownException
+
+
+def run_node(factory, argv=None) -> int:
+    """A failure while constructing the node (missing or corrupt model file, bad parameter)
+    is logged as one fatal line naming the cause, and the process exits with status 1."""
+    rclpy.init(args=argv)
+    node = None
+    try:
+        try:
+            node = factory()
+        except Exception as e:  # startup problems only; the message names the cause
+            rclpy.logging.get_logger(getattr(factory, 'NODE_NAME', 'gplq_ros')).fatal(
+                f'cannot start: {type(e).__name__}: {e}')
+            return 1
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

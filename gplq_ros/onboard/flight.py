@@ -1,0 +1,99 @@
+"""A simulated drone flight over a real orthophoto (the camera source for demos and tests).
+
+The camera looks straight down. Its window on the orthophoto moves along a Lissajous
+track inside the image (margins keep the whole rotated window inside), turns with the
+direction of travel plus a slow yaw oscillation, and changes height (ground footprint
+scale) sinusoidally. ``pose(t)`` is the true window pose; ``render(t)`` the camera frame.
+
+Pose convention (REP 103, ``map`` frame on the orthophoto): x east = column * gsd,
+y north = -row * gsd (metres, origin at the orthophoto's top-left pixel), z = height
+above ground from the footprint and the horizontal field of view, yaw = rotation of the
+camera's x axis (image right) from east, counter-clockwise positive.
+"""
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FlightConfig:
+    width: int = 640
+    height: int = 480
+    gsd_m: float = 0.1              # orthophoto metres per pixel (NEON tiles: 10 cm)
+    speed_mps: float = 4.0          # mean ground speed
+    height_m: float = 40.0          # mean height above ground
+    height_amp: float = 0.25        # relative height oscillation
+    yaw_amp_deg: float = 20.0       # yaw oscillation around the direction of travel
+    hfov_deg: float = 70.0          # horizontal field of view of the simulated camera
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = {'width': 16 <= self.width <= 8192, 'height': 16 <= self.height <= 8192,
+                  'gsd_m': 0 < self.gsd_m <= 10, 'speed_mps': 0 <= self.speed_mps <= 100,
+                  'height_m': 1 <= self.height_m <= 1000, 'height_amp': 0 <= self.height_amp < 0.9,
+                  'yaw_amp_deg': 0 <= self.yaw_amp_deg <= 180, 'hfov_deg': 10 <= self.hfov_deg <= 170}
+        for k, ok in checks.items():
+            if not ok:
+                raise ValueError(f'{k}={getattr(self, k)}: out of range')
+
+
+@dataclass(frozen=True)
+class WindowPose:
+    t: float
+    col: float        # window centre on the orthophoto, pixels
+    row: float
+    yaw: float        # radians
+    scale: float      # orthophoto pixels per camera pixel
+    x_m: float
+    y_m: float
+    z_m: float
+
+
+class Flight:
+    def __init__(self, ortho_rgb: np.ndarray, cfg: FlightConfig = FlightConfig()):
+        self.ortho = np.ascontiguousarray(ortho_rgb)
+        self.cfg = cfg
+        oh, ow = self.ortho.shape[:2]
+        tan = math.tan(math.radians(cfg.hfov_deg) / 2)
+        # orthophoto pixels per camera pixel at the mean height
+        self.scale0 = 2 * cfg.height_m * tan / (cfg.width * cfg.gsd_m)
+        smax = self.scale0 * (1 + cfg.height_amp)
+        half_diag = 0.5 * math.hypot(cfg.width, cfg.height) * smax
+        self.margin = half_diag + 2
+        if 2 * self.margin >= min(oh, ow):
+            raise ValueError(f'orthophoto {ow}x{oh} px is too small for a {cfg.width}x{cfg.height} window at '
+                             f'height_m={cfg.height_m * (1 + cfg.height_amp):.0f} (needs > {2 * self.margin:.0f} px)')
+        self.ax, self.ay = (ow - 2 * self.margin) / 2, (oh - 2 * self.margin) / 2
+        rng = np.random.default_rng(cfg.seed)
+        self.phase = rng.uniform(0, 2 * math.pi, 3)
+        # angular rates so that the mean ground speed is about speed_mps
+        track_px = 2 * math.pi * math.hypot(self.ax, self.ay) / math.sqrt(2)
+        self.w = 2 * math.pi * cfg.speed_mps / max(track_px * cfg.gsd_m, 1e-9)
+
+    def pose(self, t: float) -> WindowPose:
+        c = self.cfg
+        w, p = self.w, self.phase
+        oh, ow = self.ortho.shape[:2]
+        col = ow / 2 + self.ax * math.sin(w * t + p[0])
+        row = oh / 2 + self.ay * math.sin(1.5 * w * t + p[1])
+        dcol, drow = self.ax * w * math.cos(w * t + p[0]), 1.5 * self.ay * w * math.cos(1.5 * w * t + p[1])
+        heading = math.atan2(-drow, dcol)   # east = 0, north = +pi/2
+        yaw = heading + math.radians(c.yaw_amp_deg) * math.sin(0.3 * t + p[2])
+        scale = self.scale0 * (1 + c.height_amp * math.sin(0.2 * t + p[2]))
+        z = scale * c.width * c.gsd_m / (2 * math.tan(math.radians(c.hfov_deg) / 2))
+        return WindowPose(t, col, row, yaw, scale, col * c.gsd_m, -row * c.gsd_m, z)
+
+    def affine(self, pose: WindowPose) -> np.ndarray:
+        """2x3 map from camera pixels (u right, v down) to orthophoto pixels (col, row)."""
+        c, s = math.cos(pose.yaw), math.sin(pose.yaw)
+        # image right = (cos yaw, -sin yaw) in (col, row); image down = (sin yaw, cos yaw)
+        a = pose.scale * np.array([[c, s], [-s, c]])
+        centre = np.array([(self.cfg.width - 1) / 2, (self.cfg.height - 1) / 2])
+        t = np.array([pose.col, pose.row]) - a @ centre
+        return np.hstack([a, t[:, None]])
+
+    def render(self, pose: WindowPose) -> np.ndarray:
+        return cv2.warpAffine(self.ortho, self.affine(pose), (self.cfg.width, self.cfg.height),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)

@@ -1,0 +1,52 @@
+"""Newest-frame hand-over between a subscription callback and an inference thread.
+
+The callback ``put``s every decoded frame; the worker ``take``s the newest one. A frame
+that is replaced before the worker takes it is counted in ``dropped`` (never queued), so
+the worker always runs on the most recent image and no backlog can grow.
+"""
+import threading
+from typing import Any, Optional
+
+
+class LatestSlot:
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item: Any = None
+        self._closed = False
+        self.put_count = 0
+        self.taken = 0
+        self.dropped = 0
+
+    def put(self, item: Any) -> bool:
+        """Store ``item``; returns True when it replaced a frame nobody had taken (a drop)."""
+        with self._cond:
+            replaced = self._item is not None
+            if replaced:
+                self.dropped += 1
+            self._item = item
+            self.put_count += 1
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: Optional[float] = None) -> Any:
+        """The newest item, or None after ``timeout`` seconds or once closed."""
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            if item is not None:
+                self.taken += 1
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending(self) -> int:
+        return int(self._item is not None)

@@ -1,0 +1,106 @@
+"""Latency and rate statistics over a sliding window (monotonic or ROS times, seconds)."""
+import collections
+from typing import Deque, Dict, Optional, Tuple
+
+import numpy as np
+
+
+class LatencyWindow:
+    """The last ``size`` latencies in milliseconds; p50/p95/max over them."""
+
+    def __init__(self, size: int = 300):
+        if size < 1:
+            raise ValueError(f'size={size}: must be >= 1')
+        self.values: Deque[float] = collections.deque(maxlen=size)
+        self.count = 0
+
+    def add(self, ms: float) -> None:
+        self.values.append(float(ms))
+        self.count += 1
+
+    def summary(self) -> Dict[str, Optional[float]]:
+        if not self.values:
+            return {'p50_ms': None, 'p95_ms': None, 'max_ms': None, 'n': 0}
+        v = np.asarray(self.values)
+        return {'p50_ms': float(np.percentile(v, 50)), 'p95_ms': float(np.percentile(v, 95)),
+                'max_ms': float(v.max()), 'n': len(v)}
+
+
+class RateMeter:
+    """Events per second over the last ``window_s`` seconds of the caller's clock."""
+
+    def __init__(self, window_s: float = 5.0):
+        if window_s <= 0:
+            raise ValueError(f'window_s={window_s}: must be > 0')
+        self.window_s = window_s
+        self.times: Deque[float] = collections.deque()
+        self.count = 0
+
+    def add(self, t: float) -> None:
+        self.times.append(t)
+        self.count += 1
+
+    def rate(self, now: float) -> float:
+        while self.times and self.times[0] < now - self.window_s:
+            self.times.popleft()
+        if len(self.times) < 2:
+            return 0.0
+        span = max(now - self.times[0], 1e-9)
+        return (len(self.times) - 1) / span if span < self.window_s else len(self.times) / self.window_s
+
+
+class StampMatcher:
+    """Pairs input frames with outputs by header stamp. An input without an output after
+    ``grace_s`` (caller's clock) counts as dropped; outputs whose stamp was never seen as an
+    input count as ``unmatched`` (an output must carry its input's stamp)."""
+
+    def __init__(self, grace_s: float = 2.0, capacity: int = 10000):
+        self.grace_s = grace_s
+        self.capacity = capacity
+        self.waiting: 'collections.OrderedDict[Tuple[int, int], float]' = collections.OrderedDict()
+        self.matched = 0
+        self.dropped = 0
+        self.unmatched = 0
+        self._recent_done: Deque[Tuple[int, int]] = collections.deque(maxlen=capacity)
+        self._done = set()
+
+    def input(self, stamp: Tuple[int, int], now: float) -> None:
+        if stamp in self._done or stamp in self.waiting:
+            return
+        self.waiting[stamp] = now
+        while len(self.waiting) > self.capacity:
+            self.waiting.popitem(last=False)
+            self.dropped += 1
+
+    def output(self, stamp: Tuple[int, int]) -> bool:
+        if stamp in self.waiting:
+            del self.waiting[stamp]
+            self.matched += 1
+            self._remember(stamp)
+            return True
+        if stamp not in self._done:
+            self.unmatched += 1
+        return False
+
+    def expire(self, now: float) -> int:
+        n = 0
+        while self.waiting:
+            stamp, t = next(iter(self.waiting.items()))
+            if t > now - self.grace_s:
+                break
+            self.waiting.popitem(last=False)
+            self._remember(stamp)
+            n += 1
+        self.dropped += n
+        return n
+
+    def _remember(self, stamp) -> None:
+        if len(self._recent_done) == self._recent_done.maxlen:
+            self._done.discard(self._recent_done[0])
+        self._recent_done.append(stamp)
+        self._done.add(stamp)
+
+    @property
+    def drop_rate(self) -> float:
+        total = self.matched + self.dropped
+        return self.dropped / total if total else 0.0
