@@ -129,9 +129,16 @@ class FeatureNode(Node):
                 self.get_logger().error(self.last_error)
                 continue
             self.latency.add(1e3 * (time.perf_counter() - t0))
-            if not self.context.ok():
-                break   # shutting down (Ctrl-C): nothing left to publish to
-            self.publish(header, out)
+            try:
+                self.publish(header, out)
+            except Exception as e:  # rclpy raises RCLError once the context is shut down
+                if not self.context.ok():
+                    break   # shutting down (Ctrl-C): nothing left to publish to
+                with self._lock:
+                    self.engine_errors += 1
+                    self.last_error = f'publish failed: {type(e).__name__}: {str(e)[:300]}'
+                self.get_logger().error(self.last_error)
+                continue
             self.processed += 1
 
     def publish(self, header, out) -> None:

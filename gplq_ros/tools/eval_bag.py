@@ -1,0 +1,217 @@
+"""gplq_eval_bag BAG: evaluate a recorded flight (a gplq_record bag, or one recorded with
+``ros2 bag record``; mcap or sqlite3).
+
+Reads the camera topic and the feature node's outputs, pairs them by header stamp and
+writes ``<out>/summary.json`` (frames in/out, drops, outputs without a matching input,
+end-to-end latency = bag receipt time of each boundary map minus its stamp: p50/p95/max,
+rates, drift over time from the monitor's ``~/status``, /diagnostics levels),
+``drift.png`` and ``frame_<i>_<stamp>.png`` (camera | boundary map scaled to its maximum | corners)
+for a few frames.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .common import cli
+
+OUTPUT_SUFFIXES = ('boundary_map', 'corner_map', 'corners', 'descriptor')
+
+
+def _stamp(msg):
+    return (int(msg.header.stamp.sec), int(msg.header.stamp.nanosec))
+
+
+def _secs(key):
+    return key[0] + 1e-9 * key[1]
+
+
+def pick_topics(conns, camera_topic=None):
+    by_topic = {c.topic: c.msgtype for c in conns}
+    images = [t for t, ty in by_topic.items() if ty == 'sensor_msgs/msg/Image'
+              and not t.endswith(tuple('/' + s for s in OUTPUT_SUFFIXES))]
+    if camera_topic is None:
+        if len(images) != 1:
+            raise ValueError(f'--camera-topic: the bag has {len(images)} camera-like Image topics {images}; name one')
+        camera_topic = images[0]
+    elif camera_topic not in by_topic:
+        raise ValueError(f'--camera-topic {camera_topic!r}: not in the bag (topics: {sorted(by_topic)})')
+
+    def find(suffix, msgtype):
+        hits = [t for t, ty in by_topic.items() if t.endswith('/' + suffix) and ty == msgtype]
+        return hits[0] if hits else None
+    topics = {'camera': camera_topic, 'boundary': find('boundary_map', 'sensor_msgs/msg/Image'),
+              'corners': find('corners', 'sensor_msgs/msg/PointCloud2'),
+              'descriptor': find('descriptor', 'sensor_msgs/msg/Image'),
+              'status': find('status', 'std_msgs/msg/Float64MultiArray'),
+              'diagnostics': '/diagnostics' if by_topic.get('/diagnostics') == 'diagnostic_msgs/msg/DiagnosticArray'
+              else None,
+              'true_pose': find('true_pose', 'geometry_msgs/msg/PoseStamped')}
+    if topics['boundary'] is None:
+        raise ValueError(f'no */boundary_map Image topic in the bag (topics: {sorted(by_topic)})')
+    return topics
+
+
+def evaluate(bag: Path, camera_topic=None, frames: int = 4):
+    """Returns (summary dict, frames for pictures: list of (camera rgb, boundary, corners))."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    from ..nodes.image_codec import ImageFormatError, image_to_rgb
+    from ..onboard.layout import decode_corners, decode_map, decode_status
+    from ..onboard.stats import LatencyWindow
+    if not Path(bag).exists():
+        raise FileNotFoundError(f'bag {bag}: not found')
+    with AnyReader([Path(bag)], default_typestore=get_typestore(Stores.ROS2_JAZZY)) as reader:
+        topics = pick_topics(reader.connections, camera_topic)
+
+        def messages(*roles):
+            names = {topics[r] for r in roles if topics[r]}
+            for conn, t, raw in reader.messages(connections=[c for c in reader.connections if c.topic in names]):
+                yield conn.topic, t, reader.deserialize(raw, conn.msgtype)
+        cam, out, lat = {}, {}, LatencyWindow(10 ** 9)
+        status, levels, t0, t1 = [], {}, None, None
+        for topic, t, msg in messages('camera', 'boundary', 'status', 'diagnostics'):
+            t0 = t if t0 is None else t0
+            t1 = t
+            if topic == topics['camera']:
+                cam[_stamp(msg)] = t
+            elif topic == topics['boundary']:
+                k = _stamp(msg)
+                out[k] = t
+                lat.add((t - k[0] * 1e9 - k[1]) / 1e6)
+            elif topic == topics['status']:
+                status.append(dict(decode_status(msg), t=(t - t0) / 1e9))
+            else:
+                for st in msg.status:
+                    lv = int(st.level[0]) if isinstance(st.level, (bytes, bytearray)) else int(st.level)
+                    levels.setdefault(st.name, {}).setdefault(str(lv), 0)
+                    levels[st.name][str(lv)] += 1
+        # second pass: decode only the frames drawn in the report
+        both = sorted(set(cam) & set(out))
+        chosen = {both[i] for i in np.unique(np.linspace(0, len(both) - 1, frames).round().astype(int))} \
+            if both and frames > 0 else set()
+        parts = {k: {} for k in chosen}
+        if chosen:
+            for topic, _, msg in messages('camera', 'boundary', 'corners'):
+                k = _stamp(msg)
+                if k not in parts:
+                    continue
+                try:
+                    if topic == topics['camera']:
+                        parts[k]['rgb'] = image_to_rgb(msg, max_pixels=None)
+                    elif topic == topics['boundary']:
+                        parts[k]['boundary'] = decode_map(msg)
+                    else:
+                        parts[k]['corners'] = decode_corners(msg)
+                except ImageFormatError:
+                    parts[k]['bad'] = True
+    matched = set(cam) & set(out)
+    dur = (t1 - t0) / 1e9 if t0 is not None and t1 != t0 else 0.0
+    drift = {}
+    checks = [s for i, s in enumerate(status) if i == 0 or s.get('checks') != status[i - 1].get('checks')]
+    for k in ('descriptor_cosine', 'boundary_ssim', 'corner_repeatability'):
+        v = np.array([s[k] for s in checks if k in s and np.isfinite(s[k])])
+        if v.size:
+            drift[k] = {'last': float(v[-1]), 'mean': float(v.mean()), 'min': float(v.min())}
+    lat_s = lat.summary()
+    summary = {
+        'bag': str(bag), 'topics': topics, 'duration_s': round(dur, 3),
+        'frames_in': len(cam), 'frames_out': len(out), 'matched': len(matched),
+        'dropped': len(set(cam) - set(out)), 'drop_rate': (len(set(cam) - set(out)) / len(cam)) if cam else None,
+        'outputs_without_input': len(set(out) - set(cam)),
+        'input_rate_hz': len(cam) / dur if dur else None, 'output_rate_hz': len(out) / dur if dur else None,
+        'latency_ms': {k: lat_s[k] for k in ('p50_ms', 'p95_ms', 'max_ms')},
+        'latency_mean_ms': float(np.mean(lat.values)) if lat.values else None,
+        'monitor_live': {k: status[-1].get(k) for k in ('latency_p50_ms', 'latency_p95_ms', 'level', 'checks')}
+        if status else None,
+        'drift': drift, 'drift_over_time': [{k: s.get(k) for k in ('t', 'checks', 'descriptor_cosine',
+                                                                  'boundary_ssim', 'corner_repeatability',
+                                                                  'level')} for s in checks],
+        'diagnostics_levels': levels,
+    }
+    pics = [(k, (v['rgb'], v['boundary']), v.get('corners')) for k, v in sorted(parts.items())
+            if 'rgb' in v and 'boundary' in v]
+    return summary, pics
+
+
+def frame_picture(rgb, boundary, corners):
+    import cv2
+    h, w = rgb.shape[:2]
+    b = cv2.resize(boundary, (w, h), interpolation=cv2.INTER_LINEAR)
+    b = np.clip(b / max(float(b.max()), 1e-6), 0, 1)   # scaled to the frame's maximum for display
+    heat = cv2.applyColorMap((b * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1]
+    dots = rgb.copy()
+    for u, v, _ in (corners if corners is not None else []):
+        cv2.circle(dots, (int(round(u)), int(round(v))), 6, (255, 40, 40), 2)
+    return np.concatenate([rgb, heat, dots], axis=1)
+
+
+def write_report(summary, pics, out: Path) -> list:
+    import cv2
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, (key, (rgb, boundary), corners) in enumerate(pics):
+        p = out / f'frame_{i}_{key[0]}.{key[1]:09d}.png'
+        cv2.imwrite(str(p), cv2.cvtColor(frame_picture(rgb, boundary, corners), cv2.COLOR_RGB2BGR))
+        written.append(str(p))
+    if summary['drift_over_time']:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        t = [s['t'] for s in summary['drift_over_time']]
+        for k in ('descriptor_cosine', 'boundary_ssim', 'corner_repeatability'):
+            ax.plot(t, [s[k] for s in summary['drift_over_time']], marker='.', label=k)
+        ax.set_xlabel('bag time, s')
+        ax.set_ylabel('vs FP32')
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc='lower left')
+        ax.set_title('drift over the flight (monitor checks)')
+        fig.tight_layout()
+        fig.savefig(out / 'drift.png', dpi=100)
+        plt.close(fig)
+        written.append(str(out / 'drift.png'))
+    summary = dict(summary, pictures=written)
+    (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+    return written
+
+
+def print_summary(s, out: Path) -> None:
+    lat = s['latency_ms']
+
+    def f(v, fmt='{:.1f}'):
+        return fmt.format(v) if v is not None else '-'
+    print(f'gplq_eval_bag: {s["bag"]}: {s["duration_s"]:.1f} s; frames in {s["frames_in"]}, out {s["frames_out"]}, '
+          f'dropped {s["dropped"]} ({f(s["drop_rate"], "{:.1%}")}), outputs without input {s["outputs_without_input"]}')
+    print(f'  end-to-end latency p50 {f(lat["p50_ms"])} ms, p95 {f(lat["p95_ms"])} ms, max {f(lat["max_ms"])} ms; '
+          f'rates in {f(s["input_rate_hz"])} Hz, out {f(s["output_rate_hz"])} Hz')
+    if s['drift']:
+        print('  drift vs FP32 (monitor checks, mean/min): ' + ', '.join(
+            f'{k} {v["mean"]:.3f}/{v["min"]:.3f}' for k, v in s['drift'].items()))
+    print(f'  report: {out / "summary.json"}')
+
+
+@cli('gplq_eval_bag')
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog='gplq_eval_bag', description=__doc__.split('\n\n')[0])
+    ap.add_argument('bag', type=Path)
+    ap.add_argument('--out', type=Path, default=None, help='report directory (default: <bag>_report)')
+    ap.add_argument('--camera-topic', default=None, help='camera Image topic (default: the only one)')
+    ap.add_argument('--frames', type=int, default=4, help='frames to draw (camera | boundary | corners)')
+    args = ap.parse_args(argv)
+    out = args.out or args.bag.with_name(args.bag.name + '_report')
+    try:
+        summary, pics = evaluate(args.bag, args.camera_topic, args.frames)
+    except (ValueError, FileNotFoundError) as e:
+        print(f'gplq_eval_bag: error: {e}', file=sys.stderr)
+        return 2
+    write_report(summary, pics, out)
+    print_summary(summary, out)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
