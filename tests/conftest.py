@@ -10,6 +10,10 @@ import pytest
 os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 101))
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
+# The graph's shared-memory Fast DDS profile, for this process and the nodes it starts.
+from gplq_ros.graph import environment  # noqa: E402  (no rclpy import)
+for _k, _v in environment().items():
+    os.environ.setdefault(_k, _v)
 
 
 @pytest.fixture(scope='session')
@@ -61,3 +65,17 @@ def packed_graph(w4a8_artifact):
     """The artifact exported for 640x480 cameras (168x224), weights read from the artifact."""
     from gplq_ros.runtime.export import export_artifact
     return export_artifact(w4a8_artifact, w4a8_artifact.with_name('w4a8_168x224.onnx'), (168, 224))['path']
+
+
+@pytest.fixture(scope='session')
+def fp32_graph(extractor, tmp_path_factory):
+    """The FP32 reference graph for 640x480 cameras (168x224)."""
+    from gplq_ros.runtime.export import export_onnx
+    return export_onnx(extractor, tmp_path_factory.mktemp('fp32') / 'fp32_168x224.onnx', (168, 224))
+
+
+@pytest.fixture(scope='session')
+def vocab_file(vocab, tmp_path_factory):
+    path = tmp_path_factory.mktemp('vocab') / 'vocab.safetensors'
+    vocab.save(path)
+    return path

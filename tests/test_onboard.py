@@ -1,0 +1,207 @@
+"""Onboard logic without ROS: newest-frame slot, statistics, drift decisions, the
+simulated flight, output layouts, and the graph definition shared by launch and gplq_up."""
+import ast
+import math
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from gplq_ros import graph
+from gplq_ros.onboard.drift import DriftBounds, DriftMonitor, Level, compare, corner_repeatability_px
+from gplq_ros.onboard.flight import Flight, FlightConfig
+from gplq_ros.onboard.slot import LatestSlot
+from gplq_ros.onboard.stats import LatencyWindow, RateMeter, StampMatcher
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_latest_slot_keeps_only_the_newest_frame():
+    slot = LatestSlot()
+    assert slot.take(timeout=0.01) is None
+    assert slot.put(1) is False
+    assert slot.put(2) is True and slot.put(3) is True      # 1 and 2 replaced before inference
+    assert slot.take(0) == 3 and slot.dropped == 2 and slot.pending == 0
+    got = []
+    t = threading.Thread(target=lambda: got.append(slot.take(timeout=5)))
+    t.start()
+    time.sleep(0.05)
+    slot.put(4)
+    t.join(2)
+    assert got == [4]
+    slot.close()
+    assert slot.take(timeout=5) is None and slot.closed
+
+
+def test_latency_window_and_rate():
+    w = LatencyWindow(size=100)
+    assert w.summary()['p50_ms'] is None
+    for v in range(1, 201):
+        w.add(v)
+    s = w.summary()                      # only the last 100 values (101..200)
+    assert s['n'] == 100 and s['max_ms'] == 200 and s['p50_ms'] == pytest.approx(150.5)
+    assert s['p95_ms'] == pytest.approx(np.percentile(np.arange(101, 201), 95))
+    r = RateMeter(window_s=5)
+    for i in range(51):
+        r.add(100 + i * 0.1)             # 10 Hz for 5 s
+    assert r.rate(105.0) == pytest.approx(10.0, rel=0.05)
+    assert r.rate(200.0) == 0.0          # nothing in the window any more
+
+
+def test_stamp_matcher_counts_drops_and_foreign_outputs():
+    m = StampMatcher(grace_s=1.0)
+    for i in range(5):
+        m.input((i, 0), now=float(i) * 0.1)
+    assert m.output((0, 0)) and m.output((2, 0))
+    assert not m.output((9, 9))                              # never an input: header not copied
+    assert m.expire(now=0.5) == 0                           # within the grace period
+    assert m.expire(now=5.0) == 3 and m.dropped == 3 and m.matched == 2 and m.unmatched == 1
+    assert m.drop_rate == pytest.approx(0.6)
+    assert not m.output((1, 0)) and m.unmatched == 1        # late output of a dropped frame
+
+
+def test_drift_monitor_goes_to_error_after_k_failed_checks():
+    good = {'descriptor_cosine': 0.9, 'boundary_ssim': 0.9, 'corner_repeatability': 0.9}
+    bad = dict(good, boundary_ssim=0.1)
+    d = DriftMonitor(DriftBounds(consecutive=3))
+    assert d.update(good) == Level.OK
+    assert d.update(bad) == Level.WARN and d.last_failed == ['boundary_ssim']
+    assert d.update(bad) == Level.WARN
+    assert d.update(bad) == Level.ERROR and d.failed_in_a_row == 3
+    assert d.update(good) == Level.OK
+    with pytest.raises(ValueError, match='boundary_ssim=1.5'):
+        DriftBounds(boundary_ssim=1.5)
+    with pytest.raises(ValueError, match='consecutive=0'):
+        DriftBounds(consecutive=0)
+
+
+def test_compare_against_the_reference(fp32_graph, vocab, images):
+    from gplq_ros.runtime.engine import load
+    eng = load(fp32_graph, centers=vocab.centers)
+    frame = np.ascontiguousarray(images['2019_YELL_2_541000_4977000_image_crop.png'][:480, :640])
+    ref = eng(frame)
+    same = compare(ref, ref.boundary, ref.corners_px, ref.descriptor)
+    assert same == pytest.approx({'descriptor_cosine': 1.0, 'boundary_ssim': 1.0, 'corner_repeatability': 1.0})
+    other = eng(np.ascontiguousarray(images['2019_YELL_2_541000_4977000_image_crop.png'][480:960, 640:1280]))
+    diff = compare(ref, other.boundary, other.corners_px, other.descriptor)
+    assert all(diff[k] < 0.9 for k in ('descriptor_cosine', 'boundary_ssim'))
+    full = compare(ref, ref.boundary_full, ref.corners_px + 20, None)    # input-resolution map, 20 px shift
+    assert full['boundary_ssim'] > 0.99 and full['corner_repeatability'] == 1.0   # within one 40 px cell
+    assert corner_repeatability_px(np.zeros((0, 2)), np.zeros((3, 2)), 1) == 1.0
+    assert corner_repeatability_px(np.zeros((2, 2)), np.zeros((0, 2)), 1) == 0.0
+    with pytest.raises(ValueError, match='different vocabularies'):
+        compare(ref, None, None, ref.descriptor[:100])
+
+
+def test_flight_poses_and_frames(images):
+    ortho = images['2019_YELL_2_528000_4978000_image_crop2.png']
+    cfg = FlightConfig(speed_mps=5.0)
+    f = Flight(ortho, cfg)
+    poses = [f.pose(t) for t in np.arange(0, 120, 0.1)]
+    oh, ow = ortho.shape[:2]
+    for p in poses:      # the whole rotated window stays on the orthophoto
+        corners = f.affine(p) @ np.array([[0, 0, 1], [639, 0, 1], [0, 479, 1], [639, 479, 1]]).T
+        assert corners.min() >= 0 and corners[0].max() < ow and corners[1].max() < oh
+    steps = [math.hypot(b.x_m - a.x_m, b.y_m - a.y_m) / 0.1 for a, b in zip(poses, poses[1:])]
+    assert 2.5 < np.mean(steps) < 10                                   # metres per second, about speed_mps
+    z = [p.z_m for p in poses]
+    assert 0.7 * cfg.height_m < min(z) and max(z) < 1.3 * cfg.height_m
+    assert np.ptp([p.yaw for p in poses]) > 0.5                         # it turns
+    p = poses[100]
+    frame = f.render(p)
+    assert frame.shape == (480, 640, 3) and frame.dtype == np.uint8
+    # the frame's centre pixel is the orthophoto at the pose's window centre
+    np.testing.assert_allclose(frame[240, 320].astype(float), ortho[int(round(p.row)), int(round(p.col))], atol=40)
+    u, v = 600, 40        # and any other pixel maps through the affine
+    col, row = f.affine(p) @ np.array([u, v, 1])
+    np.testing.assert_allclose(frame[v, u].astype(float), ortho[int(round(row)), int(round(col))], atol=40)
+    with pytest.raises(ValueError, match='too small'):
+        Flight(ortho[:500, :500], cfg)
+    with pytest.raises(ValueError, match='hfov_deg'):
+        FlightConfig(hfov_deg=5)
+
+
+def test_output_layouts_round_trip():
+    from gplq_ros.nodes.image_codec import ImageFormatError, numpy_to_image
+    from gplq_ros.onboard.layout import (CORNER_DTYPE, CORNER_FIELDS, STATUS_FIELDS, decode_corners,
+                                         decode_descriptor, decode_map, decode_status)
+    m = np.random.default_rng(0).random((12, 16), dtype=np.float32)
+    np.testing.assert_array_equal(decode_map(numpy_to_image(m, '32FC1', msg=SimpleNamespace())), m)
+    d = np.random.default_rng(1).random((1, 64), dtype=np.float32)
+    np.testing.assert_array_equal(decode_descriptor(numpy_to_image(d, '32FC1', msg=SimpleNamespace())), d[0])
+    with pytest.raises(ImageFormatError, match='encoding'):
+        decode_map(numpy_to_image((m * 255).astype(np.uint8), 'mono8', msg=SimpleNamespace()))
+    rec = np.zeros(3, CORNER_DTYPE)
+    rec['u'], rec['v'], rec['response'] = [1, 2, 3], [4, 5, 6], [0.5, 0.25, 0.125]
+    cloud = SimpleNamespace(fields=[SimpleNamespace(name=n) for n in CORNER_FIELDS], point_step=12,
+                            is_bigendian=False, width=3, height=1, data=rec.tobytes())
+    np.testing.assert_array_equal(decode_corners(cloud), [[1, 4, 0.5], [2, 5, 0.25], [3, 6, 0.125]])
+    cloud.data = cloud.data[:-4]
+    with pytest.raises(ImageFormatError, match='data'):
+        decode_corners(cloud)
+    status = SimpleNamespace(layout=SimpleNamespace(dim=[SimpleNamespace(label=','.join(STATUS_FIELDS))]),
+                             data=list(range(len(STATUS_FIELDS))))
+    assert decode_status(status)['latency_p95_ms'] == STATUS_FIELDS.index('latency_p95_ms')
+
+
+def test_graph_definition():
+    specs = graph.node_specs({})
+    assert [s.name for s in specs] == ['flight_sim_node', 'feature_node', 'monitor_node']
+    feat = specs[1]
+    assert ('image', '/camera/image_raw') in feat.remappings
+    assert feat.parameters[-1]['model'].endswith('w4a8_168x224.onnx')
+    assert Path(feat.parameters[0]).name == 'feature_node.yaml' and Path(feat.parameters[0]).is_file()
+    mon = specs[2]
+    assert dict(mon.remappings) == {'image': '/camera/image_raw', 'boundary_map': '/feature_node/boundary_map',
+                                    'corners': '/feature_node/corners', 'descriptor': '/feature_node/descriptor'}
+    specs = graph.node_specs({'use_sim_camera': 'false', 'camera_topic': '/drone/cam', 'params_file': '/p.yaml',
+                              'model': '/m.onnx', 'log_level': 'debug'})
+    assert [s.name for s in specs] == ['feature_node', 'monitor_node']
+    assert specs[0].parameters == ('/p.yaml', {'model': '/m.onnx'})
+    assert ('image', '/drone/cam') in specs[0].remappings and '--log-level' in specs[0].ros_arguments
+    assert graph.record_command({}) is None
+    rec = graph.record_command({'record_bag': 'true', 'bag_dir': '/b'}, stamp='x')
+    assert rec[:2] == ['--out', '/b/gplq_x'] and '/feature_node/boundary_map' in rec and '/diagnostics' in rec
+    for bad, msg in [({'use_sim_camera': 'yes'}, 'must be true or false'), ({'nope': '1'}, 'unknown launch'),
+                     ({'camera_topic': 'cam'}, 'absolute'), ({'log_level': 'loud'}, 'log_level')]:
+        with pytest.raises(ValueError, match=msg):
+            graph.node_specs(bad)
+
+
+def test_launch_file_and_gplq_up_derive_from_the_graph():
+    """launch/launch_ros cannot be installed here: check the launch file's code instead. It
+    must declare exactly graph.ARGUMENTS and build its nodes only from graph.node_specs."""
+    src = (REPO / 'launch' / 'drone.launch.py').read_text()
+    tree = ast.parse(src)
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert {'launch', 'launch.actions', 'launch_ros.actions', 'gplq_ros'} <= imported
+    attrs = {f'{n.value.id}.{n.attr}' for n in ast.walk(tree)
+             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+    assert {'graph.ARGUMENTS', 'graph.node_specs', 'graph.record_command', 'graph.environment'} <= attrs
+    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert not strings & {'feature_node', 'monitor_node', 'flight_sim_node', '/camera/image_raw'}
+    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert {'DeclareLaunchArgument', 'Node', 'LaunchDescription'} <= calls
+    assert all(a.description for a in graph.ARGUMENTS)
+    assert {a.name for a in graph.ARGUMENTS} >= {'camera_topic', 'model', 'params_file', 'use_sim_camera',
+                                                  'record_bag', 'bag_dir', 'log_level'}
+    from gplq_ros.tools.up import commands
+    cmds = commands({'record_bag': 'true'}, stamp='x')
+    specs = graph.node_specs({'record_bag': 'true'})
+    assert [c[0] for c in cmds] == [s.name for s in specs] + ['gplq_record']
+    for (_, argv), spec in zip(cmds, specs):
+        assert argv[2] == spec.module and argv[3:] == graph.ros_argv(spec)
+    # every executable the graph names is a console script installed in lib/gplq_ros
+    setup = (REPO / 'setup.py').read_text()
+    for s in specs:
+        assert f"'{s.executable} = {s.module}:main'" in setup
+
+
+def test_config_files_are_ros_parameter_files():
+    import yaml
+    for node in ('feature_node', 'monitor_node', 'flight_sim_node'):
+        doc = yaml.safe_load((REPO / 'config' / f'{node}.yaml').read_text())
+        assert list(doc) == [node] and list(doc[node]) == ['ros__parameters']
