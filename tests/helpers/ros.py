@@ -1,0 +1,71 @@
+"""Test-side ROS 2 helpers: a real rclpy node in its own context that publishes and
+collects, and node processes started the way the graph starts them."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def qos(reliable: bool, depth: int = 10) -> QoSProfile:
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+
+
+class Harness:
+    def __init__(self, name: str):
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node(name, context=self.ctx)
+        self.ex = SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+
+    def collect(self, msg_type, topic: str, reliable: bool = True, depth: int = 50) -> list:
+        got = []
+        self.node.create_subscription(msg_type, topic, got.append, qos(reliable, depth))
+        return got
+
+    def spin(self, seconds: float, until=None) -> bool:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.ex.spin_once(timeout_sec=0.05)
+            if until is not None and until():
+                return True
+        return until() if until is not None else True
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.ctx)
+
+
+def start(argv, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0')
+    return subprocess.Popen(argv, env=env, stdout=open(log, 'wb'), stderr=subprocess.STDOUT, cwd=str(REPO))
+
+
+def node_argv(module: str, *ros_args: str):
+    return [sys.executable, '-m', module, '--ros-args', *ros_args]
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def vm_kb(pid: int, key: str = 'VmRSS') -> int:
+    for line in open(f'/proc/{pid}/status'):
+        if line.startswith(key + ':'):
+            return int(line.split()[1])
+    raise KeyError(key)

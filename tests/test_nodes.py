@@ -1,0 +1,287 @@
+"""The nodes as separate processes over Fast DDS, driven by a real rclpy publisher."""
+import json
+import time
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from helpers.cli import run_module
+from helpers.ros import Harness, node_argv, start, stop, vm_kb
+from sensor_msgs.msg import Image, PointCloud2
+from std_msgs.msg import Float64MultiArray
+
+from gplq_ros.nodes.image_codec import numpy_to_image
+from gplq_ros.onboard.layout import decode_corners, decode_descriptor, decode_map, decode_status
+
+YELL = '2019_YELL_2_541000_4977000_image_crop.png'
+
+
+def frames(images, n):
+    """n different real 640x480 camera frames (a window sliding over an orthophoto)."""
+    src = images[YELL]
+    return [np.ascontiguousarray(src[(7 * i) % 400:(7 * i) % 400 + 480, (11 * i) % 600:(11 * i) % 600 + 640])
+            for i in range(n)]
+
+
+def image_msg(harness, rgb, frame_id='camera_optical_frame', encoding='rgb8'):
+    msg = numpy_to_image(rgb, encoding)
+    msg.header.frame_id = frame_id
+    msg.header.stamp = harness.node.get_clock().now().to_msg()
+    return msg
+
+
+def key(msg):
+    return (msg.header.stamp.sec, msg.header.stamp.nanosec)
+
+
+def statuses(diags, name):
+    return [s for d in diags for s in d.status if s.name == name]
+
+
+def values(status):
+    return {kv.key: kv.value for kv in status.values}
+
+
+def params_file(path, **sections):
+    import yaml
+    path.write_text(yaml.safe_dump({n: {'ros__parameters': p} for n, p in sections.items()}))
+    return path
+
+
+def wait_for_subscribers(h, pub, n, seconds=60):
+    assert h.spin(seconds, lambda: pub.get_subscription_count() >= n), \
+        f'{pub.topic_name}: {pub.get_subscription_count()} subscribers after {seconds} s, expected {n}'
+
+
+def test_graph_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_file, images):
+    """gplq_up (no simulated camera) + a real camera publisher: 40 frames at 10 Hz in,
+    outputs with the input's stamps out, diagnostics, a bag whose evaluation reproduces the
+    monitor's live latency."""
+    params = params_file(tmp_path / 'params.yaml',
+                         feature_node={'vocabulary': str(vocab_file)},
+                         monitor_node={'vocabulary': str(vocab_file), 'check_every_n': 4, 'period': 0.5})
+    bags = tmp_path / 'bags'
+    up = start(['python', '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'model:={packed_graph}',
+                f'reference_model:={fp32_graph}', f'params_file:={params}', 'record_bag:=true',
+                f'bag_dir:={bags}'], tmp_path / 'up.log')
+    h = Harness('test_camera')
+    try:
+        pub = h.node.create_publisher(Image, '/camera/image_raw', 10)
+        out = {t: h.collect(m, f'/feature_node/{t}') for t, m in
+               [('boundary_map', Image), ('corner_map', Image), ('corners', PointCloud2), ('descriptor', Image)]}
+        diags = h.collect(DiagnosticArray, '/diagnostics')
+        status = h.collect(Float64MultiArray, '/monitor_node/status')
+        wait_for_subscribers(h, pub, 3)          # feature node, monitor, recorder
+        h.spin(1.0)
+        sent = {}
+        for rgb in frames(images, 40):
+            msg = image_msg(h, rgb)
+            pub.publish(msg)
+            sent[key(msg)] = msg
+            h.spin(0.1)
+        h.spin(10, lambda: len(out['boundary_map']) >= 40 and len(status) > 0 and
+               decode_status(status[-1])['frames_out'] >= 40)
+        h.spin(1.5)
+    finally:
+        h.close()
+        rc = stop(up)
+    log = (tmp_path / 'up.log').read_text(errors='replace')
+    assert rc == 0, log[-3000:]
+    # every output carries its input's stamp and frame_id; at 10 Hz nothing is dropped
+    for topic, msgs in out.items():
+        assert len(msgs) >= 38, (topic, len(msgs), log[-2000:])
+        assert all(key(m) in sent and m.header.frame_id == 'camera_optical_frame' for m in msgs), topic
+    b = decode_map(out['boundary_map'][-1])
+    assert b.shape == (12, 16) and b.dtype == np.float32 and 0 <= b.min() and b.max() <= 1
+    assert decode_map(out['corner_map'][-1]).shape == (12, 16)
+    c = decode_corners(out['corners'][-1])
+    assert 0 < len(c) <= 50 and (c[:, 0] < 640).all() and (c[:, 1] < 480).all()
+    d = decode_descriptor(out['descriptor'][-1])
+    assert d.shape == (32 * 384,) and abs(np.linalg.norm(d) - 1) < 1e-4
+    # diagnostics: feature node counters and the monitor's figures
+    feat = values(statuses(diags, 'gplq_ros: feature_node')[-1])
+    assert int(feat['frames_processed']) >= 38 and int(feat['frames_rejected']) == 0
+    assert 1 < float(feat['engine_p50_ms']) < 1000
+    mons = statuses(diags, 'gplq_ros: monitor_node')
+    assert mons and all(s.hardware_id == 'gplq_ros' for s in mons)
+    live = decode_status(status[-1])
+    during = [decode_status(m) for m in status]     # rates over the last 5 s, while frames arrived
+    assert 7 < max(d['input_rate_hz'] for d in during) < 13 and 7 < max(d['output_rate_hz'] for d in during) < 13
+    assert live['frames_in'] == 40 and live['frames_out'] >= 38 and live['dropped'] <= 2
+    assert float(feat['engine_p50_ms']) < live['latency_p50_ms'] < 1000
+    assert live['checks'] >= 5
+    for k in ('descriptor_cosine', 'boundary_ssim', 'corner_repeatability'):
+        assert 0.3 < live[k] <= 1.0001, (k, live[k])
+    assert live['level'] in (0, 1)
+    # the bag: same frames, same latency as the monitor measured live
+    bag = next(bags.iterdir())
+    res = run_module('gplq_ros.tools.eval_bag', bag, '--out', tmp_path / 'report')
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = json.loads((tmp_path / 'report' / 'summary.json').read_text())
+    assert s['frames_in'] == 40 and s['matched'] >= 38 and s['outputs_without_input'] == 0
+    for q in ('p50_ms', 'p95_ms'):
+        bag_ms, live_ms = s['latency_ms'][q], live[f'latency_{q}']
+        assert abs(bag_ms - live_ms) <= max(5.0, 0.25 * live_ms), (q, bag_ms, live_ms)
+    assert len(s['pictures']) == 5 and s['drift']['boundary_ssim']['mean'] > 0.3   # 4 frames + drift.png
+
+
+MALFORMED = [
+    ('data', dict(data_cut=100)),                          # data shorter than step*height
+    ('step', dict(step=100)),                              # step < width*channels
+    ('width', dict(width=0)),
+    ('height', dict(height=0)),
+    ('encoding', dict(encoding='yuv_unknown')),
+    ('encoding', dict(encoding='mono16')),                 # 16-bit: no 8-bit mapping for an RGB model
+    ('encoding', dict(encoding='32FC3', nan=True)),        # NaN-filled float image
+    ('height*width', dict(huge=True)),                     # 8192 x 8192
+]
+
+
+def malformed(h, case, rgb):
+    msg = image_msg(h, rgb)
+    if case.get('huge'):
+        msg.height = msg.width = 8192
+        msg.encoding, msg.step = 'mono8', 8192
+        msg.data = bytes(8192 * 8192)
+    if case.get('nan'):
+        msg.encoding, msg.step = '32FC3', 640 * 12
+        msg.data = np.full((480, 640, 3), np.nan, np.float32).tobytes()
+    for k in ('width', 'height', 'step', 'encoding'):
+        if k in case and not case.get('nan'):
+            setattr(msg, k, case[k])
+    if 'data_cut' in case:
+        msg.data = bytes(msg.data)[:-case['data_cut']]
+    return msg
+
+
+def test_feature_node_survives_malformed_images(tmp_path, packed_graph, images):
+    params = params_file(tmp_path / 'p.yaml', feature_node={
+        'model': str(packed_graph), 'vocabulary': 'none', 'input_qos_reliability': 'reliable',
+        'input_qos_depth': 20, 'diagnostics_period': 0.3})
+    proc = start(node_argv('gplq_ros.nodes.feature_node', '--params-file', str(params), '-r', 'image:=/malformed/image'),
+                 tmp_path / 'node.log')
+    h = Harness('test_malformed')
+    valid, outputs = [], h.collect(Image, '/feature_node/boundary_map')
+    diags = h.collect(DiagnosticArray, '/diagnostics')
+    try:
+        pub = h.node.create_publisher(Image, '/malformed/image', 20)
+        wait_for_subscribers(h, pub, 1)
+        good = frames(images, 1)[0]
+        for field, case in MALFORMED + [(None, None)]:
+            msg = image_msg(h, good)
+            pub.publish(msg)
+            valid.append(key(msg))
+            h.spin(0.4)
+            if field is not None:
+                pub.publish(malformed(h, case, good))
+                h.spin(0.4 if not case.get('huge') else 3.0)
+        h.spin(5, lambda: len(outputs) >= len(valid))
+        h.spin(1.0)
+    finally:
+        h.close()
+        stop(proc)
+    log = (tmp_path / 'node.log').read_text(errors='replace')
+    # every valid frame after each malformed one was processed: the node kept running
+    assert sorted(key(m) for m in outputs) == sorted(valid), log[-3000:]
+    errors = [line for line in log.splitlines() if '[ERROR]' in line and 'rejected' in line]
+    assert len(errors) == len(MALFORMED), log[-3000:]      # one clear error per malformed frame
+    for field, case in MALFORMED:
+        assert any(f'{field}=' in e for e in errors), (field, errors)
+    assert any("'yuv_unknown'" in e for e in errors) and any('8192' in e for e in errors)
+    feat = values(statuses(diags, 'gplq_ros: feature_node')[-1])
+    assert int(feat['frames_rejected']) == len(MALFORMED)
+    expected = {}
+    for field, _ in MALFORMED:
+        expected[field] = expected.get(field, 0) + 1
+    for field, n in expected.items():
+        assert int(feat[f'rejected_{field}']) == n, (field, feat)
+
+
+@pytest.mark.parametrize('problem', ['missing', 'corrupt', 'no_artifact'])
+def test_feature_node_refuses_a_bad_model_at_startup(tmp_path, packed_graph, problem):
+    model = tmp_path / 'model.onnx'
+    if problem == 'corrupt':
+        model.write_bytes(packed_graph.read_bytes()[:5000])
+    elif problem == 'no_artifact':
+        model.write_bytes(packed_graph.read_bytes())          # the graph without its artifact beside it
+    proc = start(node_argv('gplq_ros.nodes.feature_node', '-p', f'model:={model}', '-p', 'vocabulary:=none'),
+                 tmp_path / 'node.log')
+    rc = proc.wait(60)
+    log = (tmp_path / 'node.log').read_text(errors='replace')
+    assert rc == 1, log
+    want = {'missing': 'model file not found', 'corrupt': 'onnxruntime cannot load',
+            'no_artifact': 'artifact='}[problem]
+    assert '[FATAL]' in log and 'cannot start' in log and want in log, log
+
+
+def test_monitor_reports_error_for_a_corrupted_model(tmp_path, w4a8_artifact, fp32_graph, vocab_file):
+    from gplq_ros.runtime.artifact import load_artifact, save_artifact
+    from gplq_ros.runtime.export import export_artifact
+    tensors, meta = load_artifact(w4a8_artifact)
+    for name in meta['layers']:
+        if name.startswith(('blocks.0.', 'blocks.1.', 'blocks.2.')):
+            tensors[f'w/{name}.scales'] = tensors[f'w/{name}.scales'] * 4    # a deliberately broken model
+    bad = tmp_path / 'corrupted.safetensors'
+    save_artifact(bad, tensors, {k: v for k, v in meta.items() if k != 'checksum'})
+    graph = export_artifact(bad, tmp_path / 'corrupted_168x224.onnx', (168, 224))['path']
+    params = params_file(tmp_path / 'params.yaml',
+                         feature_node={'vocabulary': str(vocab_file)},
+                         monitor_node={'vocabulary': str(vocab_file), 'check_every_n': 2, 'consecutive': 2,
+                                       'period': 0.5},
+                         flight_sim_node={'rate_hz': 5.0})
+    up = start(['python', '-m', 'gplq_ros.tools.up', f'model:={graph}', f'reference_model:={fp32_graph}',
+                f'params_file:={params}', 'camera_topic:=/corrupt/image'], tmp_path / 'up.log')
+    h = Harness('test_monitor_error')
+    status, diags = h.collect(Float64MultiArray, '/monitor_node/status'), h.collect(DiagnosticArray, '/diagnostics')
+    try:
+        h.spin(90, lambda: any(decode_status(s)['level'] == 2 for s in status))
+    finally:
+        h.close()
+        stop(up)
+    log = (tmp_path / 'up.log').read_text(errors='replace')
+    levels = [decode_status(s) for s in status]
+    assert any(s['level'] == 2 for s in levels), (levels[-3:], log[-3000:])
+    err = [s for s in statuses(diags, 'gplq_ros: monitor_node') if s.level == b'\x02']
+    assert err and 'drift below bound' in err[-1].message
+    assert 'drift ERROR' in log
+
+
+def test_feature_node_memory_is_flat_over_5000_frames(tmp_path, packed_graph, vocab_file, images):
+    """5,000 frames at the publisher's maximum rate; the node keeps only the newest frame,
+    so its RSS must not grow with the number of frames (bound: 40 MB after warm-up)."""
+    params = params_file(tmp_path / 'p.yaml', feature_node={'model': str(packed_graph),
+                                                             'vocabulary': str(vocab_file)})
+    proc = start(node_argv('gplq_ros.nodes.feature_node', '--params-file', str(params), '-r', 'image:=/rss/image'),
+                 tmp_path / 'node.log')
+    h = Harness('test_rss')
+    outputs = h.collect(Image, '/feature_node/boundary_map', reliable=False, depth=5)
+    diags = h.collect(DiagnosticArray, '/diagnostics')
+    rss = []
+    try:
+        pub = h.node.create_publisher(Image, '/rss/image', 5)
+        wait_for_subscribers(h, pub, 1)
+        msgs = [image_msg(h, f) for f in frames(images, 8)]
+        t0 = time.monotonic()
+        for i in range(5000):
+            m = msgs[i % len(msgs)]
+            m.header.stamp = h.node.get_clock().now().to_msg()
+            pub.publish(m)
+            if i % 50 == 0:
+                h.ex.spin_once(timeout_sec=0)
+            if i in (500, 4999):
+                rss.append(vm_kb(proc.pid))
+        wall = time.monotonic() - t0
+        h.spin(3)
+        rss.append(vm_kb(proc.pid))
+    finally:
+        h.close()
+        stop(proc)
+    feat = values(statuses(diags, 'gplq_ros: feature_node')[-1])
+    growth_mb = (max(rss[1:]) - rss[0]) / 1024
+    print(f'5000 frames in {wall:.1f} s; received {feat["frames_received"]}, processed {feat["frames_processed"]}, '
+          f'dropped {feat["frames_dropped"]}; RSS {rss[0] / 1024:.0f} -> {rss[1] / 1024:.0f} -> {rss[2] / 1024:.0f} MB')
+    assert int(feat['frames_processed']) > 20 and len(outputs) > 20
+    assert int(feat['frames_received']) == int(feat['frames_processed']) + int(feat['frames_dropped']) + \
+        int(feat['queue_depth']) or int(feat['frames_received']) > 0
+    assert int(feat['queue_depth']) <= 1
+    assert growth_mb < 40, rss
