@@ -42,6 +42,10 @@ def values(status):
     return {kv.key: kv.value for kv in status.values}
 
 
+def level(status) -> int:
+    return status.level[0] if isinstance(status.level, (bytes, bytearray)) else int(status.level)
+
+
 def params_file(path, **sections):
     import yaml
     path.write_text(yaml.safe_dump({n: {'ros__parameters': p} for n, p in sections.items()}))
@@ -235,22 +239,24 @@ def test_monitor_reports_error_for_a_corrupted_model(tmp_path, w4a8_artifact, fp
     status, diags = h.collect(Float64MultiArray, '/monitor_node/status'), h.collect(DiagnosticArray, '/diagnostics')
     try:
         h.spin(90, lambda: any(decode_status(s)['level'] == 2 for s in status))
+        h.spin(1.5)
     finally:
         h.close()
         stop(up)
     log = (tmp_path / 'up.log').read_text(errors='replace')
     levels = [decode_status(s) for s in status]
     assert any(s['level'] == 2 for s in levels), (levels[-3:], log[-3000:])
-    err = [s for s in statuses(diags, 'gplq_ros: monitor_node') if s.level == b'\x02']
+    err = [s for s in statuses(diags, 'gplq_ros: monitor_node') if level(s) == 2]
     assert err and 'drift below bound' in err[-1].message
-    assert 'drift ERROR' in log
+    assert 'ERROR: drift below bound' in log
 
 
 def test_feature_node_memory_is_flat_over_5000_frames(tmp_path, packed_graph, vocab_file, images):
     """5,000 frames at the publisher's maximum rate; the node keeps only the newest frame,
     so its RSS must not grow with the number of frames (bound: 40 MB after warm-up)."""
-    params = params_file(tmp_path / 'p.yaml', feature_node={'model': str(packed_graph),
-                                                             'vocabulary': str(vocab_file)})
+    params = params_file(tmp_path / 'p.yaml', feature_node={
+        'model': str(packed_graph), 'vocabulary': str(vocab_file), 'input_qos_reliability': 'reliable',
+        'input_qos_depth': 50})
     proc = start(node_argv('gplq_ros.nodes.feature_node', '--params-file', str(params), '-r', 'image:=/rss/image'),
                  tmp_path / 'node.log')
     h = Harness('test_rss')
@@ -258,7 +264,7 @@ def test_feature_node_memory_is_flat_over_5000_frames(tmp_path, packed_graph, vo
     diags = h.collect(DiagnosticArray, '/diagnostics')
     rss = []
     try:
-        pub = h.node.create_publisher(Image, '/rss/image', 5)
+        pub = h.node.create_publisher(Image, '/rss/image', 50)   # reliable: every frame reaches the node
         wait_for_subscribers(h, pub, 1)
         msgs = [image_msg(h, f) for f in frames(images, 8)]
         t0 = time.monotonic()
@@ -266,6 +272,7 @@ def test_feature_node_memory_is_flat_over_5000_frames(tmp_path, packed_graph, vo
             m = msgs[i % len(msgs)]
             m.header.stamp = h.node.get_clock().now().to_msg()
             pub.publish(m)
+            time.sleep(0.002)     # as fast as the callback takes them (about 500 Hz)
             if i % 50 == 0:
                 h.ex.spin_once(timeout_sec=0)
             if i in (500, 4999):
@@ -280,8 +287,8 @@ def test_feature_node_memory_is_flat_over_5000_frames(tmp_path, packed_graph, vo
     growth_mb = (max(rss[1:]) - rss[0]) / 1024
     print(f'5000 frames in {wall:.1f} s; received {feat["frames_received"]}, processed {feat["frames_processed"]}, '
           f'dropped {feat["frames_dropped"]}; RSS {rss[0] / 1024:.0f} -> {rss[1] / 1024:.0f} -> {rss[2] / 1024:.0f} MB')
-    assert int(feat['frames_processed']) > 20 and len(outputs) > 20
-    assert int(feat['frames_received']) == int(feat['frames_processed']) + int(feat['frames_dropped']) + \
-        int(feat['queue_depth']) or int(feat['frames_received']) > 0
-    assert int(feat['queue_depth']) <= 1
+    assert int(feat['frames_received']) >= 4900 and int(feat['frames_processed']) > 100 and len(outputs) > 20
+    # every received frame was either processed or replaced by a newer one: no backlog
+    assert int(feat['frames_received']) == int(feat['frames_processed']) + int(feat['frames_dropped'])
+    assert int(feat['queue_depth']) == 0
     assert growth_mb < 40, rss

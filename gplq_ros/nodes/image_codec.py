@@ -53,7 +53,7 @@ def image_to_numpy(msg, max_pixels: Optional[int] = MAX_PIXELS_DEFAULT) -> np.nd
     if w <= 0:
         raise ImageFormatError('width', w, 'must be > 0')
     if max_pixels is not None and h * w > max_pixels:
-        raise ImageFormatError('height*width', h * w, f'exceeds the limit of {max_pixels} pixels')
+        raise ImageFormatError('height*width', f'{h}x{w}', f'{h * w} pixels exceed the limit of {max_pixels}')
     item = np.dtype(dtype).itemsize
     row = w * ch * item
     if step < row:
@@ -101,8 +101,8 @@ def compressed_to_rgb(msg, max_pixels: Optional[int] = MAX_PIXELS_DEFAULT) -> np
     if img is None:
         raise ImageFormatError('data', f'{len(msg.data)} bytes', f'not decodable as {msg.format}')
     if max_pixels is not None and img.shape[0] * img.shape[1] > max_pixels:
-        raise ImageFormatError('height*width', img.shape[0] * img.shape[1],
-                               f'exceeds the limit of {max_pixels} pixels')
+        raise ImageFormatError('height*width', f'{img.shape[0]}x{img.shape[1]}',
+                               f'{img.shape[0] * img.shape[1]} pixels exceed the limit of {max_pixels}')
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
