@@ -32,9 +32,11 @@ assets: setup
 vocab: assets
 	$(VENV)/bin/gplq_vocab --if-missing
 
-## demo: the main job (FP32 reference pipeline on real aerial images -> $(OUT)/demo/)
+## demo: the onboard job: FP32 pictures -> $(OUT)/demo/; W4A8 artifact (calibrated once), onboard
+## graphs, 30 s simulated flight through the node graph recorded to a bag, bag report -> $(OUT)/flight/
 demo: vocab
 	$(VENV)/bin/gplq_demo --out $(OUT)/demo
+	$(VENV)/bin/gplq_flight_demo --out $(OUT)/flight --duration 30
 
 ## test: set-up, assets, full test suite
 test: assets

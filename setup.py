@@ -30,6 +30,7 @@ setup(
             'gplq_up = gplq_ros.tools.up:main',
             'gplq_record = gplq_ros.tools.record:main',
             'gplq_eval_bag = gplq_ros.tools.eval_bag:main',
+            'gplq_flight_demo = gplq_ros.tools.flight_demo:main',
             'gplq_assets = gplq_ros.tools.assets:main',
             'gplq_vocab = gplq_ros.tools.vocab:main',
             'gplq_demo = gplq_ros.tools.demo:main',

@@ -292,3 +292,48 @@ def test_feature_node_memory_is_flat_over_5000_frames(tmp_path, packed_graph, vo
     assert int(feat['frames_received']) == int(feat['frames_processed']) + int(feat['frames_dropped'])
     assert int(feat['queue_depth']) == 0
     assert growth_mb < 40, rss
+
+
+@pytest.mark.parametrize('node_name', ['feature_node', 'monitor_node', 'flight_sim_node'])
+def test_parameters_declared_documented_and_validated(node_name, packed_graph, fp32_graph, manifest):
+    """Every declared parameter has a description and appears in config/<node>.yaml, and
+    vice versa; choices are enforced by the on-set callback, ranges by rclpy."""
+    import rclpy
+    import yaml
+    from rclpy.parameter import Parameter
+
+    from gplq_ros.graph import config_dir
+    from gplq_ros.nodes.feature_node import FeatureNode
+    from gplq_ros.nodes.flight_sim_node import FlightSimNode
+    from gplq_ros.nodes.monitor_node import MonitorNode
+    cls, overrides = {'feature_node': (FeatureNode, {'model': str(packed_graph), 'vocabulary': 'none'}),
+                      'monitor_node': (MonitorNode, {'reference_model': str(fp32_graph), 'vocabulary': 'none'}),
+                      'flight_sim_node': (FlightSimNode, {})}[node_name]
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        node = cls(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+        try:
+            declared = set(node._parameters) - {'use_sim_time', 'start_type_description_service'}
+            documented = yaml.safe_load((config_dir() / f'{node_name}.yaml').read_text())[node_name]['ros__parameters']
+            assert declared == set(documented)
+            for name in declared:
+                assert node.describe_parameter(name).description, name
+            writable = [n for n in declared if not node.describe_parameter(n).read_only]
+            choice = next((n for n in writable if n in node.params.choices), None)
+            if choice:
+                res = node.set_parameters([Parameter(choice, value='nonsense')])[0]
+                assert not res.successful and choice in res.reason and 'nonsense' in res.reason
+            ranged = next((n for n in writable if node.describe_parameter(n).floating_point_range
+                           or node.describe_parameter(n).integer_range), None)
+            if ranged:
+                d = node.describe_parameter(ranged)
+                hi = (d.floating_point_range or d.integer_range)[0].to_value
+                assert not node.set_parameters([Parameter(ranged, value=type(hi)(hi * 2 + 1))])[0].successful
+            ro = [n for n in declared if node.describe_parameter(n).read_only]
+            if ro:
+                assert not node.set_parameters([Parameter(ro[0], value=node.get_parameter(ro[0]).value)])[0].successful
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)

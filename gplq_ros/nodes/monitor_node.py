@@ -51,7 +51,7 @@ class MonitorNode(Node):
         p.declare('check_every_n', 10, 'run the FP32 reference on every n-th camera frame', (1, 100000))
         p.declare('descriptor_cosine_min', 0.5, 'drift bound: VLAD descriptor cosine to FP32', (0.0, 1.0))
         p.declare('boundary_ssim_min', 0.6, 'drift bound: boundary-map SSIM to FP32', (0.0, 1.0))
-        p.declare('corner_repeatability_min', 0.5, 'drift bound: fraction of FP32 corners repeated within '
+        p.declare('corner_repeatability_min', 0.4, 'drift bound: fraction of FP32 corners repeated within '
                   'one patch', (0.0, 1.0))
         p.declare('consecutive', 3, 'checks in a row below a bound before ERROR', (1, 1000))
         p.declare('latency_p95_warn_ms', 250.0, 'WARN above this end-to-end p95 latency', (1.0, 1e6))

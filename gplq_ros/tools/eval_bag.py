@@ -72,7 +72,7 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4):
             for conn, t, raw in reader.messages(connections=[c for c in reader.connections if c.topic in names]):
                 yield conn.topic, t, reader.deserialize(raw, conn.msgtype)
         cam, out, lat = {}, {}, LatencyWindow(10 ** 9)
-        status, levels, t0, t1 = [], {}, None, None
+        status, levels, last_values, t0, t1 = [], {}, {}, None, None
         for topic, t, msg in messages('camera', 'boundary', 'status', 'diagnostics'):
             t0 = t if t0 is None else t0
             t1 = t
@@ -89,6 +89,7 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4):
                     lv = int(st.level[0]) if isinstance(st.level, (bytes, bytearray)) else int(st.level)
                     levels.setdefault(st.name, {}).setdefault(str(lv), 0)
                     levels[st.name][str(lv)] += 1
+                    last_values[st.name] = {kv.key: kv.value for kv in st.values}
         # second pass: decode only the frames drawn in the report
         both = sorted(set(cam) & set(out))
         chosen = {both[i] for i in np.unique(np.linspace(0, len(both) - 1, frames).round().astype(int))} \
@@ -122,6 +123,8 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4):
         'frames_in': len(cam), 'frames_out': len(out), 'matched': len(matched),
         'dropped': len(set(cam) - set(out)), 'drop_rate': (len(set(cam) - set(out)) / len(cam)) if cam else None,
         'outputs_without_input': len(set(out) - set(cam)),
+        # frames between the first and the last output: start-up and shutdown excluded
+        'dropped_steady': len([k for k in set(cam) - set(out) if out and min(out) <= k <= max(out)]),
         'input_rate_hz': len(cam) / dur if dur else None, 'output_rate_hz': len(out) / dur if dur else None,
         'latency_ms': {k: lat_s[k] for k in ('p50_ms', 'p95_ms', 'max_ms')},
         'latency_mean_ms': float(np.mean(lat.values)) if lat.values else None,
@@ -131,7 +134,12 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4):
                                                                   'boundary_ssim', 'corner_repeatability',
                                                                   'level')} for s in checks],
         'diagnostics_levels': levels,
+        'diagnostics_last': last_values,
     }
+    feat = next((v for k, v in last_values.items() if k.endswith('feature_node')), None)
+    if feat and lat_s['p95_ms'] is not None and feat.get('engine_p95_ms', 'nan') != 'nan':
+        summary['engine_p95_ms'] = float(feat['engine_p95_ms'])
+        summary['latency_p95_over_engine_p95'] = lat_s['p95_ms'] / float(feat['engine_p95_ms'])
     pics = [(k, (v['rgb'], v['boundary']), v.get('corners')) for k, v in sorted(parts.items())
             if 'rgb' in v and 'boundary' in v]
     return summary, pics
@@ -185,9 +193,13 @@ def print_summary(s, out: Path) -> None:
     def f(v, fmt='{:.1f}'):
         return fmt.format(v) if v is not None else '-'
     print(f'gplq_eval_bag: {s["bag"]}: {s["duration_s"]:.1f} s; frames in {s["frames_in"]}, out {s["frames_out"]}, '
-          f'dropped {s["dropped"]} ({f(s["drop_rate"], "{:.1%}")}), outputs without input {s["outputs_without_input"]}')
+          f'dropped {s["dropped"]} ({f(s["drop_rate"], "{:.1%}")}; {s["dropped_steady"]} between the first and last '
+          f'output), outputs without input {s["outputs_without_input"]}')
     print(f'  end-to-end latency p50 {f(lat["p50_ms"])} ms, p95 {f(lat["p95_ms"])} ms, max {f(lat["max_ms"])} ms; '
           f'rates in {f(s["input_rate_hz"])} Hz, out {f(s["output_rate_hz"])} Hz')
+    if 'engine_p95_ms' in s:
+        print(f'  engine p95 {s["engine_p95_ms"]:.1f} ms (feature node diagnostics): end-to-end p95 = '
+              f'{s["latency_p95_over_engine_p95"]:.2f}x engine p95')
     if s['drift']:
         print('  drift vs FP32 (monitor checks, mean/min): ' + ', '.join(
             f'{k} {v["mean"]:.3f}/{v["min"]:.3f}' for k, v in s['drift'].items()))
