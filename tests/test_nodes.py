@@ -1,5 +1,6 @@
 """The nodes as separate processes over Fast DDS, driven by a real rclpy publisher."""
 import json
+import sys
 import time
 
 import numpy as np
@@ -65,7 +66,7 @@ def test_graph_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_fil
                          feature_node={'vocabulary': str(vocab_file)},
                          monitor_node={'vocabulary': str(vocab_file), 'check_every_n': 4, 'period': 0.5})
     bags = tmp_path / 'bags'
-    up = start(['python', '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'model:={packed_graph}',
+    up = start([sys.executable, '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'model:={packed_graph}',
                 f'reference_model:={fp32_graph}', f'params_file:={params}', 'record_bag:=true',
                 f'bag_dir:={bags}'], tmp_path / 'up.log')
     h = Harness('test_camera')
@@ -233,7 +234,7 @@ def test_monitor_reports_error_for_a_corrupted_model(tmp_path, w4a8_artifact, fp
                          monitor_node={'vocabulary': str(vocab_file), 'check_every_n': 2, 'consecutive': 2,
                                        'period': 0.5},
                          flight_sim_node={'rate_hz': 5.0})
-    up = start(['python', '-m', 'gplq_ros.tools.up', f'model:={graph}', f'reference_model:={fp32_graph}',
+    up = start([sys.executable, '-m', 'gplq_ros.tools.up', f'model:={graph}', f'reference_model:={fp32_graph}',
                 f'params_file:={params}', 'camera_topic:=/corrupt/image'], tmp_path / 'up.log')
     h = Harness('test_monitor_error')
     status, diags = h.collect(Float64MultiArray, '/monitor_node/status'), h.collect(DiagnosticArray, '/diagnostics')
@@ -319,6 +320,8 @@ def test_parameters_declared_documented_and_validated(node_name, packed_graph, f
             assert declared == set(documented)
             for name in declared:
                 assert node.describe_parameter(name).description, name
+                if name not in overrides:     # the file documents the defaults
+                    assert node.get_parameter(name).value == documented[name], name
             writable = [n for n in declared if not node.describe_parameter(n).read_only]
             choice = next((n for n in writable if n in node.params.choices), None)
             if choice:

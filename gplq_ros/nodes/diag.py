@@ -16,3 +16,9 @@ def array(stamp, statuses) -> DiagnosticArray:
     msg.header.stamp = stamp
     msg.status = list(statuses)
     return msg
+
+
+def publish(node, publisher, level: int, message: str, values: dict) -> None:
+    """One DiagnosticArray with this node's status ``gplq_ros: <node name>``."""
+    publisher.publish(array(node.get_clock().now().to_msg(), [
+        status(f'gplq_ros: {node.get_name()}', node.hardware_id, level, message, values)]))

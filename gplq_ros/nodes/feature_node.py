@@ -22,7 +22,7 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from ..onboard.drift import Level
 from ..onboard.layout import CORNER_DTYPE, CORNER_FIELDS, FLOAT32
 from ..onboard.stats import LatencyWindow
-from ..onboard.slot import LatestSlot
+from ..onboard.slot import SlotWorker
 from . import diag
 from .image_codec import ImageFormatError, compressed_to_rgb, image_to_rgb, numpy_to_image
 from .params import Params, declare_qos
@@ -81,14 +81,13 @@ class FeatureNode(Node):
             self.sub = self.create_subscription(Image, 'image', self.on_image, qos_in)
         else:
             self.sub = self.create_subscription(CompressedImage, 'image/compressed', self.on_image, qos_in)
-        self.slot = LatestSlot()
         self.latency = LatencyWindow(300)
         self.received = self.processed = self.engine_errors = 0
         self.rejected = {}
         self.last_error = ''
         self._lock = threading.Lock()
-        self.worker = threading.Thread(target=self._work, name='gplq_inference', daemon=True)
-        self.worker.start()
+        self.worker = SlotWorker(self._infer, 'gplq_inference')
+        self.slot = self.worker.slot
         self.create_timer(period, self.publish_diagnostics)
         self.get_logger().info(
             f'{self.engine.kind} graph {model} ({self.engine.input_hw[0]}x{self.engine.input_hw[1]}, '
@@ -113,33 +112,30 @@ class FeatureNode(Node):
         self.get_logger().error(text)
 
     # -- inference thread ---------------------------------------------------------------
-    def _work(self) -> None:
-        while not self.slot.closed:
-            item = self.slot.take(timeout=0.2)
-            if item is None:
-                continue
-            header, rgb, _ = item
-            t0 = time.perf_counter()
-            try:
-                out = self.engine(rgb)
-            except Exception as e:  # ORT runtime failures: log, count, keep serving frames
-                with self._lock:
-                    self.engine_errors += 1
-                    self.last_error = f'inference failed: {type(e).__name__}: {str(e)[:300]}'
-                self.get_logger().error(self.last_error)
-                continue
-            self.latency.add(1e3 * (time.perf_counter() - t0))
-            try:
-                self.publish(header, out)
-            except Exception as e:  # rclpy raises RCLError once the context is shut down
-                if not self.context.ok():
-                    break   # shutting down (Ctrl-C): nothing left to publish to
-                with self._lock:
-                    self.engine_errors += 1
-                    self.last_error = f'publish failed: {type(e).__name__}: {str(e)[:300]}'
-                self.get_logger().error(self.last_error)
-                continue
-            self.processed += 1
+    def _infer(self, item):
+        header, rgb, _ = item
+        t0 = time.perf_counter()
+        try:
+            out = self.engine(rgb)
+        except Exception as e:  # ORT runtime failures: log, count, keep serving frames
+            self._fail(f'inference failed: {type(e).__name__}: {str(e)[:300]}')
+            return True
+        self.latency.add(1e3 * (time.perf_counter() - t0))
+        try:
+            self.publish(header, out)
+        except Exception as e:  # rclpy raises RCLError once the context is shut down
+            if not self.context.ok():
+                return False    # shutting down (Ctrl-C): nothing left to publish to
+            self._fail(f'publish failed: {type(e).__name__}: {str(e)[:300]}')
+            return True
+        self.processed += 1
+        return True
+
+    def _fail(self, text: str) -> None:
+        with self._lock:
+            self.engine_errors += 1
+            self.last_error = text
+        self.get_logger().error(text)
 
     def publish(self, header, out) -> None:
         full = self.params['map_resolution'] == 'input'
@@ -179,13 +175,10 @@ class FeatureNode(Node):
                   'engine_errors': engine_errors, 'engine_p50_ms': lat['p50_ms'], 'engine_p95_ms': lat['p95_ms'],
                   'engine_max_ms': lat['max_ms'], 'queue_depth': self.slot.pending, 'model_kind': self.engine.kind,
                   **{f'rejected_{k}': v for k, v in sorted(rejected.items())}, 'last_error': last_error}
-        self.pub_diag.publish(diag.array(self.get_clock().now().to_msg(), [
-            diag.status(f'gplq_ros: {self.get_name()}', self.hardware_id, level, msg, values)]))
+        diag.publish(self, self.pub_diag, level, msg, values)
 
     def destroy_node(self):
-        self.slot.close()
-        if self.worker.is_alive():
-            self.worker.join(timeout=5)
+        self.worker.stop()
         return super().destroy_node()
 
 

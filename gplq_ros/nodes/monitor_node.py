@@ -25,7 +25,7 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
 from ..onboard.drift import DriftBounds, DriftMonitor, Level, compare
 from ..onboard.layout import STATUS_FIELDS, decode_corners, decode_descriptor, decode_map
-from ..onboard.slot import LatestSlot
+from ..onboard.slot import SlotWorker
 from ..onboard.stats import LatencyWindow, RateMeter, StampMatcher
 from . import diag
 from .image_codec import ImageFormatError, image_to_rgb
@@ -93,15 +93,14 @@ class MonitorNode(Node):
         self.errors = 0
         self.last_error = ''
         self._lock = threading.Lock()
-        self.slot = LatestSlot()
         self.create_subscription(Image, 'image', self.on_image, qos_cam)
         self.create_subscription(Image, 'boundary_map', self.on_boundary, qos_out)
         self.create_subscription(PointCloud2, 'corners', lambda m: self.on_output(m, 'corners'), qos_out)
         self.create_subscription(Image, 'descriptor', lambda m: self.on_output(m, 'descriptor'), qos_out)
         self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.pub_status = self.create_publisher(Float64MultiArray, '~/status', QoSProfile(depth=10))
-        self.worker = threading.Thread(target=self._work, name='gplq_reference', daemon=True)
-        self.worker.start()
+        self.worker = SlotWorker(self._check, 'gplq_reference')
+        self.slot = self.worker.slot
         self.create_timer(period, self.publish_status)
         self._level = Level.OK
 
@@ -165,30 +164,25 @@ class MonitorNode(Node):
             del self.outputs[k]
 
     # -- reference thread -------------------------------------------------------------------
-    def _work(self) -> None:
-        while not self.slot.closed:
-            item = self.slot.take(timeout=0.2)
-            if item is None:
-                continue
-            key, rgb, got = item
-            try:
-                ref = self.reference(rgb)
-                corners = got['corners'][:, :2]
-                metrics = compare(ref, got['boundary'], corners, got.get('descriptor'))
-            except Exception as e:  # a mismatched output (shape, vocabulary): report, keep monitoring
-                with self._lock:
-                    self.errors += 1
-                    self.last_error = f'drift check failed: {type(e).__name__}: {e}'
-                self.get_logger().error(self.last_error)
-                continue
-            self.drift.bounds = self._bounds()
-            before = self.drift.level
-            level = self.drift.update(metrics, key[0] + 1e-9 * key[1])
-            if level != before:
-                text = ', '.join(f'{k} {v:.3f}' for k, v in metrics.items())
-                log = self.get_logger().error if level == Level.ERROR else self.get_logger().warning \
-                    if level == Level.WARN else self.get_logger().info
-                log(f'drift {level.name}: {text} (below bound: {self.drift.last_failed or "none"})')
+    def _check(self, item) -> None:
+        key, rgb, got = item
+        try:
+            ref = self.reference(rgb)
+            metrics = compare(ref, got['boundary'], got['corners'][:, :2], got.get('descriptor'))
+        except Exception as e:  # a mismatched output (shape, vocabulary): report, keep monitoring
+            with self._lock:
+                self.errors += 1
+                self.last_error = f'drift check failed: {type(e).__name__}: {e}'
+            self.get_logger().error(self.last_error)
+            return
+        self.drift.bounds = self._bounds()
+        before = self.drift.level
+        level = self.drift.update(metrics, key[0] + 1e-9 * key[1])
+        if level != before:
+            text = ', '.join(f'{k} {v:.3f}' for k, v in metrics.items())
+            log = self.get_logger().error if level == Level.ERROR else self.get_logger().warning \
+                if level == Level.WARN else self.get_logger().info
+            log(f'drift {level.name}: {text} (below bound: {self.drift.last_failed or "none"})')
 
     # -- status --------------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -237,8 +231,7 @@ class MonitorNode(Node):
         values = dict(s, checks_skipped=self.skipped, unmatched_outputs=self.matcher.unmatched,
                       check_every_n=self.params['check_every_n'], reference=str(self.reference.path))
         values.pop('level')
-        self.pub_diag.publish(diag.array(self.get_clock().now().to_msg(), [
-            diag.status(f'gplq_ros: {self.get_name()}', self.hardware_id, level, text, values)]))
+        diag.publish(self, self.pub_diag, level, text, values)
         msg = Float64MultiArray()
         msg.layout.dim = [MultiArrayDimension(label=','.join(STATUS_FIELDS), size=len(STATUS_FIELDS),
                                               stride=len(STATUS_FIELDS))]
@@ -246,9 +239,7 @@ class MonitorNode(Node):
         self.pub_status.publish(msg)
 
     def destroy_node(self):
-        self.slot.close()
-        if self.worker.is_alive():
-            self.worker.join(timeout=5)
+        self.worker.stop()
         return super().destroy_node()
 
 

@@ -50,3 +50,25 @@ class LatestSlot:
     @property
     def pending(self) -> int:
         return int(self._item is not None)
+
+
+class SlotWorker:
+    """A daemon thread that calls ``handle(item)`` for the newest item of a ``LatestSlot``
+    until ``stop()``; ``handle`` returning False ends the loop (e.g. at shutdown)."""
+
+    def __init__(self, handle, name: str):
+        self.slot = LatestSlot()
+        self._handle = handle
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.slot.closed:
+            item = self.slot.take(timeout=0.2)
+            if item is not None and self._handle(item) is False:
+                break
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.slot.close()
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
