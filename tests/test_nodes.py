@@ -340,3 +340,32 @@ def test_parameters_declared_documented_and_validated(node_name, packed_graph, f
             node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_feature_node_compressed_transport(tmp_path, packed_graph, images):
+    """transport: compressed subscribes <camera>/compressed (jpeg) and keeps the header."""
+    from sensor_msgs.msg import CompressedImage
+
+    from gplq_ros.nodes.image_codec import rgb_to_compressed
+    proc = start(node_argv('gplq_ros.nodes.feature_node', '-p', f'model:={packed_graph}', '-p', 'vocabulary:=none',
+                           '-p', 'transport:=compressed', '-r', 'image/compressed:=/cmp/image/compressed'),
+                 tmp_path / 'node.log')
+    h = Harness('test_compressed')
+    outputs = h.collect(Image, '/feature_node/boundary_map')
+    sent = []
+    try:
+        pub = h.node.create_publisher(CompressedImage, '/cmp/image/compressed', 10)
+        wait_for_subscribers(h, pub, 1)
+        for rgb in frames(images, 5):
+            msg = rgb_to_compressed(rgb, 'jpeg')
+            msg.header.frame_id = 'cam_optical'
+            msg.header.stamp = h.node.get_clock().now().to_msg()
+            pub.publish(msg)
+            sent.append(key(msg))
+            h.spin(0.3)
+        h.spin(5, lambda: len(outputs) >= 5)
+    finally:
+        h.close()
+        stop(proc)
+    assert sorted(key(m) for m in outputs) == sent, (tmp_path / 'node.log').read_text()[-2000:]
+    assert all(m.header.frame_id == 'cam_optical' for m in outputs)
