@@ -20,7 +20,7 @@ def _graph(context, *args, **kwargs):
     for spec in graph.node_specs(values):
         actions.append(Node(package=graph.PACKAGE, executable=spec.executable, name=spec.name,
                             parameters=list(spec.parameters), remappings=list(spec.remappings),
-                            ros_arguments=list(spec.ros_arguments), output='screen', emulate_tty=True))
+                            arguments=['--ros-args', *spec.ros_arguments], output='screen', emulate_tty=True))
     record = graph.record_command(values)
     if record is not None:
         actions.append(Node(package=graph.PACKAGE, executable='gplq_record', arguments=record, output='screen'))
