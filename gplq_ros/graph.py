@@ -88,13 +88,33 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parents[1] / 'config'
 
 
+PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
+
+
+def fastdds_major() -> int:
+    """Fast DDS 2.x (Humble, Jazzy) or 3.x (Kilted and later): from ROS_DISTRO in a ROS
+    install, else from the PyPI wheels present (ros-fastdds is 3.x, ros-fastrtps 2.x)."""
+    distro = os.environ.get('ROS_DISTRO')
+    if distro:
+        return 2 if distro in ('humble', 'iron', 'jazzy') else 3
+    from importlib import metadata
+    try:
+        metadata.version('ros-fastdds')
+        return 3
+    except metadata.PackageNotFoundError:
+        return 2
+
+
 def environment() -> Dict[str, str]:
     """Variables the graph needs when the user has not set them: the shared-memory Fast DDS
-    profile (without it, best-effort 640x480 rgb8 frames do not get through here: they exceed
-    the default 512 kB shared-memory segment and fall back to fragmented UDP). Fast DDS 2.x
-    (Humble, Jazzy) reads FASTRTPS_DEFAULT_PROFILES_FILE, 3.x (Kilted) FASTDDS_...."""
-    xml = str(config_dir() / 'fastdds_shm.xml')
-    return {'FASTRTPS_DEFAULT_PROFILES_FILE': xml, 'FASTDDS_DEFAULT_PROFILES_FILE': xml}
+    profile (without it, best-effort 640x480 rgb8 frames did not get through here: they
+    exceed the default shared-memory segment and fall back to fragmented UDP). Fast DDS 2.x
+    reads FASTRTPS_DEFAULT_PROFILES_FILE (the FASTDDS_ name did nothing on Jazzy), 3.x reads
+    FASTDDS_DEFAULT_PROFILES_FILE (and warns that the FASTRTPS_ name is deprecated). A
+    profile the user set under either name is kept."""
+    if any(os.environ.get(k) for k in PROFILE_VARS):
+        return {}
+    return {PROFILE_VARS[0] if fastdds_major() == 2 else PROFILE_VARS[1]: str(config_dir() / 'fastdds_shm.xml')}
 
 
 def node_specs(args: Dict[str, str]) -> List[NodeSpec]:

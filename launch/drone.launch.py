@@ -4,8 +4,6 @@ Starts the onboard graph defined in ``gplq_ros.graph`` (the same definition ``gp
 runs): flight_sim_node (optional camera), feature_node, monitor_node, and gplq_record when
 record_bag:=true. Arguments, descriptions and defaults come from ``gplq_ros.graph.ARGUMENTS``.
 """
-import os
-
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
@@ -16,7 +14,7 @@ from gplq_ros import graph
 
 def _graph(context, *args, **kwargs):
     values = {a.name: LaunchConfiguration(a.name).perform(context) for a in graph.ARGUMENTS}
-    actions = [SetEnvironmentVariable(k, v) for k, v in graph.environment().items() if k not in os.environ]
+    actions = [SetEnvironmentVariable(k, v) for k, v in graph.environment().items()]
     for spec in graph.node_specs(values):
         actions.append(Node(package=graph.PACKAGE, executable=spec.executable, name=spec.name,
                             parameters=list(spec.parameters), remappings=list(spec.remappings),

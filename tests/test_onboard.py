@@ -205,3 +205,15 @@ def test_config_files_are_ros_parameter_files():
     for node in ('feature_node', 'monitor_node', 'flight_sim_node'):
         doc = yaml.safe_load((REPO / 'config' / f'{node}.yaml').read_text())
         assert list(doc) == [node] and list(doc[node]) == ['ros__parameters']
+
+
+def test_fastdds_profile_variable_per_distro(monkeypatch):
+    for k in graph.PROFILE_VARS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv('ROS_DISTRO', 'jazzy')
+    env = graph.environment()
+    assert list(env) == ['FASTRTPS_DEFAULT_PROFILES_FILE'] and Path(env['FASTRTPS_DEFAULT_PROFILES_FILE']).is_file()
+    monkeypatch.setenv('ROS_DISTRO', 'kilted')
+    assert list(graph.environment()) == ['FASTDDS_DEFAULT_PROFILES_FILE']
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/my/profile.xml')    # the user's own profile wins
+    assert graph.environment() == {}
