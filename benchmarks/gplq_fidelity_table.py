@@ -34,7 +34,8 @@ ext.train().requires_grad_(True)
 opt = torch.optim.AdamW(ext.parameters(), lr=1e-5)
 with torch.no_grad():
     target = ext.block_tokens(x)[-1]
-loss = ((ext.block_tokens(torch.flip(x, dims=[3]))[-1] - torch.flip(target.reshape(len(x), 16, 16, -1), dims=[2]).reshape_as(target)) ** 2).mean()
+flipped = torch.flip(target.reshape(len(x), 16, 16, -1), dims=[2]).reshape_as(target)
+loss = ((ext.block_tokens(torch.flip(x, dims=[3]))[-1] - flipped) ** 2).mean()
 loss.backward()
 opt.step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)

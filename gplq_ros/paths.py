@@ -1,6 +1,7 @@
 """Where gplq_ros keeps downloaded and generated assets."""
 import os
 from pathlib import Path
+from typing import Optional
 
 
 def gplq_home() -> Path:
@@ -22,3 +23,15 @@ def default_images_dir() -> Path:
 def default_vocab() -> Path:
     """The VLAD vocabulary written by ``gplq_vocab``."""
     return gplq_home() / 'vocab' / 'vlad_k32.safetensors'
+
+
+def vocabulary_parameter(value: str) -> Optional[Path]:
+    """A node's ``vocabulary`` parameter: '' = the default vocabulary, 'none' = no
+    descriptor (None), else a path; a missing file is a clear error."""
+    if value == 'none':
+        return None
+    path = Path(value) if value else default_vocab()
+    if not path.is_file():
+        raise FileNotFoundError(f'parameter vocabulary={str(path)!r}: file not found (build it with gplq_vocab, '
+                                'or set "none" for no descriptor)')
+    return path

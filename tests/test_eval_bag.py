@@ -8,7 +8,6 @@ from helpers.cli import run_module
 from rclpy.serialization import serialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
-from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from gplq_ros.nodes.image_codec import numpy_to_image

@@ -163,7 +163,8 @@ def test_feature_node_survives_malformed_images(tmp_path, packed_graph, images):
     params = params_file(tmp_path / 'p.yaml', feature_node={
         'model': str(packed_graph), 'vocabulary': 'none', 'input_qos_reliability': 'reliable',
         'input_qos_depth': 20, 'diagnostics_period': 0.3})
-    proc = start(node_argv('gplq_ros.nodes.feature_node', '--params-file', str(params), '-r', 'image:=/malformed/image'),
+    proc = start(node_argv('gplq_ros.nodes.feature_node', '--params-file', str(params),
+                           '-r', 'image:=/malformed/image'),
                  tmp_path / 'node.log')
     h = Harness('test_malformed')
     valid, outputs = [], h.collect(Image, '/feature_node/boundary_map')

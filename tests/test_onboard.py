@@ -186,8 +186,8 @@ def test_launch_file_and_gplq_up_derive_from_the_graph():
     calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert {'DeclareLaunchArgument', 'Node', 'LaunchDescription'} <= calls
     assert all(a.description for a in graph.ARGUMENTS)
-    assert {a.name for a in graph.ARGUMENTS} >= {'camera_topic', 'model', 'params_file', 'use_sim_camera',
-                                                  'record_bag', 'bag_dir', 'log_level'}
+    assert {a.name for a in graph.ARGUMENTS} >= {
+        'camera_topic', 'model', 'params_file', 'use_sim_camera', 'record_bag', 'bag_dir', 'log_level'}
     from gplq_ros.tools.up import commands
     cmds = commands({'record_bag': 'true'}, stamp='x')
     specs = graph.node_specs({'record_bag': 'true'})

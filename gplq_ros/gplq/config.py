@@ -88,5 +88,3 @@ def resolve_device(name: str) -> str:
         if not torch.cuda.is_available():
             raise ValueError('--device cuda requested but torch.cuda.is_available() is False')
     return name
-
-

@@ -70,8 +70,8 @@ class GPLQLoss:
         mean = x.mean(0)
         _, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
         var = (s ** 2) / (s ** 2).sum()
-        k = int(torch.searchsorted(var.cumsum(0), torch.tensor([self.cfg.pca_variance], device=var.device,
-                                                                 dtype=var.dtype)).item()) + 1
+        bound = torch.tensor([self.cfg.pca_variance], device=var.device, dtype=var.dtype)
+        k = int(torch.searchsorted(var.cumsum(0), bound).item()) + 1
         self.pca = (mean, vt[:k].T.contiguous())
         return k
 
@@ -108,5 +108,3 @@ class GPLQLoss:
 def as_grid(tokens: torch.Tensor, grid_hw) -> torch.Tensor:
     b, n, c = tokens.shape
     return tokens.reshape(b, grid_hw[0], grid_hw[1], c)
-
-

@@ -101,7 +101,8 @@ class QuantDinoV2(nn.Module):
                                   aq(p + 'k', spec.attn_bits, None), aq(p + 'v', spec.attn_bits, None),
                                   aq(p + 'attn', spec.attn_bits, None))
             blk.mlp.fc1 = QLinear(blk.mlp.fc1, aq(p + 'fc1_in', spec.act_bits, dim if per_ch else None), p + 'mlp.fc1')
-            blk.mlp.fc2 = QLinear(blk.mlp.fc2, aq(p + 'fc2_in', spec.act_bits, hidden if per_ch else None), p + 'mlp.fc2')
+            blk.mlp.fc2 = QLinear(blk.mlp.fc2, aq(p + 'fc2_in', spec.act_bits, hidden if per_ch else None),
+                                  p + 'mlp.fc2')
             for lin in (qkv, proj, blk.mlp.fc1, blk.mlp.fc2):
                 self.linears[lin.name] = lin
         self.extractor = DinoV2Extractor(vit, extractor.weights_sha256)

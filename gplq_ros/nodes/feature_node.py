@@ -31,6 +31,7 @@ from .run import run_node
 
 class FeatureNode(Node):
     NODE_NAME = 'feature_node'
+
     def __init__(self, **kw):
         super().__init__('feature_node', **kw)
         p = self.params = Params(self)
@@ -57,21 +58,13 @@ class FeatureNode(Node):
                            read_only=True)
         self.hardware_id = p.declare('hardware_id', 'gplq_ros', 'hardware_id in /diagnostics', read_only=True)
 
+        from ..paths import vocabulary_parameter
         from ..runtime.engine import load   # onnxruntime + numpy only
         if not model:
             raise ValueError('parameter model is empty: set it to a graph written by gplq_export')
-        centers = None
-        if vocab != 'none':
-            from ..model.vocab import Vocabulary
-            from ..paths import default_vocab
-            vpath = Path(vocab) if vocab else default_vocab()
-            if not vpath.is_file():
-                raise ValueError(f'parameter vocabulary={str(vpath)!r}: file not found (make vocab, or "none")')
-            centers = Vocabulary.load(vpath).centers
-        self.engine = load(Path(model), threads=threads, providers=[s.strip() for s in providers.split(',') if s],
-                           centers=centers, artifact=Path(artifact) if artifact else None)
-        if centers is not None:
-            Vocabulary.load(vpath, self.engine.meta['weights_sha256'])   # same backbone weights
+        self.engine = load(Path(model), vocabulary_parameter(vocab), threads=threads,
+                           providers=[s.strip() for s in providers.split(',') if s.strip()],
+                           artifact=Path(artifact) if artifact else None)
         self.pub_boundary = self.create_publisher(Image, '~/boundary_map', qos_out)
         self.pub_corner_map = self.create_publisher(Image, '~/corner_map', qos_out)
         self.pub_corners = self.create_publisher(PointCloud2, '~/corners', qos_out)
@@ -103,7 +96,7 @@ class FeatureNode(Node):
         except ImageFormatError as e:
             self._reject(e.field, f'frame {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d} rejected: {e}')
             return
-        self.slot.put((msg.header, rgb, time.monotonic()))
+        self.slot.put((msg.header, rgb))
 
     def _reject(self, field: str, text: str) -> None:
         with self._lock:
@@ -113,7 +106,7 @@ class FeatureNode(Node):
 
     # -- inference thread ---------------------------------------------------------------
     def _infer(self, item):
-        header, rgb, _ = item
+        header, rgb = item
         t0 = time.perf_counter()
         try:
             out = self.engine(rgb)

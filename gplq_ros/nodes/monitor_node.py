@@ -67,16 +67,9 @@ class MonitorNode(Node):
 
         if not model:
             raise ValueError('parameter reference_model is empty: set it to an FP32 graph from gplq_export --fp32')
+        from ..paths import vocabulary_parameter
         from ..runtime.engine import load
-        centers = None
-        if vocab != 'none':
-            from ..model.vocab import Vocabulary
-            from ..paths import default_vocab
-            vpath = Path(vocab) if vocab else default_vocab()
-            if not vpath.is_file():
-                raise ValueError(f'parameter vocabulary={str(vpath)!r}: file not found')
-            centers = Vocabulary.load(vpath).centers
-        self.reference = load(Path(model), threads=threads, centers=centers)
+        self.reference = load(Path(model), vocabulary_parameter(vocab), threads=threads)
         if self.reference.kind != 'fp32':
             raise ValueError(f'parameter reference_model={model!r}: kind={self.reference.kind!r}, the reference '
                              'must be an FP32 graph (gplq_export --fp32)')
@@ -86,7 +79,7 @@ class MonitorNode(Node):
         self.matcher = StampMatcher(grace_s=2.0)
         self.frames = {}          # stamp -> rgb kept for a drift check
         self.outputs = {}         # stamp -> {'boundary':..., 'corners':..., 'descriptor':...}
-        self.need = ('boundary', 'corners') + (('descriptor',) if centers is not None else ())
+        self.need = ('boundary', 'corners') + (('descriptor',) if self.reference.centers is not None else ())
         self.n_in = 0
         self.last_output = None
         self.skipped = 0

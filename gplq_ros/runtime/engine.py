@@ -120,5 +120,18 @@ def _fill_packed(model, meta: dict, artifact: Path) -> None:
                                                                PACKED_PREFIX + name))
 
 
-def load(path: Path, **kw) -> Engine:
-    return Engine(path, **kw)
+def load(path: Path, vocabulary: Optional[Path] = None, **kw) -> Engine:
+    """``vocabulary``: a gplq_vocab file whose centers give the VLAD descriptor; it must have
+    been built with the backbone weights the graph was exported from."""
+    if vocabulary is None:
+        return Engine(path, **kw)
+    from ..model.vocab import Vocabulary, VocabError
+    try:
+        vocab = Vocabulary.load(Path(vocabulary))
+    except VocabError as e:
+        raise EngineError(str(e)) from None
+    engine = Engine(path, centers=vocab.centers, **kw)
+    if vocab.meta.weights_sha256 != engine.meta.get('weights_sha256'):
+        raise EngineError(f'vocabulary={vocabulary}: built for weights sha256={vocab.meta.weights_sha256[:12]}..., '
+                          f'the graph for {str(engine.meta.get("weights_sha256"))[:12]}...')
+    return engine

@@ -162,7 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument('--gamma', type=float, default=d.gamma_align, help='gradient-alignment threshold')
     ap.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     ap.add_argument('--seed', type=int, default=d.seed)
-    ap.add_argument('--out', type=Path, default=None, help='artifact path (default $GPLQ_HOME/artifacts/<bits>_<method>.safetensors)')
+    ap.add_argument('--out', type=Path, default=None,
+                    help='artifact path (default $GPLQ_HOME/artifacts/<bits>_<method>.safetensors)')
     ap.add_argument('--force', action='store_true', help='overwrite --out')
     ap.add_argument('--no-report', action='store_true', help='skip held-out fidelity, report and pictures')
     ap.add_argument('--report-vocab', type=Path, default=None,
@@ -246,8 +247,8 @@ def main(argv=None) -> int:
                                     if results['basin']['kept_8bit'] else ' (use --enforce-basin)'),
               file=sys.stderr)
     s = fidelity['summary']
-    fig = ' '.join(f'{k} {s[k]["mean"]:.4f}' for k in ('final_cosine', 'boundary_ssim', 'corner_repeatability',
-                                                        'descriptor_cosine') if k in s)
+    keys = ('final_cosine', 'boundary_ssim', 'corner_repeatability', 'descriptor_cosine')
+    fig = ' '.join(f'{k} {s[k]["mean"]:.4f}' for k in keys if k in s)
     print(f'gplq_calibrate: {spec.tag} {cfg.method} -> {out} ({out.stat().st_size / 1e6:.1f} MB) in {wall:.0f} s, '
           f'peak RSS {metrics["peak_rss_mb"]:.0f} MB; drift {results["basin"]["drift"]["overall"]:.3f}, '
           f'alignment {al["overall"]:.3f}; held-out {fig}')

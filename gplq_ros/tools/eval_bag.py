@@ -130,9 +130,9 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4):
         'latency_mean_ms': float(np.mean(lat.values)) if lat.values else None,
         'monitor_live': {k: status[-1].get(k) for k in ('latency_p50_ms', 'latency_p95_ms', 'level', 'checks')}
         if status else None,
-        'drift': drift, 'drift_over_time': [{k: s.get(k) for k in ('t', 'checks', 'descriptor_cosine',
-                                                                  'boundary_ssim', 'corner_repeatability',
-                                                                  'level')} for s in checks],
+        'drift': drift,
+        'drift_over_time': [{k: s.get(k) for k in ('t', 'checks', 'descriptor_cosine', 'boundary_ssim',
+                                                   'corner_repeatability', 'level')} for s in checks],
         'diagnostics_levels': levels,
         'diagnostics_last': last_values,
     }

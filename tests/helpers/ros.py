@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def qos(reliable: bool, depth: int = 10) -> QoSProfile:
-    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+    rel = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+    return QoSProfile(depth=depth, reliability=rel)
 
 
 class Harness:
