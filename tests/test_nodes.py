@@ -344,12 +344,14 @@ def test_parameters_declared_documented_and_validated(node_name, packed_graph, f
 
 
 def test_feature_node_compressed_transport(tmp_path, packed_graph, images):
-    """transport: compressed subscribes <camera>/compressed (jpeg) and keeps the header."""
+    """transport: compressed subscribes <camera>/compressed (jpeg) and keeps the header;
+    map_resolution: input publishes the maps at the camera's size."""
     from sensor_msgs.msg import CompressedImage
 
     from gplq_ros.nodes.image_codec import rgb_to_compressed
     proc = start(node_argv('gplq_ros.nodes.feature_node', '-p', f'model:={packed_graph}', '-p', 'vocabulary:=none',
-                           '-p', 'transport:=compressed', '-r', 'image/compressed:=/cmp/image/compressed'),
+                           '-p', 'transport:=compressed', '-p', 'map_resolution:=input',
+                           '-r', 'image/compressed:=/cmp/image/compressed'),
                  tmp_path / 'node.log')
     h = Harness('test_compressed')
     outputs = h.collect(Image, '/feature_node/boundary_map')
@@ -370,3 +372,5 @@ def test_feature_node_compressed_transport(tmp_path, packed_graph, images):
         stop(proc)
     assert sorted(key(m) for m in outputs) == sent, (tmp_path / 'node.log').read_text()[-2000:]
     assert all(m.header.frame_id == 'cam_optical' for m in outputs)
+    b = decode_map(outputs[-1])
+    assert b.shape == (480, 640) and 0 <= b.min() and b.max() <= 1
