@@ -128,6 +128,14 @@ def test_graph_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_fil
         bag_ms, live_ms = s['latency_ms'][q], live[f'latency_{q}']
         assert abs(bag_ms - live_ms) <= max(5.0, 0.25 * live_ms), (q, bag_ms, live_ms)
     assert len(s['pictures']) == 5 and s['drift']['boundary_ssim']['mean'] > 0.3   # 4 frames + drift.png
+    # the same bag, drift recomputed from its frames with the FP32 graph (as for a bag without the monitor)
+    res = run_module('gplq_ros.tools.eval_bag', bag, '--out', tmp_path / 'report2', '--reference-model', fp32_graph,
+                     '--vocabulary', vocab_file, '--check-every', 4)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads((tmp_path / 'report2' / 'summary.json').read_text())
+    assert r['drift_source'].startswith('recomputed') and len(r['drift_over_time']) >= 9
+    for k in ('descriptor_cosine', 'boundary_ssim', 'corner_repeatability'):   # the monitor's figures
+        assert abs(r['drift'][k]['mean'] - s['drift'][k]['mean']) < 0.1, (k, r['drift'][k], s['drift'][k])
 
 
 MALFORMED = [

@@ -54,13 +54,18 @@ def pick_topics(conns, camera_topic=None):
     return topics
 
 
-def evaluate(bag: Path, camera_topic=None, frames: int = 4):
-    """Returns (summary dict, frames for pictures: list of (camera rgb, boundary, corners))."""
+def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, check_every: int = 10):
+    """Returns (summary dict, frames for pictures: list of (camera rgb, boundary, corners)).
+
+    ``reference``: an FP32 ``runtime.engine.Engine``; drift is then recomputed from the bag
+    (every ``check_every``-th frame with outputs) instead of read from the monitor's status,
+    e.g. for a bag recorded without the monitor."""
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
     from ..nodes.image_codec import ImageFormatError, image_to_rgb
-    from ..onboard.layout import decode_corners, decode_map, decode_status
+    from ..onboard.drift import compare
+    from ..onboard.layout import decode_corners, decode_descriptor, decode_map, decode_status
     from ..onboard.stats import LatencyWindow
     if not Path(bag).exists():
         raise FileNotFoundError(f'bag {bag}: not found')
@@ -90,29 +95,43 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4):
                     levels.setdefault(st.name, {}).setdefault(str(lv), 0)
                     levels[st.name][str(lv)] += 1
                     last_values[st.name] = {kv.key: kv.value for kv in st.values}
-        # second pass: decode only the frames drawn in the report
+        # second pass: decode only the frames drawn in the report (and, with a reference,
+        # those checked for drift, compared as soon as their outputs are in)
         both = sorted(set(cam) & set(out))
         chosen = {both[i] for i in np.unique(np.linspace(0, len(both) - 1, frames).round().astype(int))} \
             if both and frames > 0 else set()
-        parts = {k: {} for k in chosen}
-        if chosen:
-            for topic, _, msg in messages('camera', 'boundary', 'corners'):
+        checked = set(both[::check_every]) if reference is not None else set()
+        need = {'rgb', 'boundary'} | ({'corners'} if topics['corners'] else set()) | \
+            ({'descriptor'} if topics['descriptor'] and reference is not None and reference.centers is not None
+             else set())
+        parts = {k: {} for k in chosen | checked}
+        recomputed = []
+        if parts:
+            decode = {topics['camera']: ('rgb', lambda m: image_to_rgb(m, max_pixels=None)),
+                      topics['boundary']: ('boundary', decode_map), topics['corners']: ('corners', decode_corners),
+                      topics['descriptor']: ('descriptor', decode_descriptor)}
+            for topic, t, msg in messages('camera', 'boundary', 'corners', 'descriptor'):
                 k = _stamp(msg)
                 if k not in parts:
                     continue
+                name, fn = decode[topic]
                 try:
-                    if topic == topics['camera']:
-                        parts[k]['rgb'] = image_to_rgb(msg, max_pixels=None)
-                    elif topic == topics['boundary']:
-                        parts[k]['boundary'] = decode_map(msg)
-                    else:
-                        parts[k]['corners'] = decode_corners(msg)
+                    parts[k][name] = fn(msg)
                 except ImageFormatError:
                     parts[k]['bad'] = True
+                if k in checked and need <= set(parts[k]):
+                    got = parts[k]
+                    m = compare(reference(got['rgb']), got['boundary'],
+                                got['corners'][:, :2] if 'corners' in got else None, got.get('descriptor'))
+                    recomputed.append(dict(m, t=(t - t0) / 1e9, stamp=_secs(k)))
+                    checked.discard(k)
+                    if k not in chosen:
+                        del parts[k]
     matched = set(cam) & set(out)
     dur = (t1 - t0) / 1e9 if t0 is not None and t1 != t0 else 0.0
     drift = {}
-    checks = [s for i, s in enumerate(status) if i == 0 or s.get('checks') != status[i - 1].get('checks')]
+    checks = recomputed if reference is not None else \
+        [s for i, s in enumerate(status) if i == 0 or s.get('checks') != status[i - 1].get('checks')]
     for k in ('descriptor_cosine', 'boundary_ssim', 'corner_repeatability'):
         v = np.array([s[k] for s in checks if k in s and np.isfinite(s[k])])
         if v.size:
@@ -130,7 +149,8 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4):
         'latency_mean_ms': float(np.mean(lat.values)) if lat.values else None,
         'monitor_live': {k: status[-1].get(k) for k in ('latency_p50_ms', 'latency_p95_ms', 'level', 'checks')}
         if status else None,
-        'drift': drift,
+        'drift': drift, 'drift_source': ('recomputed with ' + str(reference.path)) if reference is not None
+        else ('monitor status' if status else None),
         'drift_over_time': [{k: s.get(k) for k in ('t', 'checks', 'descriptor_cosine', 'boundary_ssim',
                                                    'corner_repeatability', 'level')} for s in checks],
         'diagnostics_levels': levels,
@@ -141,7 +161,7 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4):
         summary['engine_p95_ms'] = float(feat['engine_p95_ms'])
         summary['latency_p95_over_engine_p95'] = lat_s['p95_ms'] / float(feat['engine_p95_ms'])
     pics = [(k, (v['rgb'], v['boundary']), v.get('corners')) for k, v in sorted(parts.items())
-            if 'rgb' in v and 'boundary' in v]
+            if k in chosen and 'rgb' in v and 'boundary' in v]
     return summary, pics
 
 
@@ -172,12 +192,12 @@ def write_report(summary, pics, out: Path) -> list:
         fig, ax = plt.subplots(figsize=(8, 3.5))
         t = [s['t'] for s in summary['drift_over_time']]
         for k in ('descriptor_cosine', 'boundary_ssim', 'corner_repeatability'):
-            ax.plot(t, [s[k] for s in summary['drift_over_time']], marker='.', label=k)
+            ax.plot(t, [np.nan if s[k] is None else s[k] for s in summary['drift_over_time']], marker='.', label=k)
         ax.set_xlabel('bag time, s')
         ax.set_ylabel('vs FP32')
         ax.set_ylim(0, 1.02)
         ax.legend(loc='lower left')
-        ax.set_title('drift over the flight (monitor checks)')
+        ax.set_title(f'drift over the flight ({summary["drift_source"]})'[:80])
         fig.tight_layout()
         fig.savefig(out / 'drift.png', dpi=100)
         plt.close(fig)
@@ -201,7 +221,7 @@ def print_summary(s, out: Path) -> None:
         print(f'  engine p95 {s["engine_p95_ms"]:.1f} ms (feature node diagnostics): end-to-end p95 = '
               f'{s["latency_p95_over_engine_p95"]:.2f}x engine p95')
     if s['drift']:
-        print('  drift vs FP32 (monitor checks, mean/min): ' + ', '.join(
+        print(f'  drift vs FP32 ({s["drift_source"]}; mean/min): ' + ', '.join(
             f'{k} {v["mean"]:.3f}/{v["min"]:.3f}' for k, v in s['drift'].items()))
     print(f'  report: {out / "summary.json"}')
 
@@ -213,10 +233,27 @@ def main(argv=None) -> int:
     ap.add_argument('--out', type=Path, default=None, help='report directory (default: <bag>_report)')
     ap.add_argument('--camera-topic', default=None, help='camera Image topic (default: the only one)')
     ap.add_argument('--frames', type=int, default=4, help='frames to draw (camera | boundary | corners)')
+    ap.add_argument('--reference-model', type=Path, default=None,
+                    help='FP32 graph (gplq_export --fp32): recompute drift from the bag instead of reading the '
+                         "monitor's status (for bags recorded without monitor_node)")
+    ap.add_argument('--vocabulary', type=Path, default=None, help='vocabulary for descriptor drift (with '
+                    '--reference-model; default: the $GPLQ_HOME one if present)')
+    ap.add_argument('--check-every', type=int, default=10, help='with --reference-model: every n-th frame')
     args = ap.parse_args(argv)
     out = args.out or args.bag.with_name(args.bag.name + '_report')
     try:
-        summary, pics = evaluate(args.bag, args.camera_topic, args.frames)
+        reference = None
+        if args.reference_model is not None:
+            from ..paths import default_vocab
+            from ..runtime.engine import load
+            vocab = args.vocabulary or (default_vocab() if default_vocab().is_file() else None)
+            reference = load(args.reference_model, vocab, threads=2)
+            if reference.kind != 'fp32':
+                raise ValueError(f'--reference-model {args.reference_model}: kind={reference.kind!r}, '
+                                 'not an FP32 graph')
+        if args.check_every < 1:
+            raise ValueError(f'--check-every {args.check_every}: must be >= 1')
+        summary, pics = evaluate(args.bag, args.camera_topic, args.frames, reference, args.check_every)
     except (ValueError, FileNotFoundError) as e:
         print(f'gplq_eval_bag: error: {e}', file=sys.stderr)
         return 2
