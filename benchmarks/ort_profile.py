@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from gplq_ros.runtime.engine import graph_meta
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -21,8 +23,7 @@ def main() -> None:
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--runs', type=int, default=30)
     args = ap.parse_args()
-    meta = json.loads({p.key: p.value for p in onnx.load(args.graph, load_external_data=False)
-                       .metadata_props}.get('gplq_ros', '{}'))
+    meta = graph_meta(onnx.load(args.graph, load_external_data=False)) or {}
     if meta.get('packed_layers'):
         raise SystemExit('packed graph: export it with gplq_export --standalone to profile it alone')
     so = ort.SessionOptions()

@@ -76,6 +76,12 @@ def onboard_dir() -> Path:
     return gplq_home() / 'onboard'
 
 
+def default_models() -> Dict[str, str]:
+    """The graphs ``model`` and ``reference_model`` default to (gplq_flight_demo makes them)."""
+    return {'model': str(onboard_dir() / 'w4a8_168x224.onnx'),
+            'reference_model': str(onboard_dir() / 'fp32_168x224.onnx')}
+
+
 def config_dir() -> Path:
     """The installed share/gplq_ros/config, else this source tree's config/."""
     try:
@@ -120,8 +126,8 @@ def environment() -> Dict[str, str]:
 def node_specs(args: Dict[str, str]) -> List[NodeSpec]:
     args = resolve(args)
     cam = args['camera_topic']
-    model = args['model'] or str(onboard_dir() / 'w4a8_168x224.onnx')
-    reference = args['reference_model'] or str(onboard_dir() / 'fp32_168x224.onnx')
+    model = args['model'] or default_models()['model']
+    reference = args['reference_model'] or default_models()['reference_model']
     ros_args = ('--log-level', args['log_level'])
 
     def params(node: str, extra: dict) -> tuple:

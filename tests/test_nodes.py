@@ -12,6 +12,7 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Float64MultiArray
 
 from gplq_ros.nodes.image_codec import numpy_to_image
+from gplq_ros.onboard.drift import Level
 from gplq_ros.onboard.layout import decode_corners, decode_descriptor, decode_map, decode_status
 
 YELL = '2019_YELL_2_541000_4977000_image_crop.png'
@@ -41,10 +42,6 @@ def statuses(diags, name):
 
 def values(status):
     return {kv.key: kv.value for kv in status.values}
-
-
-def level(status) -> int:
-    return status.level[0] if isinstance(status.level, (bytes, bytearray)) else int(status.level)
 
 
 def params_file(path, **sections):
@@ -256,7 +253,7 @@ def test_monitor_reports_error_for_a_corrupted_model(tmp_path, w4a8_artifact, fp
     log = (tmp_path / 'up.log').read_text(errors='replace')
     levels = [decode_status(s) for s in status]
     assert any(s['level'] == 2 for s in levels), (levels[-3:], log[-3000:])
-    err = [s for s in statuses(diags, 'gplq_ros: monitor_node') if level(s) == 2]
+    err = [s for s in statuses(diags, 'gplq_ros: monitor_node') if Level.of(s) == Level.ERROR]
     assert err and 'drift below bound' in err[-1].message
     assert 'ERROR: drift below bound' in log
 

@@ -24,7 +24,7 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
 from ..onboard.drift import DriftBounds, DriftMonitor, Level, compare
-from ..onboard.layout import STATUS_FIELDS, decode_corners, decode_descriptor, decode_map
+from ..onboard.layout import DECODERS, STATUS_FIELDS
 from ..onboard.slot import SlotWorker
 from ..onboard.stats import LatencyWindow, RateMeter, StampMatcher
 from . import diag
@@ -80,7 +80,6 @@ class MonitorNode(Node):
         self.frames = {}          # stamp -> rgb kept for a drift check
         self.outputs = {}         # stamp -> {'boundary':..., 'corners':..., 'descriptor':...}
         self.need = ('boundary', 'corners') + (('descriptor',) if self.reference.centers is not None else ())
-        self.n_in = 0
         self.last_output = None
         self.skipped = 0
         self.errors = 0
@@ -108,11 +107,10 @@ class MonitorNode(Node):
     # -- callbacks ---------------------------------------------------------------------------
     def on_image(self, msg: Image) -> None:
         now = self.now_s()
-        self.n_in += 1
         self.rate_in.add(now)
         key = _key(msg.header.stamp)
         self.matcher.input(key, now)
-        if self.n_in % self.params['check_every_n']:
+        if self.rate_in.count % self.params['check_every_n']:
             return
         try:
             rgb = image_to_rgb(msg)
@@ -140,7 +138,7 @@ class MonitorNode(Node):
             if key not in self.frames:
                 return
             try:
-                value = {'boundary': decode_map, 'corners': decode_corners, 'descriptor': decode_descriptor}[kind](msg)
+                value = DECODERS[kind](msg)
             except ImageFormatError as e:
                 self.errors += 1
                 self.last_error = f'{kind}: {e}'
@@ -161,7 +159,7 @@ class MonitorNode(Node):
         key, rgb, got = item
         try:
             ref = self.reference(rgb)
-            metrics = compare(ref, got['boundary'], got['corners'][:, :2], got.get('descriptor'))
+            metrics = compare(ref, got['boundary'], got['corners'], got.get('descriptor'))
         except Exception as e:  # a mismatched output (shape, vocabulary): report, keep monitoring
             with self._lock:
                 self.errors += 1
@@ -170,7 +168,7 @@ class MonitorNode(Node):
             return
         self.drift.bounds = self._bounds()
         before = self.drift.level
-        level = self.drift.update(metrics, key[0] + 1e-9 * key[1])
+        level = self.drift.update(metrics)
         if level != before:
             text = ', '.join(f'{k} {v:.3f}' for k, v in metrics.items())
             log = self.get_logger().error if level == Level.ERROR else self.get_logger().warning \
@@ -185,7 +183,7 @@ class MonitorNode(Node):
         m = self.drift.last
         return {'input_rate_hz': self.rate_in.rate(now), 'output_rate_hz': self.rate_out.rate(now),
                 'latency_p50_ms': lat['p50_ms'], 'latency_p95_ms': lat['p95_ms'], 'latency_max_ms': lat['max_ms'],
-                'frames_in': self.n_in, 'frames_out': self.rate_out.count, 'dropped': self.matcher.dropped,
+                'frames_in': self.rate_in.count, 'frames_out': self.rate_out.count, 'dropped': self.matcher.dropped,
                 'drop_rate': self.matcher.drop_rate, 'checks': self.drift.checks,
                 'descriptor_cosine': m.get('descriptor_cosine'), 'boundary_ssim': m.get('boundary_ssim'),
                 'corner_repeatability': m.get('corner_repeatability'), 'failed_in_a_row': self.drift.failed_in_a_row}

@@ -27,6 +27,12 @@ class Level(enum.IntEnum):
     ERROR = 2
     STALE = 3
 
+    @classmethod
+    def of(cls, status) -> 'Level':
+        """The level of a DiagnosticStatus (``byte``: bytes from rclpy, an int from rosbags)."""
+        lv = status.level
+        return cls(lv[0] if isinstance(lv, (bytes, bytearray)) else int(lv))
+
 
 def corner_repeatability_px(ref_px: np.ndarray, got_px: np.ndarray, radius_px: float) -> float:
     ref_px, got_px = np.asarray(ref_px, np.float64).reshape(-1, 2), np.asarray(got_px, np.float64).reshape(-1, 2)
@@ -40,7 +46,9 @@ def corner_repeatability_px(ref_px: np.ndarray, got_px: np.ndarray, radius_px: f
 
 def compare(ref, boundary: Optional[np.ndarray], corners_px: Optional[np.ndarray],
             descriptor: Optional[np.ndarray]) -> Dict[str, float]:
-    """``ref``: a ``model.pipeline.Outputs`` of the FP32 engine on the same frame."""
+    """``ref``: a ``model.pipeline.Outputs`` of the FP32 engine on the same frame;
+    ``corners_px``: (N, 2+) rows starting with u, v (``layout.decode_corners`` gives
+    u, v, response)."""
     out = {}
     if descriptor is not None and ref.descriptor is not None:
         if descriptor.shape != ref.descriptor.shape:
@@ -53,7 +61,7 @@ def compare(ref, boundary: Optional[np.ndarray], corners_px: Optional[np.ndarray
         out['boundary_ssim'] = ssim(r, boundary)
     if corners_px is not None:
         cell = max(ref.image_hw[0] / ref.grid_hw[0], ref.image_hw[1] / ref.grid_hw[1])
-        out['corner_repeatability'] = corner_repeatability_px(ref.corners_px, corners_px, cell)
+        out['corner_repeatability'] = corner_repeatability_px(ref.corners_px, np.asarray(corners_px)[:, :2], cell)
     return out
 
 
@@ -82,15 +90,12 @@ class DriftMonitor:
     failed_in_a_row: int = 0
     last: Dict[str, float] = field(default_factory=dict)
     last_failed: List[str] = field(default_factory=list)
-    history: List[Dict[str, float]] = field(default_factory=list)
 
-    def update(self, metrics: Dict[str, float], t: float = 0.0) -> Level:
+    def update(self, metrics: Dict[str, float]) -> Level:
         self.checks += 1
         self.last = dict(metrics)
         self.last_failed = [k for k in METRICS if k in metrics and metrics[k] < getattr(self.bounds, k)]
         self.failed_in_a_row = self.failed_in_a_row + 1 if self.last_failed else 0
-        self.history.append(dict(metrics, t=t))
-        del self.history[:-1000]
         return self.level
 
     @property

@@ -48,6 +48,10 @@ def decode_corners(msg) -> np.ndarray:
     return np.stack([rec['u'], rec['v'], rec['response']], axis=1) if n else np.zeros((0, 3), np.float32)
 
 
+# feature output -> decoder, as the monitor and gplq_eval_bag name them
+DECODERS = {'boundary': decode_map, 'corners': decode_corners, 'descriptor': decode_descriptor}
+
+
 # monitor_node ``~/status``: std_msgs/Float64MultiArray, one value per name below, in this
 # order (NaN = not measured yet); ``layout.dim[0].label`` repeats the names comma-separated.
 STATUS_FIELDS = ('level', 'input_rate_hz', 'output_rate_hz', 'latency_p50_ms', 'latency_p95_ms',

@@ -13,8 +13,6 @@ class LatestSlot:
         self._cond = threading.Condition()
         self._item: Any = None
         self._closed = False
-        self.put_count = 0
-        self.taken = 0
         self.dropped = 0
 
     def put(self, item: Any) -> bool:
@@ -24,7 +22,6 @@ class LatestSlot:
             if replaced:
                 self.dropped += 1
             self._item = item
-            self.put_count += 1
             self._cond.notify()
             return replaced
 
@@ -34,8 +31,6 @@ class LatestSlot:
             if self._item is None and not self._closed:
                 self._cond.wait(timeout)
             item, self._item = self._item, None
-            if item is not None:
-                self.taken += 1
             return item
 
     def close(self) -> None:

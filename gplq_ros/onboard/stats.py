@@ -12,11 +12,9 @@ class LatencyWindow:
         if size < 1:
             raise ValueError(f'size={size}: must be >= 1')
         self.values: Deque[float] = collections.deque(maxlen=size)
-        self.count = 0
 
     def add(self, ms: float) -> None:
         self.values.append(float(ms))
-        self.count += 1
 
     def summary(self) -> Dict[str, Optional[float]]:
         if not self.values:

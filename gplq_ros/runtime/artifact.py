@@ -57,6 +57,15 @@ def save_artifact(path: Path, tensors: Dict[str, np.ndarray], meta: dict, force:
     return checksum
 
 
+def layer_codes(tensors: Dict[str, np.ndarray], name: str, shape) -> np.ndarray:
+    """The int8 weight codes of one layer, (out, in): unpacked from ``w/<layer>.int4`` or
+    read from ``w/<layer>.int8``."""
+    from ..quant.packing import unpack_int4
+    packed = tensors.get(f'w/{name}.int4')
+    codes = unpack_int4(packed, int(np.prod(shape))) if packed is not None else tensors[f'w/{name}.int8']
+    return codes.reshape(shape).astype(np.int8, copy=False)
+
+
 def read_meta(path: Path) -> dict:
     return read_versioned_meta(path, FORMAT, VERSION, 'artifact', 'make one with gplq_calibrate',
                                ArtifactError)

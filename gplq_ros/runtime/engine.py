@@ -31,6 +31,12 @@ class EngineError(ValueError):
     """A model file the engine cannot run; the message says why."""
 
 
+def graph_meta(model) -> Optional[dict]:
+    """The ``gplq_ros`` metadata (JSON) of an ONNX model (a loaded ModelProto), or None."""
+    raw = {p.key: p.value for p in model.metadata_props}.get('gplq_ros')
+    return json.loads(raw) if raw is not None else None
+
+
 class Engine:
     def __init__(self, path: Path, threads: int = 2, providers: Optional[Sequence[str]] = None,
                  centers: Optional[np.ndarray] = None, warmup: int = 2, artifact: Optional[Path] = None):
@@ -50,12 +56,11 @@ class Engine:
             raise EngineError(f'providers={missing} not available in this onnxruntime ({available})')
         try:
             model = onnx.load(str(path))
-            raw = {p.key: p.value for p in model.metadata_props}.get('gplq_ros')
         except Exception as e:  # protobuf raises its own types for malformed files
             raise EngineError(f'{path}: onnxruntime cannot load it ({str(e)[:300]})') from None
-        if raw is None:
+        self.meta = graph_meta(model)
+        if self.meta is None:
             raise EngineError(f'{path}: no gplq_ros metadata; export it with gplq_export')
-        self.meta = json.loads(raw)
         # In GPLQ graphs ORT's MatMul+Add -> Gemm fusion runs before its QDQ fusions and
         # leaves DQ(act) x DQ(int8 W) as a float Gemm (measured 69 ms at 224 px, 2 threads);
         # without it they become MatMulIntegerToFloat (22 ms). FP32 graphs need the fusion.
@@ -100,8 +105,7 @@ def _fill_packed(model, meta: dict, artifact: Path) -> None:
     """Add the int8 code initializers of a packed graph from its artifact's 4-bit codes."""
     from onnx import numpy_helper
 
-    from ..quant.packing import unpack_int4
-    from .artifact import PACKED_PREFIX, ArtifactError, load_artifact
+    from .artifact import PACKED_PREFIX, ArtifactError, layer_codes, load_artifact
     if not artifact.is_file():
         raise EngineError(f'artifact={artifact}: not found (this graph takes its weights from it)')
     try:
@@ -112,11 +116,8 @@ def _fill_packed(model, meta: dict, artifact: Path) -> None:
         raise EngineError(f'artifact={artifact}: checksum {ameta["checksum"][:12]}... is not the one this graph '
                           f'was exported from ({str(meta.get("artifact_checksum"))[:12]}...); export it again')
     for name in meta['packed_layers']:
-        shape = ameta['layers'][name]['shape']
-        n = int(np.prod(shape))
-        codes = (unpack_int4(tensors[f'w/{name}.int4'], n) if f'w/{name}.int4' in tensors
-                 else tensors[f'w/{name}.int8']).reshape(shape)
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(codes.T, np.int8),
+        codes = layer_codes(tensors, name, ameta['layers'][name]['shape'])
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(codes.T),
                                                                PACKED_PREFIX + name))
 
 

@@ -69,7 +69,7 @@ def integer_weights(onnx_path: Path, tensors: dict, layers: dict) -> int:
     import numpy as np
     from onnx import helper, numpy_helper
 
-    from ..quant.packing import unpack_int4
+    from .artifact import layer_codes
     model = onnx.load(str(onnx_path))
     g = model.graph
     inits = {t.name: t for t in g.initializer}
@@ -78,9 +78,7 @@ def integer_weights(onnx_path: Path, tensors: dict, layers: dict) -> int:
     for name, info in layers.items():
         if info['group_size'] not in (None, info['shape'][1]):
             continue
-        n = int(np.prod(info['shape']))
-        codes = (unpack_int4(tensors[f'w/{name}.int4'], n) if f'w/{name}.int4' in tensors
-                 else tensors[f'w/{name}.int8']).reshape(info['shape'])
+        codes = layer_codes(tensors, name, info['shape'])
         scales = tensors[f'w/{name}.scales'].reshape(-1)
         candidates[name] = (codes.T.copy(), scales)  # (in, out) as in the MatMul
     changed = 0
@@ -213,13 +211,14 @@ def export_artifact(artifact_path: Path, path: Path, input_hw: Tuple[int, int],
     per-output-channel layers -> fused integer Linears -> (``packed``) codes left in the
     artifact. Returns counts for the caller to report."""
     from .artifact import load_artifact
-    from .fakequant import fakequant_model
-    qm, meta = fakequant_model(artifact_path, expect_weights_sha256)
+    from .fakequant import fakequant_from_tensors
+    tensors, meta = load_artifact(artifact_path, BACKBONE_ID, expect_weights_sha256)
+    qm = fakequant_from_tensors(tensors, meta, artifact_path)
     for q in qm.quantizers.values():
         q.freeze()
     path = export_onnx(qm.extractor, path, input_hw, cfg, kind='gplq', force=force,
                        extra_meta={'artifact_checksum': meta['checksum'], 'tag': meta['tag']})
-    n_int8 = integer_weights(path, load_artifact(artifact_path)[0], meta['layers'])
+    n_int8 = integer_weights(path, tensors, meta['layers'])
     fused, folded = fuse_integer_linears(path)
     stripped = strip_packed_weights(path, artifact_path) if packed else 0
     return {'path': path, 'layers': len(meta['layers']), 'int8': n_int8, 'fused': fused, 'folded': folded,

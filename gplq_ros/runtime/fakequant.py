@@ -13,9 +13,9 @@ import torch
 from ..model.backbone import DinoV2Extractor, build_vit, load_strict
 from ..model.quantized import QuantDinoV2
 from ..model.weights import BACKBONE_ID
-from ..quant.packing import pack_int4, unpack_int4
+from ..quant.packing import pack_int4
 from ..quant.spec import QuantSpec
-from .artifact import ArtifactError, load_artifact
+from .artifact import ArtifactError, layer_codes, load_artifact
 
 
 def _fp_state(qm: QuantDinoV2) -> Dict[str, torch.Tensor]:
@@ -48,6 +48,12 @@ def export_tensors(qm: QuantDinoV2) -> Tuple[Dict[str, np.ndarray], dict]:
 
 def fakequant_model(path: Path, expect_weights_sha256: str = None) -> Tuple[QuantDinoV2, dict]:
     tensors, meta = load_artifact(path, BACKBONE_ID, expect_weights_sha256)
+    return fakequant_from_tensors(tensors, meta, path), meta
+
+
+def fakequant_from_tensors(tensors: Dict[str, np.ndarray], meta: dict, path: Path) -> QuantDinoV2:
+    """The ``QuantDinoV2`` of already loaded (and checked) artifact tensors; ``path`` names
+    the artifact in error messages."""
     vit = build_vit()
     fp = {k[3:]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith('fp/')}
     # quantized layers' FP32 weights are not shipped: dequantized codes stand in for them
@@ -58,13 +64,9 @@ def fakequant_model(path: Path, expect_weights_sha256: str = None) -> Tuple[Quan
     qm = QuantDinoV2(DinoV2Extractor(vit.eval(), meta['weights_sha256']), spec)
     for name, info in meta['layers'].items():
         lin = qm.linears[name]
-        n = int(np.prod(info['shape']))
-        if f'w/{name}.int4' in tensors:
-            codes = unpack_int4(tensors[f'w/{name}.int4'], n).reshape(info['shape'])
-        else:
-            codes = tensors[f'w/{name}.int8']
+        codes = layer_codes(tensors, name, info['shape'])
         scales = torch.from_numpy(tensors[f'w/{name}.scales'].copy())
-        lin.set_quantized(torch.from_numpy(codes.astype(np.int8)), scales, info['bits'], info['group_size'])
+        lin.set_quantized(torch.from_numpy(codes.copy()), scales, info['bits'], info['group_size'])
         with torch.no_grad():
             lin.weight.copy_(lin.weight_q)
     for q in qm.quantizers.values():
@@ -76,4 +78,4 @@ def fakequant_model(path: Path, expect_weights_sha256: str = None) -> Tuple[Quan
             q.scale.copy_(torch.from_numpy(s.copy()))
             q.zero_point.copy_(torch.from_numpy(z.copy()))
     qm.act_enabled(True).weight_enabled(True)
-    return qm.eval(), meta
+    return qm.eval()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..onboard.drift import METRICS
 from .common import cli
 
 OUTPUT_SUFFIXES = ('boundary_map', 'corner_map', 'corners', 'descriptor')
@@ -64,8 +65,8 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, chec
     from rosbags.typesys import Stores, get_typestore
 
     from ..nodes.image_codec import ImageFormatError, image_to_rgb
-    from ..onboard.drift import compare
-    from ..onboard.layout import decode_corners, decode_descriptor, decode_map, decode_status
+    from ..onboard.drift import Level, compare
+    from ..onboard.layout import DECODERS, decode_status
     from ..onboard.stats import LatencyWindow
     if not Path(bag).exists():
         raise FileNotFoundError(f'bag {bag}: not found')
@@ -91,9 +92,9 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, chec
                 status.append(dict(decode_status(msg), t=(t - t0) / 1e9))
             else:
                 for st in msg.status:
-                    lv = int(st.level[0]) if isinstance(st.level, (bytes, bytearray)) else int(st.level)
-                    levels.setdefault(st.name, {}).setdefault(str(lv), 0)
-                    levels[st.name][str(lv)] += 1
+                    lv = str(int(Level.of(st)))
+                    levels.setdefault(st.name, {}).setdefault(lv, 0)
+                    levels[st.name][lv] += 1
                     last_values[st.name] = {kv.key: kv.value for kv in st.values}
         # second pass: decode only the frames drawn in the report (and, with a reference,
         # those checked for drift, compared as soon as their outputs are in)
@@ -107,9 +108,8 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, chec
         parts = {k: {} for k in chosen | checked}
         recomputed = []
         if parts:
-            decode = {topics['camera']: ('rgb', lambda m: image_to_rgb(m, max_pixels=None)),
-                      topics['boundary']: ('boundary', decode_map), topics['corners']: ('corners', decode_corners),
-                      topics['descriptor']: ('descriptor', decode_descriptor)}
+            decode = {topics[k]: (k, fn) for k, fn in DECODERS.items()}
+            decode[topics['camera']] = ('rgb', lambda m: image_to_rgb(m, max_pixels=None))
             for topic, t, msg in messages('camera', 'boundary', 'corners', 'descriptor'):
                 k = _stamp(msg)
                 if k not in parts:
@@ -121,29 +121,28 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, chec
                     parts[k]['bad'] = True
                 if k in checked and need <= set(parts[k]):
                     got = parts[k]
-                    m = compare(reference(got['rgb']), got['boundary'],
-                                got['corners'][:, :2] if 'corners' in got else None, got.get('descriptor'))
+                    m = compare(reference(got['rgb']), got['boundary'], got.get('corners'), got.get('descriptor'))
                     recomputed.append(dict(m, t=(t - t0) / 1e9, stamp=_secs(k)))
                     checked.discard(k)
                     if k not in chosen:
                         del parts[k]
-    matched = set(cam) & set(out)
+    missing = set(cam) - set(out)
     dur = (t1 - t0) / 1e9 if t0 is not None and t1 != t0 else 0.0
     drift = {}
     checks = recomputed if reference is not None else \
         [s for i, s in enumerate(status) if i == 0 or s.get('checks') != status[i - 1].get('checks')]
-    for k in ('descriptor_cosine', 'boundary_ssim', 'corner_repeatability'):
+    for k in METRICS:
         v = np.array([s[k] for s in checks if k in s and np.isfinite(s[k])])
         if v.size:
             drift[k] = {'last': float(v[-1]), 'mean': float(v.mean()), 'min': float(v.min())}
     lat_s = lat.summary()
     summary = {
         'bag': str(bag), 'topics': topics, 'duration_s': round(dur, 3),
-        'frames_in': len(cam), 'frames_out': len(out), 'matched': len(matched),
-        'dropped': len(set(cam) - set(out)), 'drop_rate': (len(set(cam) - set(out)) / len(cam)) if cam else None,
+        'frames_in': len(cam), 'frames_out': len(out), 'matched': len(both),
+        'dropped': len(missing), 'drop_rate': len(missing) / len(cam) if cam else None,
         'outputs_without_input': len(set(out) - set(cam)),
         # frames between the first and the last output: start-up and shutdown excluded
-        'dropped_steady': len([k for k in set(cam) - set(out) if out and min(out) <= k <= max(out)]),
+        'dropped_steady': len([k for k in missing if out and min(out) <= k <= max(out)]),
         'input_rate_hz': len(cam) / dur if dur else None, 'output_rate_hz': len(out) / dur if dur else None,
         'latency_ms': {k: lat_s[k] for k in ('p50_ms', 'p95_ms', 'max_ms')},
         'latency_mean_ms': float(np.mean(lat.values)) if lat.values else None,
@@ -151,8 +150,7 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, chec
         if status else None,
         'drift': drift, 'drift_source': ('recomputed with ' + str(reference.path)) if reference is not None
         else ('monitor status' if status else None),
-        'drift_over_time': [{k: s.get(k) for k in ('t', 'checks', 'descriptor_cosine', 'boundary_ssim',
-                                                   'corner_repeatability', 'level')} for s in checks],
+        'drift_over_time': [{k: s.get(k) for k in ('t', 'checks', *METRICS, 'level')} for s in checks],
         'diagnostics_levels': levels,
         'diagnostics_last': last_values,
     }
@@ -191,7 +189,7 @@ def write_report(summary, pics, out: Path) -> list:
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(8, 3.5))
         t = [s['t'] for s in summary['drift_over_time']]
-        for k in ('descriptor_cosine', 'boundary_ssim', 'corner_repeatability'):
+        for k in METRICS:
             ax.plot(t, [np.nan if s[k] is None else s[k] for s in summary['drift_over_time']], marker='.', label=k)
         ax.set_xlabel('bag time, s')
         ax.set_ylabel('vs FP32')

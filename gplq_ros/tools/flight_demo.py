@@ -9,9 +9,6 @@
 4. gplq_eval_bag on that bag: frames in/out, p50/p95 end-to-end latency, drift, report.
 """
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,8 +18,11 @@ from .common import cli
 ARTIFACT = 'w4a8_gplq_perchannel.safetensors'
 
 
-def ensure_models(onboard: Path) -> dict:
+def ensure_models() -> dict:
+    """The artifact and both graphs where the node graph looks for them by default."""
+    from ..graph import default_models, onboard_dir
     from ..runtime.artifact import read_meta
+    onboard = onboard_dir()
     onboard.mkdir(parents=True, exist_ok=True)
     art = onboard / ARTIFACT
     if not art.is_file():
@@ -31,12 +31,14 @@ def ensure_models(onboard: Path) -> dict:
         if calibrate(['--bits', 'w4a8', '--group-size', '0', '--out', str(art)]) != 0:
             raise RuntimeError('calibration failed')
     checksum = read_meta(art)['checksum']
-    graph_path, fp32_path = onboard / 'w4a8_168x224.onnx', onboard / 'fp32_168x224.onnx'
+    models = default_models()
+    graph_path, fp32_path = Path(models['model']), Path(models['reference_model'])
     stale = True
     if graph_path.is_file():
         import onnx
-        meta = json.loads({p.key: p.value for p in onnx.load(str(graph_path), load_external_data=False)
-                           .metadata_props}.get('gplq_ros', '{}'))
+
+        from ..runtime.engine import graph_meta
+        meta = graph_meta(onnx.load(str(graph_path), load_external_data=False)) or {}
         stale = meta.get('artifact_checksum') != checksum
     if stale:
         from ..runtime.export import export_artifact
@@ -47,7 +49,7 @@ def ensure_models(onboard: Path) -> dict:
         from ..runtime.export import export_onnx
         export_onnx(load_extractor(), fp32_path, (168, 224), kind='fp32')
         print(f'gplq_flight_demo: exported {fp32_path}', flush=True)
-    return {'model': str(graph_path), 'reference_model': str(fp32_path)}
+    return models
 
 
 @cli('gplq_flight_demo')
@@ -57,29 +59,21 @@ def main(argv=None) -> int:
     ap.add_argument('--duration', type=float, default=30.0, help='seconds of simulated flight')
     ap.add_argument('overrides', nargs='*', help='extra launch arguments name:=value (see gplq_up)')
     args = ap.parse_args(argv)
-    from .. import graph
-    from ..paths import gplq_home
     from . import eval_bag, up
-    models = ensure_models(gplq_home() / 'onboard')
+    models = ensure_models()
     bags = args.out / 'bags'
     overrides = dict(models, record_bag='true', bag_dir=str(bags), **up.parse_overrides(args.overrides))
     stamp = time.strftime('%Y%m%d_%H%M%S')
     cmds = up.commands(overrides, stamp)
-    env = dict(os.environ)
-    for k, v in graph.environment().items():
-        env.setdefault(k, v)
     args.out.mkdir(parents=True, exist_ok=True)
     log = open(args.out / 'nodes.log', 'wb')
     print(f'gplq_flight_demo: flying for {args.duration:.0f} s: ' + ', '.join(n for n, _ in cmds)
           + f' (logs: {args.out / "nodes.log"})', flush=True)
-    procs = [(n, subprocess.Popen(c, env=env, stdout=log, stderr=subprocess.STDOUT)) for n, c in cmds]
+    procs = up.start(cmds, stdout=log)
     try:
-        end = time.monotonic() + args.duration + 5     # + start-up of the nodes
-        while time.monotonic() < end:
-            time.sleep(0.5)
-            dead = [n for n, p in procs if p.poll() is not None]
-            if dead:
-                raise RuntimeError(f'{dead} exited early; see {args.out / "nodes.log"}')
+        dead = up.watch(procs, args.duration + 5, fails=lambda returncode: True)   # + start-up of the nodes
+        if dead:
+            raise RuntimeError(f'{[n for n, _ in dead]} exited early; see {args.out / "nodes.log"}')
     finally:
         up.stop(procs)
         log.close()

@@ -36,6 +36,26 @@ def commands(overrides: Dict[str, str], stamp: Optional[str] = None) -> List[Tup
     return cmds
 
 
+def start(cmds, stdout=None) -> List[Tuple[str, subprocess.Popen]]:
+    """Start every (name, argv) with the graph's environment (``graph.environment()``)."""
+    env = dict(os.environ)
+    for k, v in graph.environment().items():
+        env.setdefault(k, v)
+    err = subprocess.STDOUT if stdout is not None else None
+    return [(name, subprocess.Popen(cmd, env=env, stdout=stdout, stderr=err)) for name, cmd in cmds]
+
+
+def watch(procs, seconds: Optional[float], fails=lambda returncode: returncode != 0) -> List[Tuple[str, int]]:
+    """Wait ``seconds`` (None: until Ctrl-C) or until a process exits in a way ``fails``;
+    returns the (name, returncode) of the processes that did."""
+    end = time.monotonic() + seconds if seconds else None
+    failed = []
+    while not failed and (end is None or time.monotonic() < end):
+        time.sleep(0.2)
+        failed = [(name, p.returncode) for name, p in procs if p.poll() is not None and fails(p.returncode)]
+    return failed
+
+
 def stop(procs, timeout: float = 10.0) -> None:
     for _, p in procs:
         if p.poll() is None:
@@ -66,21 +86,12 @@ def main(argv=None) -> int:
         for name, cmd in cmds:
             print(name + ': ' + ' '.join(cmd))
         return 0
-    env = dict(os.environ)
-    for k, v in graph.environment().items():
-        env.setdefault(k, v)
-    procs = [(name, subprocess.Popen(cmd, env=env)) for name, cmd in cmds]
+    procs = start(cmds)
     failed = []
     try:
-        end = time.monotonic() + args.duration if args.duration else None
-        while end is None or time.monotonic() < end:
-            time.sleep(0.2)
-            for name, p in procs:
-                if p.poll() is not None and p.returncode != 0 and name not in failed:
-                    failed.append(name)
-                    print(f'gplq_up: {name} exited with status {p.returncode}', file=sys.stderr)
-            if failed:
-                break
+        failed = watch(procs, args.duration)
+        for name, returncode in failed:
+            print(f'gplq_up: {name} exited with status {returncode}', file=sys.stderr)
     except KeyboardInterrupt:
         pass
     finally:
