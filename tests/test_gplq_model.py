@@ -46,7 +46,9 @@ def test_quant_model_without_quantization_is_the_fp32_model(extractor, crops):
 
 
 def test_stage1_lowers_the_mimicking_loss(extractor, crops):
-    cfg = CalibConfig(crops=8, batch=2, epochs=3, init_crops=8, lambda_reg=0.01)
+    # 24 steps: after 12 the loss was -4.3 % on an AMD Zen 5 but +2.0 % on an Intel Xeon (AMX), where
+    # different float kernels flip 4-bit codes; after 24 it was -11 % on the Xeon
+    cfg = CalibConfig(crops=8, batch=2, epochs=6, init_crops=8, lambda_reg=0.01)
     qm = QuantDinoV2(extractor, QuantSpec.from_bits('w4a4'))
     init_quantizers(qm, crops, 'minmax', 4)
     qm.act_enabled(True)
@@ -54,8 +56,8 @@ def test_stage1_lowers_the_mimicking_loss(extractor, crops):
     weights_before = {n: lin.weight.clone() for n, lin in qm.linears.items()}
     hist = stage1(qm, crops, cfg)
     after = mimic_loss(qm, crops, cfg)
-    assert len(hist['total']) == 12 and set(hist) >= {'mimic', 'corner', 'edge', 'reg', 'total'}
-    assert after < 0.98 * before, (before, after)  # measured here: -4.3 % in 12 steps
+    assert len(hist['total']) == 24 and set(hist) >= {'mimic', 'corner', 'edge', 'reg', 'total'}
+    assert after < 0.98 * before, (before, after)
     for n, lin in qm.linears.items():          # stage 1 never touches the weights
         assert torch.equal(lin.weight, weights_before[n])
 
