@@ -9,9 +9,9 @@ import time
 import numpy as np
 import torch
 
-from gplq_ros.model.backbone import load_extractor
-from gplq_ros.model.preprocess import prepare, read_rgb
-from gplq_ros.paths import default_images_dir
+from gplq_ros.offline.backbone import load_extractor
+from gplq_ros.onboard.preprocess import prepare, read_rgb
+from gplq_ros.onboard.paths import default_images_dir
 
 
 def main():

@@ -25,9 +25,9 @@ COLS = ('final_cosine', 'boundary_ssim', 'corner_repeatability', 'descriptor_cos
 TRAIN_STEP = '''
 import resource, torch
 torch.set_num_threads(2)
-from gplq_ros.model.backbone import load_extractor
-from gplq_ros.tools.calibrate import make_crops, default_calibration_images
-from gplq_ros.tools.common import load_images
+from gplq_ros.offline.backbone import load_extractor
+from gplq_ros.offline.data import default_calibration_images, make_crops
+from gplq_ros.offline.data import load_images
 ext = load_extractor()
 x = torch.cat(make_crops(load_images(default_calibration_images()), {batch}, 0))
 ext.train().requires_grad_(True)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from gplq_ros.runtime.engine import graph_meta
+from gplq_ros.onboard.engine import graph_meta
 
 
 def main() -> None:

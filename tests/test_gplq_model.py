@@ -6,16 +6,16 @@ import struct
 import pytest
 import torch
 
-from gplq_ros.gplq.calibrate import batches_of, init_quantizers, stage1
-from gplq_ros.gplq.config import CalibConfig
-from gplq_ros.gplq.losses import GPLQLoss, as_grid
-from gplq_ros.gplq.weight_ptq import basin_drift, collect_hessians, gptq_codes, stage2
-from gplq_ros.model.quantized import QuantDinoV2
-from gplq_ros.quant.primitives import weight_codes, weight_scales
-from gplq_ros.quant.spec import QuantSpec
-from gplq_ros.runtime.artifact import ArtifactError, load_artifact, save_artifact
-from gplq_ros.runtime.fakequant import export_tensors, fakequant_model
-from gplq_ros.tools.calibrate import make_crops
+from gplq_ros.offline.calibration import batches_of, init_quantizers, stage1
+from gplq_ros.offline.config import CalibConfig
+from gplq_ros.offline.losses import GPLQLoss, as_grid
+from gplq_ros.offline.weight_ptq import basin_drift, collect_hessians, gptq_codes, stage2
+from gplq_ros.offline.quantized import Modes, QuantDinoV2
+from gplq_ros.offline.primitives import weight_codes, weight_scales
+from gplq_ros.offline.spec import QuantSpec
+from gplq_ros.onboard.artifact import ArtifactError, load_artifact, save_artifact
+from gplq_ros.offline.fakequant import export_tensors, fakequant_model
+from gplq_ros.offline.data import make_crops
 
 
 @pytest.fixture(scope='module')
@@ -28,12 +28,28 @@ def mimic_loss(qm, crops, cfg):
     loss, total = GPLQLoss(cfg), 0.0
     with torch.no_grad():
         for x in batches_of(crops, 4):
-            qm.act_enabled(False)
-            fp = [as_grid(t, (16, 16)) for t in qm.block_tokens(x)]
-            qm.act_enabled(True)
-            q = [as_grid(t, (16, 16)) for t in qm.block_tokens(x)]
+            with qm.modes(act=False):
+                fp = [as_grid(t, (16, 16)) for t in qm.block_tokens(x)]
+            with qm.modes(act=True):
+                q = [as_grid(t, (16, 16)) for t in qm.block_tokens(x)]
             total += float(loss(fp, q, [])['mimic'])
     return total
+
+
+def test_quantizer_modes_are_scoped_and_restored(extractor):
+    qm = QuantDinoV2(extractor, QuantSpec(exclude=['blocks.11.mlp.fc2']))
+    qs, lins = list(qm.quantizers.values()), qm.linears
+    assert qm.current_modes == Modes() and not any(q.enabled or q.observing for q in qs)
+    with qm.modes(act=True, weight=True):
+        assert all(q.enabled for q in qs) and lins['blocks.0.attn.qkv'].weight_enabled
+        assert not lins['blocks.11.mlp.fc2'].weight_enabled            # excluded layers stay FP32
+        with pytest.raises(RuntimeError), qm.modes(act=False, observe=True):
+            assert all(q.observing and not q.enabled for q in qs)
+            raise RuntimeError('inside the block')
+        assert qm.current_modes == Modes(act=True, weight=True)
+        assert all(q.enabled and not q.observing for q in qs)
+    assert qm.current_modes == Modes() and not any(q.enabled for q in qs)
+    assert not any(lin.weight_enabled for lin in lins.values())
 
 
 def test_quant_model_without_quantization_is_the_fp32_model(extractor, crops):
@@ -51,10 +67,11 @@ def test_stage1_lowers_the_mimicking_loss(extractor, crops):
     cfg = CalibConfig(crops=8, batch=2, epochs=6, init_crops=8, lambda_reg=0.01)
     qm = QuantDinoV2(extractor, QuantSpec.from_bits('w4a4'))
     init_quantizers(qm, crops, 'minmax', 4)
-    qm.act_enabled(True)
     before = mimic_loss(qm, crops, cfg)
     weights_before = {n: lin.weight.clone() for n, lin in qm.linears.items()}
     hist = stage1(qm, crops, cfg)
+    assert qm.current_modes == Modes()            # stage 1 left the switches as it found them
+    assert not any(q.scale.requires_grad for q in qm.quantizers.values())
     after = mimic_loss(qm, crops, cfg)
     assert len(hist['total']) == 24 and set(hist) >= {'mimic', 'corner', 'edge', 'reg', 'total'}
     assert after < 0.98 * before, (before, after)
@@ -69,6 +86,8 @@ def calibrated(extractor, crops):
     stage1(qm, crops, CalibConfig(crops=8, batch=4, epochs=1, init_crops=8))
     hs = collect_hessians(qm, batches_of(crops, 4))
     basin = stage2(qm, spec, hs)
+    assert qm.current_modes == Modes()
+    qm.set_modes(act=True, weight=True)
     return qm, hs, basin
 
 
@@ -105,7 +124,7 @@ def test_enforce_basin_keeps_drifting_layers_at_8bit(extractor, crops):
     assert res['kept_8bit'] and set(res['kept_8bit']) == set(res['over_eps'])
     assert all(qm.linears[n].bits == 8 for n in res['kept_8bit'])
     assert all(res['drift'][n] <= 0.1 for n in res['kept_8bit'])
-    assert spec.keep_8bit == sorted(res['kept_8bit'])
+    assert res['spec'].keep_8bit == sorted(res['kept_8bit']) and spec.keep_8bit == []   # the given spec unchanged
 
 
 def save(qm, path, **meta):

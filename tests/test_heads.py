@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from gplq_ros.model import heads
-from gplq_ros.model.preprocess import prepare, resolve_size
-from gplq_ros.model.vocab import VocabError, VocabMeta, Vocabulary, spherical_kmeans
+from gplq_ros.onboard import heads
+from gplq_ros.onboard.preprocess import prepare, resolve_size
+from gplq_ros.onboard.vocabulary import VocabError, VocabMeta, Vocabulary, spherical_kmeans
 
 
 def two_region_map(gh=8, gw=10, split=4, c=16, seed=0):

@@ -5,9 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from gplq_ros.nodes.image_codec import (ENCODINGS, ImageFormatError, compressed_to_rgb,
-                                        image_to_numpy, image_to_rgb, numpy_to_image,
-                                        rgb_to_compressed)
+from gplq_ros.onboard.image_codec import (ENCODINGS, ImageFormatError, compressed_to_rgb, image_to_numpy,
+                                          image_to_rgb, numpy_to_image, rgb_to_compressed)
 
 
 def sample(encoding, h=6, w=5, seed=0):

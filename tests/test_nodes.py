@@ -11,9 +11,9 @@ from helpers.ros import Harness, node_argv, start, stop, vm_kb
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Float64MultiArray
 
-from gplq_ros.nodes.image_codec import numpy_to_image
-from gplq_ros.onboard.drift import Level
-from gplq_ros.onboard.layout import decode_corners, decode_descriptor, decode_map, decode_status
+from gplq_ros.onboard.image_codec import numpy_to_image
+from gplq_ros.onboard.status import Level
+from gplq_ros.onboard.messages import decode_corners, decode_descriptor, decode_map, decode_status
 
 YELL = '2019_YELL_2_541000_4977000_image_crop.png'
 
@@ -226,8 +226,8 @@ def test_feature_node_refuses_a_bad_model_at_startup(tmp_path, packed_graph, pro
 
 
 def test_monitor_reports_error_for_a_corrupted_model(tmp_path, w4a8_artifact, fp32_graph, vocab_file):
-    from gplq_ros.runtime.artifact import load_artifact, save_artifact
-    from gplq_ros.runtime.export import export_artifact
+    from gplq_ros.onboard.artifact import load_artifact, save_artifact
+    from gplq_ros.offline.onnx_export import export_artifact
     tensors, meta = load_artifact(w4a8_artifact)
     for name in meta['layers']:
         if name.startswith(('blocks.0.', 'blocks.1.', 'blocks.2.')):
@@ -309,7 +309,7 @@ def test_parameters_declared_documented_and_validated(node_name, packed_graph, f
     import yaml
     from rclpy.parameter import Parameter
 
-    from gplq_ros.graph import config_dir
+    from gplq_ros.bringup.spec import config_dir
     from gplq_ros.nodes.feature_node import FeatureNode
     from gplq_ros.nodes.flight_sim_node import FlightSimNode
     from gplq_ros.nodes.monitor_node import MonitorNode
@@ -353,7 +353,7 @@ def test_feature_node_compressed_transport(tmp_path, packed_graph, images):
     map_resolution: input publishes the maps at the camera's size."""
     from sensor_msgs.msg import CompressedImage
 
-    from gplq_ros.nodes.image_codec import rgb_to_compressed
+    from gplq_ros.onboard.image_codec import rgb_to_compressed
     proc = start(node_argv('gplq_ros.nodes.feature_node', '-p', f'model:={packed_graph}', '-p', 'vocabulary:=none',
                            '-p', 'transport:=compressed', '-p', 'map_resolution:=input',
                            '-r', 'image/compressed:=/cmp/image/compressed'),

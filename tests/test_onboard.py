@@ -10,8 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from gplq_ros import graph
-from gplq_ros.onboard.drift import DriftBounds, DriftMonitor, Level, compare, corner_repeatability_px
+from gplq_ros.bringup import spec as bringup
+from gplq_ros.onboard.drift import DriftBounds, DriftMonitor, compare
+from gplq_ros.onboard.metrics import corner_repeatability
+from gplq_ros.onboard.status import Level
 from gplq_ros.onboard.flight import Flight, FlightConfig
 from gplq_ros.onboard.slot import LatestSlot
 from gplq_ros.onboard.stats import LatencyWindow, RateMeter, StampMatcher
@@ -79,7 +81,7 @@ def test_drift_monitor_goes_to_error_after_k_failed_checks():
 
 
 def test_compare_against_the_reference(fp32_graph, vocab, images):
-    from gplq_ros.runtime.engine import load
+    from gplq_ros.onboard.engine import load
     eng = load(fp32_graph, centers=vocab.centers)
     frame = np.ascontiguousarray(images['2019_YELL_2_541000_4977000_image_crop.png'][:480, :640])
     ref = eng(frame)
@@ -90,8 +92,8 @@ def test_compare_against_the_reference(fp32_graph, vocab, images):
     assert all(diff[k] < 0.9 for k in ('descriptor_cosine', 'boundary_ssim'))
     full = compare(ref, ref.boundary_full, ref.corners_px + 20, None)    # input-resolution map, 20 px shift
     assert full['boundary_ssim'] > 0.99 and full['corner_repeatability'] == 1.0   # within one 40 px cell
-    assert corner_repeatability_px(np.zeros((0, 2)), np.zeros((3, 2)), 1) == 1.0
-    assert corner_repeatability_px(np.zeros((2, 2)), np.zeros((0, 2)), 1) == 0.0
+    assert corner_repeatability(np.zeros((0, 2)), np.zeros((3, 2)), 1) == 1.0
+    assert corner_repeatability(np.zeros((2, 2)), np.zeros((0, 2)), 1) == 0.0
     with pytest.raises(ValueError, match='different vocabularies'):
         compare(ref, None, None, ref.descriptor[:100])
 
@@ -125,9 +127,9 @@ def test_flight_poses_and_frames(images):
 
 
 def test_output_layouts_round_trip():
-    from gplq_ros.nodes.image_codec import ImageFormatError, numpy_to_image
-    from gplq_ros.onboard.layout import (CORNER_DTYPE, CORNER_FIELDS, STATUS_FIELDS, decode_corners,
-                                         decode_descriptor, decode_map, decode_status)
+    from gplq_ros.onboard.image_codec import ImageFormatError, numpy_to_image
+    from gplq_ros.onboard.messages import (CORNER_DTYPE, CORNER_FIELDS, STATUS_FIELDS, decode_corners,
+                                           decode_descriptor, decode_map, decode_status)
     m = np.random.default_rng(0).random((12, 16), dtype=np.float32)
     np.testing.assert_array_equal(decode_map(numpy_to_image(m, '32FC1', msg=SimpleNamespace())), m)
     d = np.random.default_rng(1).random((1, 64), dtype=np.float32)
@@ -148,7 +150,7 @@ def test_output_layouts_round_trip():
 
 
 def test_graph_definition():
-    specs = graph.node_specs({})
+    specs = bringup.node_specs({})
     assert [s.name for s in specs] == ['flight_sim_node', 'feature_node', 'monitor_node']
     feat = specs[1]
     assert ('image', '/camera/image_raw') in feat.remappings
@@ -157,43 +159,43 @@ def test_graph_definition():
     mon = specs[2]
     assert dict(mon.remappings) == {'image': '/camera/image_raw', 'boundary_map': '/feature_node/boundary_map',
                                     'corners': '/feature_node/corners', 'descriptor': '/feature_node/descriptor'}
-    specs = graph.node_specs({'use_sim_camera': 'false', 'camera_topic': '/drone/cam', 'params_file': '/p.yaml',
-                              'model': '/m.onnx', 'log_level': 'debug'})
+    specs = bringup.node_specs({'use_sim_camera': 'false', 'camera_topic': '/drone/cam', 'params_file': '/p.yaml',
+                                'model': '/m.onnx', 'log_level': 'debug'})
     assert [s.name for s in specs] == ['feature_node', 'monitor_node']
     assert specs[0].parameters == ('/p.yaml', {'model': '/m.onnx'})
     assert ('image', '/drone/cam') in specs[0].remappings and '--log-level' in specs[0].ros_arguments
-    assert graph.record_command({}) is None
-    rec = graph.record_command({'record_bag': 'true', 'bag_dir': '/b'}, stamp='x')
+    assert bringup.record_command({}) is None
+    rec = bringup.record_command({'record_bag': 'true', 'bag_dir': '/b'}, stamp='x')
     assert rec[:2] == ['--out', '/b/gplq_x'] and '/feature_node/boundary_map' in rec and '/diagnostics' in rec
     for bad, msg in [({'use_sim_camera': 'yes'}, 'must be true or false'), ({'nope': '1'}, 'unknown launch'),
                      ({'camera_topic': 'cam'}, 'absolute'), ({'log_level': 'loud'}, 'log_level')]:
         with pytest.raises(ValueError, match=msg):
-            graph.node_specs(bad)
+            bringup.node_specs(bad)
 
 
 def test_launch_file_and_gplq_up_derive_from_the_graph():
     """launch/launch_ros cannot be installed here: check the launch file's code instead. It
-    must declare exactly graph.ARGUMENTS and build its nodes only from graph.node_specs."""
+    must declare exactly bringup.ARGUMENTS and build its nodes only from bringup.node_specs."""
     src = (REPO / 'launch' / 'drone.launch.py').read_text()
     tree = ast.parse(src)
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert {'launch', 'launch.actions', 'launch_ros.actions', 'gplq_ros'} <= imported
     attrs = {f'{n.value.id}.{n.attr}' for n in ast.walk(tree)
              if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
-    assert {'graph.ARGUMENTS', 'graph.node_specs', 'graph.record_command', 'graph.environment'} <= attrs
+    assert {'bringup.ARGUMENTS', 'bringup.node_specs', 'bringup.record_command', 'bringup.environment'} <= attrs
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     assert not strings & {'feature_node', 'monitor_node', 'flight_sim_node', '/camera/image_raw'}
     calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert {'DeclareLaunchArgument', 'Node', 'LaunchDescription'} <= calls
-    assert all(a.description for a in graph.ARGUMENTS)
-    assert {a.name for a in graph.ARGUMENTS} >= {
+    assert all(a.description for a in bringup.ARGUMENTS)
+    assert {a.name for a in bringup.ARGUMENTS} >= {
         'camera_topic', 'model', 'params_file', 'use_sim_camera', 'record_bag', 'bag_dir', 'log_level'}
-    from gplq_ros.tools.up import commands
+    from gplq_ros.bringup.processes import commands
     cmds = commands({'record_bag': 'true'}, stamp='x')
-    specs = graph.node_specs({'record_bag': 'true'})
+    specs = bringup.node_specs({'record_bag': 'true'})
     assert [c[0] for c in cmds] == [s.name for s in specs] + ['gplq_record']
     for (_, argv), spec in zip(cmds, specs):
-        assert argv[2] == spec.module and argv[3:] == graph.ros_argv(spec)
+        assert argv[2] == spec.module and argv[3:] == bringup.ros_argv(spec)
     # every executable the graph names is a console script installed in lib/gplq_ros
     setup = (REPO / 'setup.py').read_text()
     for s in specs:
@@ -208,12 +210,12 @@ def test_config_files_are_ros_parameter_files():
 
 
 def test_fastdds_profile_variable_per_distro(monkeypatch):
-    for k in graph.PROFILE_VARS:
+    for k in bringup.PROFILE_VARS:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv('ROS_DISTRO', 'jazzy')
-    env = graph.environment()
+    env = bringup.environment()
     assert list(env) == ['FASTRTPS_DEFAULT_PROFILES_FILE'] and Path(env['FASTRTPS_DEFAULT_PROFILES_FILE']).is_file()
     monkeypatch.setenv('ROS_DISTRO', 'kilted')
-    assert list(graph.environment()) == ['FASTDDS_DEFAULT_PROFILES_FILE']
+    assert list(bringup.environment()) == ['FASTDDS_DEFAULT_PROFILES_FILE']
     monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/my/profile.xml')    # the user's own profile wins
-    assert graph.environment() == {}
+    assert bringup.environment() == {}

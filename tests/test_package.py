@@ -1,4 +1,6 @@
-"""Packaging: ament index, package.xml, data_files, layering (no torch/rclpy below nodes)."""
+"""Packaging: ament index, package.xml, data_files, and the layering of the packages (onboard
+never imports torch, timm or rclpy; no import from a lower layer to a higher one)."""
+import ast
 import os
 import subprocess
 import sys
@@ -34,20 +36,79 @@ def test_setup_installs_ros_layout():
     assert (REPO / 'resource' / 'gplq_ros').is_file()
 
 
-ONBOARD_MODULES = ['gplq_ros.model.preprocess', 'gplq_ros.model.heads', 'gplq_ros.model.vocab',
-                   'gplq_ros.model.pipeline', 'gplq_ros.nodes.image_codec', 'gplq_ros.quant',
-                   'gplq_ros.gplq', 'gplq_ros.runtime', 'gplq_ros.paths', 'gplq_ros.quant.packing',
-                   'gplq_ros.quant.spec', 'gplq_ros.runtime.artifact', 'gplq_ros.gplq.config',
-                   'gplq_ros.runtime.engine']
+PACKAGE = REPO / 'gplq_ros'
+# which gplq_ros packages each package may import (tools: any but another tool)
+LAYERS = {'onboard': {'onboard'}, 'offline': {'onboard', 'offline'}, 'bringup': {'onboard', 'bringup'},
+          'nodes': {'onboard', 'nodes'}, 'tools': {'onboard', 'offline', 'bringup', 'nodes', 'tools'}}
+FORBIDDEN = {'onboard': ('torch', 'timm', 'rclpy'), 'bringup': ('torch', 'timm', 'rclpy'),
+             'offline': ('rclpy',)}
 
 
-@pytest.mark.parametrize('module', ONBOARD_MODULES)
-def test_onboard_modules_import_without_torch_or_rclpy(module):
-    code = (f'import sys, {module}; bad = [m for m in ("torch", "timm", "rclpy") if m in sys.modules]; '
-            'print(bad); sys.exit(1 if bad else 0)')
+def modules_of(package: str):
+    """Every module of gplq_ros.<package>, found by walking the directory."""
+    return sorted(f'gplq_ros.{package}.' + '.'.join(p.relative_to(PACKAGE / package).with_suffix('').parts)
+                  for p in (PACKAGE / package).rglob('*.py') if p.name != '__init__.py')
+
+
+def test_every_package_is_in_a_layer():
+    assert {p.name for p in PACKAGE.iterdir() if (p / '__init__.py').is_file()} == set(LAYERS)
+    assert [p.name for p in PACKAGE.glob('*.py')] == ['__init__.py']
+
+
+@pytest.mark.parametrize('package', sorted(FORBIDDEN))
+def test_package_imports_without_forbidden_modules(package):
+    """Each module of the package in one fresh interpreter, one after the other: none may
+    pull in torch/timm (onboard, bringup) or rclpy (all three)."""
+    mods = modules_of(package)
+    assert len(mods) >= 3
+    code = ('import importlib, sys, json\nbad = {}\n'
+            f'for m in {mods!r}:\n'
+            '    importlib.import_module(m)\n'
+            f'    hit = [x for x in {FORBIDDEN[package]!r} if x in sys.modules]\n'
+            '    if hit:\n'
+            '        bad[m] = hit\n'
+            '        break\n'
+            'print(json.dumps(bad)); sys.exit(1 if bad else 0)')
     res = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+
+
+def _imports(path: Path):
+    """(module imported, line, inside a function) for every gplq_ros import of a file."""
+    tree = ast.parse(path.read_text())
+    out = []
+    for fn in [None] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+        body = tree.body if fn is None else fn.body
+        for node in (n for stmt in body for n in ast.walk(stmt)) if fn else body:
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                out.append((node.module, node.lineno, fn is not None))
+            elif isinstance(node, ast.Import):
+                out += [(a.name, node.lineno, fn is not None) for a in node.names]
+    return out
+
+
+def test_layering_and_top_level_imports():
+    """No import from a lower layer to a higher one, no tool imports another tool, no
+    relative imports, and imports sit at the top of modules unless marked optional."""
+    problems = []
+    for path in sorted(PACKAGE.rglob('*.py')):
+        rel = path.relative_to(PACKAGE)
+        layer = rel.parts[0] if len(rel.parts) > 1 else None
+        src = path.read_text().splitlines()
+        if any(line.lstrip().startswith('from .') for line in src):
+            problems.append(f'{rel}: relative import')
+        for module, line, nested in _imports(path):
+            if nested and 'optional' not in src[line - 1] and 'optional' not in src[line - 2]:
+                problems.append(f'{rel}:{line}: import of {module} inside a function')
+            parts = module.split('.')
+            if parts[0] != 'gplq_ros' or len(parts) < 2 or layer is None:
+                continue
+            if parts[1] not in LAYERS[layer]:
+                problems.append(f'{rel}:{line}: {layer} imports {module}')
+            if layer == 'tools' and parts[1] == 'tools' and module != 'gplq_ros.tools.common':
+                problems.append(f'{rel}:{line}: a tool imports another tool ({module})')
+    assert not problems, '\n'.join(problems)
 
 
 def test_console_scripts_installed():

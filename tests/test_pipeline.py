@@ -3,7 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from gplq_ros.model.pipeline import PipelineConfig, ReferencePipeline
+from gplq_ros.offline.reference import ReferencePipeline
+from gplq_ros.onboard.pipeline import PipelineConfig
 
 
 @pytest.fixture(scope='module')
@@ -55,7 +56,7 @@ def test_boundary_follows_the_road(pipe, images):
 
 def test_features_select_blocks_and_facets(extractor, images):
     import torch
-    from gplq_ros.model.preprocess import prepare
+    from gplq_ros.onboard.preprocess import prepare
     x = torch.from_numpy(prepare(images['OSBS_029.png'], 224).tensor)
     with torch.inference_mode():
         out = extractor(x, [(9, 'value'), (9, 'token'), (11, 'token'), (3, 'key')])

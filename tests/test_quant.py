@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from gplq_ros.gplq.config import CalibConfig
-from gplq_ros.quant.packing import pack_int4, unpack_int4
-from gplq_ros.quant.primitives import (ActQuantizer, dequantize_weight, fake_quant, fake_quant_reference,
-                                       weight_codes, weight_scales)
-from gplq_ros.quant.spec import QuantSpec
+from gplq_ros.offline.config import CalibConfig
+from gplq_ros.onboard.packing import pack_int4, unpack_int4
+from gplq_ros.offline.primitives import (ActQuantizer, dequantize_weight, fake_quant, fake_quant_reference,
+                                         weight_codes, weight_scales)
+from gplq_ros.offline.spec import QuantSpec
 
 
 def test_fake_quant_roundtrip_and_clamp():

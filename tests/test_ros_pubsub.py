@@ -12,7 +12,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from gplq_ros.nodes.image_codec import image_to_numpy, image_to_rgb
+from gplq_ros.onboard.image_codec import image_to_numpy, image_to_rgb
 
 HELPER = Path(__file__).parent / 'helpers' / 'publish_image.py'
 REPO = Path(__file__).resolve().parents[1]

@@ -5,13 +5,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
-from gplq_ros.gplq.metrics import token_cosine
-from gplq_ros.model.pipeline import PipelineConfig, ReferencePipeline
-from gplq_ros.runtime.engine import EngineError, load
-from gplq_ros.runtime.export import export_onnx
+from gplq_ros.onboard.metrics import token_cosine
+from gplq_ros.offline.reference import ReferencePipeline
+from gplq_ros.onboard.pipeline import PipelineConfig
+from gplq_ros.onboard.engine import EngineError, load
+from gplq_ros.offline.onnx_export import export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,28 +50,32 @@ def test_engine_resizes_other_frame_sizes(fp32_onnx, images):
 
 
 def test_quantized_engine_matches_fake_quant_model(extractor, images, tmp_path):
-    from gplq_ros.gplq.calibrate import stage1
-    from gplq_ros.gplq.config import CalibConfig
-    from gplq_ros.gplq.weight_ptq import stage2
-    from gplq_ros.model.quantized import QuantDinoV2
-    from gplq_ros.quant.spec import QuantSpec
-    from gplq_ros.tools.calibrate import make_crops
-    from gplq_ros.runtime.export import fuse_integer_linears, integer_weights
-    from gplq_ros.runtime.fakequant import export_tensors
+    from gplq_ros.offline.calibration import stage1
+    from gplq_ros.offline.config import CalibConfig
+    from gplq_ros.offline.weight_ptq import stage2
+    from gplq_ros.offline.quantized import QuantDinoV2
+    from gplq_ros.offline.spec import QuantSpec
+    from gplq_ros.offline.data import make_crops
+    from gplq_ros.offline.onnx_export import fuse_integer_linears, integer_weights, save_model
+    from gplq_ros.offline.fakequant import export_tensors
     spec = QuantSpec.from_bits('w4a8', group_size=None, weight_method='rtn')
     qm = QuantDinoV2(extractor, spec)
     stage1(qm, make_crops([images['AWPE_Pigeon_Lake_2020_DJI_0005.JPG']], 8, 0),
            CalibConfig(method='minmax', crops=8, init_crops=8))
     stage2(qm, spec, None)
+    qm.set_modes(act=True, weight=True)
     for q in qm.quantizers.values():
         q.freeze()
     path = export_onnx(qm.extractor, tmp_path / 'q.onnx', (168, 224), kind='gplq')
     float_mb = path.stat().st_size / 1e6
     tensors, layout = export_tensors(qm)
-    assert integer_weights(path, tensors, layout['layers']) == 48     # every Linear as int8 codes
+    model = onnx.load(str(path))
+    assert integer_weights(model, tensors, layout['layers']) == 48    # every Linear as int8 codes
+    save_model(model, path, force=True)
     assert path.stat().st_size / 1e6 < 0.35 * float_mb
     unfused = load(path)
-    assert fuse_integer_linears(path) == (48, 24)                      # bias + LayerScale folded
+    assert fuse_integer_linears(model) == (48, 24)                     # bias + LayerScale folded
+    save_model(model, path, force=True)
     eng = load(path)
     for img in (images['SOAP_031.png'],):
         a, b = unfused.features(img)[1], eng.features(img)[1]
@@ -105,7 +111,7 @@ def test_engine_refusals(tmp_path, fp32_onnx):
 
 
 def test_engine_path_imports_no_torch(fp32_onnx):
-    code = ('import sys, numpy as np; from gplq_ros.runtime.engine import load; '
+    code = ('import sys, numpy as np; from gplq_ros.onboard.engine import load; '
             f'e = load(r"{fp32_onnx}"); o = e(np.zeros((480, 640, 3), np.uint8)); '
             'bad = [m for m in ("torch", "timm", "rclpy") if m in sys.modules]; print(bad, o.grid_hw); '
             'sys.exit(1 if bad else 0)')
@@ -131,7 +137,7 @@ def test_export_cli(tmp_path):
 
 
 def test_packed_graph_reads_4bit_codes_from_the_artifact(w4a8_artifact, packed_graph, images, tmp_path):
-    from gplq_ros.runtime.export import export_artifact
+    from gplq_ros.offline.onnx_export import export_artifact
     standalone = export_artifact(w4a8_artifact, tmp_path / 'standalone.onnx', (168, 224), packed=False)
     assert standalone['int8'] == standalone['fused'] == 48 and standalone['packed'] == 0
     # the 4-bit codes live once on disk, in the artifact: the graph keeps only float parts
@@ -143,7 +149,7 @@ def test_packed_graph_reads_4bit_codes_from_the_artifact(w4a8_artifact, packed_g
 
 
 def test_packed_graph_refuses_a_missing_or_other_artifact(w4a8_artifact, packed_graph, tmp_path):
-    from gplq_ros.runtime.artifact import load_artifact, save_artifact
+    from gplq_ros.onboard.artifact import load_artifact, save_artifact
     with pytest.raises(EngineError, match='artifact=.*not found'):
         load(packed_graph, artifact=tmp_path / 'none.safetensors')
     tensors, meta = load_artifact(w4a8_artifact)

@@ -1,1 +1,2 @@
-"""ROS 2 nodes and message translation. Only this layer imports rclpy / ROS messages."""
+"""ROS 2 nodes (rclpy): each wires messages to ``gplq_ros.onboard``; only this layer and the
+console scripts import rclpy."""

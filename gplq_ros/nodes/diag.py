@@ -1,6 +1,8 @@
 """diagnostic_msgs helpers: one DiagnosticStatus from a level, message and key/values."""
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from gplq_ros.onboard.status import Status, worker_status
+
 
 def status(name: str, hardware_id: str, level: int, message: str, values: dict) -> DiagnosticStatus:
     def fmt(v):
@@ -18,7 +20,13 @@ def array(stamp, statuses) -> DiagnosticArray:
     return msg
 
 
-def publish(node, publisher, level: int, message: str, values: dict) -> None:
-    """One DiagnosticArray with this node's status ``gplq_ros: <node name>``."""
+def publish(node, publisher, node_status: Status, values: dict, worker) -> Status:
+    """One DiagnosticArray with this node's status ``gplq_ros: <node name>``; the status
+    includes the health of the node's worker thread (``onboard.slot.SlotWorker``).
+    Returns the published (level, message)."""
+    new_errors, last_error, alive = worker.health()
+    level, message = worker_status(node_status, new_errors, last_error, alive)
+    values = dict(values, worker_alive=alive, worker_errors=worker.errors, worker_last_error=last_error)
     publisher.publish(array(node.get_clock().now().to_msg(), [
         status(f'gplq_ros: {node.get_name()}', node.hardware_id, level, message, values)]))
+    return level, message

@@ -6,27 +6,30 @@ the subscription callback (a malformed message is logged once with the field and
 counted, and skipped); the decoded frame goes to a newest-only slot, and an inference
 thread runs the onboard engine on the newest frame and publishes, with the input header
 copied, ``~/boundary_map``, ``~/corner_map``, ``~/corners`` and ``~/descriptor`` (layouts:
-``gplq_ros.onboard.layout``). Frames replaced before inference are counted as dropped.
-Counters and engine latency go to ``/diagnostics`` every ``diagnostics_period`` seconds.
+``gplq_ros.onboard.messages``). Frames replaced before inference are counted as dropped.
+Counters, engine latency and the inference thread's health go to ``/diagnostics`` every
+``diagnostics_period`` seconds.
 """
 import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
-from ..onboard.drift import Level
-from ..onboard.layout import CORNER_DTYPE, CORNER_FIELDS, FLOAT32
-from ..onboard.stats import LatencyWindow
-from ..onboard.slot import SlotWorker
-from . import diag
-from .image_codec import ImageFormatError, compressed_to_rgb, image_to_rgb, numpy_to_image
-from .params import Params, declare_qos
-from .run import run_node
+from gplq_ros.nodes import diag
+from gplq_ros.nodes.params import Params, declare_qos
+from gplq_ros.nodes.run import run_node
+from gplq_ros.onboard.engine import load
+from gplq_ros.onboard.image_codec import MAX_PIXELS_DEFAULT, ImageFormatError, compressed_to_rgb, image_to_rgb
+from gplq_ros.onboard.messages import (MAP_RESOLUTIONS, encode_corners, encode_descriptor, encode_map,
+                                       output_maps)
+from gplq_ros.onboard.paths import vocabulary_parameter
+from gplq_ros.onboard.slot import SlotWorker
+from gplq_ros.onboard.stats import LatencyWindow
+from gplq_ros.onboard.status import feature_status
 
 
 class FeatureNode(Node):
@@ -51,15 +54,12 @@ class FeatureNode(Node):
         qos_in = declare_qos(p, 'input_qos', 'best_effort', 5, 'the camera subscription (sensor data default)')
         qos_out = declare_qos(p, 'output_qos', 'reliable', 5, 'the published outputs')
         p.declare('map_resolution', 'grid', 'boundary/corner map size: grid = one value per ViT patch, '
-                  'input = resized to the camera image', choices=('grid', 'input'))
-        p.declare('max_input_pixels', 4096 * 4096, 'larger camera images are rejected (height*width)',
+                  'input = resized to the camera image', choices=MAP_RESOLUTIONS)
+        p.declare('max_input_pixels', MAX_PIXELS_DEFAULT, 'larger camera images are rejected (height*width)',
                   (1, 2 ** 31 - 1))
         period = p.declare('diagnostics_period', 1.0, 'seconds between /diagnostics messages', (0.1, 60.0),
                            read_only=True)
         self.hardware_id = p.declare('hardware_id', 'gplq_ros', 'hardware_id in /diagnostics', read_only=True)
-
-        from ..paths import vocabulary_parameter
-        from ..runtime.engine import load   # onnxruntime + numpy only
         if not model:
             raise ValueError('parameter model is empty: set it to a graph written by gplq_export')
         self.engine = load(Path(model), vocabulary_parameter(vocab), threads=threads,
@@ -79,7 +79,7 @@ class FeatureNode(Node):
         self.rejected = {}
         self.last_error = ''
         self._lock = threading.Lock()
-        self.worker = SlotWorker(self._infer, 'gplq_inference')
+        self.worker = SlotWorker(self._infer, 'gplq_inference', on_error=self._fail)
         self.slot = self.worker.slot
         self.create_timer(period, self.publish_diagnostics)
         self.get_logger().info(
@@ -87,40 +87,33 @@ class FeatureNode(Node):
             f'{threads} threads, {self.engine.session.get_providers()[0]}), subscribed to '
             f'{self.sub.topic_name} ({self.transport})')
 
-    # -- input -----------------------------------------------------------------------
     def on_image(self, msg) -> None:
         self.received += 1
         try:
             limit = self.params['max_input_pixels']
             rgb = image_to_rgb(msg, limit) if self.transport == 'raw' else compressed_to_rgb(msg, limit)
         except ImageFormatError as e:
-            self._reject(e.field, f'frame {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d} rejected: {e}')
+            with self._lock:
+                self.rejected[e.field] = self.rejected.get(e.field, 0) + 1
+                self.last_error = f'frame {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d} rejected: {e}'
+            self.get_logger().error(self.last_error)
             return
         self.slot.put((msg.header, rgb))
 
-    def _reject(self, field: str, text: str) -> None:
-        with self._lock:
-            self.rejected[field] = self.rejected.get(field, 0) + 1
-            self.last_error = text
-        self.get_logger().error(text)
-
-    # -- inference thread ---------------------------------------------------------------
     def _infer(self, item):
+        """Inference thread: engine and publishing failures reach ``_fail`` through the worker."""
         header, rgb = item
         t0 = time.perf_counter()
-        try:
-            out = self.engine(rgb)
-        except Exception as e:  # ORT runtime failures: log, count, keep serving frames
-            self._fail(f'inference failed: {type(e).__name__}: {str(e)[:300]}')
-            return True
+        out = self.engine(rgb)
         self.latency.add(1e3 * (time.perf_counter() - t0))
-        try:
-            self.publish(header, out)
-        except Exception as e:  # rclpy raises RCLError once the context is shut down
-            if not self.context.ok():
-                return False    # shutting down (Ctrl-C): nothing left to publish to
-            self._fail(f'publish failed: {type(e).__name__}: {str(e)[:300]}')
-            return True
+        if not self.context.ok():
+            return False    # shutting down (Ctrl-C): nothing left to publish to
+        boundary, corner_map = output_maps(out, self.params['map_resolution'])
+        self.pub_boundary.publish(encode_map(boundary, header))
+        self.pub_corner_map.publish(encode_map(corner_map, header))
+        self.pub_corners.publish(encode_corners(out.corners_px, out.corners.response, header))
+        if out.descriptor is not None:
+            self.pub_descriptor.publish(encode_descriptor(out.descriptor, header))
         self.processed += 1
         return True
 
@@ -130,45 +123,18 @@ class FeatureNode(Node):
             self.last_error = text
         self.get_logger().error(text)
 
-    def publish(self, header, out) -> None:
-        full = self.params['map_resolution'] == 'input'
-        boundary = out.boundary_full if full else out.boundary
-        harris = out.harris
-        if full:
-            import cv2
-            harris = cv2.resize(harris, (out.image_hw[1], out.image_hw[0]), interpolation=cv2.INTER_LINEAR)
-        self.pub_boundary.publish(numpy_to_image(np.ascontiguousarray(boundary, np.float32), '32FC1', header))
-        self.pub_corner_map.publish(numpy_to_image(np.ascontiguousarray(harris, np.float32), '32FC1', header))
-        rec = np.zeros(len(out.corners_px), CORNER_DTYPE)
-        if len(rec):
-            rec['u'], rec['v'] = out.corners_px[:, 0], out.corners_px[:, 1]
-            rec['response'] = out.corners.response
-        cloud = PointCloud2(header=header, height=1, width=len(rec), is_bigendian=False,
-                            point_step=CORNER_DTYPE.itemsize, row_step=CORNER_DTYPE.itemsize * len(rec),
-                            is_dense=True,
-                            fields=[PointField(name=n, offset=4 * i, datatype=FLOAT32, count=1)
-                                    for i, n in enumerate(CORNER_FIELDS)])
-        cloud.data = rec.tobytes()
-        self.pub_corners.publish(cloud)
-        if out.descriptor is not None:
-            self.pub_descriptor.publish(numpy_to_image(out.descriptor.reshape(1, -1).astype(np.float32), '32FC1',
-                                                       header))
-
-    # -- diagnostics ------------------------------------------------------------------------
     def publish_diagnostics(self) -> None:
         with self._lock:
             rejected = dict(self.rejected)
             last_error, engine_errors = self.last_error, self.engine_errors
         lat = self.latency.summary()
-        level = Level.ERROR if engine_errors and not self.processed else \
-            Level.WARN if (rejected or engine_errors) else Level.OK
-        msg = 'running' if level == Level.OK else (last_error or 'errors')
         values = {'frames_received': self.received, 'frames_processed': self.processed,
                   'frames_dropped': self.slot.dropped, 'frames_rejected': sum(rejected.values()),
                   'engine_errors': engine_errors, 'engine_p50_ms': lat['p50_ms'], 'engine_p95_ms': lat['p95_ms'],
                   'engine_max_ms': lat['max_ms'], 'queue_depth': self.slot.pending, 'model_kind': self.engine.kind,
                   **{f'rejected_{k}': v for k, v in sorted(rejected.items())}, 'last_error': last_error}
-        diag.publish(self, self.pub_diag, level, msg, values)
+        diag.publish(self, self.pub_diag, feature_status(self.processed, engine_errors, rejected, last_error),
+                     values, self.worker)
 
     def destroy_node(self):
         self.worker.stop()

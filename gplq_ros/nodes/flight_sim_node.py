@@ -14,12 +14,12 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from ..onboard.flight import Flight, FlightConfig
-from .image_codec import numpy_to_image
-from .params import Params, declare_qos
-from .run import run_node
-
-DEFAULT_ORTHO = '2019_YELL_2_528000_4978000_image_crop2.png'   # NEON 10 cm forest/meadow, 2472x2299
+from gplq_ros.onboard.flight import DEFAULT_ORTHO, Flight, FlightConfig
+from gplq_ros.onboard.image_codec import numpy_to_image
+from gplq_ros.onboard.paths import default_images_dir
+from gplq_ros.onboard.preprocess import read_rgb
+from gplq_ros.nodes.params import Params, declare_qos
+from gplq_ros.nodes.run import run_node
 
 
 class FlightSimNode(Node):
@@ -50,8 +50,6 @@ class FlightSimNode(Node):
                                read_only=True),
             seed=p.declare('seed', 0, 'track phase seed', (0, 2 ** 31 - 1), read_only=True))
         qos = declare_qos(p, 'qos', 'best_effort', 5, 'the image and pose publishers')
-        from ..model.preprocess import read_rgb
-        from ..paths import default_images_dir
         path = Path(image) if image else default_images_dir() / DEFAULT_ORTHO
         if not path.is_file():
             raise ValueError(f'parameter image={str(path)!r}: file not found (run gplq_assets)')

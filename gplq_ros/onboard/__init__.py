@@ -1,2 +1,4 @@
-"""Onboard logic the ROS nodes call (no rclpy, no torch): newest-frame slot, latency and
-rate statistics, drift checks, the simulated flight, output message layouts."""
+"""What a drone needs, without torch, timm or rclpy: the ONNX Runtime engine and artifact
+reading, preprocessing and heads, the vocabulary, metrics, image codec and message layouts,
+and the ROS-free logic of the nodes (newest-frame slot, statistics, drift, status, the
+simulated flight)."""

@@ -8,46 +8,23 @@ Metrics per checked frame (the same definitions as the offline fidelity report):
 * ``corner_repeatability``: fraction of reference corners with a received corner within
   one patch cell (Chebyshev distance in image pixels).
 """
-import enum
+import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-from ..gplq.metrics import ssim
+from gplq_ros.onboard.metrics import corner_repeatability, ssim
+from gplq_ros.onboard.status import Level
 
 METRICS = ('descriptor_cosine', 'boundary_ssim', 'corner_repeatability')
 
 
-class Level(enum.IntEnum):
-    """diagnostic_msgs/DiagnosticStatus levels."""
-    OK = 0
-    WARN = 1
-    ERROR = 2
-    STALE = 3
-
-    @classmethod
-    def of(cls, status) -> 'Level':
-        """The level of a DiagnosticStatus (``byte``: bytes from rclpy, an int from rosbags)."""
-        lv = status.level
-        return cls(lv[0] if isinstance(lv, (bytes, bytearray)) else int(lv))
-
-
-def corner_repeatability_px(ref_px: np.ndarray, got_px: np.ndarray, radius_px: float) -> float:
-    ref_px, got_px = np.asarray(ref_px, np.float64).reshape(-1, 2), np.asarray(got_px, np.float64).reshape(-1, 2)
-    if len(ref_px) == 0:
-        return 1.0
-    if len(got_px) == 0:
-        return 0.0
-    d = np.abs(ref_px[:, None, :] - got_px[None, :, :]).max(axis=2)
-    return float(np.mean(d.min(axis=1) <= radius_px))
-
-
 def compare(ref, boundary: Optional[np.ndarray], corners_px: Optional[np.ndarray],
             descriptor: Optional[np.ndarray]) -> Dict[str, float]:
-    """``ref``: a ``model.pipeline.Outputs`` of the FP32 engine on the same frame;
-    ``corners_px``: (N, 2+) rows starting with u, v (``layout.decode_corners`` gives
+    """``ref``: a ``onboard.pipeline.Outputs`` of the FP32 engine on the same frame;
+    ``corners_px``: (N, 2+) rows starting with u, v (``messages.decode_corners`` gives
     u, v, response)."""
     out = {}
     if descriptor is not None and ref.descriptor is not None:
@@ -61,15 +38,16 @@ def compare(ref, boundary: Optional[np.ndarray], corners_px: Optional[np.ndarray
         out['boundary_ssim'] = ssim(r, boundary)
     if corners_px is not None:
         cell = max(ref.image_hw[0] / ref.grid_hw[0], ref.image_hw[1] / ref.grid_hw[1])
-        out['corner_repeatability'] = corner_repeatability_px(ref.corners_px, np.asarray(corners_px)[:, :2], cell)
+        out['corner_repeatability'] = corner_repeatability(ref.corners_px, np.asarray(corners_px)[:, :2], cell)
     return out
 
 
 @dataclass
 class DriftBounds:
-    descriptor_cosine: float = 0.7
-    boundary_ssim: float = 0.8
-    corner_repeatability: float = 0.6
+    """The monitor's bounds; its parameters ``<metric>_min`` and ``consecutive`` default to these."""
+    descriptor_cosine: float = 0.5
+    boundary_ssim: float = 0.6
+    corner_repeatability: float = 0.4
     consecutive: int = 3
 
     def __post_init__(self):
@@ -103,3 +81,49 @@ class DriftMonitor:
         if self.failed_in_a_row >= self.bounds.consecutive:
             return Level.ERROR
         return Level.WARN if self.failed_in_a_row else Level.OK
+
+
+Key = Tuple[int, int]
+
+
+class CheckJoin:
+    """Joins a kept camera frame with the feature outputs that carry its stamp, for one drift
+    check. ``frame``/``output`` return ``(key, rgb, outputs)`` once all of ``need`` are in.
+    At most ``keep`` frames wait (older ones are dropped and counted in ``skipped``);
+    outputs of frames that are not waiting are ignored. Thread-safe."""
+
+    def __init__(self, need: Sequence[str], keep: int = 4):
+        self.need = tuple(need)
+        self.keep = keep
+        self.frames: Dict[Hashable, np.ndarray] = {}
+        self.outputs: Dict[Hashable, dict] = {}
+        self.skipped = 0
+        self._lock = threading.Lock()
+
+    def waiting(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self.frames
+
+    def frame(self, key: Hashable, rgb: np.ndarray):
+        with self._lock:
+            self.frames[key] = rgb
+            for k in sorted(self.frames)[:-self.keep]:
+                del self.frames[k]
+                self.skipped += 1
+            return self._ready(key)
+
+    def output(self, key: Hashable, kind: str, value):
+        with self._lock:
+            if key not in self.frames:
+                return None
+            self.outputs.setdefault(key, {})[kind] = value
+            return self._ready(key)
+
+    def _ready(self, key):
+        got = self.outputs.get(key, {})
+        item = None
+        if key in self.frames and all(k in got for k in self.need):
+            item = (key, self.frames.pop(key), self.outputs.pop(key))
+        for k in [k for k in self.outputs if k not in self.frames]:
+            del self.outputs[k]
+        return item

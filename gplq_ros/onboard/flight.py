@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+DEFAULT_ORTHO = '2019_YELL_2_528000_4978000_image_crop2.png'   # NEON 10 cm forest/meadow, 2472x2299 (gplq_assets)
+
 
 @dataclass(frozen=True)
 class FlightConfig:

@@ -5,7 +5,7 @@ that is replaced before the worker takes it is counted in ``dropped`` (never que
 the worker always runs on the most recent image and no backlog can grow.
 """
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Tuple
 
 
 class LatestSlot:
@@ -49,21 +49,54 @@ class LatestSlot:
 
 class SlotWorker:
     """A daemon thread that calls ``handle(item)`` for the newest item of a ``LatestSlot``
-    until ``stop()``; ``handle`` returning False ends the loop (e.g. at shutdown)."""
+    until ``stop()``; ``handle`` returning False ends the loop (e.g. at shutdown).
 
-    def __init__(self, handle, name: str):
+    An exception from ``handle`` does not end the thread: it is counted, kept as
+    ``last_error`` (type and message) and passed to ``on_error`` (the node logs it), and
+    the thread takes the next item. ``health()`` tells the node's status what happened
+    since it last asked and whether the thread still runs."""
+
+    def __init__(self, handle: Callable[[Any], Optional[bool]], name: str,
+                 on_error: Optional[Callable[[str], None]] = None):
         self.slot = LatestSlot()
         self._handle = handle
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self.errors = 0
+        self._reported = 0
+        self.last_error = ''
+        self._stopped = False
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while not self.slot.closed:
             item = self.slot.take(timeout=0.2)
-            if item is not None and self._handle(item) is False:
-                break
+            if item is None:
+                continue
+            try:
+                if self._handle(item) is False:
+                    self._stopped = True
+                    break
+            except Exception as e:  # noqa: BLE001 -- any failure of one item: report it, serve the next
+                text = f'{self.thread.name}: {type(e).__name__}: {str(e)[:300]}'
+                with self._lock:
+                    self.errors += 1
+                    self.last_error = text
+                if self._on_error is not None:
+                    try:
+                        self._on_error(text)
+                    except Exception:  # noqa: BLE001 -- a failing logger must not end the thread either
+                        pass
+
+    def health(self) -> Tuple[int, str, bool]:
+        """(exceptions since the last call, the last exception's text, thread alive or stopped on purpose)."""
+        with self._lock:
+            new, self._reported = self.errors - self._reported, self.errors
+            return new, self.last_error, self.thread.is_alive() or self._stopped
 
     def stop(self, timeout: float = 5.0) -> None:
+        self._stopped = True
         self.slot.close()
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
             self.thread.join(timeout)

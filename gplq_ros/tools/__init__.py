@@ -1,1 +1,2 @@
-"""Console scripts (gplq_assets, gplq_vocab, gplq_demo)."""
+"""Console scripts: argparse -> config -> one call into ``offline``, ``bringup`` or
+``onboard`` -> print. No tool imports another tool (``common`` is their shared helper)."""

@@ -1,73 +1,20 @@
-"""Helpers shared by the console scripts: image lists and crops of real images."""
+"""What the console scripts share: user errors as one line, and argparse options generated
+from the validated config dataclasses (one list of fields, one set of defaults)."""
+import argparse
+import dataclasses
 import functools
 import sys
-from pathlib import Path
-from typing import List
+import typing
+from typing import Iterable
 
-import cv2
-import numpy as np
+from gplq_ros.offline.assets import AssetError
+from gplq_ros.offline.weights import WeightsError
+from gplq_ros.onboard.artifact import ArtifactError
+from gplq_ros.onboard.engine import EngineError
+from gplq_ros.onboard.vocabulary import VocabError
 
-from ..model.preprocess import read_rgb
-from ..model.vocab import VocabError
-from ..model.weights import WeightsError
-from ..runtime.artifact import ArtifactError
-from ..paths import default_images_dir
-
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
-
-
-def list_images(sources=None) -> List[Path]:
-    """Image files from directories/files (default: the cached aerial images), sorted."""
-    sources = sources or [default_images_dir()]
-    out: List[Path] = []
-    for s in map(Path, sources):
-        if s.is_dir():
-            out += sorted(p for p in s.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif s.is_file():
-            out.append(s)
-        else:
-            raise FileNotFoundError(f'--images: {s} is neither a file nor a directory '
-                                    '(run gplq_assets to fetch the default aerial images)')
-    if not out:
-        raise FileNotFoundError(f'--images: no image files in {[str(s) for s in sources]}')
-    return out
-
-
-def random_views(image: np.ndarray, n: int, rng: np.random.Generator,
-                 min_frac: float = 0.3, max_frac: float = 0.7) -> List[np.ndarray]:
-    """``n`` random square crops (side a fraction of the short side), flipped/rotated."""
-    h, w = image.shape[:2]
-    views = []
-    for _ in range(n):
-        side = int(min(h, w) * rng.uniform(min_frac, max_frac))
-        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        v = image[y:y + side, x:x + side]
-        if rng.random() < 0.5:
-            v = v[:, ::-1]
-        v = np.rot90(v, int(rng.integers(4)))
-        views.append(np.ascontiguousarray(v))
-    return views
-
-
-def load_images(paths) -> List[np.ndarray]:
-    return [read_rgb(p) for p in paths]
-
-
-def tile(images: List[np.ndarray], height: int) -> np.ndarray:
-    """Resize to a common height and concatenate horizontally with 4 px gaps."""
-    parts = []
-    for im in images:
-        w = max(1, int(round(im.shape[1] * height / im.shape[0])))
-        parts.append(cv2.resize(im, (w, height), interpolation=cv2.INTER_AREA))
-        parts.append(np.full((height, 4, 3), 255, np.uint8))
-    return np.concatenate(parts[:-1], axis=1)
-
-
-class AssetError(RuntimeError):
-    """An asset that could not be fetched or verified; the message says what to do."""
-
-
-USER_ERRORS = (FileNotFoundError, FileExistsError, VocabError, WeightsError, ArtifactError, AssetError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, VocabError, WeightsError, ArtifactError, AssetError,
+               EngineError)
 
 
 def cli(prog: str):
@@ -82,3 +29,43 @@ def cli(prog: str):
                 return 2
         return main
     return wrap
+
+
+def add_config_arguments(ap: argparse.ArgumentParser, cls, skip: Iterable[str] = ('version',),
+                         title: str = None) -> None:
+    """One ``--field-name`` option per field of dataclass ``cls``: default = the field's
+    default (None: the dataclass decides), help and choices from ``field(metadata=...)``;
+    bools become flags, lists ``nargs='*'``; ``metadata['none']`` is the option value that
+    means None (e.g. ``--group-size 0``: per output channel)."""
+    group = ap.add_argument_group(title or cls.__name__)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        md = f.metadata
+        opt = '--' + f.name.replace('_', '-')
+        kind = hints[f.name]
+        base = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = base[0] if base and typing.get_origin(kind) is typing.Union else kind
+        text = md.get('help', '') + (f' (default {default!r})' if not isinstance(default, bool) else '')
+        if kind is bool:
+            group.add_argument(opt, action='store_true', help=md.get('help', ''))
+        elif typing.get_origin(kind) in (list, typing.List):
+            group.add_argument(opt, nargs='*', default=None, help=text)
+        else:
+            group.add_argument(opt, type=kind, default=None, choices=md.get('choices'), help=text)
+
+
+def config_from_args(cls, args: argparse.Namespace, **overrides):
+    """The dataclass from the options ``add_config_arguments`` made: options left unset keep
+    the dataclass default; ``overrides`` (not None) win."""
+    kw = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f.name, None)
+        if f.type is bool or f.type == 'bool':
+            v = v or None
+        if v is not None:
+            kw[f.name] = None if 'none' in f.metadata and v == f.metadata['none'] else v
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**kw)

@@ -5,15 +5,17 @@ model, activations as QuantizeLinear/DequantizeLinear pairs with the artifact's 
 scales and zero-points (a Clip keeps sub-8-bit codes in range), weights as their
 dequantized 4-bit grid values; layers with one scale per output channel then get int8
 code initializers + a per-channel DequantizeLinear, which ONNX Runtime runs as integer
-MatMuls (``runtime.export.integer_weights``). By default those int8 codes are left out of
-the ONNX file (``--standalone`` keeps them in): the engine fills them at load from the
-artifact's packed 4-bit codes, so ship the .onnx and the .safetensors side by side.
+MatMuls (``offline.onnx_export.integer_weights``). By default those int8 codes are left
+out of the ONNX file (``--standalone`` keeps them in): the engine fills them at load from
+the artifact's packed 4-bit codes, so ship the .onnx and the .safetensors side by side.
 """
 import argparse
 import sys
 from pathlib import Path
 
-from .common import cli
+from gplq_ros.offline.api import export, export_fp32, load_extractor
+from gplq_ros.onboard.preprocess import ONBOARD_INPUT_HW
+from gplq_ros.tools.common import cli
 
 
 @cli('gplq_export')
@@ -23,22 +25,18 @@ def main(argv=None) -> int:
     src.add_argument('--fp32', action='store_true', help='export the FP32 backbone')
     src.add_argument('--model', type=Path, help='GPLQ artifact to export')
     ap.add_argument('--weights', type=Path, default=None, help='FP32 weights (with --fp32)')
-    ap.add_argument('--size', type=int, nargs=2, default=[168, 224], metavar=('H', 'W'),
-                    help='network input size, multiples of 14 (default 168 224: 640x480 cameras)')
+    ap.add_argument('--size', type=int, nargs=2, default=list(ONBOARD_INPUT_HW), metavar=('H', 'W'),
+                    help='network input size, multiples of 14 (default %(default)s: 640x480 cameras)')
     ap.add_argument('--out', type=Path, required=True)
     ap.add_argument('--standalone', action='store_true',
                     help='keep the int8 weight codes in the ONNX file instead of reading them from the artifact')
     ap.add_argument('--force', action='store_true')
     args = ap.parse_args(argv)
-    from ..runtime.export import export_artifact, export_onnx
     try:
         if args.fp32:
-            from ..model.backbone import load_extractor
-            path = export_onnx(load_extractor(args.weights), args.out, tuple(args.size), kind='fp32',
-                               force=args.force)
+            path = export_fp32(load_extractor(args.weights), args.out, tuple(args.size), force=args.force)
         else:
-            r = export_artifact(args.model, args.out, tuple(args.size), packed=not args.standalone,
-                                force=args.force)
+            r = export(args.model, args.out, tuple(args.size), packed=not args.standalone, force=args.force)
             path = r['path']
             print(f'gplq_export: {r["int8"]} of {r["layers"]} layers as int8 weights '
                   f'(per-output-channel layers; per-group layers stay float); {r["fused"]} fused with their '

@@ -1,39 +1,17 @@
 """gplq_vocab: build the VLAD vocabulary (spherical k-means) from real images.
 
 Features: DINOv2-S/14 patch tokens of block ``--block`` facet ``--facet`` (default 9,
-``value``; see README for why), from each image whole plus ``--crops`` random
-crops/flips/rotations per image, at ``--long-side`` pixels.
+``value``; see docs/method.md for why), from each image whole plus ``--crops`` random
+crops/flips/rotations per image, at ``--long-side`` pixels (``offline.api.build_vocabulary``).
 """
 import argparse
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from ..model.weights import BACKBONE_ID, sha256_file
-from ..paths import default_vocab, default_weights
-from .common import cli, list_images, load_images, random_views
-
-
-def build_vocabulary(extractor, images, k=32, block=9, facet='value', long_side=224,
-                     crops=8, seed=0, names=None):
-    import torch
-    from ..model.preprocess import prepare
-    from ..model.vocab import VocabMeta, Vocabulary, spherical_kmeans
-    rng = np.random.default_rng(seed)
-    feats = []
-    with torch.inference_mode():
-        for img in images:
-            for view in [img] + random_views(img, crops, rng):
-                x = torch.from_numpy(prepare(view, long_side).tensor)
-                feats.append(extractor(x, [(block, facet)])[(block, facet)][0].numpy())
-    x = np.concatenate(feats)
-    centers = spherical_kmeans(x, k, seed=seed)
-    meta = VocabMeta(backbone=BACKBONE_ID, weights_sha256=extractor.weights_sha256,
-                     block=block, facet=facet, long_side=long_side, k=k, seed=seed,
-                     n_features=int(x.shape[0]), images=list(names or []))
-    return Vocabulary(centers, meta)
+from gplq_ros.offline.api import check_vocabulary, vocabulary_to_file
+from gplq_ros.onboard.paths import default_vocab, default_weights
+from gplq_ros.tools.common import cli
 
 
 @cli('gplq_vocab')
@@ -54,34 +32,18 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = args.out or default_vocab()
     if out.exists() and args.if_missing and not args.force:
-        from ..model.vocab import Vocabulary
-        Vocabulary.load(out, sha256_file(args.weights or default_weights()))
+        check_vocabulary(out, args.weights)
         print(f'gplq_vocab: using existing {out}')
         return 0
     if out.exists() and not args.force:
         print(f'gplq_vocab: {out} exists; pass --force to rebuild it', file=sys.stderr)
         return 1
-    from ..model.backbone import load_extractor
-    torch_threads()
     t0 = time.perf_counter()
-    paths = list_images(args.images)
-    ext = load_extractor(args.weights)
-    names = [{'name': p.name, 'sha256': sha256_file(p)} for p in paths]
-    voc = build_vocabulary(ext, load_images(paths), args.k, args.block, args.facet,
-                           args.long_side, args.crops, args.seed, names)
-    voc.save(out, force=args.force)
-    print(f'gplq_vocab: k={args.k} on {voc.meta.n_features} features from {len(paths)} images '
+    voc, out = vocabulary_to_file(out, args.images, args.weights, args.force, k=args.k, block=args.block,
+                                  facet=args.facet, long_side=args.long_side, crops=args.crops, seed=args.seed)
+    print(f'gplq_vocab: k={args.k} on {voc.meta.n_features} features from {len(voc.meta.images)} images '
           f'(block {args.block} {args.facet}) -> {out} in {time.perf_counter() - t0:.1f} s')
     return 0
-
-
-def torch_threads():
-    """Respect OMP_NUM_THREADS if set; torch's default otherwise."""
-    import os
-
-    import torch
-    if os.environ.get('OMP_NUM_THREADS'):
-        torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
 
 if __name__ == '__main__':

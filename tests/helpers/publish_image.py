@@ -12,7 +12,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from gplq_ros.nodes.image_codec import numpy_to_image
+from gplq_ros.onboard.image_codec import numpy_to_image
 
 
 def main():

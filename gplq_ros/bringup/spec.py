@@ -1,0 +1,172 @@
+"""The bringup (the ROS node graph), defined once: ``launch/drone.launch.py`` turns it into
+launch_ros ``Node`` actions, ``gplq_up`` into processes (launch/launch_ros are not
+installable everywhere). Neither adds a node, parameter or remapping of its own.
+
+Launch arguments (``ARGUMENTS``; ``ros2 launch gplq_ros drone.launch.py name:=value`` or
+``gplq_up name:=value``) are strings, as launch passes them.
+"""
+import datetime
+import os
+from importlib import metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from gplq_ros.onboard.paths import default_onboard_models
+
+PACKAGE = 'gplq_ros'
+FEATURE_TOPICS = ('boundary_map', 'corner_map', 'corners', 'descriptor')
+
+
+_MODELS = {k: v.replace(os.path.expanduser('~'), '~') for k, v in default_onboard_models().items()}
+
+
+@dataclass(frozen=True)
+class Argument:
+    name: str
+    default: str
+    description: str
+
+
+ARGUMENTS = (
+    Argument('camera_topic', '/camera/image_raw', 'sensor_msgs/Image topic of the downward camera '
+             '(CompressedImage on <camera_topic>/compressed with transport: compressed in the params file)'),
+    Argument('model', '', f'onboard ONNX graph (gplq_export); empty: {_MODELS["model"]}'),
+    Argument('reference_model', '', f'FP32 ONNX graph for the monitor; empty: {_MODELS["reference_model"]}'),
+    Argument('params_file', '', 'one ROS parameter YAML for all nodes; empty: the package\'s '
+             'config/<node>.yaml for each node'),
+    Argument('use_sim_camera', 'true', 'start flight_sim_node as the camera (true/false)'),
+    Argument('record_bag', 'false', 'record camera, outputs, /diagnostics and status with gplq_record '
+             '(true/false)'),
+    Argument('bag_dir', 'bags', 'directory for recorded bags (one sub-directory per run)'),
+    Argument('log_level', 'info', 'ROS log level of every node (debug, info, warn, error, fatal)'),
+)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    executable: str                       # console script in lib/gplq_ros (ros2 run / launch_ros)
+    module: str                           # python -m equivalent (gplq_up)
+    name: str
+    parameters: Tuple = ()                # YAML file paths (str) and dicts, applied in order
+    remappings: Tuple[Tuple[str, str], ...] = ()
+    ros_arguments: Tuple[str, ...] = field(default=())
+
+
+def _bool(args: Dict[str, str], name: str) -> bool:
+    v = str(args[name]).strip().lower()
+    if v not in ('true', 'false', '1', '0'):
+        raise ValueError(f'launch argument {name}={args[name]!r}: must be true or false')
+    return v in ('true', '1')
+
+
+def resolve(overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    names = {a.name for a in ARGUMENTS}
+    unknown = sorted(set(overrides or {}) - names)
+    if unknown:
+        raise ValueError(f'unknown launch argument(s) {unknown}; known: {sorted(names)}')
+    args = {a.name: a.default for a in ARGUMENTS}
+    args.update(overrides or {})
+    if args['log_level'] not in ('debug', 'info', 'warn', 'error', 'fatal'):
+        raise ValueError(f'launch argument log_level={args["log_level"]!r}: one of debug, info, warn, error, fatal')
+    if not args['camera_topic'].startswith('/'):
+        raise ValueError(f'launch argument camera_topic={args["camera_topic"]!r}: must be an absolute topic name')
+    _bool(args, 'use_sim_camera')
+    _bool(args, 'record_bag')
+    return args
+
+
+def config_dir() -> Path:
+    """The installed share/gplq_ros/config, else this source tree's config/."""
+    try:   # optional: ament_index_python exists where ROS does, not in a plain checkout
+        from ament_index_python.packages import get_package_share_directory
+        d = Path(get_package_share_directory(PACKAGE)) / 'config'
+        if d.is_dir():
+            return d
+    except (ImportError, LookupError, ValueError):
+        pass
+    return Path(__file__).resolve().parents[1] / 'config'
+
+
+PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
+
+
+def fastdds_major() -> int:
+    """Fast DDS 2.x (Humble, Jazzy) or 3.x (Kilted and later): from ROS_DISTRO in a ROS
+    install, else from the PyPI wheels present (ros-fastdds is 3.x, ros-fastrtps 2.x)."""
+    distro = os.environ.get('ROS_DISTRO')
+    if distro:
+        return 2 if distro in ('humble', 'iron', 'jazzy') else 3
+    try:
+        metadata.version('ros-fastdds')
+        return 3
+    except metadata.PackageNotFoundError:
+        return 2
+
+
+def environment() -> Dict[str, str]:
+    """Variables the graph needs when the user has not set them: the shared-memory Fast DDS
+    profile (without it, best-effort 640x480 rgb8 frames did not get through here: they
+    exceed the default shared-memory segment and fall back to fragmented UDP). Fast DDS 2.x
+    reads FASTRTPS_DEFAULT_PROFILES_FILE (the FASTDDS_ name did nothing on Jazzy), 3.x reads
+    FASTDDS_DEFAULT_PROFILES_FILE (and warns that the FASTRTPS_ name is deprecated). A
+    profile the user set under either name is kept."""
+    if any(os.environ.get(k) for k in PROFILE_VARS):
+        return {}
+    return {PROFILE_VARS[0] if fastdds_major() == 2 else PROFILE_VARS[1]: str(config_dir() / 'fastdds_shm.xml')}
+
+
+def node_specs(args: Dict[str, str]) -> List[NodeSpec]:
+    args = resolve(args)
+    cam = args['camera_topic']
+    model = args['model'] or default_onboard_models()['model']
+    reference = args['reference_model'] or default_onboard_models()['reference_model']
+    ros_args = ('--log-level', args['log_level'])
+
+    def params(node: str, extra: dict) -> tuple:
+        f = args['params_file'] or str(config_dir() / f'{node}.yaml')
+        return (f, extra) if extra else (f,)
+    specs = []
+    if _bool(args, 'use_sim_camera'):
+        specs.append(NodeSpec('flight_sim_node', 'gplq_ros.nodes.flight_sim_node', 'flight_sim_node',
+                              params('flight_sim_node', {}), (('image', cam),), ros_args))
+    specs.append(NodeSpec('feature_node', 'gplq_ros.nodes.feature_node', 'feature_node',
+                          params('feature_node', {'model': model}),
+                          (('image', cam), ('image/compressed', cam + '/compressed')), ros_args))
+    specs.append(NodeSpec('monitor_node', 'gplq_ros.nodes.monitor_node', 'monitor_node',
+                          params('monitor_node', {'reference_model': reference}),
+                          (('image', cam),) + tuple((t, f'/feature_node/{t}') for t in FEATURE_TOPICS
+                                                    if t != 'corner_map'), ros_args))
+    return specs
+
+
+def record_topics(args: Dict[str, str]) -> List[str]:
+    args = resolve(args)
+    topics = [args['camera_topic']] + [f'/feature_node/{t}' for t in FEATURE_TOPICS] + \
+        ['/monitor_node/status', '/diagnostics']
+    if _bool(args, 'use_sim_camera'):
+        topics.append('/flight_sim_node/true_pose')
+    return topics
+
+
+def record_command(args: Dict[str, str], stamp: Optional[str] = None) -> Optional[List[str]]:
+    """``gplq_record`` arguments (without the program) when ``record_bag`` is true."""
+    args = resolve(args)
+    if not _bool(args, 'record_bag'):
+        return None
+    stamp = stamp or datetime.datetime.now().strftime('%Y%m%d_%H%M%S')
+    return ['--out', os.path.join(args['bag_dir'], f'gplq_{stamp}'), '--topics', *record_topics(args)]
+
+
+def ros_argv(spec: NodeSpec) -> List[str]:
+    """The ``--ros-args`` of one node as ``ros2 run`` would take them."""
+    out = ['--ros-args', '-r', f'__node:={spec.name}', *spec.ros_arguments]
+    for p in spec.parameters:
+        if isinstance(p, dict):
+            for k, v in p.items():
+                out += ['-p', f'{k}:={v}']
+        else:
+            out += ['--params-file', str(p)]
+    for a, b in spec.remappings:
+        out += ['-r', f'{a}:={b}']
+    return out

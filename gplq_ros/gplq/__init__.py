@@ -1,1 +1,0 @@
-"""GPLQ calibration: losses, calibration loop, weight PTQ, metrics (calibration issue)."""

@@ -1,0 +1,109 @@
+"""Stage 1: activation-only calibration (weights FP32 and frozen).
+
+Quantizer s, z are initialized from statistics on ``init_crops`` crops, then (method
+'gplq') learned for ``epochs`` epochs with Adam on the GPLQ loss. L_reg's gradient is applied per quantizer
+(it depends only on that quantizer's s, z and input), so no graph is kept for it and
+the blocks can be recomputed in the backward pass (activation checkpointing). Per
+quantizer the learning rates are relative: scales step by ~``lr * mean(s0)``, zero-points by
+~``5 * lr`` codes. Model-agnostic: needs ``block_tokens``, ``quantizers``,
+``modes`` (``offline.quantized.QuantDinoV2`` provides them). Each stage runs under
+``qm.modes(...)`` and leaves the switches as it found them.
+"""
+import contextlib
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from gplq_ros.offline.config import CalibConfig
+from gplq_ros.offline.losses import GPLQLoss, as_grid
+
+
+def model_device(qm) -> torch.device:
+    return next(qm.parameters()).device
+
+
+def batches_of(tensors: Sequence[torch.Tensor], batch: int, order=None, device=None):
+    idx = list(range(len(tensors))) if order is None else list(order)
+    for i in range(0, len(idx), batch):
+        yield torch.cat([tensors[j] for j in idx[i:i + batch]]).to(device or 'cpu')
+
+
+@torch.no_grad()
+def init_quantizers(qm, inputs: Sequence[torch.Tensor], method: str, batch: int) -> None:
+    """Initial s, z of every activation quantizer from FP32 statistics of ``inputs``."""
+    with qm.modes(act=False, observe=True):
+        for x in batches_of(inputs, batch, device=model_device(qm)):
+            qm.block_tokens(x)
+    for q in qm.quantizers.values():
+        q.init_from_stats(method)
+
+
+@contextlib.contextmanager
+def _learning(quantizers):
+    """Quantizer s, z trainable for the block; error tracking state cleared on exit."""
+    for q in quantizers:
+        q.scale.requires_grad_(True)
+        q.zero_point.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for q in quantizers:
+            q.track_error, q.last_error, q.error_grads = False, None, None
+            q.scale.requires_grad_(False)
+            q.zero_point.requires_grad_(False)
+
+
+def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
+           progress: Optional[Callable] = None) -> Dict[str, list]:
+    """Calibrate activation quantizers in place; returns the per-step loss history."""
+    init = cfg.method if cfg.method in ('minmax', 'percentile') else cfg.init
+    init_quantizers(qm, inputs[:cfg.init_crops], init, cfg.batch)
+    history: Dict[str, list] = {}
+    if cfg.method != 'gplq' or cfg.epochs == 0:
+        return history
+    grid = (inputs[0].shape[2] // 14, inputs[0].shape[3] // 14)
+    loss_fn = GPLQLoss(cfg)
+    quantizers = list(qm.quantizers.values())
+    groups = []
+    for q in quantizers:
+        groups.append({'params': [q.scale], 'lr': cfg.lr * float(q.scale.detach().abs().mean())})
+        groups.append({'params': [q.zero_point], 'lr': 5.0 * cfg.lr})
+    opt = torch.optim.Adam(groups)
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.pca_final:
+        with torch.no_grad(), qm.modes(act=False):
+            fp = qm.block_tokens(torch.cat(inputs[:cfg.init_crops]).to(model_device(qm)))
+        history['pca_components'] = [loss_fn.fit_pca(fp[-1])]
+    step = 0
+    t0 = time.perf_counter()
+    with _learning(quantizers), qm.modes(act=True, weight=False):
+        for _ in range(cfg.epochs):
+            for x in batches_of(inputs, cfg.batch, rng.permutation(len(inputs)), model_device(qm)):
+                with torch.no_grad(), qm.modes(act=False):
+                    fp = [as_grid(t, grid) for t in qm.block_tokens(x)]
+                for q in quantizers:
+                    q.track_error = cfg.lambda_reg > 0
+                out = [as_grid(t, grid) for t in qm.block_tokens(x)]
+                for q in quantizers:  # block recomputation in backward must not track again
+                    q.track_error = False
+                errors = [q.last_error for q in quantizers if q.last_error is not None]
+                terms = loss_fn(fp, out, errors)
+                opt.zero_grad(set_to_none=True)
+                terms['total'].backward()
+                if errors:  # L_reg: each quantizer's local gradient, weighted as in the loss
+                    w = cfg.lambda_reg / len(errors)
+                    for q in quantizers:
+                        gs, gz = q.error_grads
+                        q.scale.grad = q.scale.grad + w * gs if q.scale.grad is not None else w * gs
+                        q.zero_point.grad = q.zero_point.grad + w * gz if q.zero_point.grad is not None else w * gz
+                        q.last_error, q.error_grads = None, None
+                opt.step()
+                step += 1
+                for k, v in terms.items():
+                    history.setdefault(k, []).append(float(v.detach()))
+                if progress:
+                    progress(step, {k: float(v.detach()) for k, v in terms.items()})
+    history['wall_s'] = [time.perf_counter() - t0]
+    return history

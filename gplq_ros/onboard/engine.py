@@ -1,0 +1,148 @@
+"""Onboard engine: ONNX Runtime + numpy heads. Imports neither torch nor rclpy.
+
+``load(path)`` opens an ONNX graph written by ``runtime.export`` (fixed input size) and
+``engine(image_uint8_rgb)`` returns ``model.pipeline.Outputs`` (tokens, boundary maps,
+corners, descriptor). Images of another size are resized to the graph's input size
+(aspect ratio is not preserved: export the graph for the camera's aspect ratio, e.g.
+168x224 for 640x480 frames). Threads and execution providers are configurable (CPU by
+default; CUDA/TensorRT are used when asked for and present); intra-op spinning is off so
+that several sessions in one process do not steal each other's cores; numpy's BLAS is
+held to one thread (``model.pipeline.single_thread_blas``); the session is warmed up at
+load.
+
+GPLQ graphs exported packed (the default of ``gplq_export --model``) hold no int8 weight
+codes: the engine reads them from the artifact (``artifact=``, by default the file the
+graph names, next to it), checks that it is the artifact the graph was exported from
+(checksum), unpacks the 4-bit codes to int8 and hands ORT the completed graph in memory.
+"""
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnx import numpy_helper
+
+from gplq_ros.onboard.artifact import PACKED_PREFIX, ArtifactError, layer_codes, load_artifact
+from gplq_ros.onboard.fileformat import check_versioned
+from gplq_ros.onboard.pipeline import Outputs, PipelineConfig, run_heads, single_thread_blas
+from gplq_ros.onboard.preprocess import prepare
+from gplq_ros.onboard.vocabulary import Vocabulary, VocabError
+
+# the ONNX metadata this engine reads (written by offline.onnx_export)
+GRAPH_FORMAT = 'gplq_ros.onnx'
+GRAPH_VERSION = 1
+
+
+class EngineError(ValueError):
+    """A model file the engine cannot run; the message says why."""
+
+
+def graph_meta(model) -> Optional[dict]:
+    """The ``gplq_ros`` metadata (JSON) of an ONNX model (a loaded ModelProto), or None."""
+    raw = {p.key: p.value for p in model.metadata_props}.get('gplq_ros')
+    return json.loads(raw) if raw is not None else None
+
+
+class Engine:
+    def __init__(self, path: Path, threads: int = 2, providers: Optional[Sequence[str]] = None,
+                 centers: Optional[np.ndarray] = None, warmup: int = 2, artifact: Optional[Path] = None):
+        path = Path(path)
+        if not path.is_file():
+            raise EngineError(f'model file not found: {path}')
+        if threads < 1:
+            raise EngineError(f'threads={threads}: must be >= 1')
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        available = ort.get_available_providers()
+        wanted = list(providers or ['CPUExecutionProvider'])
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise EngineError(f'providers={missing} not available in this onnxruntime ({available})')
+        try:
+            model = onnx.load(str(path))
+        except Exception as e:  # protobuf raises its own types for malformed files
+            raise EngineError(f'{path}: onnxruntime cannot load it ({str(e)[:300]})') from None
+        self.meta = graph_meta(model)
+        if self.meta is None:
+            raise EngineError(f'{path}: no gplq_ros metadata; export it with gplq_export')
+        check_versioned(self.meta, GRAPH_FORMAT, GRAPH_VERSION, path, EngineError)
+        # In GPLQ graphs ORT's MatMul+Add -> Gemm fusion runs before its QDQ fusions and
+        # leaves DQ(act) x DQ(int8 W) as a float Gemm (measured 69 ms at 224 px, 2 threads);
+        # without it they become MatMulIntegerToFloat (22 ms). FP32 graphs need the fusion.
+        # QDQ propagation moves Q/DQ pairs across other ops and so changes where activations
+        # are rounded: without it the graph computes what the calibrated model computes
+        # (final-token cosine to the torch fake-quant model 0.9983 -> 0.9994 on an Intel
+        # Xeon, same latency within noise).
+        disabled = ['MatMulAddFusion', 'QDQPropagationTransformer'] if self.meta.get('kind') == 'gplq' else []
+        self.artifact = None
+        source = str(path)
+        if self.meta.get('packed_layers'):
+            self.artifact = Path(artifact) if artifact else path.parent / self.meta['artifact_file']
+            _fill_packed(model, self.meta, self.artifact)
+            source = model.SerializeToString()
+        del model
+        try:
+            self.session = ort.InferenceSession(source, so, providers=wanted, disabled_optimizers=disabled)
+        except Exception as e:  # ORT raises its own types for malformed graphs
+            raise EngineError(f'{path}: onnxruntime cannot load it ({str(e)[:300]})') from None
+        self.input_hw = tuple(self.meta['input_hw'])
+        self.cfg = PipelineConfig(**self.meta['pipeline'])
+        if centers is not None and centers.shape[1] != 384:
+            raise EngineError(f'vocabulary centers shape {centers.shape}: expected (K, 384)')
+        self.centers = centers
+        self.path = path
+        single_thread_blas()
+        zero = np.zeros((self.input_hw[0], self.input_hw[1], 3), np.uint8)
+        for _ in range(warmup):
+            self(zero)
+
+    @property
+    def kind(self) -> str:
+        return self.meta['kind']
+
+    def features(self, image_rgb: np.ndarray):
+        prep = prepare(image_rgb, size=self.input_hw)
+        tokens, vlad_features = self.session.run(['tokens', 'vlad_features'], {'pixels': prep.tensor})
+        return prep, tokens[0], vlad_features[0]
+
+    def __call__(self, image_rgb: np.ndarray) -> Outputs:
+        prep, tok, vf = self.features(image_rgb)
+        return run_heads(self.cfg, prep, tok, vf, self.centers)
+
+
+def _fill_packed(model, meta: dict, artifact: Path) -> None:
+    """Add the int8 code initializers of a packed graph from its artifact's 4-bit codes."""
+    if not artifact.is_file():
+        raise EngineError(f'artifact={artifact}: not found (this graph takes its weights from it)')
+    try:
+        tensors, ameta = load_artifact(artifact)
+    except ArtifactError as e:
+        raise EngineError(str(e)) from None
+    if ameta['checksum'] != meta.get('artifact_checksum'):
+        raise EngineError(f'artifact={artifact}: checksum {ameta["checksum"][:12]}... is not the one this graph '
+                          f'was exported from ({str(meta.get("artifact_checksum"))[:12]}...); export it again')
+    for name in meta['packed_layers']:
+        codes = layer_codes(tensors, name, ameta['layers'][name]['shape'])
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(codes.T),
+                                                               PACKED_PREFIX + name))
+
+
+def load(path: Path, vocabulary: Optional[Path] = None, **kw) -> Engine:
+    """``vocabulary``: a gplq_vocab file whose centers give the VLAD descriptor; it must have
+    been built with the backbone weights the graph was exported from."""
+    if vocabulary is None:
+        return Engine(path, **kw)
+    try:
+        vocab = Vocabulary.load(Path(vocabulary))
+    except VocabError as e:
+        raise EngineError(str(e)) from None
+    engine = Engine(path, centers=vocab.centers, **kw)
+    if vocab.meta.weights_sha256 != engine.meta.get('weights_sha256'):
+        raise EngineError(f'vocabulary={vocabulary}: built for weights sha256={vocab.meta.weights_sha256[:12]}..., '
+                          f'the graph for {str(engine.meta.get("weights_sha256"))[:12]}...')
+    return engine

@@ -1,0 +1,48 @@
+"""Shared helpers for gplq_ros's own files and configs (numpy only, no torch)."""
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable, Tuple, Type
+
+from safetensors import safe_open
+
+BACKBONE_ID = 'dinov2_vits14'   # the backbone every artifact, graph and vocabulary records
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_versioned(meta: dict, fmt: str, version: int, source, error: Type[Exception]) -> dict:
+    """``meta`` if its format and version are the ones this gplq_ros reads, else ``error``."""
+    if meta.get('format') != fmt or meta.get('version') != version:
+        raise error(f'{source}: format={meta.get("format")!r} version={meta.get("version")!r} is not '
+                    f'supported (this gplq_ros reads {fmt!r} version {version})')
+    return meta
+
+
+def read_versioned_meta(path: Path, fmt: str, version: int, what: str, hint: str,
+                        error: Type[Exception]) -> dict:
+    """The JSON under safetensors header key ``gplq_ros``, checked for format and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f'{what} not found: {path} ({hint})')
+    try:
+        with safe_open(str(path), framework='numpy') as f:
+            raw = (f.metadata() or {}).get('gplq_ros')
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise error(f'{path}: not a readable safetensors file ({e})') from None
+    if raw is None:
+        raise error(f'{path}: no gplq_ros metadata; not a gplq_ros {what}')
+    return check_versioned(json.loads(raw), fmt, version, path, error)
+
+
+def check_fields(obj, checks: Iterable[Tuple[str, bool]]) -> None:
+    """Raise ValueError naming the first field whose check is False, with its value."""
+    for name, ok in checks:
+        if not ok:
+            raise ValueError(f'{type(obj).__name__}.{name}={getattr(obj, name)!r} is out of range')

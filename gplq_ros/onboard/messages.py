@@ -1,0 +1,114 @@
+"""Layouts of the node output messages: the encoders the nodes publish with and the
+decoders (duck-typed, so the same code reads live rclpy messages and messages deserialized
+from a bag by ``rosbags``). ROS message classes only, no rclpy.
+
+* ``~/boundary_map``, ``~/corner_map``: sensor_msgs/Image ``32FC1``; ``map_resolution:
+  grid`` (default) = one value per ViT patch (e.g. 12x16 for a 640x480 camera with the
+  168x224 graph), ``input`` = resized to the camera image (H x W). Boundary values in
+  [0, 1]; the corner map is the Harris response of the feature map (unbounded, >= 0 at
+  corners).
+* ``~/corners``: sensor_msgs/PointCloud2, height 1, width N (best first), little-endian
+  float32 fields ``u``, ``v`` (camera image pixels, x right / y down, pixel centres) and
+  ``response``; read with ``np.frombuffer(msg.data, CORNER_DTYPE)``.
+* ``~/descriptor``: sensor_msgs/Image ``32FC1``, height 1, width K*C (K clusters x C=384
+  dims, cluster-major), L2-normalized (unit norm) VLAD; read with
+  ``np.frombuffer(msg.data, '<f4')``. Two frames' place similarity is the dot product.
+Every output carries the input image's header (stamp and frame_id).
+"""
+from typing import Tuple
+
+import cv2
+import numpy as np
+from sensor_msgs.msg import Image, PointCloud2, PointField
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+
+from gplq_ros.onboard.image_codec import ImageFormatError, image_to_numpy, numpy_to_image
+
+CORNER_FIELDS = ('u', 'v', 'response')
+CORNER_DTYPE = np.dtype([(n, '<f4') for n in CORNER_FIELDS])
+FLOAT32 = PointField.FLOAT32
+MAP_RESOLUTIONS = ('grid', 'input')
+
+
+def output_maps(out, resolution: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(boundary map, corner map) of engine ``Outputs`` at ``resolution``: ``grid`` = one
+    value per patch, ``input`` = resized to the camera image."""
+    if resolution == 'grid':
+        return out.boundary, out.harris
+    if resolution != 'input':
+        raise ValueError(f'map_resolution={resolution!r}: one of {list(MAP_RESOLUTIONS)}')
+    h, w = out.image_hw
+    return out.boundary_full, cv2.resize(out.harris, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def encode_map(arr: np.ndarray, header=None) -> Image:
+    return numpy_to_image(np.ascontiguousarray(arr, np.float32), '32FC1', header)
+
+
+def encode_descriptor(descriptor: np.ndarray, header=None) -> Image:
+    return encode_map(descriptor.reshape(1, -1), header)
+
+
+def encode_corners(corners_px: np.ndarray, response: np.ndarray, header=None) -> PointCloud2:
+    rec = np.zeros(len(corners_px), CORNER_DTYPE)
+    if len(rec):
+        rec['u'], rec['v'] = corners_px[:, 0], corners_px[:, 1]
+        rec['response'] = response
+    cloud = PointCloud2(height=1, width=len(rec), is_bigendian=False, point_step=CORNER_DTYPE.itemsize,
+                        row_step=CORNER_DTYPE.itemsize * len(rec), is_dense=True,
+                        fields=[PointField(name=n, offset=4 * i, datatype=FLOAT32, count=1)
+                                for i, n in enumerate(CORNER_FIELDS)])
+    if header is not None:
+        cloud.header = header
+    cloud.data = rec.tobytes()
+    return cloud
+
+
+def decode_map(msg) -> np.ndarray:
+    if msg.encoding != '32FC1':
+        raise ImageFormatError('encoding', msg.encoding, 'a feature map must be 32FC1')
+    return image_to_numpy(msg, max_pixels=None)
+
+
+def decode_descriptor(msg) -> np.ndarray:
+    d = decode_map(msg).reshape(-1)
+    if msg.height != 1:
+        raise ImageFormatError('height', msg.height, 'a descriptor is one row')
+    return d
+
+
+def decode_corners(msg) -> np.ndarray:
+    """(N, 3) float32: u, v, response."""
+    names = tuple(f.name for f in msg.fields)
+    if names != CORNER_FIELDS or msg.point_step != CORNER_DTYPE.itemsize or msg.is_bigendian:
+        raise ImageFormatError('fields', names, f'corners must be little-endian float32 {CORNER_FIELDS}')
+    n = int(msg.width) * int(msg.height)
+    if len(msg.data) != n * CORNER_DTYPE.itemsize:
+        raise ImageFormatError('data', f'{len(msg.data)} bytes', f'must be {n} points x {CORNER_DTYPE.itemsize}')
+    rec = np.frombuffer(bytes(msg.data), CORNER_DTYPE)
+    return np.stack([rec['u'], rec['v'], rec['response']], axis=1) if n else np.zeros((0, 3), np.float32)
+
+
+# feature output -> decoder, as the monitor and gplq_eval_bag name them
+DECODERS = {'boundary': decode_map, 'corners': decode_corners, 'descriptor': decode_descriptor}
+
+
+# monitor_node ``~/status``: std_msgs/Float64MultiArray, one value per name below, in this
+# order (NaN = not measured yet); ``layout.dim[0].label`` repeats the names comma-separated.
+STATUS_FIELDS = ('level', 'input_rate_hz', 'output_rate_hz', 'latency_p50_ms', 'latency_p95_ms',
+                 'latency_max_ms', 'frames_in', 'frames_out', 'dropped', 'drop_rate', 'checks',
+                 'descriptor_cosine', 'boundary_ssim', 'corner_repeatability', 'failed_in_a_row')
+
+
+def encode_status(values: dict) -> Float64MultiArray:
+    """``values`` holds every name of ``STATUS_FIELDS``; None is sent as NaN."""
+    msg = Float64MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=','.join(STATUS_FIELDS), size=len(STATUS_FIELDS),
+                                          stride=len(STATUS_FIELDS))]
+    msg.data = [float('nan') if values[k] is None else float(values[k]) for k in STATUS_FIELDS]
+    return msg
+
+
+def decode_status(msg) -> dict:
+    labels = msg.layout.dim[0].label.split(',') if msg.layout.dim else list(STATUS_FIELDS)
+    return dict(zip(labels, (float(v) for v in msg.data)))

@@ -1,1 +1,0 @@
-"""Onboard runtime: artifact format, ONNX export, ONNX Runtime engine (runtime issue)."""
