@@ -179,7 +179,7 @@ def test_launch_file_and_gplq_up_derive_from_the_graph():
     src = (REPO / 'launch' / 'drone.launch.py').read_text()
     tree = ast.parse(src)
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert {'launch', 'launch.actions', 'launch_ros.actions', 'gplq_ros'} <= imported
+    assert {'launch', 'launch.actions', 'launch_ros.actions', 'gplq_ros.bringup'} <= imported
     attrs = {f'{n.value.id}.{n.attr}' for n in ast.walk(tree)
              if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
     assert {'bringup.ARGUMENTS', 'bringup.node_specs', 'bringup.record_command', 'bringup.environment'} <= attrs
