@@ -379,3 +379,55 @@ def test_feature_node_compressed_transport(tmp_path, packed_graph, images):
     assert all(m.header.frame_id == 'cam_optical' for m in outputs)
     b = decode_map(outputs[-1])
     assert b.shape == (480, 640) and 0 <= b.min() and b.max() <= 1
+
+
+def test_monitor_survives_every_drift_level_and_no_worker_thread_ends(
+        tmp_path, packed_graph, fp32_graph, vocab_file, images):
+    """The monitor driven with real frames through OK -> WARN -> OK -> WARN -> ERROR -> OK (the
+    descriptor bound set through the parameter service before each frame: 0 passes, 1 fails
+    every W4A8 descriptor): every check is counted, each level change is logged at its own
+    severity, and both nodes' worker threads stay alive (worker_alive in every /diagnostics
+    status, no 'Logger severity' failure in the log)."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    params = params_file(tmp_path / 'params.yaml',
+                         feature_node={'vocabulary': str(vocab_file), 'diagnostics_period': 0.2},
+                         monitor_node={'vocabulary': str(vocab_file), 'check_every_n': 1, 'consecutive': 2,
+                                       'period': 0.2})
+    up = start([sys.executable, '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'model:={packed_graph}',
+                f'reference_model:={fp32_graph}', f'params_file:={params}', 'camera_topic:=/levels/image'],
+               tmp_path / 'up.log')
+    h = Harness('test_levels')
+    plan = [(0.0, Level.OK), (1.0, Level.WARN), (0.0, Level.OK), (1.0, Level.WARN), (1.0, Level.ERROR),
+            (0.0, Level.OK)]
+    seen, alive_during = [], None
+    try:
+        pub = h.node.create_publisher(Image, '/levels/image', 10)
+        status = h.collect(Float64MultiArray, '/monitor_node/status')
+        diags = h.collect(DiagnosticArray, '/diagnostics')
+        client = h.node.create_client(SetParameters, '/monitor_node/set_parameters')
+        wait_for_subscribers(h, pub, 2)
+        assert h.spin(30, lambda: client.service_is_ready() and len(status) > 0)
+        for i, ((bound, _), rgb) in enumerate(zip(plan, frames(images, len(plan)))):
+            req = SetParameters.Request(parameters=[
+                Parameter('descriptor_cosine_min', Parameter.Type.DOUBLE, bound).to_parameter_msg()])
+            fut = client.call_async(req)
+            assert h.spin(10, fut.done) and fut.result().results[0].successful
+            pub.publish(image_msg(h, rgb))
+            assert h.spin(30, lambda: decode_status(status[-1])['checks'] >= i + 1), (i, decode_status(status[-1]))
+            h.spin(0.5)
+            seen.append(decode_status(status[-1]))
+        alive_during = up.poll() is None
+    finally:
+        h.close()
+        stop(up)
+    log = (tmp_path / 'up.log').read_text(errors='replace')
+    assert alive_during, log[-3000:]
+    assert [s['checks'] for s in seen] == [1, 2, 3, 4, 5, 6], (seen, log[-3000:])
+    assert [Level(int(s['level'])) for s in seen] == [lv for _, lv in plan], (seen, log[-3000:])
+    assert 'Logger severity' not in log and 'Traceback' not in log, log[-3000:]
+    for want in ('WARN] [', 'ERROR] [', 'drift OK'):
+        assert want in log, want
+    ours = [s for d in diags for s in d.status if s.name.startswith('gplq_ros: ')]
+    assert {s.name for s in ours} == {'gplq_ros: feature_node', 'gplq_ros: monitor_node'}
+    assert all(values(s)['worker_alive'] == 'True' and values(s)['worker_errors'] == '0' for s in ours)

@@ -219,3 +219,65 @@ def test_fastdds_profile_variable_per_distro(monkeypatch):
     assert list(bringup.environment()) == ['FASTDDS_DEFAULT_PROFILES_FILE']
     monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/my/profile.xml')    # the user's own profile wins
     assert bringup.environment() == {}
+
+
+def test_slot_worker_survives_exceptions_and_reports_them():
+    from gplq_ros.onboard.slot import SlotWorker
+    done, reported = [], []
+
+    def handle(item):
+        if item == 'bad':
+            raise ValueError('broken frame')
+        done.append(item)
+    w = SlotWorker(handle, 'test_worker', on_error=reported.append)
+    try:
+        for item in ('a', 'bad', 'b'):
+            w.slot.put(item)
+            deadline = time.monotonic() + 5
+            while w.slot.pending and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.05)
+        assert done == ['a', 'b'] and w.thread.is_alive()
+        assert reported == ['test_worker: ValueError: broken frame']
+        assert w.health() == (1, 'test_worker: ValueError: broken frame', True)
+        assert w.health()[0] == 0                                  # counted once
+    finally:
+        w.stop()
+    assert w.health()[2]                                           # stopped on purpose is not a failure
+
+
+def test_status_policies():
+    from gplq_ros.onboard.drift import CheckJoin
+    from gplq_ros.onboard.status import MonitorLimits, feature_status, monitor_status, worker_status
+    assert feature_status(5, 0, {}, '') == (Level.OK, 'running')
+    assert feature_status(5, 1, {}, 'x')[0] == Level.WARN and feature_status(0, 1, {}, 'x')[0] == Level.ERROR
+    assert feature_status(5, 0, {'encoding': 2}, 'bad')[0] == Level.WARN
+    assert worker_status((Level.OK, 'ok'), 0, '', True) == (Level.OK, 'ok')
+    assert worker_status((Level.OK, 'ok'), 2, 'w: E: m', True)[0] == Level.ERROR
+    level, text = worker_status((Level.WARN, 'x'), 0, 'w: E: m', False)
+    assert level == Level.ERROR and 'worker thread ended' in text and 'w: E: m' in text
+    d = DriftMonitor(DriftBounds(consecutive=2))
+    snap = {'latency_p95_ms': 20.0, 'drop_rate': 0.0, 'input_rate_hz': 10.0}
+    assert monitor_status(d, snap, MonitorLimits(), 0, '', 0.1) == (Level.OK, 'ok')
+    assert monitor_status(d, dict(snap, latency_p95_ms=300.0), MonitorLimits(), 0, '', 0.1)[0] == Level.WARN
+    assert monitor_status(d, snap, MonitorLimits(), 0, '', 5.0)[0] == Level.STALE
+    assert monitor_status(d, snap, MonitorLimits(), 0, '', None) == (Level.STALE, 'no feature output yet')
+    d.update({'boundary_ssim': 0.1})
+    d.update({'boundary_ssim': 0.1})
+    assert monitor_status(d, snap, MonitorLimits(), 0, '', 5.0)[0] == Level.ERROR   # ERROR is not hidden by STALE
+    # the monitor's join of a kept frame with the outputs of its stamp
+    j = CheckJoin(('boundary', 'corners'), keep=2)
+    assert j.output((1, 0), 'boundary', 'b') is None and not j.waiting((1, 0))   # no frame: ignored
+    assert j.frame((1, 0), 'rgb1') is None and j.output((1, 0), 'boundary', 'b') is None
+    assert j.output((1, 0), 'corners', 'c') == ((1, 0), 'rgb1', {'boundary': 'b', 'corners': 'c'})
+    for t in (2, 3, 4):
+        j.frame((t, 0), f'rgb{t}')
+    assert j.skipped == 1 and not j.waiting((2, 0)) and j.waiting((4, 0))
+
+
+def test_drift_bounds_are_the_monitor_defaults():
+    import yaml
+    doc = yaml.safe_load((REPO / 'config' / 'monitor_node.yaml').read_text())['monitor_node']['ros__parameters']
+    b = DriftBounds()
+    assert (doc['descriptor_cosine_min'], doc['boundary_ssim_min'], doc['corner_repeatability_min'],
+            doc['consecutive']) == (b.descriptor_cosine, b.boundary_ssim, b.corner_repeatability, b.consecutive)

@@ -115,3 +115,30 @@ def test_specs_and_configs_are_validated():
         CalibConfig(beta=-1)
     with pytest.raises(ValueError, match="method='adaround'"):
         CalibConfig(method='adaround')
+
+
+def test_cli_options_come_from_the_config_dataclasses():
+    """gplq_calibrate's options are generated from QuantSpec and CalibConfig: no option, the
+    dataclass defaults; every field has an option; '--group-size 0' means per output channel."""
+    import argparse
+    import dataclasses
+
+    from gplq_ros.tools.common import add_config_arguments, config_from_args
+    ap = argparse.ArgumentParser()
+    add_config_arguments(ap, QuantSpec)
+    add_config_arguments(ap, CalibConfig)
+    args = ap.parse_args([])
+    assert config_from_args(QuantSpec, args) == QuantSpec() and config_from_args(CalibConfig, args) == CalibConfig()
+    opts = {a.dest for a in ap._actions}
+    for cls in (QuantSpec, CalibConfig):
+        assert {f.name for f in dataclasses.fields(cls)} - {'version'} <= opts
+    args = ap.parse_args(['--group-size', '0', '--keep-8bit', 'blocks.9.attn.qkv', '--epochs', '3', '--pca-final',
+                          '--method', 'minmax'])
+    spec, cfg = config_from_args(QuantSpec, args), config_from_args(CalibConfig, args)
+    assert spec.group_size is None and spec.keep_8bit == ['blocks.9.attn.qkv']
+    assert cfg.epochs == 3 and cfg.pca_final and cfg.method == 'minmax'
+    assert config_from_args(QuantSpec, ap.parse_args(['--group-size', '32'])).group_size == 32
+    with pytest.raises(SystemExit):
+        ap.parse_args(['--method', 'nope'])
+    with pytest.raises(ValueError, match='epochs'):
+        config_from_args(CalibConfig, ap.parse_args(['--epochs', '-1']))

@@ -1,4 +1,5 @@
 """ONNX export + onboard engine (ORT + numpy heads) against the torch models."""
+import json
 import os
 import subprocess
 import sys
@@ -100,12 +101,18 @@ def test_engine_refusals(tmp_path, fp32_onnx):
         load(fp32_onnx, threads=0)
     with pytest.raises(EngineError, match='not available'):
         load(fp32_onnx, providers=['NoSuchExecutionProvider'])
-    import onnx
     m = onnx.load(str(fp32_onnx))
     del m.metadata_props[:]
     onnx.save(m, str(tmp_path / 'plain.onnx'))
     with pytest.raises(EngineError, match='no gplq_ros metadata'):
         load(tmp_path / 'plain.onnx')
+    for change, field in (({'version': 99}, 'version=99'), ({'format': 'other.onnx'}, "format='other.onnx'")):
+        m = onnx.load(str(fp32_onnx))
+        prop = next(p for p in m.metadata_props if p.key == 'gplq_ros')
+        prop.value = json.dumps(dict(json.loads(prop.value), **change))
+        onnx.save(m, str(tmp_path / 'future.onnx'))
+        with pytest.raises(EngineError, match=f'{field}.*is not supported'):
+            load(tmp_path / 'future.onnx')
     with pytest.raises(ValueError, match='multiples of 14'):
         export_onnx(None, tmp_path / 'x.onnx', (100, 224))
 
