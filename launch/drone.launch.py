@@ -1,15 +1,15 @@
 """ros2 launch gplq_ros drone.launch.py [camera_topic:=...] [model:=...] [use_sim_camera:=false] ...
 
-Starts the bringup (node graph) defined in ``gplq_ros.bringup.spec`` (the same definition ``gplq_up``
+Starts the bringup (node graph) defined in ``gplq_ros.bringup.description`` (the same definition ``gplq_up``
 runs): flight_sim_node (optional camera), feature_node, monitor_node, and gplq_record when
-record_bag:=true. Arguments, descriptions and defaults come from ``gplq_ros.bringup.spec.ARGUMENTS``.
+record_bag:=true. Arguments, descriptions and defaults come from ``gplq_ros.bringup.description.ARGUMENTS``.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from gplq_ros.bringup import spec as bringup
+from gplq_ros.bringup import description as bringup
 
 
 def _bringup(context, *args, **kwargs):

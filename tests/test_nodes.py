@@ -309,7 +309,7 @@ def test_parameters_declared_documented_and_validated(node_name, packed_graph, f
     import yaml
     from rclpy.parameter import Parameter
 
-    from gplq_ros.bringup.spec import config_dir
+    from gplq_ros.bringup.description import config_dir
     from gplq_ros.nodes.feature_node import FeatureNode
     from gplq_ros.nodes.flight_sim_node import FlightSimNode
     from gplq_ros.nodes.monitor_node import MonitorNode

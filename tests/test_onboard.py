@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from gplq_ros.bringup import spec as bringup
+from gplq_ros.bringup import description as bringup
 from gplq_ros.onboard.drift import DriftBounds, DriftMonitor, compare
 from gplq_ros.onboard.metrics import corner_repeatability
 from gplq_ros.onboard.status import Level

@@ -7,7 +7,7 @@ import torch
 
 from gplq_ros.offline.backbone import build_vit, interpolate_pos_embed, load_extractor
 from gplq_ros.offline.weights import WeightsError, hf_to_timm, onnx_to_hf, read_checkpoint
-from gplq_ros.offline.assets import TOLERANCE, VERIFY_IMAGE, verify_against_onnx
+from gplq_ros.offline.asset_store import TOLERANCE, VERIFY_IMAGE, verify_against_onnx
 
 
 def test_converted_weights_match_onnx_backbone(manifest):

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-from gplq_ros.bringup import spec
+from gplq_ros.bringup import description
 
 
 def parse_overrides(items: List[str]) -> Dict[str, str]:
@@ -23,17 +23,18 @@ def parse_overrides(items: List[str]) -> Dict[str, str]:
 
 def commands(overrides: Dict[str, str], stamp: Optional[str] = None) -> List[Tuple[str, List[str]]]:
     """(name, argv) of every process of the spec."""
-    cmds = [(s.name, [sys.executable, '-m', s.module, *spec.ros_argv(s)]) for s in spec.node_specs(overrides)]
-    rec = spec.record_command(overrides, stamp)
+    cmds = [(s.name, [sys.executable, '-m', s.module, *description.ros_argv(s)])
+            for s in description.node_specs(overrides)]
+    rec = description.record_command(overrides, stamp)
     if rec is not None:
         cmds.append(('gplq_record', [sys.executable, '-m', 'gplq_ros.tools.record', *rec]))
     return cmds
 
 
 def start(cmds, stdout=None) -> List[Tuple[str, subprocess.Popen]]:
-    """Start every (name, argv) with the graph's environment (``spec.environment()``)."""
+    """Start every (name, argv) with the graph's environment (``description.environment()``)."""
     env = dict(os.environ)
-    for k, v in spec.environment().items():
+    for k, v in description.environment().items():
         env.setdefault(k, v)
     err = subprocess.STDOUT if stdout is not None else None
     return [(name, subprocess.Popen(cmd, env=env, stdout=stdout, stderr=err)) for name, cmd in cmds]

