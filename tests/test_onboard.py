@@ -281,3 +281,16 @@ def test_drift_bounds_are_the_monitor_defaults():
     b = DriftBounds()
     assert (doc['descriptor_cosine_min'], doc['boundary_ssim_min'], doc['corner_repeatability_min'],
             doc['consecutive']) == (b.descriptor_cosine, b.boundary_ssim, b.corner_repeatability, b.consecutive)
+
+
+def test_flow_stats_rates_latency_and_drops():
+    from gplq_ros.onboard.stats import FlowStats
+    f = FlowStats(window=10, rate_window_s=5.0, grace_s=1.0)
+    for i in range(10):                                  # 10 Hz for 1 s, every other frame answered 50 ms later
+        stamp = (100 + i // 10, (i % 10) * 100_000_000)
+        assert f.input(stamp, 100 + 0.1 * i) == i + 1
+        if i % 2 == 0:
+            f.output(stamp, 100 + 0.1 * i + 0.05)
+    s = f.snapshot(now=102.0)
+    assert s['frames_in'] == 10 and s['frames_out'] == 5 and s['dropped'] == 5 and s['drop_rate'] == 0.5
+    assert s['latency_p50_ms'] == pytest.approx(50.0, abs=1e-3) and s['input_rate_hz'] == pytest.approx(9 / 2.0)

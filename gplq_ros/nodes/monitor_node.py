@@ -32,7 +32,7 @@ from gplq_ros.onboard.image_codec import ImageFormatError, image_to_rgb
 from gplq_ros.onboard.messages import DECODERS, encode_status
 from gplq_ros.onboard.paths import vocabulary_parameter
 from gplq_ros.onboard.slot import SlotWorker
-from gplq_ros.onboard.stats import LatencyWindow, RateMeter, StampMatcher
+from gplq_ros.onboard.stats import FlowStats
 from gplq_ros.onboard.status import Level, MonitorLimits, monitor_status
 
 BOUNDS, LIMITS = DriftBounds(), MonitorLimits()
@@ -80,9 +80,7 @@ class MonitorNode(Node):
             raise ValueError(f'parameter reference_model={model!r}: kind={self.reference.kind!r}, the reference '
                              'must be an FP32 graph (gplq_export --fp32)')
         self.drift = DriftMonitor(self._bounds())
-        self.latency = LatencyWindow(window)
-        self.rate_in, self.rate_out = RateMeter(5.0), RateMeter(5.0)
-        self.matcher = StampMatcher(grace_s=2.0)
+        self.flow = FlowStats(window)
         self.join = CheckJoin(('boundary', 'corners') + (('descriptor',) if self.reference.centers is not None
                                                          else ()))
         self.last_output = None
@@ -108,11 +106,8 @@ class MonitorNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def on_image(self, msg: Image) -> None:
-        now = self.now_s()
-        self.rate_in.add(now)
         key = _key(msg.header.stamp)
-        self.matcher.input(key, now)
-        if self.rate_in.count % self.params['check_every_n']:
+        if self.flow.input(key, self.now_s()) % self.params['check_every_n']:
             return
         try:
             rgb = image_to_rgb(msg)
@@ -121,12 +116,8 @@ class MonitorNode(Node):
         self._submit(self.join.frame(key, rgb))
 
     def on_boundary(self, msg: Image) -> None:
-        now = self.now_s()
-        stamp = msg.header.stamp
-        self.latency.add(1e3 * (now - (stamp.sec + 1e-9 * stamp.nanosec)))
-        self.rate_out.add(now)
+        self.flow.output(_key(msg.header.stamp), self.now_s())
         self.last_output = time.monotonic()
-        self.matcher.output(_key(stamp))
         self.on_output(msg, 'boundary')
 
     def on_output(self, msg, kind: str) -> None:
@@ -166,26 +157,14 @@ class MonitorNode(Node):
             self.last_error = text
         self.get_logger().error(text)
 
-    def snapshot(self) -> dict:
-        now = self.now_s()
-        self.matcher.expire(now)
-        lat = self.latency.summary()
-        m = self.drift.last
-        return {'input_rate_hz': self.rate_in.rate(now), 'output_rate_hz': self.rate_out.rate(now),
-                'latency_p50_ms': lat['p50_ms'], 'latency_p95_ms': lat['p95_ms'], 'latency_max_ms': lat['max_ms'],
-                'frames_in': self.rate_in.count, 'frames_out': self.rate_out.count, 'dropped': self.matcher.dropped,
-                'drop_rate': self.matcher.drop_rate, 'checks': self.drift.checks,
-                'descriptor_cosine': m.get('descriptor_cosine'), 'boundary_ssim': m.get('boundary_ssim'),
-                'corner_repeatability': m.get('corner_repeatability'), 'failed_in_a_row': self.drift.failed_in_a_row}
-
     def publish_status(self) -> None:
-        s = self.snapshot()
+        s = dict(self.flow.snapshot(self.now_s()), **self.drift.figures())
         p = self.params
         limits = MonitorLimits(p['latency_p95_warn_ms'], p['drop_rate_warn'], p['stale_after_s'])
         idle = time.monotonic() - self.last_output if self.last_output is not None else None
         with self._lock:
             errors, last_error = self.errors, self.last_error
-        values = dict(s, checks_skipped=self.join.skipped, unmatched_outputs=self.matcher.unmatched,
+        values = dict(s, checks_skipped=self.join.skipped, unmatched_outputs=self.flow.matcher.unmatched,
                       check_every_n=p['check_every_n'], reference=str(self.reference.path))
         level, text = diag.publish(self, self.pub_diag, monitor_status(self.drift, s, limits, errors, last_error,
                                                                        idle), values, self.worker)

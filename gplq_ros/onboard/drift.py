@@ -76,6 +76,11 @@ class DriftMonitor:
         self.failed_in_a_row = self.failed_in_a_row + 1 if self.last_failed else 0
         return self.level
 
+    def figures(self) -> Dict[str, Optional[float]]:
+        """The last check's metrics (None: not measured), checks and failures in a row."""
+        return {'checks': self.checks, **{k: self.last.get(k) for k in METRICS},
+                'failed_in_a_row': self.failed_in_a_row}
+
     @property
     def level(self) -> Level:
         if self.failed_in_a_row >= self.bounds.consecutive:

@@ -102,3 +102,33 @@ class StampMatcher:
     def drop_rate(self) -> float:
         total = self.matched + self.dropped
         return self.dropped / total if total else 0.0
+
+
+class FlowStats:
+    """The monitor's view of the camera -> feature node flow, on the caller's clock (s):
+    input and output rates, end-to-end latency (output receipt minus the input stamp) over
+    the last ``window`` outputs, and frames without output (``StampMatcher``)."""
+
+    def __init__(self, window: int = 300, rate_window_s: float = 5.0, grace_s: float = 2.0):
+        self.latency = LatencyWindow(window)
+        self.rate_in, self.rate_out = RateMeter(rate_window_s), RateMeter(rate_window_s)
+        self.matcher = StampMatcher(grace_s=grace_s)
+
+    def input(self, stamp: Tuple[int, int], now: float) -> int:
+        """Count an input frame; returns how many have arrived."""
+        self.rate_in.add(now)
+        self.matcher.input(stamp, now)
+        return self.rate_in.count
+
+    def output(self, stamp: Tuple[int, int], now: float) -> None:
+        self.latency.add(1e3 * (now - (stamp[0] + 1e-9 * stamp[1])))
+        self.rate_out.add(now)
+        self.matcher.output(stamp)
+
+    def snapshot(self, now: float) -> Dict[str, Optional[float]]:
+        self.matcher.expire(now)
+        lat = self.latency.summary()
+        return {'input_rate_hz': self.rate_in.rate(now), 'output_rate_hz': self.rate_out.rate(now),
+                'latency_p50_ms': lat['p50_ms'], 'latency_p95_ms': lat['p95_ms'], 'latency_max_ms': lat['max_ms'],
+                'frames_in': self.rate_in.count, 'frames_out': self.rate_out.count, 'dropped': self.matcher.dropped,
+                'drop_rate': self.matcher.drop_rate}
