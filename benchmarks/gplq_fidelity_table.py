@@ -48,6 +48,9 @@ def main():
     ap.add_argument('--bits', nargs='+', default=['w4a8', 'w4a4'])
     ap.add_argument('--out', type=Path, default=Path('out/bench'))
     ap.add_argument('--batch', type=int, default=4)
+    ap.add_argument('--group-size', type=int, default=32,
+                    help='weight group size passed to gplq_calibrate (0: per output channel); the table in '
+                         'docs/benchmarks.md was measured with 32')
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS='2')
@@ -57,7 +60,8 @@ def main():
             tag = f'{bits}_' + name.split()[0].lower() + ('_ablation' if 'beta=0' in name else '')
             out = args.out / f'{tag}.safetensors'
             cmd = [sys.executable, '-m', 'gplq_ros.tools.calibrate', '--bits', bits, '--crops', str(args.crops),
-                   '--batch', str(args.batch), '--out', str(out), '--force', *extra]
+                   '--batch', str(args.batch), '--group-size', str(args.group_size), '--out', str(out), '--force',
+                   *extra]
             res = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if res.returncode != 0:
                 print(res.stderr[-3000:], file=sys.stderr)

@@ -52,7 +52,7 @@ from gplq_ros.onboard.vocabulary import VocabMeta, Vocabulary, spherical_kmeans
 
 __all__ = ['Artifact', 'Calibrated', 'CalibrationJob', 'calibrate', 'calibrate_to_file', 'evaluate',
            'fidelity_report', 'export', 'export_fp32', 'ensure_onboard_models', 'build_vocabulary',
-           'load_extractor', 'load_engine', 'make_crops']
+           'vocabulary_to_file', 'check_vocabulary', 'load_extractor', 'load_engine', 'make_crops']
 
 
 @dataclass
