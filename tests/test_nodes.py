@@ -55,7 +55,7 @@ def wait_for_subscribers(h, pub, n, seconds=60):
         f'{pub.topic_name}: {pub.get_subscription_count()} subscribers after {seconds} s, expected {n}'
 
 
-def test_graph_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_file, images):
+def test_bringup_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_file, images):
     """gplq_up (no simulated camera) + a real camera publisher: 40 frames at 10 Hz in,
     outputs with the input's stamps out, diagnostics, a bag whose evaluation reproduces the
     monitor's live latency."""

@@ -1,5 +1,5 @@
 """Onboard logic without ROS: newest-frame slot, statistics, drift decisions, the
-simulated flight, output layouts, and the graph definition shared by launch and gplq_up."""
+simulated flight, output layouts, and the bringup definition shared by launch and gplq_up."""
 import ast
 import math
 import threading
@@ -149,7 +149,7 @@ def test_output_layouts_round_trip():
     assert decode_status(status)['latency_p95_ms'] == STATUS_FIELDS.index('latency_p95_ms')
 
 
-def test_graph_definition():
+def test_bringup_definition():
     specs = bringup.node_specs({})
     assert [s.name for s in specs] == ['flight_sim_node', 'feature_node', 'monitor_node']
     feat = specs[1]
@@ -173,7 +173,7 @@ def test_graph_definition():
             bringup.node_specs(bad)
 
 
-def test_launch_file_and_gplq_up_derive_from_the_graph():
+def test_launch_file_and_gplq_up_derive_from_the_bringup():
     """launch/launch_ros cannot be installed here: check the launch file's code instead. It
     must declare exactly bringup.ARGUMENTS and build its nodes only from bringup.node_specs."""
     src = (REPO / 'launch' / 'drone.launch.py').read_text()
@@ -196,7 +196,7 @@ def test_launch_file_and_gplq_up_derive_from_the_graph():
     assert [c[0] for c in cmds] == [s.name for s in specs] + ['gplq_record']
     for (_, argv), spec in zip(cmds, specs):
         assert argv[2] == spec.module and argv[3:] == bringup.ros_argv(spec)
-    # every executable the graph names is a console script installed in lib/gplq_ros
+    # every executable the bringup names is a console script installed in lib/gplq_ros
     setup = (REPO / 'setup.py').read_text()
     for s in specs:
         assert f"'{s.executable} = {s.module}:main'" in setup

@@ -105,7 +105,7 @@ def fastdds_major() -> int:
 
 
 def environment() -> Dict[str, str]:
-    """Variables the graph needs when the user has not set them: the shared-memory Fast DDS
+    """Variables the bringup needs when the user has not set them: the shared-memory Fast DDS
     profile (without it, best-effort 640x480 rgb8 frames did not get through here: they
     exceed the default shared-memory segment and fall back to fragmented UDP). Fast DDS 2.x
     reads FASTRTPS_DEFAULT_PROFILES_FILE (the FASTDDS_ name did nothing on Jazzy), 3.x reads

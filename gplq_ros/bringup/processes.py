@@ -22,7 +22,7 @@ def parse_overrides(items: List[str]) -> Dict[str, str]:
 
 
 def commands(overrides: Dict[str, str], stamp: Optional[str] = None) -> List[Tuple[str, List[str]]]:
-    """(name, argv) of every process of the spec."""
+    """(name, argv) of every process of the bringup."""
     cmds = [(s.name, [sys.executable, '-m', s.module, *description.ros_argv(s)])
             for s in description.node_specs(overrides)]
     rec = description.record_command(overrides, stamp)
@@ -32,7 +32,7 @@ def commands(overrides: Dict[str, str], stamp: Optional[str] = None) -> List[Tup
 
 
 def start(cmds, stdout=None) -> List[Tuple[str, subprocess.Popen]]:
-    """Start every (name, argv) with the graph's environment (``description.environment()``)."""
+    """Start every (name, argv) with the bringup's environment (``description.environment()``)."""
     env = dict(os.environ)
     for k, v in description.environment().items():
         env.setdefault(k, v)

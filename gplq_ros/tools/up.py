@@ -1,8 +1,8 @@
-"""gplq_up: start the onboard graph of ``gplq_ros.bringup.description`` here, as ``ros2 launch gplq_ros
+"""gplq_up: start the bringup of ``gplq_ros.bringup.description`` here, as ``ros2 launch gplq_ros
 drone.launch.py`` starts it where launch_ros is installed.
 
 usage: gplq_up [name:=value ...] [--duration S] [--print]
-Each node runs as ``python -m <module> --ros-args ...`` with the graph's parameters and
+Each node runs as ``python -m <module> --ros-args ...`` with the bringup's parameters and
 remappings; with record_bag:=true gplq_record runs too. Ctrl-C (or --duration) stops all
 of them with SIGINT. Exit status 1 if a node exited by itself with an error.
 """

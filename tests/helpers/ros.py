@@ -1,5 +1,5 @@
 """Test-side ROS 2 helpers: a real rclpy node in its own context that publishes and
-collects, and node processes started the way the graph starts them."""
+collects, and node processes started the way the bringup starts them."""
 import os
 import signal
 import subprocess
