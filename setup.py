@@ -38,6 +38,7 @@ setup(
             'gplq_fidelity = gplq_ros.tools.fidelity:main',
             'gplq_export = gplq_ros.tools.export:main',
             'gplq_bench = gplq_ros.tools.bench:main',
+            'gplq_fidelity_onboard = gplq_ros.tools.fidelity_onboard:main',
         ],
     },
 )

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from gplq_ros.offline.backbone import load_extractor
-from gplq_ros.offline.data import default_calibration_images, default_heldout, load_images, make_crops
-from gplq_ros.offline.onnx_export import export_artifact, export_onnx
+from gplq_ros.offline.data import default_calibration_images, default_heldout, load_images
+from gplq_ros.offline.onnx_export import export_artifact
+from gplq_ros.offline.peers import peer_graphs
 from gplq_ros.offline.reference import ReferencePipeline
 from gplq_ros.onboard.engine import load
 from gplq_ros.onboard.metrics import token_cosine
@@ -63,16 +63,6 @@ def timed(fn, image, runs):
     return float(np.median(ts)), float(np.percentile(ts, 95))
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over prepared real crops."""
-
-    def __init__(self, tensors):
-        self.it = iter([{'pixels': t} for t in tensors])
-
-    def get_next(self):
-        return next(self.it, None)
-
-
 def run_benchmark(artifacts=None, sizes=(224, 448), threads=(1, 2), runs: int = 20,
                   workdir: Path = Path('out/bench_runtime')) -> dict:
     """{'rows': one per engine x size x threads (median/p95 ms, ratios to torch FP32 and
@@ -105,14 +95,7 @@ def run_benchmark(artifacts=None, sizes=(224, 448), threads=(1, 2), runs: int = 
         cfg = PipelineConfig(long_side=size)
         ref = ReferencePipeline(ext, cfg, vocab)
         add('torch FP32 eager', size, lambda th: ref, None, None)
-        fp32 = export_onnx(ext, workdir / f'fp32_{size}.onnx', hw, cfg, force=True)
-        dyn = workdir / f'dynint8_{size}.onnx'
-        quantize_dynamic(str(fp32), str(dyn), weight_type=QuantType.QInt8)
-        stat = workdir / f'qdq_minmax_{size}.onnx'
-        crops = [c.numpy() for c in make_crops(calib_images, 16, seed=7, size=size)]
-        quantize_static(str(fp32), str(stat), _Reader(crops), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=['MatMul', 'Gemm'])
+        fp32, dyn, stat = peer_graphs(ext, workdir, size, calib_images, static_crops=16)
         graphs = [('ORT FP32', fp32), ('ORT dynamic int8', dyn), ('ORT static int8 QDQ (MinMax)', stat)]
         for a in arts:
             r = export_artifact(a, workdir / f'{a.stem}_{size}.onnx', hw, cfg, packed=False, force=True,

@@ -2,7 +2,7 @@
 calibration crops, and the split of the cached aerial images into calibration and
 held-out sets (numpy + OpenCV)."""
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -69,3 +69,8 @@ def make_crops(images, n: int, seed: int, size: int = 224) -> List[torch.Tensor]
         view = random_views(images[i % len(images)], 1, rng)[0]
         out.append(torch.from_numpy(prepare(view, size=(size, size)).tensor))
     return out
+
+
+def default_evaluation_sources() -> Dict[str, List[Path]]:
+    """Evaluation images by source, none of them used by the default calibration."""
+    return {'NEON OSBS+SOAP (deepforest)': default_heldout()}
