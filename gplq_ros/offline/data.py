@@ -7,7 +7,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from gplq_ros.onboard.paths import default_images_dir
+from gplq_ros.onboard.paths import default_images_dir, gplq_home
 from gplq_ros.onboard.preprocess import prepare, read_rgb
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
@@ -72,5 +72,10 @@ def make_crops(images, n: int, seed: int, size: int = 224) -> List[torch.Tensor]
 
 
 def default_evaluation_sources() -> Dict[str, List[Path]]:
-    """Evaluation images by source, none of them used by the default calibration."""
-    return {'NEON OSBS+SOAP (deepforest)': default_heldout()}
+    """Evaluation images by source (``gplq_assets --evaluation``), none of them from the
+    calibration images' source (deepforest)."""
+    root = gplq_home() / 'eval_images'
+    sources = {d.name: list_images([d]) for d in sorted(root.iterdir()) if d.is_dir()} if root.is_dir() else {}
+    if not sources:
+        raise FileNotFoundError(f'no evaluation images in {root}: run gplq_assets --evaluation')
+    return sources

@@ -21,8 +21,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class PlaceConfig:
-    tile: int = 256                      # source pixels per database tile side
-    stride: int = 128                    # source pixels between database tiles
+    tile: int = 224                      # source pixels per database tile side
+    stride: int = 112                    # source pixels between database tiles
     size: int = 224                      # network input side
     max_shift: float = 0.25              # query shift, fraction of a tile
     max_rot_deg: float = 30.0

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from gplq_ros.offline.asset_store import convert_user_weights, ensure_assets
+from gplq_ros.offline.asset_store import convert_user_weights, ensure_assets, ensure_evaluation_images
 from gplq_ros.onboard.paths import gplq_home
 from gplq_ros.tools.common import cli
 
@@ -20,12 +20,17 @@ def main(argv=None) -> int:
     ap.add_argument('--weights', type=Path, default=None,
                     help='also check and store your own DINOv2-S/14 checkpoint (timm/Meta/HF layout; '
                          '.safetensors preferred, .pth read with weights_only=True)')
+    ap.add_argument('--evaluation', action='store_true',
+                    help='also fetch the evaluation images of other sources (Sentinel-2, SpaceNet WorldView, a '
+                         'drone photo) into HOME/eval_images for gplq_fidelity_onboard')
     ap.add_argument('--json', action='store_true', help='print the manifest as JSON')
     args = ap.parse_args(argv)
     home = args.home or gplq_home()
     man = ensure_assets(home, args.offline, args.reverify)
     if args.weights:
         man = dict(man, user_weights=convert_user_weights(args.weights, home))
+    if args.evaluation:
+        man = dict(man, evaluation=ensure_evaluation_images(home, args.offline))
     if args.json:
         print(json.dumps(man, indent=2))
     else:
@@ -35,6 +40,8 @@ def main(argv=None) -> int:
         print(f'images   {man["images"]["count"]} in {man["images"]["dir"]}')
         if 'user_weights' in man:
             print(f'user     {man["user_weights"]["path"]}')
+        for name, src in man.get('evaluation', {}).items():
+            print(f'eval     {name}: {len(src["files"])} in {src["dir"]} ({src["package"]}; {src["licence"]})')
     return 0
 
 
