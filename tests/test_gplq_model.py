@@ -188,3 +188,30 @@ def test_artifact_refusals(calibrated, tmp_path):
     (tmp_path / 'junk.safetensors').write_bytes(b'not a safetensors file')
     with pytest.raises(ArtifactError, match='not a readable safetensors'):
         load_artifact(tmp_path / 'junk.safetensors')
+
+
+def test_mixed_precision_is_deterministic_and_respects_the_budget(extractor, crops):
+    from gplq_ros.offline.mixed_precision import choose_8bit, layer_sensitivity
+    from gplq_ros.offline.weight_ptq import quantize_layer
+
+    def run(fraction, target):
+        spec = QuantSpec.from_bits('w4a8', weight_method='rtn')
+        qm = QuantDinoV2(extractor, spec)
+        init_quantizers(qm, crops[:4], 'minmax', 4)
+        stage2(qm, spec, None)
+        xs = list(batches_of(crops[:4], 4))
+        sens = layer_sensitivity(qm, xs)
+        chosen, curve = choose_8bit(qm, xs, sens, fraction, target,
+                                    lambda n, b: quantize_layer(qm.linears[n], b, spec, None))
+        return qm, sens, chosen, curve
+
+    qm, sens, chosen, curve = run(0.25, None)
+    assert len(sens) == 48 and all(v >= 0 for v in sens.values()) and qm.current_modes == Modes()
+    total = sum(lin.weight.numel() for lin in qm.linears.values())
+    assert chosen and sum(qm.linears[n].weight.numel() for n in chosen) / total <= 0.25
+    assert all(qm.linears[n].bits == 8 for n in chosen)
+    assert curve[-1][1] > curve[0][1]                     # 8-bit layers raise the final-token cosine
+    assert run(0.25, None)[2] == chosen                   # same crops, same choice
+    target = (curve[0][1] + curve[-1][1]) / 2
+    _, _, fewer, curve2 = run(0.25, target)               # stops once the target is reached
+    assert fewer == chosen[:len(fewer)] and len(fewer) < len(chosen) and curve2[-1][1] >= target

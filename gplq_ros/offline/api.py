@@ -20,7 +20,7 @@ import json
 import os
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -40,7 +40,8 @@ from gplq_ros.offline.onnx_export import export_artifact, export_onnx
 from gplq_ros.offline.quantized import QuantDinoV2
 from gplq_ros.offline.report import heldout_pictures, write_report_png
 from gplq_ros.offline.spec import QuantSpec
-from gplq_ros.offline.weight_ptq import collect_hessians, stage2
+from gplq_ros.offline.mixed_precision import choose_8bit, layer_sensitivity
+from gplq_ros.offline.weight_ptq import basin_drift, collect_hessians, quantize_layer, stage2
 from gplq_ros.onboard.artifact import read_meta, save_artifact
 from gplq_ros.onboard.engine import graph_meta, load as load_engine
 from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
@@ -95,13 +96,23 @@ def calibrate(extractor, spec: QuantSpec, config: CalibConfig, crops: Sequence[t
         if spec.weight_method == 'gptq' else None
     basin = stage2(qm, spec, hs, config.eps_basin, config.enforce_basin)
     applied = basin.pop('spec')
+    mixed = {}
+    if config.max_8bit_fraction > 0 and spec.weight_bits < 8:
+        xs = list(batches_of(crops[:config.sensitivity_crops], config.batch, device=model_device(qm)))
+        sens = layer_sensitivity(qm, xs)
+        chosen, curve = choose_8bit(qm, xs, sens, config.max_8bit_fraction, config.target_cosine,
+                                    lambda name, bits: quantize_layer(qm.linears[name], bits, applied,
+                                                                      (hs or {}).get(name)))
+        applied = replace(applied, keep_8bit=sorted(set(applied.keep_8bit) | set(chosen)))
+        mixed = {'sensitivity': sens, 'chosen': chosen, 'curve': curve}
+        basin['drift'] = basin_drift(qm)
     qm.spec = applied
     t2 = time.perf_counter()
     align = gradient_alignment(qm, crops, batch=min(4, config.batch), batches=config.align_batches)
     align['gamma'] = config.gamma_align
     align['below_gamma'] = sorted(n for n, c in align['per_layer'].items() if c < config.gamma_align)
     qm.cpu().set_modes(act=True, weight=True)  # evaluation, report and export run on the CPU
-    results = {'history': history, 'basin': basin, 'alignment': align,
+    results = {'history': history, 'basin': basin, 'alignment': align, 'mixed_precision': mixed,
                'timing_s': {'stage1': round(t1 - t0, 1), 'stage2': round(t2 - t1, 1),
                             'alignment': round(time.perf_counter() - t2, 1)}}
     return Calibrated(qm, applied, config, results)
@@ -156,6 +167,7 @@ def calibrate_to_file(job: CalibrationJob, progress: Optional[Callable[[int, dic
     wall = time.perf_counter() - t_start
     res = cal.results
     metrics = {'heldout': fidelity['summary'], 'basin': res['basin'], 'gradient_alignment': res['alignment'],
+               'mixed_precision': res['mixed_precision'],
                'timing_s': dict(res['timing_s'], total=round(wall, 1)), 'peak_rss_mb': round(peak_rss_mb(), 1)}
     checksum = cal.artifact(data, metrics).save(out, force=job.force)
     report = {'artifact': str(out), 'checksum': checksum, 'spec': cal.spec.to_dict(),

@@ -1,5 +1,6 @@
 """Calibration configuration: a validated, versioned dataclass (no torch)."""
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import torch
 
@@ -59,6 +60,12 @@ class CalibConfig:
     enforce_basin: bool = field(default=False, metadata=option('layers drifting > eps_basin get 8-bit weights'))
     gamma_align: float = field(default=0.8, metadata=option('gradient-alignment threshold (warning below)'))
     align_batches: int = field(default=2, metadata=option('batches in the gradient-alignment check'))
+    max_8bit_fraction: float = field(default=0.0, metadata=option(
+        'mixed precision: the most sensitive Linears (measured) get 8-bit weights, up to this fraction of the '
+        'Linear weights (0: off)'))
+    target_cosine: Optional[float] = field(default=None, metadata=option(
+        'mixed precision: stop adding 8-bit Linears once the calibration crops reach this final-token cosine'))
+    sensitivity_crops: int = field(default=16, metadata=option('crops for the layer sensitivity'))
     version: int = CALIB_VERSION
 
     def __post_init__(self):
@@ -84,6 +91,9 @@ class CalibConfig:
             ('eps_basin', self.eps_basin > 0),
             ('gamma_align', -1 <= self.gamma_align <= 1),
             ('align_batches', 1 <= self.align_batches <= 100),
+            ('max_8bit_fraction', 0.0 <= self.max_8bit_fraction <= 1.0),
+            ('target_cosine', self.target_cosine is None or 0.0 < self.target_cosine <= 1.0),
+            ('sensitivity_crops', 1 <= self.sensitivity_crops),
         ]
         check_fields(self, checks)
 

@@ -40,12 +40,15 @@ def main(argv=None) -> int:
     ap.add_argument('--max-places', type=int, default=0, help='queries per image (0: every tile that fits)')
     ap.add_argument('--vocab', type=Path, default=None, help=f'default {default_vocab()}')
     ap.add_argument('--workdir', type=Path, default=Path('out/fidelity_onboard'))
+    ap.add_argument('--no-peers', action='store_true', help='rows: FP32 and the artifacts only')
     ap.add_argument('--json', type=Path, default=None)
     args = ap.parse_args(argv)
     sources = dict(args.source) if args.source else default_evaluation_sources()
     ext = load_extractor()
     vocab = Vocabulary.load(args.vocab or default_vocab(), ext.weights_sha256)
     forms = build_forms(ext, args.artifacts, load_images(default_calibration_images()), args.workdir, args.size)
+    if args.no_peers:
+        forms = {k: v for k, v in forms.items() if k == 'FP32' or k.startswith('GPLQ')}
     cfg = PlaceConfig(tile=args.tile, stride=args.tile // 2, size=args.size)
     results = evaluate_forms(forms, {n: load_images(list_images(p)) for n, p in sources.items()}, vocab.centers,
                              cfg, args.max_places)
