@@ -215,3 +215,43 @@ def test_mixed_precision_is_deterministic_and_respects_the_budget(extractor, cro
     target = (curve[0][1] + curve[-1][1]) / 2
     _, _, fewer, curve2 = run(0.25, target)               # stops once the target is reached
     assert fewer == chosen[:len(fewer)] and len(fewer) < len(chosen) and curve2[-1][1] >= target
+
+
+def test_compensation_lowers_block_error_and_round_trips(extractor, crops, images, tmp_path):
+    import numpy as np
+
+    from gplq_ros.offline.compensation import fit_compensation
+    from gplq_ros.offline.onnx_export import export_artifact
+    from gplq_ros.onboard.engine import load
+    from gplq_ros.onboard.metrics import token_cosine
+    spec = QuantSpec.from_bits('w4a8', weight_method='rtn')
+    qm = QuantDinoV2(extractor, spec)
+    init_quantizers(qm, crops, 'minmax', 4)
+    stage2(qm, spec, None)
+    rep = fit_compensation(qm, list(batches_of(crops, 4)), rank=16)
+    assert qm.current_modes == Modes() and sorted(qm.compensation) == list(range(12))
+    assert all(a < b for a, b in zip(rep['after'], rep['before'])), rep   # on the calibration crops
+    qm.set_modes(act=True, weight=True, comp=True)
+    path = tmp_path / 'c.safetensors'
+    save(qm, path)
+    loaded, meta = fakequant_model(path, qm.extractor.weights_sha256)
+    assert meta['compensation']['0'] == {'rank': 16}
+    with torch.no_grad():
+        for u, v in zip(qm.block_tokens(crops[0]), loaded.block_tokens(crops[0])):
+            assert torch.equal(u, v)
+        with qm.modes(comp=False):
+            plain = qm.block_tokens(crops[0])[-1]
+        assert not torch.equal(plain, qm.block_tokens(crops[0])[-1])      # the compensation is in the model
+    graph = export_artifact(path, tmp_path / 'c.onnx', (168, 224))['path']
+    frame = np.ascontiguousarray(images['SOAP_031.png'])
+    prep, tok, _ = load(graph).features(frame)
+    with torch.no_grad():
+        ref = loaded(torch.from_numpy(prep.tensor), [(11, 'token')])[(11, 'token')][0].numpy()
+    assert token_cosine(tok, ref) > 0.999
+    # an artifact whose compensation does not fit its model is refused
+    tensors, meta = load_artifact(path)
+    tensors['c/blocks.3.a'] = tensors['c/blocks.3.a'][:, :8]
+    bad = tmp_path / 'bad.safetensors'
+    save_artifact(bad, tensors, {k: v for k, v in meta.items() if k != 'checksum'})
+    with pytest.raises(ArtifactError, match='compensation of block 3'):
+        fakequant_model(bad)

@@ -66,6 +66,9 @@ class CalibConfig:
     target_cosine: Optional[float] = field(default=None, metadata=option(
         'mixed precision: stop adding 8-bit Linears once the calibration crops reach this final-token cosine'))
     sensitivity_crops: int = field(default=16, metadata=option('crops for the layer sensitivity'))
+    compensation_rank: int = field(default=0, metadata=option(
+        'per-block linear compensation of the quantization error (QwT-style, closed form) of this rank; 0: off'))
+    compensation_crops: int = field(default=32, metadata=option('crops for fitting the compensation'))
     version: int = CALIB_VERSION
 
     def __post_init__(self):
@@ -94,6 +97,8 @@ class CalibConfig:
             ('max_8bit_fraction', 0.0 <= self.max_8bit_fraction <= 1.0),
             ('target_cosine', self.target_cosine is None or 0.0 < self.target_cosine <= 1.0),
             ('sensitivity_crops', 1 <= self.sensitivity_crops),
+            ('compensation_rank', 0 <= self.compensation_rank <= 384),
+            ('compensation_crops', 1 <= self.compensation_crops),
         ]
         check_fields(self, checks)
 

@@ -43,7 +43,12 @@ def export_tensors(qm: QuantDinoV2) -> Tuple[Dict[str, np.ndarray], dict]:
         tensors[f'a/{q.name}.scale'] = s.float().cpu().numpy()
         tensors[f'a/{q.name}.zero_point'] = z.float().cpu().numpy()
         acts[q.name] = {'bits': q.bits, 'granularity': 'channel' if q.per_channel else 'tensor'}
-    return tensors, {'layers': layers, 'activations': acts}
+    comp = {}
+    for i, (a, b, bias) in sorted(qm.compensation.items()):
+        for part, t in (('a', a), ('b', b), ('bias', bias)):
+            tensors[f'c/blocks.{i}.{part}'] = t.detach().float().cpu().numpy()
+        comp[str(i)] = {'rank': int(a.shape[1])}
+    return tensors, {'layers': layers, 'activations': acts, 'compensation': comp}
 
 
 def fakequant_model(path: Path, expect_weights_sha256: str = None) -> Tuple[QuantDinoV2, dict]:
@@ -77,5 +82,18 @@ def fakequant_from_tensors(tensors: Dict[str, np.ndarray], meta: dict, path: Pat
         with torch.no_grad():
             q.scale.copy_(torch.from_numpy(s.copy()))
             q.zero_point.copy_(torch.from_numpy(z.copy()))
-    qm.set_modes(act=True, weight=True)
+    dim = qm.extractor.dim
+    for i, info in (meta.get('compensation') or {}).items():
+        try:
+            a, b, bias = (torch.from_numpy(tensors[f'c/blocks.{i}.{p}'].copy()) for p in ('a', 'b', 'bias'))
+        except KeyError as e:
+            raise ArtifactError(f'{path}: compensation tensor {e} of block {i} missing') from None
+        r = info['rank']
+        if tuple(a.shape) != (dim, r) or tuple(b.shape) != (r, dim) or tuple(bias.shape) != (dim,) \
+                or not 0 <= int(i) < qm.extractor.depth:
+            raise ArtifactError(f'{path}: compensation of block {i} has shapes {tuple(a.shape)}, {tuple(b.shape)}, '
+                                f'{tuple(bias.shape)}; expected ({dim}, {r}), ({r}, {dim}), ({dim},) for a block '
+                                f'of this {qm.extractor.depth}-block model')
+        qm.compensation[int(i)] = (a, b, bias)
+    qm.set_modes(act=True, weight=True, comp=True)
     return qm.eval()

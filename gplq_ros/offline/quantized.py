@@ -10,7 +10,7 @@ them for good (the calibration entry point ends with both on).
 import contextlib
 import copy
 from dataclasses import dataclass, replace
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ class Modes:
     act: bool = False        # activation quantizers quantize
     weight: bool = False     # Linears use their quantized weights (layers in spec.exclude never do)
     observe: bool = False    # activation quantizers collect min/max statistics
+    comp: bool = False       # blocks add their linear compensation (offline.compensation), where set
 
 
 class QLinear(nn.Module):
@@ -119,8 +120,18 @@ class QuantDinoV2(nn.Module):
         self.extractor = DinoV2Extractor(vit, extractor.weights_sha256)
         self.extractor.requires_grad_(False)
         self.extractor.checkpoint = True  # calibration backward: recompute blocks, keep memory low
+        # per block: (A (C, r), B (r, C), bias (C,)) adding x A B + bias to the block's output
+        self.compensation: Dict[int, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for i, blk in enumerate(vit.blocks):
+            blk.register_forward_hook(self._compensate_hook(i))
         self._modes = Modes()
         self.set_modes()
+
+    def _compensate_hook(self, index: int):
+        def hook(_module, inp, out):
+            c = self.compensation.get(index) if self._modes.comp else None
+            return out if c is None else out + (inp[0] @ c[0]) @ c[1] + c[2]
+        return hook
 
     # -- switches ---------------------------------------------------------------------
     @property
@@ -128,10 +139,10 @@ class QuantDinoV2(nn.Module):
         return self._modes
 
     def set_modes(self, act: Optional[bool] = None, weight: Optional[bool] = None,
-                  observe: Optional[bool] = None) -> 'QuantDinoV2':
+                  observe: Optional[bool] = None, comp: Optional[bool] = None) -> 'QuantDinoV2':
         """Set the given switches (None: unchanged) until changed again."""
-        m = replace(self._modes, **{k: v for k, v in (('act', act), ('weight', weight), ('observe', observe))
-                                    if v is not None})
+        m = replace(self._modes, **{k: v for k, v in (('act', act), ('weight', weight), ('observe', observe),
+                                                      ('comp', comp)) if v is not None})
         for q in self.quantizers.values():
             q.enable(m.act)
             q.observe(m.observe)
@@ -142,15 +153,15 @@ class QuantDinoV2(nn.Module):
 
     @contextlib.contextmanager
     def modes(self, act: Optional[bool] = None, weight: Optional[bool] = None,
-              observe: Optional[bool] = None) -> Iterator['QuantDinoV2']:
+              observe: Optional[bool] = None, comp: Optional[bool] = None) -> Iterator['QuantDinoV2']:
         """``with qm.modes(act=True, weight=False): ...`` -- the given switches inside the
         block, the previous ones restored on exit (also when the block raises)."""
         saved = self._modes
-        self.set_modes(act, weight, observe)
+        self.set_modes(act, weight, observe, comp)
         try:
             yield self
         finally:
-            self.set_modes(saved.act, saved.weight, saved.observe)
+            self.set_modes(saved.act, saved.weight, saved.observe, saved.comp)
 
     def quantizer_params(self) -> List[nn.Parameter]:
         return [p for q in self.quantizers.values() for p in (q.scale, q.zero_point)]
