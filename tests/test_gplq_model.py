@@ -116,6 +116,29 @@ def test_gptq_lowers_the_layer_output_error(calibrated):
     assert out_err(gptq_codes(w, h, s, 4, 32)) < 0.8 * out_err(weight_codes(w, s, 4, 32))
 
 
+def test_act_order_gptq_per_channel(calibrated):
+    from gplq_ros.offline.weight_ptq import quantize_layer
+    qm, hs, _ = calibrated
+    name = 'blocks.5.mlp.fc1'
+    lin = qm.linears[name]
+    w, h = lin.weight.detach(), hs[name]
+
+    def out_err():
+        d = lin.weight_q.double() - w.double()
+        return float(torch.trace(d @ h @ d.T))
+    errs, saved = {}, (lin.codes, lin.scales, lin.bits, lin.group_size)
+    try:
+        for kw in ({'weight_method': 'rtn'}, {}, {'act_order': True}):
+            quantize_layer(lin, 4, QuantSpec(**kw), h)
+            assert lin.codes.min() >= -8 and lin.codes.max() <= 7 and lin.scales.shape == (w.shape[0], 1)
+            errs[tuple(kw)] = out_err()
+    finally:
+        lin.set_quantized(*saved)       # the module's fixture stays as calibrated
+    assert errs[('act_order',)] < errs[()] < errs[('weight_method',)], errs
+    with pytest.raises(ValueError, match='act_order'):
+        QuantSpec(act_order=True, group_size=32)
+
+
 def test_enforce_basin_keeps_drifting_layers_at_8bit(extractor, crops):
     spec = QuantSpec.from_bits('w4a8', weight_method='rtn')
     qm = QuantDinoV2(extractor, spec)

@@ -37,6 +37,9 @@ class QuantSpec:
         'weight scales per group of input channels; 0 = per output channel (the int8-kernel form)', none=0))
     weight_clip: str = field(default='mse', metadata=option('weight scale clipping', ('mse', 'minmax')))
     weight_method: str = field(default='gptq', metadata=option('weight rounding', ('gptq', 'rtn')))
+    act_order: bool = field(default=False, metadata=option(
+        'GPTQ quantizes the columns of the most active inputs first (per-output-channel weights only)'))
+    gptq_damp: float = field(default=0.01, metadata=option('GPTQ damping, fraction of the mean Hessian diagonal'))
     exclude: List[str] = field(default_factory=list, metadata=option('layers kept FP32, e.g. blocks.11.mlp.fc2'))
     keep_8bit: List[str] = field(default_factory=list,
                                  metadata=option('layers with 8-bit weights, e.g. blocks.9.attn.qkv'))
@@ -54,6 +57,8 @@ class QuantSpec:
             ('group_size', self.group_size is None or self.group_size in (16, 32, 64, 128, 384)),
             ('weight_clip', self.weight_clip in ('mse', 'minmax')),
             ('weight_method', self.weight_method in ('gptq', 'rtn')),
+            ('act_order', not self.act_order or self.group_size is None),
+            ('gptq_damp', 0.0 < self.gptq_damp <= 1.0),
         ]
         check_fields(self, checks)
         for name in self.exclude + self.keep_8bit:

@@ -72,8 +72,13 @@ def gptq_codes(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, bits: int
 def quantize_layer(lin, bits: int, spec: QuantSpec, h: Optional[torch.Tensor]) -> None:
     w = lin.weight.detach().float()
     scales = weight_scales(w, bits, spec.group_size, spec.weight_clip)
-    if spec.weight_method == 'gptq' and h is not None:
-        codes = gptq_codes(w, h, scales, bits, spec.group_size)
+    if spec.weight_method == 'gptq' and h is not None and spec.act_order:
+        # act-order: columns with the largest Hessian diagonal (most active inputs) first, so
+        # their rounding error is absorbed by the many columns after them (per-channel scales only)
+        perm = torch.argsort(torch.diag(h), descending=True)
+        codes = gptq_codes(w[:, perm], h[perm][:, perm], scales, bits, None, spec.gptq_damp)[:, torch.argsort(perm)]
+    elif spec.weight_method == 'gptq' and h is not None:
+        codes = gptq_codes(w, h, scales, bits, spec.group_size, spec.gptq_damp)
     else:
         codes = weight_codes(w, scales, bits, spec.group_size)
     lin.set_quantized(codes, scales.float(), bits, spec.group_size)
