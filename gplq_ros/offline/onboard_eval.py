@@ -13,7 +13,7 @@ made by the drone).
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -106,7 +106,3 @@ def markdown_table(results: List[FormResult]) -> str:
                     f'{r.recall["R@1"]:.3f} | {r.recall["R@5"]:.3f} | {r.ms_per_frame:.1f} |')
     return '\n'.join(rows)
 
-
-def summary(results: List[FormResult]) -> Optional[dict]:
-    return {f'{r.form} / {r.source}': {'places': r.places, 'queries': r.queries, **r.fidelity, **r.recall,
-                                       'ms_per_frame': r.ms_per_frame} for r in results}
