@@ -105,4 +105,3 @@ def markdown_table(results: List[FormResult]) -> str:
                     f'{f["boundary_ssim"]:.4f} | {f["corner_repeatability"]:.3f} | {f["descriptor_cosine"]:.4f} | '
                     f'{r.recall["R@1"]:.3f} | {r.recall["R@5"]:.3f} | {r.ms_per_frame:.1f} |')
     return '\n'.join(rows)
-
