@@ -75,7 +75,7 @@ class FeatureNode(Node):
         else:
             self.sub = self.create_subscription(CompressedImage, 'image/compressed', self.on_image, qos_in)
         self.latency = LatencyWindow(300)
-        self.received = self.processed = self.engine_errors = 0
+        self.received = self.processed = 0
         self.rejected = {}
         self.last_error = ''
         self._lock = threading.Lock()
@@ -118,15 +118,15 @@ class FeatureNode(Node):
         return True
 
     def _fail(self, text: str) -> None:
-        with self._lock:
-            self.engine_errors += 1
+        with self._lock:   # the worker counts its exceptions (engine_errors = worker.errors)
             self.last_error = text
         self.get_logger().error(text)
 
     def publish_diagnostics(self) -> None:
         with self._lock:
             rejected = dict(self.rejected)
-            last_error, engine_errors = self.last_error, self.engine_errors
+            last_error = self.last_error
+        engine_errors = self.worker.errors
         lat = self.latency.summary()
         values = {'frames_received': self.received, 'frames_processed': self.processed,
                   'frames_dropped': self.slot.dropped, 'frames_rejected': sum(rejected.values()),
