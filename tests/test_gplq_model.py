@@ -16,6 +16,8 @@ from gplq_ros.offline.spec import QuantSpec
 from gplq_ros.onboard.artifact import ArtifactError, load_artifact, save_artifact
 from gplq_ros.offline.fakequant import export_tensors, fakequant_model
 from gplq_ros.offline.data import make_crops
+from gplq_ros.offline.backbone import build_vit
+from gplq_ros.offline.rotation import ones_preserving_orthogonal, rotate_vit_
 
 
 @pytest.fixture(scope='module')
@@ -59,6 +61,44 @@ def test_quant_model_without_quantization_is_the_fp32_model(extractor, crops):
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, atol=2e-4, rtol=1e-4)
     assert len(qm.quantizers) == 12 * 8 and len(qm.linears) == 48
+
+
+def _input_peak_to_rms(qm, x, layer='blocks.6.attn.qkv'):
+    seen = []
+    h = qm.linears[layer].in_quant.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0]))
+    try:
+        with torch.no_grad():
+            qm.block_tokens(x)
+    finally:
+        h.remove()
+    return float(seen[0].abs().max() / seen[0].pow(2).mean().sqrt())
+
+
+def test_rotated_model_is_the_same_function_with_smaller_activation_peaks(extractor, crops):
+    q = ones_preserving_orthogonal(384, 0)
+    torch.testing.assert_close(q @ q.T, torch.eye(384), atol=1e-5, rtol=0)
+    torch.testing.assert_close(q.sum(1), torch.ones(384), atol=1e-5, rtol=0)     # Q 1 = 1
+    assert torch.equal(q, ones_preserving_orthogonal(384, 0)) and not torch.equal(q, ones_preserving_orthogonal(384, 1))
+    plain, rot = QuantDinoV2(extractor, QuantSpec()), QuantDinoV2(extractor, QuantSpec(rotation='orthogonal'))
+    assert extractor.rotation is None and plain.extractor.rotation is None           # the original is untouched
+    assert torch.equal(rot.extractor.rotation, q)
+    assert float(rot.extractor.vit.blocks[0].norm1.weight.std()) == 0.0               # scales folded into qkv
+    with torch.no_grad():
+        for x in crops[:2]:
+            for a, b in zip(extractor.block_tokens(x), rot.block_tokens(x)):
+                torch.testing.assert_close(b, a, atol=5e-4 * float(a.abs().max()), rtol=0)
+            keys = [(9, 'value'), (5, 'token'), (11, 'token')]
+            fa, fb = extractor(x, keys), rot(x, keys)
+            for k in keys:
+                torch.testing.assert_close(fb[k], fa[k], atol=5e-4 * float(fa[k].abs().max()), rtol=0)
+    # what the 8-bit per-tensor quantizer of a rotated LayerNorm output sees: smaller peaks
+    for x in crops[:2]:
+        assert _input_peak_to_rms(rot, x) < 0.6 * _input_peak_to_rms(plain, x)
+    vit = build_vit()
+    with pytest.raises(ValueError, match='map the all-ones vector to itself'):
+        rotate_vit_(vit, torch.linalg.qr(torch.randn(384, 384, generator=torch.Generator().manual_seed(0)))[0])
+    with pytest.raises(ValueError, match='does not match embed_dim 384'):
+        rotate_vit_(vit, torch.eye(3))
 
 
 def test_stage1_lowers_the_mimicking_loss(extractor, crops):
@@ -277,4 +317,37 @@ def test_compensation_lowers_block_error_and_round_trips(extractor, crops, image
     bad = tmp_path / 'bad.safetensors'
     save_artifact(bad, tensors, {k: v for k, v in meta.items() if k != 'checksum'})
     with pytest.raises(ArtifactError, match='compensation of block 3'):
+        fakequant_model(bad)
+
+
+def test_rotated_artifact_round_trips_and_exports(extractor, crops, images, tmp_path):
+    import numpy as np
+
+    from gplq_ros.offline.onnx_export import export_artifact
+    from gplq_ros.onboard.engine import load
+    from gplq_ros.onboard.metrics import token_cosine
+    spec = QuantSpec.from_bits('w4a8', weight_method='rtn', rotation='orthogonal', rotation_seed=3)
+    qm = QuantDinoV2(extractor, spec)
+    init_quantizers(qm, crops, 'minmax', 4)
+    stage2(qm, spec, None)
+    qm.set_modes(act=True, weight=True)
+    path = tmp_path / 'r.safetensors'
+    save(qm, path)
+    loaded, meta = fakequant_model(path, qm.extractor.weights_sha256)
+    assert meta['spec']['rotation'] == 'orthogonal' and torch.equal(loaded.extractor.rotation, qm.extractor.rotation)
+    with torch.no_grad():
+        for u, v in zip(qm.block_tokens(crops[0]), loaded.block_tokens(crops[0])):
+            assert torch.equal(u, v)
+    for backend in ('onnxruntime', 'openvino'):
+        graph = export_artifact(path, tmp_path / f'r_{backend}.onnx', (168, 224))['path']
+        frame = np.ascontiguousarray(images['SOAP_031.png'])
+        prep, tok, _ = load(graph, backend=backend).features(frame)
+        with torch.no_grad():
+            ref = loaded(torch.from_numpy(prep.tensor), [(11, 'token')])[(11, 'token')][0].numpy()
+        assert token_cosine(tok, ref) > 0.999, backend
+    tensors, meta = load_artifact(path)
+    del tensors['r/rotation']
+    bad = tmp_path / 'bad.safetensors'
+    save_artifact(bad, tensors, {k: v for k, v in meta.items() if k != 'checksum'})
+    with pytest.raises(ArtifactError, match="rotation='orthogonal' but the tensor r/rotation is missing"):
         fakequant_model(bad)

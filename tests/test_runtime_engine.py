@@ -1,4 +1,4 @@
-"""ONNX export + onboard engine (ORT + numpy heads) against the torch models."""
+"""ONNX export + onboard engine (ONNX Runtime or OpenVINO + numpy heads) against the torch models."""
 import json
 import os
 import subprocess
@@ -13,7 +13,7 @@ import torch
 from gplq_ros.onboard.metrics import token_cosine
 from gplq_ros.offline.reference import ReferencePipeline
 from gplq_ros.onboard.pipeline import PipelineConfig
-from gplq_ros.onboard.engine import EngineError, load
+from gplq_ros.onboard.engine import EngineError, load, resolve_backend
 from gplq_ros.offline.onnx_export import export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,6 +115,44 @@ def test_engine_refusals(tmp_path, fp32_onnx):
             load(tmp_path / 'future.onnx')
     with pytest.raises(ValueError, match='multiples of 14'):
         export_onnx(None, tmp_path / 'x.onnx', (100, 224))
+    # the same refusals from either backend, and clear ones for settings that do not fit
+    for backend in ('onnxruntime', 'openvino'):
+        with pytest.raises(EngineError, match='cannot load'):
+            load(tmp_path / 'junk.onnx', backend=backend)
+        with pytest.raises(EngineError, match='no gplq_ros metadata'):
+            load(tmp_path / 'plain.onnx', backend=backend)
+    with pytest.raises(EngineError, match="backend='tensorrt': must be one of"):
+        load(fp32_onnx, backend='tensorrt')
+    with pytest.raises(EngineError, match="precision='fp8': must be one of"):
+        load(fp32_onnx, precision='fp8')
+    with pytest.raises(EngineError, match="precision='bf16': only the openvino backend"):
+        load(fp32_onnx, backend='onnxruntime', precision='bf16')
+    with pytest.raises(EngineError, match='execution providers are an onnxruntime setting'):
+        load(fp32_onnx, backend='openvino', providers=['CUDAExecutionProvider', 'CPUExecutionProvider'])
+
+
+def test_auto_backend_rule():
+    assert resolve_backend('auto') == 'openvino'          # installed by make setup; the faster one here
+    assert resolve_backend('auto', ['CPUExecutionProvider']) == 'openvino'
+    assert resolve_backend('auto', ['CUDAExecutionProvider', 'CPUExecutionProvider']) == 'onnxruntime'
+    assert resolve_backend('onnxruntime') == 'onnxruntime'
+
+
+@pytest.mark.parametrize('kind', ['fp32', 'gplq'])
+def test_backends_give_the_same_outputs(kind, fp32_graph, packed_graph, images):
+    from gplq_ros.offline.data import default_heldout
+    path = fp32_graph if kind == 'fp32' else packed_graph
+    a, b = load(path, backend='onnxruntime'), load(path, backend='openvino')
+    assert a.description == 'onnxruntime CPUExecutionProvider' and b.description == 'openvino CPU f32'
+    assert a.kind == b.kind == kind
+    names = [p.name for p in default_heldout()]
+    assert len(names) >= 2
+    for name in names:
+        ta, tb = a.features(images[name])[1], b.features(images[name])[1]
+        assert token_cosine(ta, tb) >= 0.999, name
+    bf16 = load(path, backend='openvino', precision='bf16')
+    assert bf16.description == 'openvino CPU bf16'
+    assert token_cosine(a.features(images[names[0]])[1], bf16.features(images[names[0]])[1]) >= 0.99
 
 
 def test_engine_path_imports_no_torch(fp32_onnx):

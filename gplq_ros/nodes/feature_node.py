@@ -22,7 +22,7 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from gplq_ros.nodes import diag
 from gplq_ros.nodes.params import Params, declare_qos
 from gplq_ros.nodes.run import run_node
-from gplq_ros.onboard.engine import load
+from gplq_ros.onboard.engine import BACKENDS, PRECISIONS, load
 from gplq_ros.onboard.image_codec import MAX_PIXELS_DEFAULT, ImageFormatError, compressed_to_rgb, image_to_rgb
 from gplq_ros.onboard.messages import (MAP_RESOLUTIONS, encode_corners, encode_descriptor, encode_map,
                                        output_maps)
@@ -44,7 +44,11 @@ class FeatureNode(Node):
                              'empty: the file the graph names, next to it', read_only=True)
         vocab = p.declare('vocabulary', '', 'VLAD vocabulary (gplq_vocab); empty: $GPLQ_HOME/vocab default; '
                           '"none": publish no descriptor', read_only=True)
-        threads = p.declare('threads', 2, 'ONNX Runtime intra-op threads', (1, 64), read_only=True)
+        backend = p.declare('backend', 'auto', 'graph runtime: auto = openvino when installed and only the CPU '
+                            'is asked for, else onnxruntime', choices=BACKENDS, read_only=True)
+        precision = p.declare('precision', 'f32', 'float precision of the openvino backend (bf16 on CPUs with '
+                              'AVX-512 BF16/AMX)', choices=PRECISIONS, read_only=True)
+        threads = p.declare('threads', 2, 'graph runtime intra-op threads', (1, 64), read_only=True)
         providers = p.declare('providers', 'CPUExecutionProvider', 'comma-separated ONNX Runtime execution '
                               'providers, in order of preference (e.g. CUDAExecutionProvider,CPUExecutionProvider)',
                               read_only=True)
@@ -64,7 +68,7 @@ class FeatureNode(Node):
             raise ValueError('parameter model is empty: set it to a graph written by gplq_export')
         self.engine = load(Path(model), vocabulary_parameter(vocab), threads=threads,
                            providers=[s.strip() for s in providers.split(',') if s.strip()],
-                           artifact=Path(artifact) if artifact else None)
+                           artifact=Path(artifact) if artifact else None, backend=backend, precision=precision)
         self.pub_boundary = self.create_publisher(Image, '~/boundary_map', qos_out)
         self.pub_corner_map = self.create_publisher(Image, '~/corner_map', qos_out)
         self.pub_corners = self.create_publisher(PointCloud2, '~/corners', qos_out)
@@ -84,7 +88,7 @@ class FeatureNode(Node):
         self.create_timer(period, self.publish_diagnostics)
         self.get_logger().info(
             f'{self.engine.kind} graph {model} ({self.engine.input_hw[0]}x{self.engine.input_hw[1]}, '
-            f'{threads} threads, {self.engine.session.get_providers()[0]}), subscribed to '
+            f'{threads} threads, {self.engine.description}), subscribed to '
             f'{self.sub.topic_name} ({self.transport})')
 
     def on_image(self, msg) -> None:

@@ -27,7 +27,7 @@ from gplq_ros.nodes import diag
 from gplq_ros.nodes.params import Params, declare_qos
 from gplq_ros.nodes.run import run_node
 from gplq_ros.onboard.drift import CheckJoin, DriftBounds, DriftMonitor, compare
-from gplq_ros.onboard.engine import load
+from gplq_ros.onboard.engine import BACKENDS, load
 from gplq_ros.onboard.image_codec import ImageFormatError, image_to_rgb
 from gplq_ros.onboard.messages import DECODERS, encode_status
 from gplq_ros.onboard.paths import vocabulary_parameter
@@ -52,7 +52,9 @@ class MonitorNode(Node):
                           'required', read_only=True)
         vocab = p.declare('vocabulary', '', 'VLAD vocabulary; empty: the $GPLQ_HOME default; "none": no '
                           'descriptor drift', read_only=True)
-        threads = p.declare('threads', 1, 'ONNX Runtime threads of the reference engine', (1, 64), read_only=True)
+        threads = p.declare('threads', 1, 'graph runtime threads of the reference engine', (1, 64), read_only=True)
+        backend = p.declare('backend', 'auto', 'graph runtime of the FP32 reference: auto = openvino when '
+                            'installed, else onnxruntime', choices=BACKENDS, read_only=True)
         p.declare('check_every_n', 10, 'run the FP32 reference on every n-th camera frame', (1, 100000))
         p.declare('descriptor_cosine_min', BOUNDS.descriptor_cosine, 'drift bound: VLAD descriptor cosine to FP32',
                   (0.0, 1.0))
@@ -75,7 +77,7 @@ class MonitorNode(Node):
         qos_out = declare_qos(p, 'output_qos', 'reliable', 10, 'the feature output subscriptions')
         if not model:
             raise ValueError('parameter reference_model is empty: set it to an FP32 graph from gplq_export --fp32')
-        self.reference = load(Path(model), vocabulary_parameter(vocab), threads=threads)
+        self.reference = load(Path(model), vocabulary_parameter(vocab), threads=threads, backend=backend)
         if self.reference.kind != 'fp32':
             raise ValueError(f'parameter reference_model={model!r}: kind={self.reference.kind!r}, the reference '
                              'must be an FP32 graph (gplq_export --fp32)')

@@ -44,9 +44,11 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> 
 class DinoV2Extractor(nn.Module):
     """Patch features of chosen blocks/facets from a timm DINOv2 ViT."""
 
-    def __init__(self, vit: nn.Module, weights_sha256: str = ''):
+    def __init__(self, vit: nn.Module, weights_sha256: str = '', rotation: Optional[torch.Tensor] = None):
         super().__init__()
         self.vit = vit
+        # with a rotated residual stream (offline.rotation) every token handed out is turned back
+        self.register_buffer('rotation', None if rotation is None else rotation.float().clone())
         self.weights_sha256 = weights_sha256
         self.checkpoint = False
         self.depth = len(vit.blocks)
@@ -55,6 +57,10 @@ class DinoV2Extractor(nn.Module):
         self._want_qkv: set = set()
         for i, blk in enumerate(vit.blocks):
             blk.attn.qkv.register_forward_hook(self._make_hook(i))
+
+    def stream(self, t: torch.Tensor) -> torch.Tensor:
+        """The residual stream in the original basis (``t`` itself unless the ViT is rotated)."""
+        return t if self.rotation is None else t @ self.rotation
 
     def _make_hook(self, index: int):
         def hook(_module, _inp, out):
@@ -91,7 +97,8 @@ class DinoV2Extractor(nn.Module):
                     if b != i:
                         continue
                     if f == 'token':
-                        out[(b, f)] = (self.vit.norm(t) if norm else t)[:, 1:]
+                        h = self.stream(t)
+                        out[(b, f)] = (self.vit.norm(h) if norm else h)[:, 1:]
                     else:
                         q, k, v = self._qkv[i].chunk(3, dim=-1)
                         out[(b, f)] = {'query': q, 'key': k, 'value': v}[f][:, 1:]
@@ -105,7 +112,7 @@ class DinoV2Extractor(nn.Module):
         t = self.embed(x)
         for blk in self.vit.blocks:
             t = blk(t)
-        return self.vit.norm(t)
+        return self.vit.norm(self.stream(t))
 
     def block_tokens(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Patch tokens (B, gh*gw, C) after every block; the last after the final LayerNorm.
@@ -117,8 +124,8 @@ class DinoV2Extractor(nn.Module):
         ckpt = self.checkpoint and torch.is_grad_enabled()
         for blk in self.vit.blocks:
             t = checkpoint(blk, t, use_reentrant=False) if ckpt else blk(t)
-            outs.append(t[:, 1:])
-        outs[-1] = self.vit.norm(t)[:, 1:]
+            outs.append(self.stream(t[:, 1:]))
+        outs[-1] = self.vit.norm(self.stream(t))[:, 1:]
         return outs
 
 

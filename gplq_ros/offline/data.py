@@ -60,14 +60,15 @@ def random_views(image: np.ndarray, n: int, rng: np.random.Generator,
     return views
 
 
-def make_crops(images, n: int, seed: int, size: int = 224) -> List[torch.Tensor]:
+def make_crops(images, n: int, seed: int, size=224) -> List[torch.Tensor]:
     """n random square crops (``CROP_POLICY``), taken round-robin over the images, each
-    resized to size x size, as normalized (1, 3, size, size) tensors."""
+    resized to ``size`` (int: size x size, or (h, w)), as normalized (1, 3, h, w) tensors."""
     rng = np.random.default_rng(seed)
+    hw = (size, size) if isinstance(size, int) else tuple(size)
     out = []
     for i in range(n):
         view = random_views(images[i % len(images)], 1, rng)[0]
-        out.append(torch.from_numpy(prepare(view, size=(size, size)).tensor))
+        out.append(torch.from_numpy(prepare(view, size=hw).tensor))
     return out
 
 

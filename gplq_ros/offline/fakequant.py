@@ -26,6 +26,8 @@ def _fp_state(qm: QuantDinoV2) -> Dict[str, torch.Tensor]:
 
 def export_tensors(qm: QuantDinoV2) -> Tuple[Dict[str, np.ndarray], dict]:
     tensors = {f'fp/{k}': v.detach().float().cpu().numpy() for k, v in _fp_state(qm).items()}
+    if qm.extractor.rotation is not None:  # the fp/ tensors are the rotated ones (offline.rotation)
+        tensors['r/rotation'] = qm.extractor.rotation.float().cpu().numpy()
     layers = {}
     for name, lin in qm.linears.items():
         if lin.weight_q is None:
@@ -66,7 +68,15 @@ def fakequant_from_tensors(tensors: Dict[str, np.ndarray], meta: dict, path: Pat
         fp[f'{name}.weight'] = torch.zeros(info['shape'])
     load_strict(vit, fp, path)
     spec = QuantSpec(**meta['spec'])
-    qm = QuantDinoV2(DinoV2Extractor(vit.eval(), meta['weights_sha256']), spec)
+    rotation = None
+    if spec.rotation != 'none':
+        if 'r/rotation' not in tensors:
+            raise ArtifactError(f'{path}: spec rotation={spec.rotation!r} but the tensor r/rotation is missing')
+        rotation = torch.from_numpy(tensors['r/rotation'].copy())
+        dim = vit.embed_dim
+        if tuple(rotation.shape) != (dim, dim):
+            raise ArtifactError(f'{path}: r/rotation has shape {tuple(rotation.shape)}; expected ({dim}, {dim})')
+    qm = QuantDinoV2(DinoV2Extractor(vit.eval(), meta['weights_sha256'], rotation), spec)
     for name, info in meta['layers'].items():
         lin = qm.linears[name]
         codes = layer_codes(tensors, name, info['shape'])

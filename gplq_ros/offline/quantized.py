@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gplq_ros.offline.primitives import ActQuantizer, dequantize_weight
+from gplq_ros.offline.rotation import ones_preserving_orthogonal, rotate_vit_
 from gplq_ros.offline.spec import QuantSpec
 from gplq_ros.offline.backbone import DinoV2Extractor
 
@@ -117,7 +118,11 @@ class QuantDinoV2(nn.Module):
                                   p + 'mlp.fc2')
             for lin in (qkv, proj, blk.mlp.fc1, blk.mlp.fc2):
                 self.linears[lin.name] = lin
-        self.extractor = DinoV2Extractor(vit, extractor.weights_sha256)
+        rotation = extractor.rotation
+        if spec.rotation != 'none' and rotation is None:
+            rotation = ones_preserving_orthogonal(dim, spec.rotation_seed)
+            rotate_vit_(vit, rotation)
+        self.extractor = DinoV2Extractor(vit, extractor.weights_sha256, rotation)
         self.extractor.requires_grad_(False)
         self.extractor.checkpoint = True  # calibration backward: recompute blocks, keep memory low
         # per block: (A (C, r), B (r, C), bias (C,)) adding x A B + bias to the block's output

@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Tuple
 
 from gplq_ros.offline.config import option
+from gplq_ros.offline.rotation import ROTATIONS
 from gplq_ros.onboard.fileformat import check_fields
 
 SPEC_VERSION = 1
@@ -40,6 +41,9 @@ class QuantSpec:
     act_order: bool = field(default=False, metadata=option(
         'GPTQ quantizes the columns of the most active inputs first (per-output-channel weights only)'))
     gptq_damp: float = field(default=0.01, metadata=option('GPTQ damping, fraction of the mean Hessian diagonal'))
+    rotation: str = field(default='none', metadata=option(
+        'rotate the residual stream by an orthogonal matrix before quantizing (offline.rotation)', ROTATIONS))
+    rotation_seed: int = field(default=0, metadata=option('seed of the random orthogonal rotation'))
     exclude: List[str] = field(default_factory=list, metadata=option('layers kept FP32, e.g. blocks.11.mlp.fc2'))
     keep_8bit: List[str] = field(default_factory=list,
                                  metadata=option('layers with 8-bit weights, e.g. blocks.9.attn.qkv'))
@@ -59,6 +63,8 @@ class QuantSpec:
             ('weight_method', self.weight_method in ('gptq', 'rtn')),
             ('act_order', not self.act_order or self.group_size is None),
             ('gptq_damp', 0.0 < self.gptq_damp <= 1.0),
+            ('rotation', self.rotation in ROTATIONS),
+            ('rotation_seed', isinstance(self.rotation_seed, int) and self.rotation_seed >= 0),
         ]
         check_fields(self, checks)
         for name in self.exclude + self.keep_8bit:

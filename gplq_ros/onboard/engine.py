@@ -1,4 +1,4 @@
-"""Onboard engine: ONNX Runtime + numpy heads. Imports neither torch nor rclpy.
+"""Onboard engine: ONNX Runtime or OpenVINO + numpy heads. Imports neither torch nor rclpy.
 
 ``load(path)`` opens an ONNX graph written by ``runtime.export`` (fixed input size) and
 ``engine(image_uint8_rgb)`` returns ``model.pipeline.Outputs`` (tokens, boundary maps,
@@ -10,11 +10,19 @@ that several sessions in one process do not steal each other's cores; numpy's BL
 held to one thread (``model.pipeline.single_thread_blas``); the session is warmed up at
 load.
 
+Backends (``backend=``): ``onnxruntime`` (CPU; CUDA/TensorRT execution providers when
+asked for and present) and ``openvino`` (CPU; the same ONNX graph read from memory,
+``precision`` f32 or bf16 for what stays float); both give the same outputs (token cosine
+>= 0.999, tested) and the same refusals. ``auto`` (the default) is the rule measured on
+this project's machines (docs/benchmarks.md, "Backends"): OpenVINO when it is installed
+and only the CPU is asked for, ONNX Runtime otherwise.
+
 GPLQ graphs exported packed (the default of ``gplq_export --model``) hold no int8 weight
 codes: the engine reads them from the artifact (``artifact=``, by default the file the
 graph names, next to it), checks that it is the artifact the graph was exported from
 (checksum), unpacks the 4-bit codes to int8 and hands ORT the completed graph in memory.
 """
+import importlib.util
 import json
 from pathlib import Path
 from typing import Optional, Sequence
@@ -34,6 +42,8 @@ from gplq_ros.onboard.vocabulary import Vocabulary, VocabError
 # the ONNX metadata this engine reads (written by offline.onnx_export)
 GRAPH_FORMAT = 'gplq_ros.onnx'
 GRAPH_VERSION = 1
+BACKENDS = ('auto', 'onnxruntime', 'openvino')
+PRECISIONS = ('f32', 'bf16')
 
 
 class EngineError(ValueError):
@@ -46,27 +56,84 @@ def graph_meta(model) -> Optional[dict]:
     return json.loads(raw) if raw is not None else None
 
 
+def resolve_backend(backend: str, providers: Optional[Sequence[str]] = None) -> str:
+    """``auto`` -> the backend this machine runs fastest (see the module text)."""
+    if backend not in BACKENDS:
+        raise EngineError(f'backend={backend!r}: must be one of {BACKENDS}')
+    if backend != 'auto':
+        return backend
+    cpu_only = all(p == 'CPUExecutionProvider' for p in (providers or ['CPUExecutionProvider']))
+    return 'openvino' if cpu_only and importlib.util.find_spec('openvino') is not None else 'onnxruntime'
+
+
+class _OrtRunner:
+    def __init__(self, source, threads: int, providers: Sequence[str], disabled: Sequence[str], path: Path):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        try:
+            self.session = ort.InferenceSession(source, so, providers=list(providers),
+                                                disabled_optimizers=list(disabled))
+        except Exception as e:  # ORT raises its own types for malformed graphs
+            raise EngineError(f'{path}: onnxruntime cannot load it ({str(e)[:300]})') from None
+        self.description = f'onnxruntime {self.session.get_providers()[0]}'
+
+    def __call__(self, pixels: np.ndarray):
+        tokens, vlad_features = self.session.run(['tokens', 'vlad_features'], {'pixels': pixels})
+        return tokens, vlad_features
+
+
+class _OpenVinoRunner:
+    def __init__(self, source: bytes, threads: int, precision: str, path: Path):
+        try:
+            import openvino  # optional: only this backend needs it
+        except ImportError:
+            raise EngineError('backend=openvino: the openvino package is not installed '
+                              '(pip install openvino, or use backend=onnxruntime)') from None
+        core = openvino.Core()
+        try:
+            compiled = core.compile_model(core.read_model(model=source), 'CPU', {
+                'INFERENCE_NUM_THREADS': threads, 'NUM_STREAMS': 1, 'PERFORMANCE_HINT': 'LATENCY',
+                'INFERENCE_PRECISION_HINT': precision})
+        except Exception as e:  # OpenVINO raises its own types for graphs it cannot read
+            raise EngineError(f'{path}: openvino cannot load it ({str(e)[:300]})') from None
+        self.request = compiled.create_infer_request()
+        self.outputs = (compiled.output('tokens'), compiled.output('vlad_features'))
+        self.description = f'openvino CPU {precision}'
+
+    def __call__(self, pixels: np.ndarray):
+        result = self.request.infer({'pixels': pixels})
+        return result[self.outputs[0]], result[self.outputs[1]]
+
+
 class Engine:
     def __init__(self, path: Path, threads: int = 2, providers: Optional[Sequence[str]] = None,
-                 centers: Optional[np.ndarray] = None, warmup: int = 2, artifact: Optional[Path] = None):
+                 centers: Optional[np.ndarray] = None, warmup: int = 2, artifact: Optional[Path] = None,
+                 backend: str = 'auto', precision: str = 'f32'):
         path = Path(path)
         if not path.is_file():
             raise EngineError(f'model file not found: {path}')
         if threads < 1:
             raise EngineError(f'threads={threads}: must be >= 1')
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry('session.intra_op.allow_spinning', '0')
-        available = ort.get_available_providers()
+        if precision not in PRECISIONS:
+            raise EngineError(f'precision={precision!r}: must be one of {PRECISIONS}')
         wanted = list(providers or ['CPUExecutionProvider'])
-        missing = [p for p in wanted if p not in available]
-        if missing:
-            raise EngineError(f'providers={missing} not available in this onnxruntime ({available})')
+        self.backend = resolve_backend(backend, wanted)
+        if self.backend == 'onnxruntime':
+            available = ort.get_available_providers()
+            missing = [p for p in wanted if p not in available]
+            if missing:
+                raise EngineError(f'providers={missing} not available in this onnxruntime ({available})')
+            if precision != 'f32':
+                raise EngineError(f'precision={precision!r}: only the openvino backend runs other than f32')
+        elif wanted != ['CPUExecutionProvider']:
+            raise EngineError(f'providers={wanted}: execution providers are an onnxruntime setting; '
+                              f'backend={self.backend} runs on the CPU')
         try:
             model = onnx.load(str(path))
         except Exception as e:  # protobuf raises its own types for malformed files
-            raise EngineError(f'{path}: onnxruntime cannot load it ({str(e)[:300]})') from None
+            raise EngineError(f'{path}: {self.backend} cannot load it ({str(e)[:300]})') from None
         self.meta = graph_meta(model)
         if self.meta is None:
             raise EngineError(f'{path}: no gplq_ros metadata; export it with gplq_export')
@@ -85,11 +152,13 @@ class Engine:
             self.artifact = Path(artifact) if artifact else path.parent / self.meta['artifact_file']
             _fill_packed(model, self.meta, self.artifact)
             source = model.SerializeToString()
-        del model
-        try:
-            self.session = ort.InferenceSession(source, so, providers=wanted, disabled_optimizers=disabled)
-        except Exception as e:  # ORT raises its own types for malformed graphs
-            raise EngineError(f'{path}: onnxruntime cannot load it ({str(e)[:300]})') from None
+        if self.backend == 'openvino':
+            source = source if isinstance(source, bytes) else model.SerializeToString()
+            del model
+            self.runner = _OpenVinoRunner(source, threads, precision, path)
+        else:
+            del model
+            self.runner = _OrtRunner(source, threads, wanted, disabled, path)
         self.input_hw = tuple(self.meta['input_hw'])
         self.cfg = PipelineConfig(**self.meta['pipeline'])
         if centers is not None and centers.shape[1] != 384:
@@ -105,9 +174,14 @@ class Engine:
     def kind(self) -> str:
         return self.meta['kind']
 
+    @property
+    def description(self) -> str:
+        """The backend and device that run the graph, e.g. 'openvino CPU f32'."""
+        return self.runner.description
+
     def features(self, image_rgb: np.ndarray):
         prep = prepare(image_rgb, size=self.input_hw)
-        tokens, vlad_features = self.session.run(['tokens', 'vlad_features'], {'pixels': prep.tensor})
+        tokens, vlad_features = self.runner(prep.tensor)
         return prep, tokens[0], vlad_features[0]
 
     def __call__(self, image_rgb: np.ndarray) -> Outputs:
