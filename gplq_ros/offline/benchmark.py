@@ -145,7 +145,8 @@ def interleaved(fns: Dict[str, callable], frames: Sequence[np.ndarray], runs: in
 
 def run_benchmark(artifacts: Sequence[Path] = (), sizes: Sequence[Tuple[int, int]] = ((224, 224), (168, 224)),
                   threads: Sequence[int] = (1, 2), runs: int = 30,
-                  backends: Sequence[str] = ('onnxruntime', 'openvino'), workdir: Path = Path('out/bench_runtime'), nncf_crops: int = 64) -> dict:
+                  backends: Sequence[str] = ('onnxruntime', 'openvino'), workdir: Path = Path('out/bench_runtime'),
+                  nncf_crops: int = 64) -> dict:
     """{'rows': one per engine x backend x size x threads, 'fidelity': per graph x backend at
     224 px, 'stages': per-part ms of the last graph (a GPLQ one when given) per backend, 'machine': ...}."""
     workdir.mkdir(parents=True, exist_ok=True)
