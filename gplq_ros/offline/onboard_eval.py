@@ -54,11 +54,12 @@ class FormResult:
 
 def evaluate_forms(forms: Dict[str, Path], sources: Dict[str, List[np.ndarray]], centers: np.ndarray,
                    place_cfg: PlaceConfig = PlaceConfig(), max_places: int = 0, threads: int = 2,
-                   log=print) -> List[FormResult]:
+                   log=print, backend: str = 'onnxruntime') -> List[FormResult]:
     """Every form on every source; ``forms`` must start with the FP32 graph (the reference
-    and the database builder)."""
+    and the database builder). Every form runs on the same ``backend``."""
     names = list(forms)
-    engines: Dict[str, Engine] = {n: load(forms[n], threads=threads, centers=centers) for n in names}
+    engines: Dict[str, Engine] = {n: load(forms[n], threads=threads, centers=centers, backend=backend)
+                                  for n in names}
     ref = engines[names[0]]
     if ref.kind != 'fp32':
         raise ValueError(f'the first form must be the FP32 graph, got kind={ref.kind!r}')

@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument('--vocab', type=Path, default=None, help=f'default {default_vocab()}')
     ap.add_argument('--workdir', type=Path, default=Path('out/fidelity_onboard'))
     ap.add_argument('--no-peers', action='store_true', help='rows: FP32 and the artifacts only')
+    ap.add_argument('--backend', choices=('onnxruntime', 'openvino'), default='onnxruntime',
+                    help='graph runtime of every row (default onnxruntime)')
     ap.add_argument('--json', type=Path, default=None)
     args = ap.parse_args(argv)
     sources = dict(args.source) if args.source else default_evaluation_sources()
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
         forms = {k: v for k, v in forms.items() if k == 'FP32' or k.startswith('GPLQ')}
     cfg = PlaceConfig(tile=args.tile, stride=args.tile // 2, size=args.size)
     results = evaluate_forms(forms, {n: load_images(list_images(p)) for n, p in sources.items()}, vocab.centers,
-                             cfg, args.max_places)
+                             cfg, args.max_places, backend=args.backend)
     print(markdown_table(results))
     if args.json:
         args.json.write_text(json.dumps({'place_config': asdict(cfg), 'rows': [asdict(r) for r in results]},
