@@ -139,17 +139,30 @@ def test_auto_backend_rule():
 
 
 @pytest.mark.parametrize('kind', ['fp32', 'gplq'])
-def test_backends_give_the_same_outputs(kind, fp32_graph, packed_graph, images):
+def test_backends_give_the_same_outputs(kind, fp32_graph, packed_graph, w4a8_artifact, images):
+    """FP32: the same tokens (>= 0.999). GPLQ (the tiny 4-crop test artifact): rounding flips
+    between two int8 executions compound over 12 blocks, so the check is that each backend is
+    as close to the torch fake-quant model as the other; the rotated onboard form agrees to
+    >= 0.999 (test_gplq_model.test_rotated_artifact_round_trips_and_exports)."""
     from gplq_ros.offline.data import default_heldout
+    from gplq_ros.offline.fakequant import fakequant_model
     path = fp32_graph if kind == 'fp32' else packed_graph
     a, b = load(path, backend='onnxruntime'), load(path, backend='openvino')
     assert a.description == 'onnxruntime CPUExecutionProvider' and b.description == 'openvino CPU f32'
     assert a.kind == b.kind == kind
+    qm = fakequant_model(w4a8_artifact)[0] if kind == 'gplq' else None
     names = [p.name for p in default_heldout()]
     assert len(names) >= 2
     for name in names:
-        ta, tb = a.features(images[name])[1], b.features(images[name])[1]
-        assert token_cosine(ta, tb) >= 0.999, name
+        prep, ta, _ = a.features(images[name])
+        tb = b.features(images[name])[1]
+        if qm is None:
+            assert token_cosine(ta, tb) >= 0.999, name
+            continue
+        with torch.no_grad():
+            ref = qm(torch.from_numpy(prep.tensor), [(11, 'token')])[(11, 'token')][0].numpy()
+        ca, cb = token_cosine(ta, ref), token_cosine(tb, ref)
+        assert token_cosine(ta, tb) >= 0.99 and min(ca, cb) >= 0.99 and abs(ca - cb) <= 0.005, (name, ca, cb)
     bf16 = load(path, backend='openvino', precision='bf16')
     assert bf16.description == 'openvino CPU bf16'
     assert token_cosine(a.features(images[names[0]])[1], bf16.features(images[names[0]])[1]) >= 0.99
