@@ -166,7 +166,7 @@ def run_benchmark(artifacts: Sequence[Path] = (), sizes: Sequence[Tuple[int, int
                                           ('static int8 QDQ (ORT quantize_static, MinMax)', stat),
                                           ('NNCF int8 PTQ', nncf_path)]
         for a in artifacts:
-            r = export_artifact(a, workdir / f'{Path(a).stem}_{hw[0]}x{hw[1]}.onnx', hw, cfg, force=True,
+            r = export_artifact(a, workdir / f'{Path(a).stem}_{hw[0]}x{hw[1]}.onnx', hw, cfg, packed=False, force=True,
                                 expect_weights_sha256=ext.weights_sha256)
             graphs.append((f'GPLQ {r["tag"].upper()} {Path(a).stem}', r['path']))
         gmacs = vit_gmacs(hw)
