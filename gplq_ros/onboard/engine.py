@@ -14,8 +14,9 @@ Backends (``backend=``): ``onnxruntime`` (CPU; CUDA/TensorRT execution providers
 asked for and present) and ``openvino`` (CPU; the same ONNX graph read from memory,
 ``precision`` f32 or bf16 for what stays float); both give the same outputs (token cosine
 >= 0.999, tested) and the same refusals. ``auto`` (the default) is the rule measured on
-this project's machines (docs/benchmarks.md, "Backends"): OpenVINO when it is installed
-and only the CPU is asked for, ONNX Runtime otherwise.
+this project's machine (docs/benchmarks.md, "Onboard runtime"): OpenVINO when it is installed,
+only the CPU is asked for and the graph has no ORT-only ops (``ORT_ONLY_OPS``), else ONNX
+Runtime.
 
 GPLQ graphs exported packed (the default of ``gplq_export --model``) hold no int8 weight
 codes: the engine reads them from the artifact (``artifact=``, by default the file the
@@ -56,14 +57,19 @@ def graph_meta(model) -> Optional[dict]:
     return json.loads(raw) if raw is not None else None
 
 
-def resolve_backend(backend: str, providers: Optional[Sequence[str]] = None) -> str:
+# ops that OpenVINO runs far slower than ONNX Runtime (ORT dynamic int8 graphs: 2.1-2.7x, measured)
+ORT_ONLY_OPS = frozenset({'DynamicQuantizeLinear'})
+
+
+def resolve_backend(backend: str, providers: Optional[Sequence[str]] = None, op_types=()) -> str:
     """``auto`` -> the backend this machine runs fastest (see the module text)."""
     if backend not in BACKENDS:
         raise EngineError(f'backend={backend!r}: must be one of {BACKENDS}')
     if backend != 'auto':
         return backend
     cpu_only = all(p == 'CPUExecutionProvider' for p in (providers or ['CPUExecutionProvider']))
-    return 'openvino' if cpu_only and importlib.util.find_spec('openvino') is not None else 'onnxruntime'
+    fits = cpu_only and not ORT_ONLY_OPS.intersection(op_types)
+    return 'openvino' if fits and importlib.util.find_spec('openvino') is not None else 'onnxruntime'
 
 
 class _OrtRunner:
@@ -119,7 +125,12 @@ class Engine:
         if precision not in PRECISIONS:
             raise EngineError(f'precision={precision!r}: must be one of {PRECISIONS}')
         wanted = list(providers or ['CPUExecutionProvider'])
-        self.backend = resolve_backend(backend, wanted)
+        resolve_backend(backend, wanted)  # refuses an unknown backend before the model is read
+        try:
+            model = onnx.load(str(path))
+        except Exception as e:  # protobuf raises its own types for malformed files
+            raise EngineError(f'{path}: not a readable ONNX model, cannot load it ({str(e)[:300]})') from None
+        self.backend = resolve_backend(backend, wanted, {n.op_type for n in model.graph.node})
         if self.backend == 'onnxruntime':
             available = ort.get_available_providers()
             missing = [p for p in wanted if p not in available]
@@ -130,10 +141,6 @@ class Engine:
         elif wanted != ['CPUExecutionProvider']:
             raise EngineError(f'providers={wanted}: execution providers are an onnxruntime setting; '
                               f'backend={self.backend} runs on the CPU')
-        try:
-            model = onnx.load(str(path))
-        except Exception as e:  # protobuf raises its own types for malformed files
-            raise EngineError(f'{path}: {self.backend} cannot load it ({str(e)[:300]})') from None
         self.meta = graph_meta(model)
         if self.meta is None:
             raise EngineError(f'{path}: no gplq_ros metadata; export it with gplq_export')

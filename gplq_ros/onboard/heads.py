@@ -46,15 +46,26 @@ def feature_gradients(feat: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return gx, gy
 
 
+def structure_sums(gx: np.ndarray, gy: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Channel sums (gh, gw) of gx*gx, gy*gy and gx*gy: what the boundary and corner heads share."""
+    return (np.einsum('ijc,ijc->ij', gx, gx), np.einsum('ijc,ijc->ij', gy, gy),
+            np.einsum('ijc,ijc->ij', gx, gy))
+
+
 def edge_magnitude(feat: np.ndarray) -> np.ndarray:
     """EdgeMagnitude (gh, gw) = sqrt(sum_c gx^2 + gy^2) of the unit-token feature map."""
-    gx, gy = feature_gradients(feat)
-    return np.sqrt(np.sum(gx * gx + gy * gy, axis=-1))
+    sxx, syy, _ = structure_sums(*feature_gradients(feat))
+    return np.sqrt(sxx + syy)
+
+
+def boundary_from_sums(sxx: np.ndarray, syy: np.ndarray) -> np.ndarray:
+    return np.clip(np.sqrt(sxx + syy) / SQRT2, 0.0, 1.0).astype(np.float32)
 
 
 def boundary_map(feat: np.ndarray) -> np.ndarray:
     """Boundary map on the patch grid, ``EdgeMagnitude / sqrt(2)`` in [0, 1]."""
-    return np.clip(edge_magnitude(feat) / SQRT2, 0.0, 1.0).astype(np.float32)
+    sxx, syy, _ = structure_sums(*feature_gradients(feat))
+    return boundary_from_sums(sxx, syy)
 
 
 def upsample(grid_map: np.ndarray, out_hw: Tuple[int, int]) -> np.ndarray:
@@ -65,10 +76,11 @@ def upsample(grid_map: np.ndarray, out_hw: Tuple[int, int]) -> np.ndarray:
 
 def harris_response(feat: np.ndarray, k: float = 0.04, sigma: float = 1.0) -> np.ndarray:
     """Multi-channel Harris response R (gh, gw) on the patch grid."""
-    gx, gy = feature_gradients(feat)
-    sxx = np.sum(gx * gx, axis=-1)
-    syy = np.sum(gy * gy, axis=-1)
-    sxy = np.sum(gx * gy, axis=-1)
+    return harris_from_sums(*structure_sums(*feature_gradients(feat)), k, sigma)
+
+
+def harris_from_sums(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, k: float = 0.04,
+                     sigma: float = 1.0) -> np.ndarray:
     if sigma > 0:
         ks = 2 * int(np.ceil(2 * sigma)) + 1
         blur = [cv2.GaussianBlur(s, (ks, ks), sigma, borderType=cv2.BORDER_REPLICATE)
@@ -120,10 +132,10 @@ def vlad(features: np.ndarray, centers: np.ndarray) -> np.ndarray:
     x = l2_normalize(features.astype(np.float32))
     c = centers.astype(np.float32)
     assign = np.argmax(x @ c.T, axis=1)
-    k, dim = c.shape
-    out = np.zeros((k, dim), np.float32)
-    np.add.at(out, assign, x)
-    counts = np.bincount(assign, minlength=k).astype(np.float32)
+    k = c.shape[0]
+    onehot = (assign[None, :] == np.arange(k)[:, None]).astype(np.float32)   # (K, N)
+    out = onehot @ x                                                          # per-cluster sums, one matmul
+    counts = onehot.sum(axis=1)
     out -= counts[:, None] * c
     out = l2_normalize(out, axis=1)
     out[counts == 0] = 0.0

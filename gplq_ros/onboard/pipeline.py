@@ -85,8 +85,9 @@ def run_heads(cfg: PipelineConfig, prep: Prepared, tokens: np.ndarray,
     """Heads on (gh*gw, C) token arrays; shared by the torch and ONNX Runtime paths."""
     gh, gw = prep.grid_hw
     grid = tokens.reshape(gh, gw, -1).astype(np.float32)
-    boundary = heads.boundary_map(grid)
-    harris = heads.harris_response(grid, cfg.harris_k, cfg.harris_sigma)
+    sxx, syy, sxy = heads.structure_sums(*heads.feature_gradients(grid))   # once for both heads
+    boundary = heads.boundary_from_sums(sxx, syy)
+    harris = heads.harris_from_sums(sxx, syy, sxy, cfg.harris_k, cfg.harris_sigma)
     corners = heads.top_corners(harris, cfg.top_k, cfg.nms_radius, cfg.corner_rel_threshold)
     desc = heads.vlad(vlad_features.reshape(gh * gw, -1), centers) if centers is not None else None
     return Outputs(prep.orig_hw, prep.input_hw, (gh, gw), grid, boundary,
