@@ -44,7 +44,8 @@ def export_tensors(qm: QuantDinoV2) -> Tuple[Dict[str, np.ndarray], dict]:
         s, z = q.qparams()
         tensors[f'a/{q.name}.scale'] = s.float().cpu().numpy()
         tensors[f'a/{q.name}.zero_point'] = z.float().cpu().numpy()
-        acts[q.name] = {'bits': q.bits, 'granularity': 'channel' if q.per_channel else 'tensor'}
+        acts[q.name] = {'bits': q.bits, 'granularity': 'channel' if q.per_channel else 'tensor',
+                        'symmetric': q.symmetric}
     comp = {}
     for i, (a, b, bias) in sorted(qm.compensation.items()):
         for part, t in (('a', a), ('b', b), ('bias', bias)):

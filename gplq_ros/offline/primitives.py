@@ -53,20 +53,24 @@ def _reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
 class _FakeQuant(torch.autograd.Function):
     @staticmethod
     def symbolic(g, x, scale, zero_point, qmin, qmax, gs):
-        """ONNX: QuantizeLinear (uint8) [-> Clip to [qmin, qmax] below 8 bits] -> DequantizeLinear.
-        Exact when scale > 0 and zero_point is integral (``ActQuantizer.freeze`` makes them so)."""
-        if qmin < 0 or qmax > 255:
-            raise ValueError(f'ONNX export supports unsigned codes in [0, 255], got [{qmin}, {qmax}]')
+        """ONNX: QuantizeLinear (uint8 codes, or int8 for a signed range) [-> Clip to [qmin, qmax]
+        below 8 bits] -> DequantizeLinear. Exact when scale > 0 and zero_point is integral
+        (``ActQuantizer.freeze`` makes them so)."""
+        signed = qmin < 0
+        lo_t, hi_t = (-128, 127) if signed else (0, 255)
+        if qmin < lo_t or qmax > hi_t:
+            raise ValueError(f'ONNX export supports codes in [0, 255] or [-128, 127], got [{qmin}, {qmax}]')
         per_tensor = scale.type().sizes() in ([1], [])
         if per_tensor:
             scale = g.op('Squeeze', scale)
             zero_point = g.op('Squeeze', zero_point)
-        zp = g.op('Cast', zero_point, to_i=2)  # TensorProto.UINT8
+        zp = g.op('Cast', zero_point, to_i=3 if signed else 2)  # TensorProto.INT8 / UINT8
         attrs = {} if per_tensor else {'axis_i': -1}
         q = g.op('QuantizeLinear', x, scale, zp, **attrs)
-        if qmin > 0 or qmax < 255:
-            lo = g.op('Constant', value_t=torch.tensor(qmin, dtype=torch.uint8))
-            hi = g.op('Constant', value_t=torch.tensor(qmax, dtype=torch.uint8))
+        if qmin > lo_t or qmax < hi_t:
+            dtype = torch.int8 if signed else torch.uint8
+            lo = g.op('Constant', value_t=torch.tensor(qmin, dtype=dtype))
+            hi = g.op('Constant', value_t=torch.tensor(qmax, dtype=dtype))
             q = g.op('Clip', q, lo, hi)
         return g.op('DequantizeLinear', q, scale, zp, **attrs)
 
@@ -106,13 +110,15 @@ class ActQuantizer(nn.Module):
 
     Modes: ``observe()`` records ranges (min/max and percentiles) while passing x
     through; ``init_from_stats(method)`` sets s, z; ``enable()`` fake-quantizes.
+    ``symmetric``: signed codes in [-2^(b-1), 2^(b-1) - 1] with the zero-point fixed at 0
+    (only the scale is learned); exported as int8 QuantizeLinear.
     """
 
-    def __init__(self, bits: int, channels: Optional[int] = None, name: str = ''):
+    def __init__(self, bits: int, channels: Optional[int] = None, name: str = '', symmetric: bool = False):
         super().__init__()
         if not 2 <= bits <= 16:
             raise ValueError(f'{name}: activation bits must be in [2, 16], got {bits}')
-        self.bits, self.channels, self.name = bits, channels, name
+        self.bits, self.channels, self.name, self.symmetric = bits, channels, name, symmetric
         n = channels or 1
         self.scale = nn.Parameter(torch.ones(n))
         self.zero_point = nn.Parameter(torch.zeros(n))
@@ -156,11 +162,19 @@ class ActQuantizer(nn.Module):
             return x
         if not self.enabled:
             return x
-        qmin, qmax = act_qrange(self.bits)
+        qmin, qmax = self.qrange
         g = 1.0 / math.sqrt(x.numel() / self.scale.numel() * qmax)
         if self.track_error:
             self._local_error(x.detach(), qmin, qmax, g)
-        return fake_quant(x, self.scale, self.zero_point, qmin, qmax, g)
+        return fake_quant(x, self.scale, self._zero(), qmin, qmax, g)
+
+    @property
+    def qrange(self) -> Tuple[int, int]:
+        return weight_qrange(self.bits) if self.symmetric else act_qrange(self.bits)
+
+    def _zero(self) -> torch.Tensor:
+        """The zero-point the forward uses: the learned one, or a constant 0 when symmetric."""
+        return torch.zeros_like(self.zero_point) if self.symmetric else self.zero_point
 
     def _local_error(self, x: torch.Tensor, qmin: int, qmax: int, g: float) -> None:
         """||Q(x) - x||^2 / ||x||^2 for this input, and its gradient w.r.t. (s, z) computed
@@ -168,9 +182,10 @@ class ActQuantizer(nn.Module):
         # identity saved-tensor hooks: inside a checkpointed block, this small graph must not
         # be handed to the checkpoint's recomputation machinery
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-            y = fake_quant(x, self.scale, self.zero_point, qmin, qmax, g)
+            y = fake_quant(x, self.scale, self._zero(), qmin, qmax, g)
             err = ((y - x) ** 2).mean() / (x ** 2).mean().clamp_min(1e-12)
-            self.error_grads = torch.autograd.grad(err, [self.scale, self.zero_point])
+            self.error_grads = torch.autograd.grad(err, [self.scale, self.zero_point], allow_unused=True,
+                                                   materialize_grads=True)
         self.last_error = err.detach()
 
     @torch.no_grad()
@@ -188,10 +203,15 @@ class ActQuantizer(nn.Module):
         else:
             raise ValueError(f'{self.name}: unknown init method {method!r}')
         lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
-        qmin, qmax = act_qrange(self.bits)
-        s = ((hi - lo) / (qmax - qmin)).clamp_min(1e-8)
-        self.scale.copy_(s)
-        self.zero_point.copy_(qmin - lo / s)
+        qmin, qmax = self.qrange
+        if self.symmetric:
+            s = (torch.maximum(-lo, hi) / qmax).clamp_min(1e-8)
+            self.scale.copy_(s)
+            self.zero_point.zero_()
+        else:
+            s = ((hi - lo) / (qmax - qmin)).clamp_min(1e-8)
+            self.scale.copy_(s)
+            self.zero_point.copy_(qmin - lo / s)
         self._stats = []
         self.observing = False
 
@@ -205,7 +225,7 @@ class ActQuantizer(nn.Module):
 
     def qparams(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(scale > 0, integer zero-point) as used in the forward pass."""
-        return self.scale.detach().abs().clamp_min(1e-8), torch.round(self.zero_point.detach())
+        return self.scale.detach().abs().clamp_min(1e-8), torch.round(self._zero().detach())
 
 
 def _gen(seed: int) -> torch.Generator:

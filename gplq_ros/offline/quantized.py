@@ -68,13 +68,15 @@ class QAttention(nn.Module):
     """timm Attention with quantized q, k, v and softmax output (explicit matmuls)."""
 
     def __init__(self, attn: nn.Module, qkv: QLinear, proj: QLinear, q: ActQuantizer,
-                 k: ActQuantizer, v: ActQuantizer, probs: ActQuantizer):
+                 k: ActQuantizer, v: Optional[ActQuantizer], probs: Optional[ActQuantizer]):
         super().__init__()
         self.num_heads = attn.num_heads
         self.head_dim = attn.head_dim
         self.scale = attn.scale
         self.qkv, self.proj = qkv, proj
-        self.q_quant, self.k_quant, self.v_quant, self.attn_quant = q, k, v, probs
+        # v and probs None: attention x V stays float (QuantSpec.attention='qk_int8')
+        self.q_quant, self.k_quant = q, k
+        self.v_quant, self.attn_quant = v or nn.Identity(), probs or nn.Identity()
 
     def forward(self, x, attn_mask=None, **_):
         b, n, c = x.shape
@@ -100,8 +102,8 @@ class QuantDinoV2(nn.Module):
         dim = vit.embed_dim
         hidden = vit.blocks[0].mlp.fc1.out_features
 
-        def aq(name, bits, channels):
-            q = ActQuantizer(bits, channels, name)
+        def aq(name, bits, channels, symmetric=False):
+            q = ActQuantizer(bits, channels, name, symmetric)
             self.quantizers[name.replace('.', '_')] = q
             return q
 
@@ -110,9 +112,11 @@ class QuantDinoV2(nn.Module):
             p = f'blocks.{i}.'
             qkv = QLinear(blk.attn.qkv, aq(p + 'qkv_in', spec.act_bits, dim if per_ch else None), p + 'attn.qkv')
             proj = QLinear(blk.attn.proj, aq(p + 'proj_in', spec.act_bits, dim if per_ch else None), p + 'attn.proj')
-            blk.attn = QAttention(blk.attn, qkv, proj, aq(p + 'q', spec.attn_bits, None),
-                                  aq(p + 'k', spec.attn_bits, None), aq(p + 'v', spec.attn_bits, None),
-                                  aq(p + 'attn', spec.attn_bits, None))
+            if spec.attention == 'qkv_probs':
+                attn_q = [aq(p + n, spec.attn_bits, None) for n in ('q', 'k', 'v', 'attn')]
+            else:  # 'qk_int8': signed symmetric q and k, attention x V in float
+                attn_q = [aq(p + 'q', spec.attn_bits, None, True), aq(p + 'k', spec.attn_bits, None, True), None, None]
+            blk.attn = QAttention(blk.attn, qkv, proj, *attn_q)
             blk.mlp.fc1 = QLinear(blk.mlp.fc1, aq(p + 'fc1_in', spec.act_bits, dim if per_ch else None), p + 'mlp.fc1')
             blk.mlp.fc2 = QLinear(blk.mlp.fc2, aq(p + 'fc2_in', spec.act_bits, hidden if per_ch else None),
                                   p + 'mlp.fc2')

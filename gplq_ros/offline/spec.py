@@ -9,6 +9,7 @@ from gplq_ros.onboard.fileformat import check_fields
 
 SPEC_VERSION = 1
 LINEAR_KINDS = ('qkv', 'proj', 'fc1', 'fc2')
+ATTENTION_MODES = ('qkv_probs', 'qk_int8')
 ATTN_KINDS = ('q', 'k', 'v', 'attn')
 
 
@@ -21,7 +22,8 @@ class QuantSpec:
         out), ``fc2_in`` (GELU out): ``act_bits``, per tensor or per channel
         (``act_granularity``; default per tensor at >= 8 bits, per channel below);
       * attention matmul inputs ``q`` (pre-scaled), ``k``, ``v`` and the softmax output
-        ``attn``: ``attn_bits``, per tensor.
+        ``attn``: ``attn_bits``, per tensor (``attention='qkv_probs'``); or only ``q`` and
+        ``k``, signed and symmetric, with attention x V in float (``attention='qk_int8'``).
     Weights of every block Linear (qkv, proj, fc1, fc2): ``weight_bits``, symmetric, per
     output channel (``group_size=None``) or per group of input channels. The patch
     embedding, LayerNorms, LayerScales, biases, position embeddings and CLS token stay
@@ -41,6 +43,9 @@ class QuantSpec:
     act_order: bool = field(default=False, metadata=option(
         'GPTQ quantizes the columns of the most active inputs first (per-output-channel weights only)'))
     gptq_damp: float = field(default=0.01, metadata=option('GPTQ damping, fraction of the mean Hessian diagonal'))
+    attention: str = field(default='qkv_probs', metadata=option(
+        'attention quantizers: qkv_probs = asymmetric q, k, v and softmax output; qk_int8 = signed '
+        'symmetric q and k (the int8 attention OpenVINO fuses), attention x V in float', ATTENTION_MODES))
     rotation: str = field(default='none', metadata=option(
         'rotate the residual stream by an orthogonal matrix before quantizing (offline.rotation)', ROTATIONS))
     rotation_seed: int = field(default=0, metadata=option('seed of the random orthogonal rotation'))
@@ -63,6 +68,7 @@ class QuantSpec:
             ('weight_method', self.weight_method in ('gptq', 'rtn')),
             ('act_order', not self.act_order or self.group_size is None),
             ('gptq_damp', 0.0 < self.gptq_damp <= 1.0),
+            ('attention', self.attention in ATTENTION_MODES),
             ('rotation', self.rotation in ROTATIONS),
             ('rotation_seed', isinstance(self.rotation_seed, int) and self.rotation_seed >= 0),
         ]
