@@ -38,8 +38,12 @@ if [ ! -d "$ARM/site/onnxruntime" ]; then
         --target "$ARM/site" -r "$REPO/requirements-onboard.txt"
 fi
 echo "aarch64 onboard packages (requirements-onboard.txt): $(du -sh "$ARM/site" | cut -f1)"
+# A Cortex-A72 (Raspberry Pi 4; NEON, no SVE). With qemu's default "max" CPU, numpy's matmul
+# of random [0, 1) matrices warned of overflow and ORT ran 18x slower (measured): not a CPU to check on.
+export QEMU_CPU=${QEMU_CPU:-cortex-a72}
 ARMPY=(qemu-aarch64-static -L "$ARM/root" "$ARM/root/usr/bin/python3.11")
 "${ARMPY[@]}" -c 'import platform; print("emulated:", platform.machine(), platform.python_version())'
+echo "emulated CPU: $QEMU_CPU"
 if [ -z "${GRAPHS:-}" ]; then
     GRAPHS=$("$PY" -c 'from gplq_ros.onboard.paths import default_onboard_models as m; print(m()["reference_model"], m()["model"])')
 fi
