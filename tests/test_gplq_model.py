@@ -320,15 +320,24 @@ def test_compensation_lowers_block_error_and_round_trips(extractor, crops, image
         fakequant_model(bad)
 
 
-def test_rotated_artifact_round_trips_and_exports(extractor, crops, images, tmp_path):
+@pytest.mark.parametrize('attention', ['qkv_probs', 'qk_int8'])
+def test_rotated_artifact_round_trips_and_exports(extractor, crops, images, tmp_path, attention):
     import numpy as np
+    import onnx
 
     from gplq_ros.offline.onnx_export import export_artifact
     from gplq_ros.onboard.engine import load
     from gplq_ros.onboard.metrics import token_cosine
-    spec = QuantSpec.from_bits('w4a8', weight_method='rtn', rotation='orthogonal', rotation_seed=3)
+    spec = QuantSpec.from_bits('w4a8', weight_method='rtn', rotation='orthogonal', rotation_seed=3,
+                               attention=attention)
     qm = QuantDinoV2(extractor, spec)
+    assert len(qm.quantizers) == 12 * (8 if attention == 'qkv_probs' else 6)
     init_quantizers(qm, crops, 'minmax', 4)
+    if attention == 'qk_int8':   # q and k signed, zero-point 0; v and the softmax output not quantized
+        for name in ('blocks_3_q', 'blocks_3_k'):
+            q = qm.quantizers[name]
+            assert q.symmetric and q.qrange == (-128, 127) and float(q.qparams()[1]) == 0.0
+        assert 'blocks_3_v' not in qm.quantizers and 'blocks_3_attn' not in qm.quantizers
     stage2(qm, spec, None)
     qm.set_modes(act=True, weight=True)
     path = tmp_path / 'r.safetensors'
@@ -338,8 +347,12 @@ def test_rotated_artifact_round_trips_and_exports(extractor, crops, images, tmp_
     with torch.no_grad():
         for u, v in zip(qm.block_tokens(crops[0]), loaded.block_tokens(crops[0])):
             assert torch.equal(u, v)
+    graph = export_artifact(path, tmp_path / 'r.onnx', (168, 224))['path']
+    model = onnx.load(str(graph), load_external_data=False)
+    int8_q = [n for n in model.graph.node if n.op_type == 'QuantizeLinear' and '/attn/' in n.name
+              and '_quant/' in n.name and 'in_quant' not in n.name]
+    assert len(int8_q) == 12 * (4 if attention == 'qkv_probs' else 2)
     for backend in ('onnxruntime', 'openvino'):
-        graph = export_artifact(path, tmp_path / f'r_{backend}.onnx', (168, 224))['path']
         frame = np.ascontiguousarray(images['SOAP_031.png'])
         prep, tok, _ = load(graph, backend=backend).features(frame)
         with torch.no_grad():
