@@ -131,6 +131,22 @@ def test_engine_refusals(tmp_path, fp32_onnx):
         load(fp32_onnx, backend='openvino', providers=['CUDAExecutionProvider', 'CPUExecutionProvider'])
 
 
+def test_openvino_not_installed(fp32_onnx):
+    """Without the openvino package: backend=openvino is refused by name, auto falls back to ORT."""
+    code = ('import sys; sys.modules["openvino"] = None\n'
+            'from gplq_ros.onboard.engine import EngineError, load\n'
+            f'print(load(r"{fp32_onnx}").description)\n'
+            'try:\n'
+            f'    load(r"{fp32_onnx}", backend="openvino")\n'
+            'except EngineError as e:\n'
+            '    print("refused:", e)\n')
+    res = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert 'onnxruntime CPUExecutionProvider' in res.stdout
+    assert 'refused: backend=openvino: the openvino package is not installed' in res.stdout
+
+
 def test_auto_backend_rule():
     assert resolve_backend('auto') == 'openvino'          # installed by make setup; the faster one here
     assert resolve_backend('auto', ['CPUExecutionProvider']) == 'openvino'
