@@ -215,10 +215,11 @@ def export_fp32(extractor, out: Path, input_hw: Tuple[int, int] = ONBOARD_INPUT_
 
 
 # The onboard form ``make demo`` uses: W4A8 on int8 kernels, >= 75 % of the Linear weights in
-# 4 bits; the rotated residual stream was chosen on the held-out tiles of the calibration
-# sources (gplq_fidelity: better on every metric), then measured on unseen sources
-# (docs/benchmarks.md).
-ONBOARD_SPEC = QuantSpec(weight_bits=4, act_bits=8, group_size=None, act_order=True, rotation='orthogonal')
+# 4 bits; the rotated residual stream and the int8 q.k^T attention (float attention x V)
+# were chosen on the held-out tiles of the calibration sources (gplq_fidelity) and on
+# OpenVINO speed, then measured on unseen sources (docs/benchmarks.md).
+ONBOARD_SPEC = QuantSpec(weight_bits=4, act_bits=8, group_size=None, act_order=True, rotation='orthogonal',
+                         attention='qk_int8')
 ONBOARD_CALIBRATION = CalibConfig(max_8bit_fraction=0.25)
 
 
@@ -229,7 +230,8 @@ def ensure_onboard_models(log: Callable[[str], None] = print) -> Dict[str, str]:
     graph_path, fp32_path = Path(models['model']), Path(models['reference_model'])
     art = default_onboard_artifact()
     if not art.is_file():
-        log(f'calibrating {art} (W4A8, rotated, per-output-channel weights, act-order, 25 % 8-bit; a few minutes)')
+        log(f'calibrating {art} (W4A8, rotated, int8 q.k, per-output-channel weights, act-order, 25 % 8-bit; '
+            'a few minutes)')
         calibrate_to_file(CalibrationJob(ONBOARD_SPEC, ONBOARD_CALIBRATION, out=art))
     checksum = read_meta(art)['checksum']
     stale = True

@@ -1,6 +1,6 @@
 """gplq_flight_demo: the full onboard job on this machine.
 
-1. a W4A8 GPLQ artifact (rotated residual stream, per-output-channel weights, the fast int8 form; GPTQ act-order and
+1. a W4A8 GPLQ artifact (rotated residual stream, int8 q.k attention, per-output-channel weights; GPTQ act-order and
    the most sensitive 25 % of the Linear weights at 8 bits: ``offline.api.ONBOARD_SPEC``) in
    $GPLQ_HOME/onboard, calibrated if none is cached;
 2. the onboard graphs for 640x480 cameras: the packed GPLQ graph and the FP32 reference,
