@@ -307,10 +307,13 @@ def test_compensation_lowers_block_error_and_round_trips(extractor, crops, image
         assert not torch.equal(plain, qm.block_tokens(crops[0])[-1])      # the compensation is in the model
     graph = export_artifact(path, tmp_path / 'c.onnx', (168, 224))['path']
     frame = np.ascontiguousarray(images['SOAP_031.png'])
-    prep, tok, _ = load(graph).features(frame)
-    with torch.no_grad():
-        ref = loaded(torch.from_numpy(prep.tensor), [(11, 'token')])[(11, 'token')][0].numpy()
-    assert token_cosine(tok, ref) > 0.999
+    # ORT: the export is exact up to int8-kernel rounding; OpenVINO's kernels round a few values
+    # differently and, in this unrotated form with 8-bit v/softmax, the flips grow (0.998 measured)
+    for backend, bound in (('onnxruntime', 0.999), ('openvino', 0.995)):
+        prep, tok, _ = load(graph, backend=backend).features(frame)
+        with torch.no_grad():
+            ref = loaded(torch.from_numpy(prep.tensor), [(11, 'token')])[(11, 'token')][0].numpy()
+        assert token_cosine(tok, ref) > bound, backend
     # an artifact whose compensation does not fit its model is refused
     tensors, meta = load_artifact(path)
     tensors['c/blocks.3.a'] = tensors['c/blocks.3.a'][:, :8]
