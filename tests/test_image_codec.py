@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from helpers.camera_formats import encode_camera
 
 from gplq_ros.onboard.image_codec import (ENCODINGS, ImageFormatError, compressed_to_rgb, image_to_numpy,
                                           image_to_rgb, numpy_to_image, rgb_to_compressed)
@@ -12,6 +13,10 @@ from gplq_ros.onboard.image_codec import (ENCODINGS, ImageFormatError, compresse
 def sample(encoding, h=6, w=5, seed=0):
     dtype, ch = ENCODINGS[encoding]
     rng = np.random.default_rng(seed)
+    if encoding in ('yuv422_yuy2', 'uyvy', 'yuv422', 'nv12', 'nv21'):
+        w += w % 2                                     # chroma shared by pixel pairs
+    if encoding in ('nv12', 'nv21'):
+        h = h * 3 // 2                                 # the whole buffer: Y rows, then UV rows
     shape = (h, w, ch) if ch > 1 else (h, w)
     if dtype is np.float32:
         return rng.normal(size=shape).astype(np.float32)
@@ -32,7 +37,8 @@ def test_roundtrip_every_encoding(encoding, pad, bigendian):
     arr = sample(encoding)
     row = arr.shape[1] * arr.itemsize * (arr.shape[2] if arr.ndim == 3 else 1)
     msg = numpy_to_image(arr, encoding, step=row + pad, bigendian=bigendian)
-    assert msg.step == row + pad and len(msg.data) == msg.step * msg.height
+    assert msg.step == row + pad and len(msg.data) == msg.step * arr.shape[0]
+    assert msg.height == (arr.shape[0] * 2 // 3 if encoding in ('nv12', 'nv21') else arr.shape[0])
     np.testing.assert_array_equal(image_to_numpy(msg), arr)
 
 
@@ -55,6 +61,26 @@ def test_to_rgb_for_each_colour_encoding():
     assert np.array_equal(image_to_rgb(numpy_to_image(gray, 'mono8')), np.stack([gray] * 3, -1))
 
 
+def test_yuv_encodings_to_rgb_match_opencv_i420():
+    """The same YUV samples laid out as YUYV, UYVY, NV12 and NV21 decode like OpenCV's I420."""
+    rgb = np.random.default_rng(1).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    want = cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), cv2.COLOR_YUV2RGB_I420)
+    # 4:2:2 layouts repeat each 4:2:0 chroma row for two image rows -> the same RGB as I420
+    for enc, pad in (('nv12', 4), ('nv21', 0), ('yuv422_yuy2', 0), ('uyvy', 2), ('yuv422', 0)):
+        arr = encode_camera(rgb, enc)
+        row = arr.shape[1] * (arr.shape[2] if arr.ndim == 3 else 1)
+        np.testing.assert_array_equal(image_to_rgb(numpy_to_image(arr, enc, step=row + pad)), want, err_msg=enc)
+
+
+@pytest.mark.parametrize('pattern', ['rggb', 'bggr', 'gbrg', 'grbg'])
+def test_bayer_patterns_demosaic_to_the_right_colour(pattern):
+    colour = np.array([200, 100, 30], np.uint8)       # distinct R, G, B
+    mosaic = encode_camera(np.tile(colour, (8, 10, 1)), f'bayer_{pattern}8')
+    out = image_to_rgb(numpy_to_image(mosaic, f'bayer_{pattern}8'))
+    assert out.shape == (8, 10, 3)
+    np.testing.assert_allclose(out[2:6, 2:8].reshape(-1, 3), np.tile(colour, (24, 1)), atol=2)
+
+
 @pytest.mark.parametrize('encoding', ['mono16', '16UC1', '32FC1'])
 def test_non_8bit_rejected_for_rgb_models(encoding):
     with pytest.raises(ImageFormatError, match=f"encoding='{encoding}'.*RGB model"):
@@ -67,7 +93,10 @@ def test_non_8bit_rejected_for_rgb_models(encoding):
     (fake(step=5, data=bytes(10)), 'step'),               # step < width*channels
     (fake(height=0, data=b''), 'height'),
     (fake(width=0, data=b''), 'width'),
-    (fake(encoding='yuv422'), 'encoding'),
+    (fake(encoding='yuv420'), 'encoding'),
+    (fake(encoding='yuv422_yuy2', width=3, step=6, data=bytes(12)), 'width'),       # odd width
+    (fake(encoding='nv12', height=3, width=2, step=2, data=bytes(9)), 'height'),    # odd height
+    (fake(encoding='nv12', height=2, width=2, step=2, data=bytes(4)), 'data'),      # no UV rows
     (fake(encoding=''), 'encoding'),
     (fake(height=8192, width=8192, step=3 * 8192, data=b''), 'height*width'),
     (fake(encoding='mono16', step=3, data=bytes(6)), 'step'),  # 2 bytes per pixel

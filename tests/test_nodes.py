@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
+from helpers.camera_formats import encode_camera
 from helpers.cli import run_module
 from helpers.ros import Harness, node_argv, start, stop, vm_kb
 from sensor_msgs.msg import Image, PointCloud2
@@ -180,8 +181,11 @@ def test_feature_node_survives_malformed_images(tmp_path, packed_graph, images):
         pub = h.node.create_publisher(Image, '/malformed/image', 20)
         wait_for_subscribers(h, pub, 1)
         good = frames(images, 1)[0]
-        for field, case in MALFORMED + [(None, None)]:
-            msg = image_msg(h, good)
+        # the valid frames cycle through camera encodings: each must give an output
+        encodings = ['rgb8', 'yuv422_yuy2', 'uyvy', 'nv12', 'nv21', 'bayer_rggb8', 'bayer_grbg8', 'bgr8', 'mono8']
+        for i, (field, case) in enumerate(MALFORMED + [(None, None)]):
+            enc = encodings[i % len(encodings)]
+            msg = image_msg(h, encode_camera(good, enc), encoding=enc)
             pub.publish(msg)
             valid.append(key(msg))
             h.spin(0.4)
