@@ -294,3 +294,15 @@ def test_flow_stats_rates_latency_and_drops():
     s = f.snapshot(now=102.0)
     assert s['frames_in'] == 10 and s['frames_out'] == 5 and s['dropped'] == 5 and s['drop_rate'] == 0.5
     assert s['latency_p50_ms'] == pytest.approx(50.0, abs=1e-3) and s['input_rate_hz'] == pytest.approx(9 / 2.0)
+
+
+def test_diagnostic_aggregator_config_matches_the_status_names():
+    """config/diagnostic_aggregator.yaml expects exactly the statuses the bringup's analysed nodes
+    publish (``nodes.diag``: "gplq_ros: <node name>")."""
+    import yaml
+    doc = yaml.safe_load((REPO / 'config' / 'diagnostic_aggregator.yaml').read_text())
+    an = doc['analyzers']['ros__parameters']['gplq_perception']
+    assert an['type'] == 'diagnostic_aggregator/GenericAnalyzer' and an['timeout'] > 0
+    names = {f'gplq_ros: {s.name}' for s in bringup.node_specs({'use_sim_camera': 'false'})}
+    assert set(an['expected']) == names
+    assert all(n.startswith(tuple(an['startswith'])) for n in names)
