@@ -437,3 +437,73 @@ def test_monitor_survives_every_drift_level_and_no_worker_thread_ends(
     ours = [s for d in diags for s in d.status if s.name.startswith('gplq_ros: ')]
     assert {s.name for s in ours} == {'gplq_ros: feature_node', 'gplq_ros: monitor_node'}
     assert all(values(s)['worker_alive'] == 'True' and values(s)['worker_errors'] == '0' for s in ours)
+
+
+def test_sim_time_keeps_stamps_and_the_monitor_follows_the_ros_clock(tmp_path, packed_graph, fp32_graph, images):
+    """gplq_up use_sim_time:=true with a /clock publisher at t = 1000 s and frames stamped 50 ms in the past:
+    every output keeps its frame's stamp, the monitor's latency is measured on the /clock time (about 50-150 ms
+    here, not the ~1.8e12 ms a wall clock would give) and its staleness too: with /clock running 5x faster than
+    the wall, STALE comes well before 3 s of wall time."""
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+    params = params_file(tmp_path / 'params.yaml',
+                         feature_node={'vocabulary': 'none', 'diagnostics_period': 0.2},
+                         monitor_node={'vocabulary': 'none', 'check_every_n': 2, 'period': 0.2, 'stale_after_s': 3.0})
+    up = start([sys.executable, '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'model:={packed_graph}',
+                f'reference_model:={fp32_graph}', f'params_file:={params}', 'camera_topic:=/sim/image',
+                'use_sim_time:=true'], tmp_path / 'up.log')
+    h = Harness('test_sim_time')
+    sim = [1000.0]
+
+    def stamp(t):
+        return Time(sec=int(t), nanosec=int(round((t - int(t)) * 1e9)) % 1000000000)
+
+    sent, stale_after_wall = [], None
+    try:
+        clock = h.node.create_publisher(Clock, '/clock', 10)
+        pub = h.node.create_publisher(Image, '/sim/image', 10)
+        outputs = h.collect(Image, '/feature_node/boundary_map')
+        status = h.collect(Float64MultiArray, '/monitor_node/status')
+
+        def tick(dt, wall):
+            sim[0] += dt
+            clock.publish(Clock(clock=stamp(sim[0])))
+            h.spin(wall)
+        wait_for_subscribers(h, pub, 2)
+        for _ in range(600):                      # nodes up and their timers running on /clock
+            tick(0.1, 0.05)
+            if status:
+                break
+        assert status, (tmp_path / 'up.log').read_text(errors='replace')[-3000:]
+        for rgb in frames(images, 8):
+            msg = numpy_to_image(rgb, 'rgb8')
+            msg.header.frame_id = 'camera_optical_frame'
+            msg.header.stamp = stamp(sim[0] - 0.05)
+            pub.publish(msg)
+            sent.append(key(msg))
+            for _ in range(4):
+                tick(0.05, 0.05)
+        for _ in range(100):
+            tick(0.05, 0.05)
+            if len(outputs) >= len(sent):
+                break
+        live = decode_status(status[-1])
+        # frames keep arriving (rejected by the feature node: no outputs); /clock runs 0.5 s per 0.1 s of wall
+        t_last = time.monotonic()
+        for _ in range(60):
+            bad = numpy_to_image(frames(images, 1)[0], 'rgb8')
+            bad.encoding = 'yuv_unknown'
+            bad.header.stamp = stamp(sim[0])
+            pub.publish(bad)
+            tick(0.5, 0.1)
+            if Level(int(decode_status(status[-1])['level'])) == Level.STALE:
+                stale_after_wall = time.monotonic() - t_last
+                break
+    finally:
+        h.close()
+        stop(up)
+    log = (tmp_path / 'up.log').read_text(errors='replace')
+    assert sorted(key(m) for m in outputs) == sorted(sent), log[-3000:]           # stamps kept, none lost
+    assert all(m.header.stamp.sec >= 1000 for m in outputs)
+    assert 40.0 <= live['latency_p50_ms'] <= 400.0, live                           # on the /clock time
+    assert stale_after_wall is not None and stale_after_wall < 2.5, (stale_after_wall, log[-3000:])

@@ -162,13 +162,17 @@ def test_bringup_definition():
     specs = bringup.node_specs({'use_sim_camera': 'false', 'camera_topic': '/drone/cam', 'params_file': '/p.yaml',
                                 'model': '/m.onnx', 'log_level': 'debug'})
     assert [s.name for s in specs] == ['feature_node', 'monitor_node']
-    assert specs[0].parameters == ('/p.yaml', {'model': '/m.onnx'})
+    assert specs[0].parameters == ('/p.yaml', {'model': '/m.onnx', 'use_sim_time': False})
+    sim = bringup.node_specs({'use_sim_time': 'true'})
+    assert all(s.parameters[-1]['use_sim_time'] is True for s in sim) and len(sim) == 3   # every node
+    assert '-p' in bringup.ros_argv(sim[0]) and 'use_sim_time:=True' in bringup.ros_argv(sim[0])
     assert ('image', '/drone/cam') in specs[0].remappings and '--log-level' in specs[0].ros_arguments
     assert bringup.record_command({}) is None
     rec = bringup.record_command({'record_bag': 'true', 'bag_dir': '/b'}, stamp='x')
     assert rec[:2] == ['--out', '/b/gplq_x'] and '/feature_node/boundary_map' in rec and '/diagnostics' in rec
-    for bad, msg in [({'use_sim_camera': 'yes'}, 'must be true or false'), ({'nope': '1'}, 'unknown launch'),
-                     ({'camera_topic': 'cam'}, 'absolute'), ({'log_level': 'loud'}, 'log_level')]:
+    for bad, msg in [({'use_sim_camera': 'yes'}, 'must be true or false'), ({'use_sim_time': 'y'}, 'use_sim_time'),
+                     ({'nope': '1'}, 'unknown launch'), ({'camera_topic': 'cam'}, 'absolute'),
+                     ({'log_level': 'loud'}, 'log_level')]:
         with pytest.raises(ValueError, match=msg):
             bringup.node_specs(bad)
 

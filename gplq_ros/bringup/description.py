@@ -40,6 +40,8 @@ ARGUMENTS = (
              '(true/false)'),
     Argument('bag_dir', 'bags', 'directory for recorded bags (one sub-directory per run)'),
     Argument('log_level', 'info', 'ROS log level of every node (debug, info, warn, error, fatal)'),
+    Argument('use_sim_time', 'false', 'every node takes its time from /clock (true/false), e.g. when replaying '
+             'a bag with --clock'),
 )
 
 
@@ -122,10 +124,11 @@ def node_specs(args: Dict[str, str]) -> List[NodeSpec]:
     model = args['model'] or default_onboard_models()['model']
     reference = args['reference_model'] or default_onboard_models()['reference_model']
     ros_args = ('--log-level', args['log_level'])
+    sim_time = _bool(args, 'use_sim_time')
 
     def params(node: str, extra: dict) -> tuple:
         f = args['params_file'] or str(config_dir() / f'{node}.yaml')
-        return (f, extra) if extra else (f,)
+        return (f, dict(extra, use_sim_time=sim_time))
     specs = []
     if _bool(args, 'use_sim_camera'):
         specs.append(NodeSpec('flight_sim_node', 'gplq_ros.nodes.flight_sim_node', 'flight_sim_node',

@@ -14,7 +14,6 @@ when the reference thread raised. Published on ``/diagnostics`` and, numerically
 """
 import sys
 import threading
-import time
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -119,7 +118,7 @@ class MonitorNode(Node):
 
     def on_boundary(self, msg: Image) -> None:
         self.flow.output(_key(msg.header.stamp), self.now_s())
-        self.last_output = time.monotonic()
+        self.last_output = self.now_s()
         self.on_output(msg, 'boundary')
 
     def on_output(self, msg, kind: str) -> None:
@@ -163,7 +162,8 @@ class MonitorNode(Node):
         s = dict(self.flow.snapshot(self.now_s()), **self.drift.figures())
         p = self.params
         limits = MonitorLimits(p['latency_p95_warn_ms'], p['drop_rate_warn'], p['stale_after_s'])
-        idle = time.monotonic() - self.last_output if self.last_output is not None else None
+        # staleness on the node's clock like the latencies (ROS time; /clock with use_sim_time)
+        idle = max(0.0, self.now_s() - self.last_output) if self.last_output is not None else None
         with self._lock:
             errors, last_error = self.errors, self.last_error
         values = dict(s, checks_skipped=self.join.skipped, unmatched_outputs=self.flow.matcher.unmatched,
