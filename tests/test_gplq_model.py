@@ -367,3 +367,41 @@ def test_rotated_artifact_round_trips_and_exports(extractor, crops, images, tmp_
     save_artifact(bad, tensors, {k: v for k, v in meta.items() if k != 'checksum'})
     with pytest.raises(ArtifactError, match="rotation='orthogonal' but the tensor r/rotation is missing"):
         fakequant_model(bad)
+
+
+def test_learned_rounding_lowers_block_error_and_stays_on_the_grid(extractor, crops):
+    from gplq_ros.offline.rounding import SoftRounding, refine_rounding, soft_weights
+    spec = QuantSpec.from_bits('w4a8', weight_method='rtn')   # stage 2 codes: round to nearest
+    qm = QuantDinoV2(extractor, spec)
+    init_quantizers(qm, crops, 'minmax', 4)
+    stage2(qm, spec, None)
+    lin = qm.linears['blocks.0.mlp.fc1']
+    r = SoftRounding(lin)
+    # it starts at the stage-2 codes: hard rounding equal, soft weights within 0.1 step of them
+    assert torch.equal(r.codes(), lin.codes)
+    assert bool(((r() - lin.weight_q).abs() <= 0.1 * r.s + 1e-6).all())
+    # the context manager restores the Linears also when the block raises
+    with pytest.raises(RuntimeError):
+        with soft_weights(qm.linears, {'blocks.0.mlp.fc1': r}):
+            assert qm.linears['blocks.0.mlp.fc1'].soft_weight is r
+            raise RuntimeError('inside')
+    assert qm.linears['blocks.0.mlp.fc1'].soft_weight is None
+    w = {n: lin.weight.detach().clone() for n, lin in qm.linears.items()}
+    old = {n: lin.codes.clone() for n, lin in qm.linears.items()}
+    rep = refine_rounding(qm, crops, iters=60, lr=0.05, lam=1.0, batch=4)
+    assert qm.current_modes == Modes()
+    assert len(rep['before']) == len(rep['after']) == 12
+    assert all(a <= b for a, b in zip(rep['after'], rep['before'])), rep
+    improved = sum(a < 0.98 * b for a, b in zip(rep['after'], rep['before']))
+    assert improved >= 8, rep        # nearest rounding is not the best rounding of a block
+    assert sum(c > 0 for c in rep['changed']) == improved
+    for n, lin in qm.linears.items():
+        assert torch.equal(lin.weight, w[n])          # the FP32 weights are untouched
+        ratio = w[n] / lin.scales
+        fl = torch.floor(ratio)
+        c = lin.codes.float()
+        # every code is floor or ceil of w / s, inside the 4-bit range, and the dequantized
+        # weights are the codes times the unchanged scales
+        assert bool(((c == fl) | (c == fl + 1) | (c == old[n].float())).all()), n
+        assert int(c.min()) >= -8 and int(c.max()) <= 7
+        assert torch.allclose(lin.weight_q, c * lin.scales)

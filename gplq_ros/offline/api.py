@@ -32,6 +32,7 @@ from gplq_ros.offline.alignment import gradient_alignment
 from gplq_ros.offline.backbone import load_extractor
 from gplq_ros.offline.calibration import batches_of, model_device, stage1
 from gplq_ros.offline.compensation import fit_compensation
+from gplq_ros.offline.rounding import refine_rounding
 from gplq_ros.offline.config import CalibConfig, resolve_device
 from gplq_ros.offline.data import (CROP_POLICY, default_calibration_images, default_heldout, list_images,
                                    load_images, make_crops, random_views)
@@ -107,6 +108,11 @@ def calibrate(extractor, spec: QuantSpec, config: CalibConfig, crops: Sequence[t
         applied = replace(applied, keep_8bit=sorted(set(applied.keep_8bit) | set(chosen)))
         mixed = {'sensitivity': sens, 'chosen': chosen, 'curve': curve}
         basin['drift'] = basin_drift(qm)
+    rounding = {}
+    if config.rounding_iters and spec.weight_bits < 8:
+        rounding = refine_rounding(qm, crops[:config.rounding_crops], config.rounding_iters, config.rounding_lr,
+                                   config.rounding_lambda, config.rounding_batch, seed=config.seed)
+        basin['drift'] = basin_drift(qm)
     compensation = {}
     if config.compensation_rank:
         compensation = fit_compensation(qm, list(batches_of(crops[:config.compensation_crops], config.batch,
@@ -119,7 +125,7 @@ def calibrate(extractor, spec: QuantSpec, config: CalibConfig, crops: Sequence[t
     qm.cpu().set_modes(act=True, weight=True, comp=True)  # evaluation, report and export run on the CPU
     qm.compensation = {i: tuple(t.cpu() for t in c) for i, c in qm.compensation.items()}
     results = {'history': history, 'basin': basin, 'alignment': align, 'mixed_precision': mixed,
-               'compensation': compensation,
+               'rounding': rounding, 'compensation': compensation,
                'timing_s': {'stage1': round(t1 - t0, 1), 'stage2': round(t2 - t1, 1),
                             'alignment': round(time.perf_counter() - t2, 1)}}
     return Calibrated(qm, applied, config, results)
@@ -174,7 +180,8 @@ def calibrate_to_file(job: CalibrationJob, progress: Optional[Callable[[int, dic
     wall = time.perf_counter() - t_start
     res = cal.results
     metrics = {'heldout': fidelity['summary'], 'basin': res['basin'], 'gradient_alignment': res['alignment'],
-               'mixed_precision': res['mixed_precision'], 'compensation': res['compensation'],
+               'mixed_precision': res['mixed_precision'], 'rounding': res['rounding'],
+               'compensation': res['compensation'],
                'timing_s': dict(res['timing_s'], total=round(wall, 1)), 'peak_rss_mb': round(peak_rss_mb(), 1)}
     checksum = cal.artifact(data, metrics).save(out, force=job.force)
     report = {'artifact': str(out), 'checksum': checksum, 'spec': cal.spec.to_dict(),

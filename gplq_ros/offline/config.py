@@ -66,6 +66,13 @@ class CalibConfig:
     target_cosine: Optional[float] = field(default=None, metadata=option(
         'mixed precision: stop adding 8-bit Linears once the calibration crops reach this final-token cosine'))
     sensitivity_crops: int = field(default=16, metadata=option('crops for the layer sensitivity'))
+    rounding_iters: int = field(default=0, metadata=option(
+        'learned rounding of the quantized weights by block reconstruction (offline.rounding): Adam steps per '
+        'block; 0: off (the GPTQ / nearest codes of stage 2 stay)'))
+    rounding_crops: int = field(default=128, metadata=option('crops for the learned rounding'))
+    rounding_batch: int = field(default=8, metadata=option('crops per learned-rounding step'))
+    rounding_lr: float = field(default=0.05, metadata=option('Adam step of the learned-rounding variables'))
+    rounding_lambda: float = field(default=1.0, metadata=option('weight of the term that drives roundings to 0/1'))
     compensation_rank: int = field(default=0, metadata=option(
         'per-block linear compensation of the quantization error (QwT-style, closed form) of this rank; 0: off'))
     compensation_crops: int = field(default=32, metadata=option('crops for fitting the compensation'))
@@ -97,6 +104,11 @@ class CalibConfig:
             ('max_8bit_fraction', 0.0 <= self.max_8bit_fraction <= 1.0),
             ('target_cosine', self.target_cosine is None or 0.0 < self.target_cosine <= 1.0),
             ('sensitivity_crops', 1 <= self.sensitivity_crops),
+            ('rounding_iters', 0 <= self.rounding_iters <= 1_000_000),
+            ('rounding_crops', 1 <= self.rounding_crops),
+            ('rounding_batch', 1 <= self.rounding_batch <= 1024),
+            ('rounding_lr', 0 < self.rounding_lr <= 10),
+            ('rounding_lambda', self.rounding_lambda >= 0),
             ('compensation_rank', 0 <= self.compensation_rank <= 384),
             ('compensation_crops', 1 <= self.compensation_crops),
         ]

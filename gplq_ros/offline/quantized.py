@@ -49,6 +49,7 @@ class QLinear(nn.Module):
         self.bits: Optional[int] = None
         self.group_size: Optional[int] = None
         self.weight_enabled = False
+        self.soft_weight: Optional[nn.Module] = None  # offline.rounding: learnable rounding, while refined
 
     def set_quantized(self, codes: torch.Tensor, scales: torch.Tensor, bits: int,
                       group_size: Optional[int]):
@@ -58,7 +59,9 @@ class QLinear(nn.Module):
     def forward(self, x):
         x = self.in_quant(x)
         w = self.weight
-        if self.weight_enabled and self.weight_q is not None:
+        if self.weight_enabled and self.soft_weight is not None:
+            w = self.soft_weight()
+        elif self.weight_enabled and self.weight_q is not None:
             # exact W_q when no gradient is wanted; STE form (value W_q up to rounding) otherwise
             w = w + (self.weight_q - w).detach() if w.requires_grad else self.weight_q
         return F.linear(x, w, self.bias)
