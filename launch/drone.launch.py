@@ -17,11 +17,13 @@ def _bringup(context, *args, **kwargs):
     actions = [SetEnvironmentVariable(k, v) for k, v in bringup.environment().items()]
     for node in bringup.node_specs(values):
         actions.append(Node(package=bringup.PACKAGE, executable=node.executable, name=node.name,
+                            namespace=node.namespace or None,
                             parameters=list(node.parameters), remappings=list(node.remappings),
                             arguments=['--ros-args', *node.ros_arguments], output='screen', emulate_tty=True))
     record = bringup.record_command(values)
     if record is not None:
-        actions.append(Node(package=bringup.PACKAGE, executable='gplq_record', arguments=record, output='screen'))
+        actions.append(Node(package=bringup.PACKAGE, executable='gplq_record', arguments=record, output='screen',
+                            namespace=values['namespace'] or None))
     return actions
 
 

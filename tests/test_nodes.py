@@ -47,7 +47,7 @@ def values(status):
 
 def params_file(path, **sections):
     import yaml
-    path.write_text(yaml.safe_dump({n: {'ros__parameters': p} for n, p in sections.items()}))
+    path.write_text(yaml.safe_dump({f'/**/{n}': {'ros__parameters': p} for n, p in sections.items()}))
     return path
 
 
@@ -328,7 +328,8 @@ def test_parameters_declared_documented_and_validated(node_name, packed_graph, f
         node = cls(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
         try:
             declared = set(node._parameters) - {'use_sim_time', 'start_type_description_service'}
-            documented = yaml.safe_load((config_dir() / f'{node_name}.yaml').read_text())[node_name]['ros__parameters']
+            doc = yaml.safe_load((config_dir() / f'{node_name}.yaml').read_text())
+            documented = doc[f'/**/{node_name}']['ros__parameters']
             assert declared == set(documented)
             for name in declared:
                 assert node.describe_parameter(name).description, name
@@ -507,3 +508,151 @@ def test_sim_time_keeps_stamps_and_the_monitor_follows_the_ros_clock(tmp_path, p
     assert all(m.header.stamp.sec >= 1000 for m in outputs)
     assert 40.0 <= live['latency_p50_ms'] <= 400.0, live                           # on the /clock time
     assert stale_after_wall is not None and stale_after_wall < 2.5, (stale_after_wall, log[-3000:])
+
+
+def camera_info(width=640, height=480, fx=500.0, fy=505.0, cx=319.5, cy=239.5):
+    from sensor_msgs.msg import CameraInfo
+    return CameraInfo(width=width, height=height, distortion_model='plumb_bob', d=[0.1, -0.05, 0.0, 0.0, 0.0],
+                      k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0], r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0],
+                      p=[fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+def test_lifecycle_transitions_with_a_real_lifecycle_client(tmp_path, packed_graph, fp32_graph, images):
+    """gplq_up autostart:=false: both nodes wait unconfigured; driven through the lifecycle_msgs services
+    configure -> activate -> deactivate -> cleanup -> configure -> activate, they publish outputs only while
+    active, report their lifecycle state on /diagnostics, and keep their worker threads alive."""
+    from lifecycle_msgs.msg import State, Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    params = params_file(tmp_path / 'params.yaml',
+                         feature_node={'vocabulary': 'none', 'diagnostics_period': 0.2},
+                         monitor_node={'vocabulary': 'none', 'check_every_n': 1, 'period': 0.2})
+    up = start([sys.executable, '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'model:={packed_graph}',
+                f'reference_model:={fp32_graph}', f'params_file:={params}', 'camera_topic:=/lc/image',
+                'autostart:=false'], tmp_path / 'up.log')
+    h = Harness('test_lifecycle')
+    nodes = ('feature_node', 'monitor_node')
+    states, outputs_per_phase, alive = {}, {}, []
+    try:
+        pub = h.node.create_publisher(Image, '/lc/image', 10)
+        outputs = h.collect(Image, '/feature_node/boundary_map')
+        status = h.collect(Float64MultiArray, '/monitor_node/status')
+        diags = h.collect(DiagnosticArray, '/diagnostics')
+        change = {n: h.node.create_client(ChangeState, f'/{n}/change_state') for n in nodes}
+        get = {n: h.node.create_client(GetState, f'/{n}/get_state') for n in nodes}
+        assert h.spin(60, lambda: all(c.service_is_ready() for c in list(change.values()) + list(get.values())))
+
+        def state(n):
+            fut = get[n].call_async(GetState.Request())
+            assert h.spin(10, fut.done)
+            return fut.result().current_state.id
+
+        def transition(tid):
+            for n in nodes:
+                fut = change[n].call_async(ChangeState.Request(transition=Transition(id=tid)))
+                assert h.spin(60, fut.done) and fut.result().success, (n, tid)
+            return tuple(state(n) for n in nodes)
+
+        def feed(phase, n=4):
+            before = len(outputs)
+            for rgb in frames(images, n):
+                pub.publish(image_msg(h, rgb))
+                h.spin(0.3)
+            h.spin(2.0)
+            outputs_per_phase[phase] = len(outputs) - before
+            alive.append(up.poll() is None)
+
+        states['start'] = tuple(state(n) for n in nodes)
+        feed('unconfigured')
+        states['configure'] = transition(Transition.TRANSITION_CONFIGURE)
+        feed('inactive')
+        states['activate'] = transition(Transition.TRANSITION_ACTIVATE)
+        wait_for_subscribers(h, pub, 2)
+        feed('active')
+        states['deactivate'] = transition(Transition.TRANSITION_DEACTIVATE)
+        feed('deactivated')
+        states['cleanup'] = transition(Transition.TRANSITION_CLEANUP)
+        states['configure2'] = transition(Transition.TRANSITION_CONFIGURE)
+        states['activate2'] = transition(Transition.TRANSITION_ACTIVATE)
+        wait_for_subscribers(h, pub, 2)
+        feed('active again')
+        h.spin(1.0)
+    finally:
+        h.close()
+        stop(up)
+    log = (tmp_path / 'up.log').read_text(errors='replace')
+    un, ina, act = State.PRIMARY_STATE_UNCONFIGURED, State.PRIMARY_STATE_INACTIVE, State.PRIMARY_STATE_ACTIVE
+    assert states == {'start': (un, un), 'configure': (ina, ina), 'activate': (act, act),
+                      'deactivate': (ina, ina), 'cleanup': (un, un), 'configure2': (ina, ina),
+                      'activate2': (act, act)}, states
+    assert outputs_per_phase['unconfigured'] == outputs_per_phase['inactive'] == 0, outputs_per_phase
+    assert outputs_per_phase['deactivated'] == 0, outputs_per_phase
+    assert outputs_per_phase['active'] >= 3 and outputs_per_phase['active again'] >= 3, (outputs_per_phase, log[-3000:])
+    assert all(alive) and 'Traceback' not in log, log[-3000:]
+    assert decode_status(status[-1])['checks'] >= 3                  # the monitor checks again after re-configuring
+    ours = [s for d in diags for s in d.status if s.name.startswith('gplq_ros: ')]
+    seen = {(s.name, values(s)['lifecycle_state']) for s in ours}
+    for n in nodes:
+        assert {(f'gplq_ros: {n}', 'inactive'), (f'gplq_ros: {n}', 'active')} <= seen, seen
+    assert all(values(s)['worker_alive'] == 'True' for s in ours)
+
+
+def test_two_vehicles_in_one_domain_under_their_namespaces(tmp_path, packed_graph, fp32_graph, images):
+    """Two graphs (gplq_up namespace:=uav1 / uav2, default relative camera topic) in one ROS domain: each
+    feature node answers only its own camera's frames, each monitor checks only its own feature node (drift
+    OK, every check counted), the diagnostic names are distinct, nothing is published outside the namespaces;
+    uav1's camera also publishes camera_info and gets a scaled ~/camera_info with each frame's header."""
+    params = params_file(tmp_path / 'params.yaml',
+                         feature_node={'vocabulary': 'none', 'diagnostics_period': 0.3, 'threads': 1},
+                         monitor_node={'vocabulary': 'none', 'check_every_n': 2, 'period': 0.3})
+    ups = {ns: start([sys.executable, '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'namespace:={ns}',
+                      f'model:={packed_graph}', f'reference_model:={fp32_graph}', f'params_file:={params}'],
+                     tmp_path / f'{ns}.log') for ns in ('uav1', 'uav2')}
+    h = Harness('test_two_vehicles')
+    sent = {'uav1': [], 'uav2': []}
+    src = {'uav1': frames(images, 6),
+           'uav2': [np.ascontiguousarray(images['AWPE_Pigeon_Lake_2020_DJI_0005.JPG'][i * 40:i * 40 + 480,
+                                                                                      i * 60:i * 60 + 640])
+                    for i in range(6)]}
+    try:
+        pubs = {ns: h.node.create_publisher(Image, f'/{ns}/camera/image_raw', 10) for ns in sent}
+        info_pub = h.node.create_publisher(type(camera_info()), '/uav1/camera/camera_info', 10)
+        outs = {ns: h.collect(Image, f'/{ns}/feature_node/boundary_map') for ns in sent}
+        infos = {ns: h.collect(type(camera_info()), f'/{ns}/feature_node/camera_info') for ns in sent}
+        status = {ns: h.collect(Float64MultiArray, f'/{ns}/monitor_node/status') for ns in sent}
+        root = h.collect(Image, '/feature_node/boundary_map')
+        diags = h.collect(DiagnosticArray, '/diagnostics')
+        for ns in sent:
+            wait_for_subscribers(h, pubs[ns], 2, seconds=90)
+        assert h.spin(60, lambda: info_pub.get_subscription_count() >= 1)
+        info_pub.publish(camera_info())
+        h.spin(0.5)
+        for i in range(6):
+            for ns in sent:
+                msg = image_msg(h, src[ns][i])
+                pubs[ns].publish(msg)
+                sent[ns].append(key(msg))
+            h.spin(0.6)
+        assert h.spin(60, lambda: all(len(outs[ns]) >= len(sent[ns]) for ns in sent))
+        h.spin(30, lambda: all(status[ns] and decode_status(status[ns][-1])['checks'] >= 3 for ns in sent))
+        h.spin(1.0)
+        alive = all(p.poll() is None for p in ups.values())
+    finally:
+        h.close()
+        for p in ups.values():
+            stop(p)
+    logs = {ns: (tmp_path / f'{ns}.log').read_text(errors='replace') for ns in sent}
+    assert alive, logs
+    for ns in sent:
+        assert sorted(key(m) for m in outs[ns]) == sorted(sent[ns]), (ns, logs[ns][-3000:])   # its own frames only
+        last = decode_status(status[ns][-1])
+        assert last['checks'] == 3 and Level(int(last['level'])) == Level.OK, (ns, last, logs[ns][-3000:])
+    assert not root                                                  # nothing outside the namespaces
+    names = {s.name for d in diags for s in d.status if s.name.startswith('gplq_ros: ')}
+    assert names == {f'gplq_ros: {ns}/{n}' for ns in sent for n in ('feature_node', 'monitor_node')}, names
+    # camera_info: uav1 only, one per output, same header, K scaled to the 16x12 grid about pixel centres
+    assert not infos['uav2'] and sorted(key(m) for m in infos['uav1']) == sorted(sent['uav1'])
+    info = infos['uav1'][-1]
+    assert (info.width, info.height) == (16, 12) and info.header.frame_id == 'camera_optical_frame'
+    s = 16 / 640
+    assert np.allclose(info.k, [500 * s, 0, (319.5 + 0.5) * s - 0.5, 0, 505 * s, (239.5 + 0.5) * s - 0.5, 0, 0, 1])
+    assert list(info.d) == [0.1, -0.05, 0.0, 0.0, 0.0]

@@ -153,16 +153,27 @@ def test_bringup_definition():
     specs = bringup.node_specs({})
     assert [s.name for s in specs] == ['flight_sim_node', 'feature_node', 'monitor_node']
     feat = specs[1]
-    assert ('image', '/camera/image_raw') in feat.remappings
+    assert ('image', 'camera/image_raw') in feat.remappings and ('camera_info', 'camera/camera_info') in feat.remappings
+    assert all(s.namespace == '' for s in specs) and '__ns:=' not in ' '.join(bringup.ros_argv(feat))
     assert feat.parameters[-1]['model'].endswith('w4a8_168x224.onnx')
     assert Path(feat.parameters[0]).name == 'feature_node.yaml' and Path(feat.parameters[0]).is_file()
     mon = specs[2]
-    assert dict(mon.remappings) == {'image': '/camera/image_raw', 'boundary_map': '/feature_node/boundary_map',
-                                    'corners': '/feature_node/corners', 'descriptor': '/feature_node/descriptor'}
+    # relative names: the monitor reads the feature node of its own namespace
+    assert dict(mon.remappings) == {'image': 'camera/image_raw', 'boundary_map': 'feature_node/boundary_map',
+                                    'corners': 'feature_node/corners', 'descriptor': 'feature_node/descriptor'}
+    uav = bringup.node_specs({'namespace': 'uav1'})
+    assert {s.namespace for s in uav} == {'/uav1'} and '__ns:=/uav1' in bringup.ros_argv(uav[1])
+    assert bringup.resolve({'namespace': '/fleet/uav2/'})['namespace'] == '/fleet/uav2'
+    rec = bringup.record_command({'record_bag': 'true', 'namespace': 'uav1'}, stamp='x')
+    assert '/uav1/camera/image_raw' in rec and '/uav1/feature_node/descriptor' in rec and '/diagnostics' in rec
+    assert '/uav1/flight_sim_node/true_pose' in rec and '/uav1/camera/camera_info' in rec
+    assert bringup.camera_info_topic('/drone/cam/image') == '/drone/cam/camera_info'
+    assert bringup.camera_info_topic('image') == 'camera_info'
+    assert all(s.parameters[-1]['autostart'] is False for s in bringup.node_specs({'autostart': 'false'})[1:])
     specs = bringup.node_specs({'use_sim_camera': 'false', 'camera_topic': '/drone/cam', 'params_file': '/p.yaml',
                                 'model': '/m.onnx', 'log_level': 'debug'})
     assert [s.name for s in specs] == ['feature_node', 'monitor_node']
-    assert specs[0].parameters == ('/p.yaml', {'model': '/m.onnx', 'use_sim_time': False})
+    assert specs[0].parameters == ('/p.yaml', {'model': '/m.onnx', 'autostart': True, 'use_sim_time': False})
     sim = bringup.node_specs({'use_sim_time': 'true'})
     assert all(s.parameters[-1]['use_sim_time'] is True for s in sim) and len(sim) == 3   # every node
     assert '-p' in bringup.ros_argv(sim[0]) and 'use_sim_time:=True' in bringup.ros_argv(sim[0])
@@ -171,7 +182,9 @@ def test_bringup_definition():
     rec = bringup.record_command({'record_bag': 'true', 'bag_dir': '/b'}, stamp='x')
     assert rec[:2] == ['--out', '/b/gplq_x'] and '/feature_node/boundary_map' in rec and '/diagnostics' in rec
     for bad, msg in [({'use_sim_camera': 'yes'}, 'must be true or false'), ({'use_sim_time': 'y'}, 'use_sim_time'),
-                     ({'nope': '1'}, 'unknown launch'), ({'camera_topic': 'cam'}, 'absolute'),
+                     ({'nope': '1'}, 'unknown launch'), ({'camera_topic': 'cam era'}, 'not a ROS topic'),
+                     ({'camera_topic': '/cam/'}, 'not a ROS topic'), ({'namespace': 'uav 1'}, 'not a ROS namespace'),
+                     ({'autostart': 'maybe'}, 'autostart'),
                      ({'log_level': 'loud'}, 'log_level')]:
         with pytest.raises(ValueError, match=msg):
             bringup.node_specs(bad)
@@ -210,7 +223,8 @@ def test_config_files_are_ros_parameter_files():
     import yaml
     for node in ('feature_node', 'monitor_node', 'flight_sim_node'):
         doc = yaml.safe_load((REPO / 'config' / f'{node}.yaml').read_text())
-        assert list(doc) == [node] and list(doc[node]) == ['ros__parameters']
+        # keyed by /**/<node>: the file applies to the node in any namespace (one graph per vehicle)
+        assert list(doc) == [f'/**/{node}'] and list(doc[f'/**/{node}']) == ['ros__parameters']
 
 
 def test_fastdds_profile_variable_per_distro(monkeypatch):
@@ -281,7 +295,7 @@ def test_status_policies():
 
 def test_drift_bounds_are_the_monitor_defaults():
     import yaml
-    doc = yaml.safe_load((REPO / 'config' / 'monitor_node.yaml').read_text())['monitor_node']['ros__parameters']
+    doc = yaml.safe_load((REPO / 'config' / 'monitor_node.yaml').read_text())['/**/monitor_node']['ros__parameters']
     b = DriftBounds()
     assert (doc['descriptor_cosine_min'], doc['boundary_ssim_min'], doc['corner_repeatability_min'],
             doc['consecutive']) == (b.descriptor_cosine, b.boundary_ssim, b.corner_repeatability, b.consecutive)
@@ -310,3 +324,35 @@ def test_diagnostic_aggregator_config_matches_the_status_names():
     names = {f'gplq_ros: {s.name}' for s in bringup.node_specs({'use_sim_camera': 'false'})}
     assert set(an['expected']) == names
     assert all(n.startswith(tuple(an['startswith'])) for n in names)
+
+
+def test_camera_info_scaled_to_the_map_grid():
+    from sensor_msgs.msg import CameraInfo
+    from gplq_ros.onboard.image_codec import ImageFormatError
+    from gplq_ros.onboard.messages import scale_camera_info
+    info = CameraInfo(width=640, height=480, distortion_model='plumb_bob', d=[0.1, 0, 0, 0, 0],
+                      k=[500.0, 0.0, 320.5, 0.0, 505.0, 240.0, 0.0, 0.0, 1.0], r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0],
+                      p=[0.0] * 12)
+    k_in = list(info.k)
+    out = scale_camera_info(info, (480, 640), (12, 16))
+    assert list(info.k) == k_in                                                # the input is not changed
+    k, p = np.reshape(out.k, (3, 3)), np.reshape(out.p, (3, 4))
+    assert (out.width, out.height) == (16, 12) and np.allclose(p[:, :3], k)   # empty P: [K | 0]
+    # a ray seen at camera pixel (u, v) lands on map cell coordinates ((u + .5) w / W - .5, (v + .5) h / H - .5)
+    ray = np.array([0.3, -0.2, 1.0])
+    u, v, _ = np.reshape(info.k, (3, 3)) @ ray
+    j, i, _ = k @ ray
+    assert j == pytest.approx((u + 0.5) * 16 / 640 - 0.5) and i == pytest.approx((v + 0.5) * 12 / 480 - 0.5)
+    # the centre of the camera's corner pixel block of cell (0, 0) is cell (0, 0)
+    j0, i0, _ = k @ np.linalg.solve(np.reshape(info.k, (3, 3)), [19.5, 19.5, 1.0])
+    assert (j0, i0) == (pytest.approx(0.0), pytest.approx(0.0))
+    assert list(out.d) == [0.1, 0, 0, 0, 0] and out.distortion_model == 'plumb_bob'
+    for change, field in [({'width': 320}, 'camera_info.width x height'), ({'k': [0.0] * 9}, 'camera_info.k'),
+                          ({'binning_x': 2}, 'camera_info.binning_x/y')]:
+        bad = CameraInfo(**{**{f: getattr(info, f) for f in ('width', 'height', 'k', 'p', 'd', 'r')}, **change})
+        with pytest.raises(ImageFormatError, match=field.replace('/', '.')):
+            scale_camera_info(bad, (480, 640), (12, 16))
+    bad = CameraInfo(width=640, height=480, k=info.k)
+    bad.roi.width, bad.roi.height, bad.roi.x_offset = 320, 240, 10
+    with pytest.raises(ImageFormatError, match='camera_info.roi'):
+        scale_camera_info(bad, (480, 640), (12, 16))

@@ -7,6 +7,7 @@ Launch arguments (``ARGUMENTS``; ``ros2 launch gplq_ros drone.launch.py name:=va
 """
 import datetime
 import os
+import re
 from importlib import metadata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +30,23 @@ class Argument:
 
 
 ARGUMENTS = (
-    Argument('camera_topic', '/camera/image_raw', 'sensor_msgs/Image topic of the downward camera '
-             '(CompressedImage on <camera_topic>/compressed with transport: compressed in the params file)'),
+    Argument('namespace', '', 'ROS namespace of every node and topic of this graph, e.g. uav1 (one graph per '
+             'vehicle); empty: the root namespace'),
+    Argument('camera_topic', 'camera/image_raw', 'sensor_msgs/Image topic of the downward camera, relative to '
+             'the namespace unless it starts with / (CompressedImage on <camera_topic>/compressed with transport: '
+             'compressed in the params file; sensor_msgs/CameraInfo on the sibling camera_info, if published)'),
     Argument('model', '', f'onboard ONNX graph (gplq_export); empty: {_MODELS["model"]}'),
     Argument('reference_model', '', f'FP32 ONNX graph for the monitor; empty: {_MODELS["reference_model"]}'),
     Argument('params_file', '', 'one ROS parameter YAML for all nodes; empty: the package\'s '
-             'config/<node>.yaml for each node'),
+             'config/<node>.yaml for each node (keys /**/<node> apply under any namespace; a plain <node> key only in '
+             'the root namespace)'),
     Argument('use_sim_camera', 'true', 'start flight_sim_node as the camera (true/false)'),
     Argument('record_bag', 'false', 'record camera, outputs, /diagnostics and status with gplq_record '
              '(true/false)'),
     Argument('bag_dir', 'bags', 'directory for recorded bags (one sub-directory per run)'),
     Argument('log_level', 'info', 'ROS log level of every node (debug, info, warn, error, fatal)'),
+    Argument('autostart', 'true', 'feature_node and monitor_node configure and activate themselves (true); false: '
+             'they wait unconfigured for a lifecycle manager (lifecycle_msgs services ~/change_state)'),
     Argument('use_sim_time', 'false', 'every node takes its time from /clock (true/false), e.g. when replaying '
              'a bag with --clock'),
 )
@@ -53,6 +60,7 @@ class NodeSpec:
     parameters: Tuple = ()                # YAML file paths (str) and dicts, applied in order
     remappings: Tuple[Tuple[str, str], ...] = ()
     ros_arguments: Tuple[str, ...] = field(default=())
+    namespace: str = ''                   # '' (root) or '/uav1'
 
 
 def _bool(args: Dict[str, str], name: str) -> bool:
@@ -71,11 +79,32 @@ def resolve(overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     args.update(overrides or {})
     if args['log_level'] not in ('debug', 'info', 'warn', 'error', 'fatal'):
         raise ValueError(f'launch argument log_level={args["log_level"]!r}: one of debug, info, warn, error, fatal')
-    if not args['camera_topic'].startswith('/'):
-        raise ValueError(f'launch argument camera_topic={args["camera_topic"]!r}: must be an absolute topic name')
+    if not TOPIC.fullmatch(args['camera_topic']):
+        raise ValueError(f'launch argument camera_topic={args["camera_topic"]!r}: not a ROS topic name (letters, '
+                         'digits, _ and / between tokens; a token does not start with a digit)')
+    ns = args['namespace'].strip().strip('/')
+    if ns and not TOPIC.fullmatch('/' + ns):
+        raise ValueError(f'launch argument namespace={args["namespace"]!r}: not a ROS namespace (e.g. uav1 or '
+                         '/fleet/uav1)')
+    args['namespace'] = '/' + ns if ns else ''
     _bool(args, 'use_sim_camera')
     _bool(args, 'record_bag')
+    _bool(args, 'autostart')
     return args
+
+
+TOPIC = re.compile(r'/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
+
+
+def qualified(args: Dict[str, str], topic: str) -> str:
+    """A topic name of the graph as seen from outside it (relative names are in the namespace)."""
+    return topic if topic.startswith('/') else f'{args["namespace"]}/{topic}'
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The CameraInfo topic beside an image topic (image_transport's rule: the sibling camera_info)."""
+    head, _, _ = image_topic.rpartition('/')
+    return f'{head}/camera_info' if head or image_topic.startswith('/') else 'camera_info'
 
 
 def config_dir() -> Path:
@@ -129,27 +158,30 @@ def node_specs(args: Dict[str, str]) -> List[NodeSpec]:
     def params(node: str, extra: dict) -> tuple:
         f = args['params_file'] or str(config_dir() / f'{node}.yaml')
         return (f, dict(extra, use_sim_time=sim_time))
+    ns = args['namespace']
     specs = []
     if _bool(args, 'use_sim_camera'):
         specs.append(NodeSpec('flight_sim_node', 'gplq_ros.nodes.flight_sim_node', 'flight_sim_node',
-                              params('flight_sim_node', {}), (('image', cam),), ros_args))
+                              params('flight_sim_node', {}), (('image', cam),), ros_args, ns))
     specs.append(NodeSpec('feature_node', 'gplq_ros.nodes.feature_node', 'feature_node',
-                          params('feature_node', {'model': model}),
-                          (('image', cam), ('image/compressed', cam + '/compressed')), ros_args))
+                          params('feature_node', {'model': model, 'autostart': _bool(args, 'autostart')}),
+                          (('image', cam), ('image/compressed', cam + '/compressed'),
+                           ('camera_info', camera_info_topic(cam))), ros_args, ns))
+    # relative names: the monitor reads the outputs of the feature node of its own namespace
     specs.append(NodeSpec('monitor_node', 'gplq_ros.nodes.monitor_node', 'monitor_node',
-                          params('monitor_node', {'reference_model': reference}),
-                          (('image', cam),) + tuple((t, f'/feature_node/{t}') for t in FEATURE_TOPICS
-                                                    if t != 'corner_map'), ros_args))
+                          params('monitor_node', {'reference_model': reference, 'autostart': _bool(args, 'autostart')}),
+                          (('image', cam),) + tuple((t, f'feature_node/{t}') for t in FEATURE_TOPICS
+                                                    if t != 'corner_map'), ros_args, ns))
     return specs
 
 
 def record_topics(args: Dict[str, str]) -> List[str]:
     args = resolve(args)
-    topics = [args['camera_topic']] + [f'/feature_node/{t}' for t in FEATURE_TOPICS] + \
-        ['/monitor_node/status', '/diagnostics']
+    topics = [args['camera_topic']] + [f'feature_node/{t}' for t in FEATURE_TOPICS + ('camera_info',)] + \
+        ['monitor_node/status']
     if _bool(args, 'use_sim_camera'):
-        topics.append('/flight_sim_node/true_pose')
-    return topics
+        topics += ['flight_sim_node/true_pose', camera_info_topic(args['camera_topic'])]
+    return [qualified(args, t) for t in topics] + ['/diagnostics']
 
 
 def record_command(args: Dict[str, str], stamp: Optional[str] = None) -> Optional[List[str]]:
@@ -164,6 +196,8 @@ def record_command(args: Dict[str, str], stamp: Optional[str] = None) -> Optiona
 def ros_argv(spec: NodeSpec) -> List[str]:
     """The ``--ros-args`` of one node as ``ros2 run`` would take them."""
     out = ['--ros-args', '-r', f'__node:={spec.name}', *spec.ros_arguments]
+    if spec.namespace:
+        out += ['-r', f'__ns:={spec.namespace}']
     for p in spec.parameters:
         if isinstance(p, dict):
             for k, v in p.items():

@@ -7,8 +7,13 @@ counted, and skipped); the decoded frame goes to a newest-only slot, and an infe
 thread runs the onboard engine on the newest frame and publishes, with the input header
 copied, ``~/boundary_map``, ``~/corner_map``, ``~/corners`` and ``~/descriptor`` (layouts:
 ``gplq_ros.onboard.messages``). Frames replaced before inference are counted as dropped.
-Counters, engine latency and the inference thread's health go to ``/diagnostics`` every
-``diagnostics_period`` seconds.
+With ``camera_info`` (CameraInfo, optional) from the camera, ``~/camera_info`` carries its
+calibration scaled to the published maps (``onboard.messages.scale_camera_info``; the newest
+camera_info is used, intrinsics being constant). Counters, engine latency, the lifecycle
+state and the inference thread's health go to ``/diagnostics`` every ``diagnostics_period``
+seconds. A managed node (``nodes.lifecycle``): the model is loaded in on_configure, the
+camera subscribed while active; ``autostart`` (default true) configures and activates it at
+startup.
 """
 import sys
 import threading
@@ -16,80 +21,107 @@ import time
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.node import Node
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from gplq_ros.nodes import diag
-from gplq_ros.nodes.params import Params, declare_qos
+from gplq_ros.nodes.lifecycle import ManagedNode
+from gplq_ros.nodes.params import declare_qos
 from gplq_ros.nodes.run import run_node
 from gplq_ros.onboard.engine import BACKENDS, PRECISIONS, load
 from gplq_ros.onboard.image_codec import MAX_PIXELS_DEFAULT, ImageFormatError, compressed_to_rgb, image_to_rgb
 from gplq_ros.onboard.messages import (MAP_RESOLUTIONS, encode_corners, encode_descriptor, encode_map,
-                                       output_maps)
+                                       output_maps, scale_camera_info)
 from gplq_ros.onboard.paths import vocabulary_parameter
 from gplq_ros.onboard.slot import SlotWorker
 from gplq_ros.onboard.stats import LatencyWindow
 from gplq_ros.onboard.status import feature_status
 
 
-class FeatureNode(Node):
+class FeatureNode(ManagedNode):
     NODE_NAME = 'feature_node'
 
-    def __init__(self, **kw):
-        super().__init__('feature_node', **kw)
-        p = self.params = Params(self)
-        model = p.declare('model', '', 'ONNX graph written by gplq_export (GPLQ or FP32); required',
-                          read_only=True)
-        artifact = p.declare('artifact', '', 'GPLQ artifact holding the packed 4-bit weights of a packed graph; '
-                             'empty: the file the graph names, next to it', read_only=True)
-        vocab = p.declare('vocabulary', '', 'VLAD vocabulary (gplq_vocab); empty: $GPLQ_HOME/vocab default; '
-                          '"none": publish no descriptor', read_only=True)
-        backend = p.declare('backend', 'auto', 'graph runtime: auto = openvino when installed and only the CPU '
-                            'is asked for, else onnxruntime', choices=BACKENDS, read_only=True)
-        precision = p.declare('precision', 'f32', 'float precision of the openvino backend (bf16 on CPUs with '
-                              'AVX-512 BF16/AMX)', choices=PRECISIONS, read_only=True)
-        threads = p.declare('threads', 2, 'graph runtime intra-op threads', (1, 64), read_only=True)
-        providers = p.declare('providers', 'CPUExecutionProvider', 'comma-separated ONNX Runtime execution '
-                              'providers, in order of preference (e.g. CUDAExecutionProvider,CPUExecutionProvider)',
-                              read_only=True)
+    def declare(self) -> None:
+        p = self.params
+        p.declare('model', '', 'ONNX graph written by gplq_export (GPLQ or FP32); required', read_only=True)
+        p.declare('artifact', '', 'GPLQ artifact holding the packed 4-bit weights of a packed graph; '
+                  'empty: the file the graph names, next to it', read_only=True)
+        p.declare('vocabulary', '', 'VLAD vocabulary (gplq_vocab); empty: $GPLQ_HOME/vocab default; '
+                  '"none": publish no descriptor', read_only=True)
+        p.declare('backend', 'auto', 'graph runtime: auto = openvino when installed and only the CPU '
+                  'is asked for, else onnxruntime', choices=BACKENDS, read_only=True)
+        p.declare('precision', 'f32', 'float precision of the openvino backend (bf16 on CPUs with '
+                  'AVX-512 BF16/AMX)', choices=PRECISIONS, read_only=True)
+        p.declare('threads', 2, 'graph runtime intra-op threads', (1, 64), read_only=True)
+        p.declare('providers', 'CPUExecutionProvider', 'comma-separated ONNX Runtime execution '
+                  'providers, in order of preference (e.g. CUDAExecutionProvider,CPUExecutionProvider)',
+                  read_only=True)
         self.transport = p.declare('transport', 'raw', 'input transport: raw subscribes image (Image), '
                                    'compressed subscribes image/compressed (CompressedImage)',
                                    choices=('raw', 'compressed'), read_only=True)
-        qos_in = declare_qos(p, 'input_qos', 'best_effort', 5, 'the camera subscription (sensor data default)')
-        qos_out = declare_qos(p, 'output_qos', 'reliable', 5, 'the published outputs')
+        self.qos_in = declare_qos(p, 'input_qos', 'best_effort', 5, 'the camera subscription (sensor data default)')
+        self.qos_out = declare_qos(p, 'output_qos', 'reliable', 5, 'the published outputs')
         p.declare('map_resolution', 'grid', 'boundary/corner map size: grid = one value per ViT patch, '
                   'input = resized to the camera image', choices=MAP_RESOLUTIONS)
         p.declare('max_input_pixels', MAX_PIXELS_DEFAULT, 'larger camera images are rejected (height*width)',
                   (1, 2 ** 31 - 1))
-        period = p.declare('diagnostics_period', 1.0, 'seconds between /diagnostics messages', (0.1, 60.0),
-                           read_only=True)
+        p.declare('diagnostics_period', 1.0, 'seconds between /diagnostics messages', (0.1, 60.0), read_only=True)
         self.hardware_id = p.declare('hardware_id', 'gplq_ros', 'hardware_id in /diagnostics', read_only=True)
+        self.engine = self.worker = self.timer = None
+        self.publishers_ = []
+        self._lock = threading.Lock()
+
+    def configure(self) -> None:
+        p = self.params
+        model = p['model']
         if not model:
             raise ValueError('parameter model is empty: set it to a graph written by gplq_export')
-        self.engine = load(Path(model), vocabulary_parameter(vocab), threads=threads,
-                           providers=[s.strip() for s in providers.split(',') if s.strip()],
-                           artifact=Path(artifact) if artifact else None, backend=backend, precision=precision)
-        self.pub_boundary = self.create_publisher(Image, '~/boundary_map', qos_out)
-        self.pub_corner_map = self.create_publisher(Image, '~/corner_map', qos_out)
-        self.pub_corners = self.create_publisher(PointCloud2, '~/corners', qos_out)
-        self.pub_descriptor = self.create_publisher(Image, '~/descriptor', qos_out)
+        self.engine = load(Path(model), vocabulary_parameter(p['vocabulary']), threads=p['threads'],
+                           providers=[s.strip() for s in p['providers'].split(',') if s.strip()],
+                           artifact=Path(p['artifact']) if p['artifact'] else None, backend=p['backend'],
+                           precision=p['precision'])
+        out = self.qos_out
+        self.pub_boundary = self.create_publisher(Image, '~/boundary_map', out)
+        self.pub_corner_map = self.create_publisher(Image, '~/corner_map', out)
+        self.pub_corners = self.create_publisher(PointCloud2, '~/corners', out)
+        self.pub_descriptor = self.create_publisher(Image, '~/descriptor', out)
+        self.pub_info = self.create_publisher(CameraInfo, '~/camera_info', out)
         self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        if self.transport == 'raw':
-            self.sub = self.create_subscription(Image, 'image', self.on_image, qos_in)
-        else:
-            self.sub = self.create_subscription(CompressedImage, 'image/compressed', self.on_image, qos_in)
+        self.publishers_ = [self.pub_boundary, self.pub_corner_map, self.pub_corners, self.pub_descriptor,
+                            self.pub_info, self.pub_diag]
         self.latency = LatencyWindow(300)
         self.received = self.processed = 0
         self.rejected = {}
         self.last_error = ''
-        self._lock = threading.Lock()
+        self.camera_info = None
+        self.camera_info_error = ''
         self.worker = SlotWorker(self._infer, 'gplq_inference', on_error=self._fail)
         self.slot = self.worker.slot
-        self.create_timer(period, self.publish_diagnostics)
+        self.timer = self.create_timer(p['diagnostics_period'], self.publish_diagnostics)
         self.get_logger().info(
             f'{self.engine.kind} graph {model} ({self.engine.input_hw[0]}x{self.engine.input_hw[1]}, '
-            f'{threads} threads, {self.engine.description}), subscribed to '
-            f'{self.sub.topic_name} ({self.transport})')
+            f'{p["threads"]} threads, {self.engine.description}), input {self.transport}')
+
+    def activate(self) -> None:
+        if self.transport == 'raw':
+            sub = self.create_subscription(Image, 'image', self.on_image, self.qos_in)
+        else:
+            sub = self.create_subscription(CompressedImage, 'image/compressed', self.on_image, self.qos_in)
+        info = self.create_subscription(CameraInfo, 'camera_info', self.on_camera_info, self.qos_in)
+        self.inputs += [sub, info]
+        self.get_logger().info(f'active: subscribed to {sub.topic_name} and {info.topic_name}')
+
+    def release(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        if self.timer is not None:
+            self.destroy_timer(self.timer)
+        for pub in self.publishers_:
+            self.destroy_publisher(pub)
+        self.publishers_, self.engine, self.worker, self.timer = [], None, None, None
+
+    def on_camera_info(self, msg: CameraInfo) -> None:
+        with self._lock:
+            self.camera_info = msg
 
     def on_image(self, msg) -> None:
         self.received += 1
@@ -110,9 +142,19 @@ class FeatureNode(Node):
         t0 = time.perf_counter()
         out = self.engine(rgb)
         self.latency.add(1e3 * (time.perf_counter() - t0))
-        if not self.context.ok():
-            return False    # shutting down (Ctrl-C): nothing left to publish to
+        if not self.context.ok() or not self.active:
+            return False    # shutting down or deactivated meanwhile: no outputs
         boundary, corner_map = output_maps(out, self.params['map_resolution'])
+        with self._lock:
+            info = self.camera_info
+        if info is not None:
+            try:
+                self.pub_info.publish(scale_camera_info(info, out.image_hw, boundary.shape, header))
+                self.camera_info_error = ''
+            except ImageFormatError as e:
+                if str(e) != self.camera_info_error:   # logged once per distinct problem
+                    self.get_logger().warning(f'camera_info not usable, no ~/camera_info: {e}')
+                self.camera_info_error = str(e)
         self.pub_boundary.publish(encode_map(boundary, header))
         self.pub_corner_map.publish(encode_map(corner_map, header))
         self.pub_corners.publish(encode_corners(out.corners_px, out.corners.response, header))
@@ -136,13 +178,11 @@ class FeatureNode(Node):
                   'frames_dropped': self.slot.dropped, 'frames_rejected': sum(rejected.values()),
                   'engine_errors': engine_errors, 'engine_p50_ms': lat['p50_ms'], 'engine_p95_ms': lat['p95_ms'],
                   'engine_max_ms': lat['max_ms'], 'queue_depth': self.slot.pending, 'model_kind': self.engine.kind,
+                  'lifecycle_state': self.state_label,
+                  'camera_info': self.camera_info_error or ('received' if self.camera_info is not None else 'none'),
                   **{f'rejected_{k}': v for k, v in sorted(rejected.items())}, 'last_error': last_error}
         diag.publish(self, self.pub_diag, feature_status(self.processed, engine_errors, rejected, last_error),
                      values, self.worker)
-
-    def destroy_node(self):
-        self.worker.stop()
-        return super().destroy_node()
 
 
 def main(argv=None) -> int:

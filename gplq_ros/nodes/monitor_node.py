@@ -10,20 +10,22 @@ ERROR once ``consecutive`` checks in a row had a metric below its bound; WARN fo
 or for a p95 latency above ``latency_p95_warn_ms``, or a drop rate above
 ``drop_rate_warn``; STALE when inputs arrive but no output for ``stale_after_s``; ERROR
 when the reference thread raised. Published on ``/diagnostics`` and, numerically, on
-``~/status`` (``onboard.messages.STATUS_FIELDS``) every ``period`` seconds.
+``~/status`` (``onboard.messages.STATUS_FIELDS``) every ``period`` seconds. A managed node
+(``nodes.lifecycle``): the reference engine is loaded in on_configure, the inputs subscribed
+while active; ``autostart`` (default true) configures and activates it at startup.
 """
 import sys
 import threading
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Float64MultiArray
 
 from gplq_ros.nodes import diag
-from gplq_ros.nodes.params import Params, declare_qos
+from gplq_ros.nodes.lifecycle import ManagedNode
+from gplq_ros.nodes.params import declare_qos
 from gplq_ros.nodes.run import run_node
 from gplq_ros.onboard.drift import CheckJoin, DriftBounds, DriftMonitor, compare
 from gplq_ros.onboard.engine import BACKENDS, load
@@ -41,19 +43,18 @@ def _key(stamp):
     return (int(stamp.sec), int(stamp.nanosec))
 
 
-class MonitorNode(Node):
+class MonitorNode(ManagedNode):
     NODE_NAME = 'monitor_node'
 
-    def __init__(self, **kw):
-        super().__init__('monitor_node', **kw)
-        p = self.params = Params(self)
-        model = p.declare('reference_model', '', 'FP32 ONNX graph (gplq_export --fp32) for the drift reference; '
-                          'required', read_only=True)
-        vocab = p.declare('vocabulary', '', 'VLAD vocabulary; empty: the $GPLQ_HOME default; "none": no '
-                          'descriptor drift', read_only=True)
-        threads = p.declare('threads', 1, 'graph runtime threads of the reference engine', (1, 64), read_only=True)
-        backend = p.declare('backend', 'auto', 'graph runtime of the FP32 reference: auto = openvino when '
-                            'installed, else onnxruntime', choices=BACKENDS, read_only=True)
+    def declare(self) -> None:
+        p = self.params
+        p.declare('reference_model', '', 'FP32 ONNX graph (gplq_export --fp32) for the drift reference; '
+                  'required', read_only=True)
+        p.declare('vocabulary', '', 'VLAD vocabulary; empty: the $GPLQ_HOME default; "none": no '
+                  'descriptor drift', read_only=True)
+        p.declare('threads', 1, 'graph runtime threads of the reference engine', (1, 64), read_only=True)
+        p.declare('backend', 'auto', 'graph runtime of the FP32 reference: auto = openvino when '
+                  'installed, else onnxruntime', choices=BACKENDS, read_only=True)
         p.declare('check_every_n', 10, 'run the FP32 reference on every n-th camera frame', (1, 100000))
         p.declare('descriptor_cosine_min', BOUNDS.descriptor_cosine, 'drift bound: VLAD descriptor cosine to FP32',
                   (0.0, 1.0))
@@ -67,36 +68,55 @@ class MonitorNode(Node):
                   'output', (0.0, 1.0))
         p.declare('stale_after_s', LIMITS.stale_after_s, 'STALE when no output for this long while frames arrive',
                   (0.1, 3600.0))
-        window = p.declare('latency_window', 300, 'outputs in the latency percentiles', (1, 100000),
-                           read_only=True)
-        period = p.declare('period', 1.0, 'seconds between /diagnostics and ~/status messages', (0.05, 60.0),
-                           read_only=True)
+        p.declare('latency_window', 300, 'outputs in the latency percentiles', (1, 100000), read_only=True)
+        p.declare('period', 1.0, 'seconds between /diagnostics and ~/status messages', (0.05, 60.0), read_only=True)
         self.hardware_id = p.declare('hardware_id', 'gplq_ros', 'hardware_id in /diagnostics', read_only=True)
-        qos_cam = declare_qos(p, 'input_qos', 'best_effort', 5, 'the camera subscription')
-        qos_out = declare_qos(p, 'output_qos', 'reliable', 10, 'the feature output subscriptions')
+        self.qos_cam = declare_qos(p, 'input_qos', 'best_effort', 5, 'the camera subscription')
+        self.qos_out = declare_qos(p, 'output_qos', 'reliable', 10, 'the feature output subscriptions')
+        self.reference = self.worker = self.timer = None
+        self.publishers_ = []
+        self._lock = threading.Lock()
+
+    def configure(self) -> None:
+        p = self.params
+        model = p['reference_model']
         if not model:
             raise ValueError('parameter reference_model is empty: set it to an FP32 graph from gplq_export --fp32')
-        self.reference = load(Path(model), vocabulary_parameter(vocab), threads=threads, backend=backend)
+        self.reference = load(Path(model), vocabulary_parameter(p['vocabulary']), threads=p['threads'],
+                              backend=p['backend'])
         if self.reference.kind != 'fp32':
             raise ValueError(f'parameter reference_model={model!r}: kind={self.reference.kind!r}, the reference '
                              'must be an FP32 graph (gplq_export --fp32)')
         self.drift = DriftMonitor(self._bounds())
-        self.flow = FlowStats(window)
+        self.flow = FlowStats(p['latency_window'])
         self.join = CheckJoin(('boundary', 'corners') + (('descriptor',) if self.reference.centers is not None
                                                          else ()))
         self.last_output = None
         self.errors = 0
         self.last_error = ''
-        self._lock = threading.Lock()
-        self.create_subscription(Image, 'image', self.on_image, qos_cam)
-        self.create_subscription(Image, 'boundary_map', self.on_boundary, qos_out)
-        self.create_subscription(PointCloud2, 'corners', lambda m: self.on_output(m, 'corners'), qos_out)
-        self.create_subscription(Image, 'descriptor', lambda m: self.on_output(m, 'descriptor'), qos_out)
         self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.pub_status = self.create_publisher(Float64MultiArray, '~/status', QoSProfile(depth=10))
+        self.publishers_ = [self.pub_diag, self.pub_status]
         self.worker = SlotWorker(self._check, 'gplq_reference', on_error=self._fail)
-        self.create_timer(period, self.publish_status)
+        self.timer = self.create_timer(p['period'], self.publish_status)
         self._level = Level.OK
+
+    def activate(self) -> None:
+        self.last_output = None    # staleness counts from activation, not from before a pause
+        self.inputs += [
+            self.create_subscription(Image, 'image', self.on_image, self.qos_cam),
+            self.create_subscription(Image, 'boundary_map', self.on_boundary, self.qos_out),
+            self.create_subscription(PointCloud2, 'corners', lambda m: self.on_output(m, 'corners'), self.qos_out),
+            self.create_subscription(Image, 'descriptor', lambda m: self.on_output(m, 'descriptor'), self.qos_out)]
+
+    def release(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        if self.timer is not None:
+            self.destroy_timer(self.timer)
+        for pub in self.publishers_:
+            self.destroy_publisher(pub)
+        self.publishers_, self.reference, self.worker, self.timer = [], None, None, None
 
     def _bounds(self) -> DriftBounds:
         p = self.params
@@ -167,17 +187,14 @@ class MonitorNode(Node):
         with self._lock:
             errors, last_error = self.errors, self.last_error
         values = dict(s, checks_skipped=self.join.skipped, unmatched_outputs=self.flow.matcher.unmatched,
-                      check_every_n=p['check_every_n'], reference=str(self.reference.path))
+                      check_every_n=p['check_every_n'], reference=str(self.reference.path),
+                      lifecycle_state=self.state_label)
         level, text = diag.publish(self, self.pub_diag, monitor_status(self.drift, s, limits, errors, last_error,
                                                                        idle), values, self.worker)
         if level != self._level:
             self.get_logger().info(f'status {Level(self._level).name} -> {level.name}: {text}')
             self._level = level
         self.pub_status.publish(encode_status(dict(s, level=int(level))))
-
-    def destroy_node(self):
-        self.worker.stop()
-        return super().destroy_node()
 
 
 def main(argv=None) -> int:

@@ -13,13 +13,17 @@ from a bag by ``rosbags``). ROS message classes only, no rclpy.
 * ``~/descriptor``: sensor_msgs/Image ``32FC1``, height 1, width K*C (K clusters x C=384
   dims, cluster-major), L2-normalized (unit norm) VLAD; read with
   ``np.frombuffer(msg.data, '<f4')``. Two frames' place similarity is the dot product.
+* ``~/camera_info``: sensor_msgs/CameraInfo of the published maps, when the camera
+  publishes ``camera_info``: the camera's calibration scaled to the map size
+  (``scale_camera_info``), so a map cell (column j, row i) is the ray of the camera pixel
+  ``u = (j + 0.5) W / w - 0.5``, ``v = (i + 0.5) H / h - 0.5`` through the same K, D.
 Every output carries the input image's header (stamp and frame_id).
 """
 from typing import Tuple
 
 import cv2
 import numpy as np
-from sensor_msgs.msg import Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
 from gplq_ros.onboard.image_codec import ImageFormatError, image_to_numpy, numpy_to_image
@@ -62,6 +66,45 @@ def encode_corners(corners_px: np.ndarray, response: np.ndarray, header=None) ->
         cloud.header = header
     cloud.data = rec.tobytes()
     return cloud
+
+
+def scale_camera_info(info, image_hw: Tuple[int, int], map_hw: Tuple[int, int], header=None) -> CameraInfo:
+    """The camera's CameraInfo (for images of ``image_hw``) for a map of ``map_hw`` covering
+    the whole image: fx, skew, cx (and P's first row) scaled by ``w / W`` about pixel centres
+    (``c' = (c + 0.5) s - 0.5``), fy, cy by ``h / H``; D, R and the distortion model unchanged
+    (distortion acts on normalized coordinates). Note: image_proc's resize scales c without the
+    half-pixel terms (up to half a cell apart on a coarse grid). Raises ImageFormatError naming
+    the field for a CameraInfo that does not describe these images (size, binning, ROI) or an
+    uncalibrated camera (K all zero)."""
+    h0, w0 = image_hw
+    mh, mw = map_hw
+    if (int(info.height), int(info.width)) != (h0, w0):
+        raise ImageFormatError('camera_info.width x height', f'{info.width}x{info.height}',
+                               f'the image is {w0}x{h0}')
+    if int(info.binning_x) > 1 or int(info.binning_y) > 1:
+        raise ImageFormatError('camera_info.binning_x/y', f'{info.binning_x}/{info.binning_y}',
+                               'binning is not supported (publish the CameraInfo of the binned image)')
+    roi = info.roi
+    if int(roi.width) and (int(roi.x_offset), int(roi.y_offset), int(roi.width), int(roi.height)) != (0, 0, w0, h0):
+        raise ImageFormatError('camera_info.roi', (int(roi.x_offset), int(roi.y_offset), int(roi.width),
+                                                   int(roi.height)), 'a region of interest is not supported')
+    k = np.array(info.k, np.float64).reshape(3, 3)   # a copy: the input message stays as it was
+    if k[0, 0] <= 0 or k[1, 1] <= 0:
+        raise ImageFormatError('camera_info.k', f'fx={k[0, 0]}, fy={k[1, 1]}', 'not a calibrated camera')
+    sx, sy = mw / w0, mh / h0
+    p = np.array(info.p, np.float64).reshape(3, 4)
+    if not p.any():   # monocular cameras may leave P empty: P = [K | 0]
+        p[:, :3] = k
+    for m in (k, p):
+        m[0, :] *= sx
+        m[0, 2] += (sx - 1) * 0.5 * m[2, 2]   # (c + 0.5) s - 0.5 = c s + (s - 1) / 2
+        m[1, :] *= sy
+        m[1, 2] += (sy - 1) * 0.5 * m[2, 2]
+    out = CameraInfo(height=int(mh), width=int(mw), distortion_model=info.distortion_model,
+                     d=list(info.d), k=k.ravel().tolist(), r=list(info.r), p=p.ravel().tolist())
+    if header is not None:
+        out.header = header
+    return out
 
 
 def decode_map(msg) -> np.ndarray:

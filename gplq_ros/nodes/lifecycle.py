@@ -1,0 +1,112 @@
+"""Managed (lifecycle) node base of the feature and monitor nodes.
+
+Parameters are declared in the constructor; the model, engine, publishers, timers and worker
+thread are made in ``on_configure`` and released in ``on_cleanup`` (and ``on_shutdown``);
+the input subscriptions exist only while the node is active, so an inactive node does no
+work and publishes no outputs (its /diagnostics keep coming, with ``lifecycle_state``). With
+the parameter ``autostart`` (default true) the node configures and activates itself at
+startup, so plain use (``ros2 run``, the launch file) stays one command; a lifecycle manager
+sets it false and drives the transitions through the standard ``lifecycle_msgs`` services
+(``~/change_state``, ``~/get_state``). A subclass implements ``declare()``, ``configure()``,
+``activate()`` (create the subscriptions) and ``release()``.
+"""
+from typing import List, Optional
+
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+from gplq_ros.nodes.params import Params
+
+
+class ManagedNode(LifecycleNode):
+    NODE_NAME = ''
+
+    def __init__(self, **kw):
+        super().__init__(self.NODE_NAME, **kw)
+        self.params = Params(self)
+        self.autostart = self.params.declare('autostart', True, 'configure and activate at startup (false: wait '
+                                             'for a lifecycle manager)', read_only=True)
+        self.configure_error = ''
+        self.state_label = 'unconfigured'
+        self.inputs: List = []
+        self.declare()
+
+    # -- subclass hooks ------------------------------------------------------------------
+    def declare(self) -> None:
+        raise NotImplementedError
+
+    def configure(self) -> None:
+        """Load resources, create publishers/timers/worker; raise with a clear message on failure."""
+        raise NotImplementedError
+
+    def activate(self) -> None:
+        """Create the input subscriptions (append them to ``self.inputs``)."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Undo ``configure`` (safe to call on a partly configured node)."""
+        raise NotImplementedError
+
+    # -- transitions ---------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return self.state_label == 'active'
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.configure()
+        except Exception as e:   # a bad model/parameter: the transition fails, the node stays unconfigured
+            self.configure_error = f'{type(e).__name__}: {e}'
+            self.get_logger().error(f'configure failed: {self.configure_error}')
+            self.release()
+            return TransitionCallbackReturn.FAILURE
+        self.configure_error = ''
+        self.state_label = 'inactive'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.activate()
+        self.state_label = 'active'
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.state_label = 'inactive'
+        self._drop_inputs()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._drop_inputs()
+        self.release()
+        self.state_label = 'unconfigured'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.state_label = 'finalized'
+        self._drop_inputs()
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.state_label = 'unconfigured'
+        self._drop_inputs()
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _drop_inputs(self) -> None:
+        for sub in self.inputs:
+            self.destroy_subscription(sub)
+        self.inputs = []
+
+    def start(self) -> Optional[str]:
+        """With ``autostart``: configure and activate; returns the configure error, if any."""
+        if not self.autostart:
+            return None
+        self.trigger_configure()
+        if self.state_label != 'inactive':
+            return self.configure_error or 'configure failed'
+        self.trigger_activate()
+        return None
+
+    def destroy_node(self):
+        self._drop_inputs()
+        self.release()
+        return super().destroy_node()
