@@ -5,7 +5,7 @@ runs): flight_sim_node (optional camera), feature_node, monitor_node, and gplq_r
 record_bag:=true. Arguments, descriptions and defaults come from ``gplq_ros.bringup.description.ARGUMENTS``.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -14,16 +14,18 @@ from gplq_ros.bringup import description as bringup
 
 def _bringup(context, *args, **kwargs):
     values = {a.name: LaunchConfiguration(a.name).perform(context) for a in bringup.ARGUMENTS}
-    actions = [SetEnvironmentVariable(k, v) for k, v in bringup.environment().items()]
+    env = bringup.environment(values)   # on our nodes only: the rest of an including bringup keeps its DDS setup
+    actions = []
     for node in bringup.node_specs(values):
         actions.append(Node(package=bringup.PACKAGE, executable=node.executable, name=node.name,
                             namespace=node.namespace or None,
                             parameters=list(node.parameters), remappings=list(node.remappings),
-                            arguments=['--ros-args', *node.ros_arguments], output='screen', emulate_tty=True))
+                            arguments=['--ros-args', *node.ros_arguments], output='screen', emulate_tty=True,
+                            additional_env=env))
     record = bringup.record_command(values)
     if record is not None:
         actions.append(Node(package=bringup.PACKAGE, executable='gplq_record', arguments=record, output='screen',
-                            namespace=values['namespace'] or None))
+                            namespace=values['namespace'] or None, additional_env=env))
     return actions
 
 

@@ -523,6 +523,7 @@ def test_lifecycle_transitions_with_a_real_lifecycle_client(tmp_path, packed_gra
     active, report their lifecycle state on /diagnostics, and keep their worker threads alive."""
     from lifecycle_msgs.msg import State, Transition
     from lifecycle_msgs.srv import ChangeState, GetState
+    from rcl_interfaces.srv import ListParameters
     params = params_file(tmp_path / 'params.yaml',
                          feature_node={'vocabulary': 'none', 'diagnostics_period': 0.2},
                          monitor_node={'vocabulary': 'none', 'check_every_n': 1, 'period': 0.2})
@@ -567,6 +568,10 @@ def test_lifecycle_transitions_with_a_real_lifecycle_client(tmp_path, packed_gra
         feed('inactive')
         states['activate'] = transition(Transition.TRANSITION_ACTIVATE)
         wait_for_subscribers(h, pub, 2)
+        lister = h.node.create_client(ListParameters, '/feature_node/list_parameters')
+        fut = lister.call_async(ListParameters.Request(prefixes=['qos_overrides'], depth=0))
+        assert h.spin(20, fut.done)
+        overrides = set(fut.result().result.names)    # the camera subscription's standard QoS overrides
         feed('active')
         states['deactivate'] = transition(Transition.TRANSITION_DEACTIVATE)
         feed('deactivated')
@@ -588,6 +593,7 @@ def test_lifecycle_transitions_with_a_real_lifecycle_client(tmp_path, packed_gra
     assert outputs_per_phase['deactivated'] == 0, outputs_per_phase
     assert outputs_per_phase['active'] >= 3 and outputs_per_phase['active again'] >= 3, (outputs_per_phase, log[-3000:])
     assert all(alive) and 'Traceback' not in log, log[-3000:]
+    assert 'qos_overrides./lc/image.subscription.reliability' in overrides, overrides
     assert decode_status(status[-1])['checks'] >= 3                  # the monitor checks again after re-configuring
     ours = [s for d in diags for s in d.status if s.name.startswith('gplq_ros: ')]
     seen = {(s.name, values(s)['lifecycle_state']) for s in ours}

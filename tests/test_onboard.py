@@ -204,6 +204,11 @@ def test_launch_file_and_gplq_up_derive_from_the_bringup():
     assert not strings & {'feature_node', 'monitor_node', 'flight_sim_node', '/camera/image_raw'}
     calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert {'DeclareLaunchArgument', 'Node', 'LaunchDescription'} <= calls
+    # the DDS profile goes to our nodes only (additional_env), never to the whole launch
+    assert 'SetEnvironmentVariable' not in src
+    node_kw = {k.arg for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, 'id', '') == 'Node'
+               for k in n.keywords}
+    assert {'additional_env', 'namespace'} <= node_kw
     assert all(a.description for a in bringup.ARGUMENTS)
     assert {a.name for a in bringup.ARGUMENTS} >= {
         'camera_topic', 'model', 'params_file', 'use_sim_camera', 'record_bag', 'bag_dir', 'log_level'}
@@ -233,6 +238,7 @@ def test_fastdds_profile_variable_per_distro(monkeypatch):
     monkeypatch.setenv('ROS_DISTRO', 'jazzy')
     env = bringup.environment()
     assert list(env) == ['FASTRTPS_DEFAULT_PROFILES_FILE'] and Path(env['FASTRTPS_DEFAULT_PROFILES_FILE']).is_file()
+    assert bringup.environment({'shm_profile': 'false'}) == {}                # opted out
     monkeypatch.setenv('ROS_DISTRO', 'kilted')
     assert list(bringup.environment()) == ['FASTDDS_DEFAULT_PROFILES_FILE']
     monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/my/profile.xml')    # the user's own profile wins

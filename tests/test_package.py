@@ -23,6 +23,13 @@ def test_package_xml_format3_ament_python():
     assert root.get('format') == '3' and root.findtext('name') == 'gplq_ros'
     deps = {e.text for e in root.findall('exec_depend')}
     assert {'rclpy', 'sensor_msgs', 'std_msgs', 'geometry_msgs', 'diagnostic_msgs'} <= deps
+    # every ROS interface package the installed code imports is declared (rosdep installs it)
+    import re
+    used = set()
+    for f in (REPO / 'gplq_ros').rglob('*.py'):
+        used |= set(re.findall(r'^\s*from (\w+_msgs)\b', f.read_text(), re.M))
+    assert used and used <= deps, sorted(used - deps)
+    assert 'python3-onnxruntime-pip' in deps and 'python3-yaml' in deps
     assert root.find('export/build_type').text == 'ament_python'
 
 

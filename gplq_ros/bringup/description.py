@@ -45,6 +45,8 @@ ARGUMENTS = (
              '(true/false)'),
     Argument('bag_dir', 'bags', 'directory for recorded bags (one sub-directory per run)'),
     Argument('log_level', 'info', 'ROS log level of every node (debug, info, warn, error, fatal)'),
+    Argument('shm_profile', 'true', 'our nodes (only) use the shared-memory Fast DDS profile of config/fastdds_shm.xml '
+             '(a 32 MB segment per node: give Docker --shm-size=256m); false: the DDS settings of your environment'),
     Argument('autostart', 'true', 'feature_node and monitor_node configure and activate themselves (true); false: '
              'they wait unconfigured for a lifecycle manager (lifecycle_msgs services ~/change_state)'),
     Argument('use_sim_time', 'false', 'every node takes its time from /clock (true/false), e.g. when replaying '
@@ -90,6 +92,7 @@ def resolve(overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     _bool(args, 'use_sim_camera')
     _bool(args, 'record_bag')
     _bool(args, 'autostart')
+    _bool(args, 'shm_profile')
     return args
 
 
@@ -135,14 +138,16 @@ def fastdds_major() -> int:
         return 2
 
 
-def environment() -> Dict[str, str]:
-    """Variables the bringup needs when the user has not set them: the shared-memory Fast DDS
+def environment(args: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Variables our node processes need when the user has not set them (the launch file
+    sets them on our nodes only, not on the rest of a bringup that includes it; none with
+    ``shm_profile:=false``): the shared-memory Fast DDS
     profile (without it, best-effort 640x480 rgb8 frames did not get through here: they
     exceed the default shared-memory segment and fall back to fragmented UDP). Fast DDS 2.x
     reads FASTRTPS_DEFAULT_PROFILES_FILE (the FASTDDS_ name did nothing on Jazzy), 3.x reads
     FASTDDS_DEFAULT_PROFILES_FILE (and warns that the FASTRTPS_ name is deprecated). A
     profile the user set under either name is kept."""
-    if any(os.environ.get(k) for k in PROFILE_VARS):
+    if any(os.environ.get(k) for k in PROFILE_VARS) or not _bool(resolve(args), 'shm_profile'):
         return {}
     return {PROFILE_VARS[0] if fastdds_major() == 2 else PROFILE_VARS[1]: str(config_dir() / 'fastdds_shm.xml')}
 

@@ -31,10 +31,10 @@ def commands(overrides: Dict[str, str], stamp: Optional[str] = None) -> List[Tup
     return cmds
 
 
-def start(cmds, stdout=None) -> List[Tuple[str, subprocess.Popen]]:
+def start(cmds, stdout=None, overrides: Optional[Dict[str, str]] = None) -> List[Tuple[str, subprocess.Popen]]:
     """Start every (name, argv) with the bringup's environment (``description.environment()``)."""
     env = dict(os.environ)
-    for k, v in description.environment().items():
+    for k, v in description.environment(overrides).items():
         env.setdefault(k, v)
     err = subprocess.STDOUT if stdout is not None else None
     return [(name, subprocess.Popen(cmd, env=env, stdout=stdout, stderr=err)) for name, cmd in cmds]

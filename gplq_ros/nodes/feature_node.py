@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from gplq_ros.nodes import diag
@@ -102,10 +103,14 @@ class FeatureNode(ManagedNode):
             f'{p["threads"]} threads, {self.engine.description}), input {self.transport}')
 
     def activate(self) -> None:
+        # the standard qos_overrides.<topic>.subscription.* parameters (read at activation) take precedence
+        # over input_qos_*, as in other ROS 2 camera consumers
+        over = QoSOverridingOptions.with_default_policies()
         if self.transport == 'raw':
-            sub = self.create_subscription(Image, 'image', self.on_image, self.qos_in)
+            sub = self.create_subscription(Image, 'image', self.on_image, self.qos_in, qos_overriding_options=over)
         else:
-            sub = self.create_subscription(CompressedImage, 'image/compressed', self.on_image, self.qos_in)
+            sub = self.create_subscription(CompressedImage, 'image/compressed', self.on_image, self.qos_in,
+                                           qos_overriding_options=over)
         info = self.create_subscription(CameraInfo, 'camera_info', self.on_camera_info, self.qos_in)
         self.inputs += [sub, info]
         self.get_logger().info(f'active: subscribed to {sub.topic_name} and {info.topic_name}')

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     print(f'gplq_flight_demo: flying for {args.duration:.0f} s: ' + ', '.join(n for n, _ in cmds)
           + f' (logs: {args.out / "nodes.log"})', flush=True)
     with open(args.out / 'nodes.log', 'wb') as log:
-        procs = start(cmds, stdout=log)
+        procs = start(cmds, stdout=log, overrides=overrides)
         try:
             dead = watch(procs, args.duration + 5, fails=lambda returncode: True)   # + start-up of the nodes
             if dead:

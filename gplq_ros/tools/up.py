@@ -30,7 +30,7 @@ def main(argv=None) -> int:
         for name, cmd in cmds:
             print(name + ': ' + ' '.join(cmd))
         return 0
-    procs = start(cmds)
+    procs = start(cmds, overrides=overrides)
     failed = []
     try:
         failed = watch(procs, args.duration)
