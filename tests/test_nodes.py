@@ -476,14 +476,17 @@ def test_sim_time_keeps_stamps_and_the_monitor_follows_the_ros_clock(tmp_path, p
             if status:
                 break
         assert status, (tmp_path / 'up.log').read_text(errors='replace')[-3000:]
-        for rgb in frames(images, 8):
-            msg = numpy_to_image(rgb, 'rgb8')
-            msg.header.frame_id = 'camera_optical_frame'
-            msg.header.stamp = stamp(sim[0] - 0.05)
-            pub.publish(msg)
-            sent.append(key(msg))
-            for _ in range(4):
-                tick(0.05, 0.05)
+
+        def send(n, into):                        # frames stamped 50 ms before the /clock time
+            for rgb in frames(images, n):
+                msg = numpy_to_image(rgb, 'rgb8')
+                msg.header.frame_id = 'camera_optical_frame'
+                msg.header.stamp = stamp(sim[0] - 0.05)
+                pub.publish(msg)
+                into.append(key(msg))
+                for _ in range(4):
+                    tick(0.05, 0.05)
+        send(8, sent)
         for _ in range(100):
             tick(0.05, 0.05)
             if len(outputs) >= len(sent):
@@ -503,14 +506,7 @@ def test_sim_time_keeps_stamps_and_the_monitor_follows_the_ros_clock(tmp_path, p
         # the clock jumps back (a bag replayed from its start): nodes and threads carry on
         sim[0] = 500.0
         after_jump, n_status = [], len(status)
-        for rgb in frames(images, 3):
-            msg = numpy_to_image(rgb, 'rgb8')
-            msg.header.frame_id = 'camera_optical_frame'
-            msg.header.stamp = stamp(sim[0] - 0.05)
-            pub.publish(msg)
-            after_jump.append(key(msg))
-            for _ in range(4):
-                tick(0.05, 0.05)
+        send(3, after_jump)
         for _ in range(100):
             tick(0.05, 0.05)
             if {key(m) for m in outputs} >= set(after_jump) and len(status) > n_status + 3:

@@ -67,8 +67,7 @@ class FeatureNode(ManagedNode):
                   (1, 2 ** 31 - 1))
         p.declare('diagnostics_period', 1.0, 'seconds between /diagnostics messages', (0.1, 60.0), read_only=True)
         self.hardware_id = p.declare('hardware_id', 'gplq_ros', 'hardware_id in /diagnostics', read_only=True)
-        self.engine = self.worker = self.timer = None
-        self.publishers_ = []
+        self.engine = None
         self._lock = threading.Lock()
 
     def configure(self) -> None:
@@ -116,13 +115,8 @@ class FeatureNode(ManagedNode):
         self.get_logger().info(f'active: subscribed to {sub.topic_name} and {info.topic_name}')
 
     def release(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-        if self.timer is not None:
-            self.destroy_timer(self.timer)
-        for pub in self.publishers_:
-            self.destroy_publisher(pub)
-        self.publishers_, self.engine, self.worker, self.timer = [], None, None, None
+        super().release()
+        self.engine = None
 
     def on_camera_info(self, msg: CameraInfo) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ the parameter ``autostart`` (default true) the node configures and activates its
 startup, so plain use (``ros2 run``, the launch file) stays one command; a lifecycle manager
 sets it false and drives the transitions through the standard ``lifecycle_msgs`` services
 (``~/change_state``, ``~/get_state``). A subclass implements ``declare()``, ``configure()``,
-``activate()`` (create the subscriptions) and ``release()``.
+``activate()`` (create the subscriptions) and extends ``release()``.
 """
 from typing import List, Optional
 
@@ -28,6 +28,8 @@ class ManagedNode(LifecycleNode):
         self.configure_error = ''
         self.state_label = 'unconfigured'
         self.inputs: List = []
+        self.worker = self.timer = None     # made in configure(), with the publishers in self.publishers_
+        self.publishers_: List = []
         self.declare()
 
     # -- subclass hooks ------------------------------------------------------------------
@@ -43,8 +45,15 @@ class ManagedNode(LifecycleNode):
         raise NotImplementedError
 
     def release(self) -> None:
-        """Undo ``configure`` (safe to call on a partly configured node)."""
-        raise NotImplementedError
+        """Undo ``configure`` (safe on a partly configured node): stop the worker thread, destroy
+        the timer and publishers; a subclass also drops its model."""
+        if self.worker is not None:
+            self.worker.stop()
+        if self.timer is not None:
+            self.destroy_timer(self.timer)
+        for pub in self.publishers_:
+            self.destroy_publisher(pub)
+        self.publishers_, self.worker, self.timer = [], None, None
 
     # -- transitions ---------------------------------------------------------------------
     @property

@@ -73,8 +73,7 @@ class MonitorNode(ManagedNode):
         self.hardware_id = p.declare('hardware_id', 'gplq_ros', 'hardware_id in /diagnostics', read_only=True)
         self.qos_cam = declare_qos(p, 'input_qos', 'best_effort', 5, 'the camera subscription')
         self.qos_out = declare_qos(p, 'output_qos', 'reliable', 10, 'the feature output subscriptions')
-        self.reference = self.worker = self.timer = None
-        self.publishers_ = []
+        self.reference = None
         self._lock = threading.Lock()
 
     def configure(self) -> None:
@@ -110,13 +109,8 @@ class MonitorNode(ManagedNode):
             self.create_subscription(Image, 'descriptor', lambda m: self.on_output(m, 'descriptor'), self.qos_out)]
 
     def release(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-        if self.timer is not None:
-            self.destroy_timer(self.timer)
-        for pub in self.publishers_:
-            self.destroy_publisher(pub)
-        self.publishers_, self.reference, self.worker, self.timer = [], None, None, None
+        super().release()
+        self.reference = None
 
     def _bounds(self) -> DriftBounds:
         p = self.params
