@@ -30,8 +30,9 @@ def default_vocab() -> Path:
 def default_onboard_artifact() -> Path:
     """The W4A8 artifact ``gplq_flight_demo`` calibrates once (``offline.api.ONBOARD_SPEC``:
     rotated residual stream, int8 q.k^T attention, per-output-channel weights, GPTQ
-    act-order, the most sensitive 25 % of the Linear weights at 8 bits)."""
-    return gplq_home() / 'onboard' / 'w4a8_gplq_rot_qk_ao_mp25.safetensors'
+    act-order, the most sensitive 25 % of the Linear weights at 8 bits, learned rounding:
+    ``offline.api.ONBOARD_CALIBRATION``)."""
+    return gplq_home() / 'onboard' / 'w4a8_gplq_rot_qk_ao_mp25_round.safetensors'
 
 
 def default_onboard_models() -> Dict[str, str]:

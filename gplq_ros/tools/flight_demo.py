@@ -1,8 +1,8 @@
 """gplq_flight_demo: the full onboard job on this machine.
 
 1. a W4A8 GPLQ artifact (rotated residual stream, int8 q.k attention, per-output-channel weights; GPTQ act-order and
-   the most sensitive 25 % of the Linear weights at 8 bits: ``offline.api.ONBOARD_SPEC``) in
-   $GPLQ_HOME/onboard, calibrated if none is cached;
+   the most sensitive 25 % of the Linear weights at 8 bits, learned rounding: ``offline.api.ONBOARD_SPEC``,
+   ``ONBOARD_CALIBRATION``) in $GPLQ_HOME/onboard, calibrated if none is cached (about 20 minutes on 2 cores);
 2. the onboard graphs for 640x480 cameras: the packed GPLQ graph and the FP32 reference,
    exported if missing or stale (``offline.api.ensure_onboard_models``);
 3. the bringup of ``gplq_ros.bringup.description`` (simulated flight over a NEON orthophoto,
