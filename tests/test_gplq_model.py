@@ -405,3 +405,33 @@ def test_learned_rounding_lowers_block_error_and_stays_on_the_grid(extractor, cr
         assert bool(((c == fl) | (c == fl + 1) | (c == old[n].float())).all()), n
         assert int(c.min()) >= -8 and int(c.max()) <= 7
         assert torch.allclose(lin.weight_q, c * lin.scales)
+
+
+def test_qat_baseline_trains_against_a_fixed_fp32_teacher(extractor, crops):
+    from gplq_ros.offline.qat import qat
+    spec = QuantSpec.from_bits('w4a8', weight_method='rtn')
+    cfg = CalibConfig(batch=4, lr=0.01)
+    qm = QuantDinoV2(extractor, spec)
+    init_quantizers(qm, crops, 'minmax', 4)
+    stage2(qm, spec, None)
+    qm.set_modes(act=True, weight=True)
+    w0 = {n: lin.weight.detach().clone() for n, lin in qm.linears.items()}
+
+    def final_error():          # FP32 model vs the quantized model (weights and activations)
+        with torch.no_grad():
+            x = torch.cat(crops)
+            with qm.modes(act=False, weight=False):
+                ref = qm.block_tokens(x)[-1]
+            return float(((qm.block_tokens(x)[-1] - ref) ** 2).mean() / (ref ** 2).mean())
+    before = final_error()
+    hist = qat(qm, crops, cfg, steps=8, lr=1e-5)
+    after = final_error()
+    assert len(hist['total']) == 8 and hist['wall_s'][0] > 0
+    assert after < 0.95 * before, (before, after)               # on the training crops (0.80x measured)
+    assert qm.current_modes == Modes(act=True, weight=True)
+    for n, lin in qm.linears.items():
+        assert torch.equal(lin.weight, w0[n]) and not lin.weight.requires_grad   # FP32 weights put back
+        assert lin.soft_weight is None and bool((lin.scales > 0).all())
+        assert int(lin.codes.min()) >= -8 and int(lin.codes.max()) <= 7
+        assert torch.allclose(lin.weight_q, lin.codes.float() * lin.scales)
+    assert not any(p.requires_grad for q in qm.quantizers.values() for p in (q.scale, q.zero_point))

@@ -32,6 +32,7 @@ from gplq_ros.offline.alignment import gradient_alignment
 from gplq_ros.offline.backbone import load_extractor
 from gplq_ros.offline.calibration import batches_of, model_device, stage1
 from gplq_ros.offline.compensation import fit_compensation
+from gplq_ros.offline.qat import qat
 from gplq_ros.offline.rounding import refine_rounding
 from gplq_ros.offline.config import CalibConfig, resolve_device
 from gplq_ros.offline.data import (CROP_POLICY, default_calibration_images, default_heldout, list_images,
@@ -108,6 +109,10 @@ def calibrate(extractor, spec: QuantSpec, config: CalibConfig, crops: Sequence[t
         applied = replace(applied, keep_8bit=sorted(set(applied.keep_8bit) | set(chosen)))
         mixed = {'sensitivity': sens, 'chosen': chosen, 'curve': curve}
         basin['drift'] = basin_drift(qm)
+    qat_history = {}
+    if config.qat_steps:
+        qat_history = qat(qm, crops, config, config.qat_steps, config.qat_lr, progress)
+        basin['drift'] = basin_drift(qm)
     rounding = {}
     if config.rounding_iters and spec.weight_bits < 8:
         rounding = refine_rounding(qm, crops[:config.rounding_crops], config.rounding_iters, config.rounding_lr,
@@ -125,7 +130,7 @@ def calibrate(extractor, spec: QuantSpec, config: CalibConfig, crops: Sequence[t
     qm.cpu().set_modes(act=True, weight=True, comp=True)  # evaluation, report and export run on the CPU
     qm.compensation = {i: tuple(t.cpu() for t in c) for i, c in qm.compensation.items()}
     results = {'history': history, 'basin': basin, 'alignment': align, 'mixed_precision': mixed,
-               'rounding': rounding, 'compensation': compensation,
+               'rounding': rounding, 'compensation': compensation, 'qat': qat_history,
                'timing_s': {'stage1': round(t1 - t0, 1), 'stage2': round(t2 - t1, 1),
                             'alignment': round(time.perf_counter() - t2, 1)}}
     return Calibrated(qm, applied, config, results)
@@ -182,11 +187,14 @@ def calibrate_to_file(job: CalibrationJob, progress: Optional[Callable[[int, dic
     metrics = {'heldout': fidelity['summary'], 'basin': res['basin'], 'gradient_alignment': res['alignment'],
                'mixed_precision': res['mixed_precision'], 'rounding': res['rounding'],
                'compensation': res['compensation'],
+               'qat': {'steps': len(res['qat']['total']), 'wall_s': round(res['qat']['wall_s'][0], 1),
+                       'loss_first': res['qat']['total'][0], 'loss_last': res['qat']['total'][-1]}
+               if res['qat'] else {},
                'timing_s': dict(res['timing_s'], total=round(wall, 1)), 'peak_rss_mb': round(peak_rss_mb(), 1)}
     checksum = cal.artifact(data, metrics).save(out, force=job.force)
     report = {'artifact': str(out), 'checksum': checksum, 'spec': cal.spec.to_dict(),
               'calibration': cfg.to_dict(), 'history': res['history'], 'metrics': metrics, 'pictures': pictures,
-              'heldout_rows': fidelity.get('rows', [])}
+              'heldout_rows': fidelity.get('rows', []), 'qat_history': res['qat']}
     out.with_suffix('.report.json').write_text(json.dumps(report, indent=2) + '\n')
     if job.report:
         write_report_png(out.with_suffix('.report.png'), res, fidelity, cal.spec)

@@ -73,6 +73,10 @@ class CalibConfig:
     rounding_batch: int = field(default=8, metadata=option('crops per learned-rounding step'))
     rounding_lr: float = field(default=0.05, metadata=option('Adam step of the learned-rounding variables'))
     rounding_lambda: float = field(default=1.0, metadata=option('weight of the term that drives roundings to 0/1'))
+    qat_steps: int = field(default=0, metadata=option(
+        'QAT baseline (offline.qat): train weights, weight scales and activation quantizers end to end for this '
+        'many steps after stage 2 (0: off; use with --method minmax for an LSQ-style QAT run)'))
+    qat_lr: float = field(default=1e-5, metadata=option('QAT step of the weights (scales ~10x relative)'))
     compensation_rank: int = field(default=0, metadata=option(
         'per-block linear compensation of the quantization error (QwT-style, closed form) of this rank; 0: off'))
     compensation_crops: int = field(default=32, metadata=option('crops for fitting the compensation'))
@@ -109,6 +113,8 @@ class CalibConfig:
             ('rounding_batch', 1 <= self.rounding_batch <= 1024),
             ('rounding_lr', 0 < self.rounding_lr <= 10),
             ('rounding_lambda', self.rounding_lambda >= 0),
+            ('qat_steps', 0 <= self.qat_steps <= 10_000_000),
+            ('qat_lr', 0 < self.qat_lr <= 1),
             ('compensation_rank', 0 <= self.compensation_rank <= 384),
             ('compensation_crops', 1 <= self.compensation_crops),
         ]

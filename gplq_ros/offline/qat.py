@@ -1,0 +1,115 @@
+"""An LSQ-style quantization-aware-training baseline (for the GPLQ-vs-QAT comparison).
+
+Same quantizer spec as the artifact it will be written to (activation quantizers, per-output-
+channel symmetric weights, the same 8-bit layers) and the same crops and loss as stage 1 (the
+GPLQ feature-mimicking loss against FP32, without L_reg): the FP32 weights, the weight scales
+(LSQ: ``s * clip(round(w / s))`` with the straight-through estimator and LSQ's gradient scale)
+and the activation quantizers' s, z are all trained with Adam, end to end. At the end the
+weights are rounded with their learned scales into ordinary codes (``QLinear.set_quantized``),
+so the result is a normal artifact, and the FP32 weights of ``qm`` are put back (the FP32
+teacher during training is a frozen copy taken before the first step).
+"""
+import contextlib
+import copy
+import math
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from gplq_ros.offline.calibration import batches_of, model_device
+from gplq_ros.offline.config import CalibConfig
+from gplq_ros.offline.losses import GPLQLoss, as_grid
+from gplq_ros.offline.primitives import grad_scale, round_ste, weight_qrange
+from gplq_ros.offline.rounding import soft_weights
+
+
+class LsqWeight(nn.Module):
+    """Fake-quantized live weight of one Linear with a learnable per-output-channel scale."""
+
+    def __init__(self, lin):
+        super().__init__()
+        self.lin = [lin]                      # not a sub-module: its weight is trained by the caller
+        self.qmin, self.qmax = weight_qrange(lin.bits)
+        self.scale = nn.Parameter(lin.scales.detach().float().clone())      # (out, 1)
+        self.g = 1.0 / math.sqrt(lin.weight[0].numel() * self.qmax)
+
+    def forward(self) -> torch.Tensor:
+        w = self.lin[0].weight
+        s = grad_scale(self.scale, self.g).abs().clamp_min(1e-8)
+        return torch.clamp(round_ste(w / s), self.qmin, self.qmax) * s
+
+    @torch.no_grad()
+    def codes(self) -> torch.Tensor:
+        s = self.scale.abs().clamp_min(1e-8)
+        return torch.clamp(torch.round(self.lin[0].weight / s), self.qmin, self.qmax).to(torch.int8)
+
+
+@contextlib.contextmanager
+def _trainable(params: List[nn.Parameter]):
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, r in zip(params, saved):
+            p.requires_grad_(r)
+
+
+def qat(qm, crops: Sequence[torch.Tensor], cfg: CalibConfig, steps: int, lr: float = 1e-5,
+        progress: Optional[Callable[[int, dict], None]] = None) -> Dict[str, list]:
+    """Train ``qm`` (after stage 2: per-output-channel weight codes and scales set) for ``steps``
+    Adam steps over ``crops``; returns the loss history and the wall time. ``lr`` is the weights'
+    step (1e-5 measured stable, 1e-4 diverged); scales move at the weights' relative rate, activation
+    quantizers as in stage 1."""
+    names = [n for n, lin in qm.linears.items() if lin.weight_q is not None and n not in qm.spec.exclude]
+    if any(qm.linears[n].group_size for n in names):
+        raise ValueError('qat: per-output-channel weights only (group_size=None)')
+    dev = model_device(qm)
+    lsq = {n: LsqWeight(qm.linears[n]).to(dev) for n in names}
+    weights = [qm.linears[n].weight for n in names]
+    quantizers = list(qm.quantizers.values())
+    # scales move at the weights' relative rate: lr * |s| / |w| (|w| ~ 0.03 here, so ~0.03 % of a scale per step)
+    ratio = float(np.mean([float(m.scale.detach().abs().mean() / qm.linears[n].weight.detach().abs().mean())
+                           for n, m in lsq.items()]))
+    groups = [{'params': weights, 'lr': lr}, {'params': [m.scale for m in lsq.values()], 'lr': lr * ratio}]
+    for q in quantizers:
+        groups.append({'params': [q.scale], 'lr': cfg.lr * float(q.scale.detach().abs().mean())})
+        groups.append({'params': [q.zero_point], 'lr': 5.0 * cfg.lr})
+    opt = torch.optim.Adam(groups)
+    teacher = copy.deepcopy(qm)          # FP32 targets must not move with the trained weights
+    original = [w.detach().clone() for w in weights]
+    loss_fn = GPLQLoss(cfg)
+    grid = (crops[0].shape[2] // 14, crops[0].shape[3] // 14)
+    rng = np.random.default_rng(cfg.seed)
+    history: Dict[str, list] = {}
+    t0 = time.perf_counter()
+    step = 0
+    params = weights + [m.scale for m in lsq.values()] + [p for q in quantizers for p in (q.scale, q.zero_point)]
+    with _trainable(params), qm.modes(act=True, weight=True), soft_weights(qm.linears, lsq):
+        while step < steps:
+            for x in batches_of(crops, cfg.batch, rng.permutation(len(crops)), dev):
+                with torch.no_grad(), teacher.modes(act=False, weight=False):
+                    fp = [as_grid(t, grid) for t in teacher.block_tokens(x)]
+                out = [as_grid(t, grid) for t in qm.block_tokens(x)]
+                terms = loss_fn(fp, out, [])
+                opt.zero_grad(set_to_none=True)
+                terms['total'].backward()
+                opt.step()
+                step += 1
+                for k, v in terms.items():
+                    history.setdefault(k, []).append(float(v.detach()))
+                if progress:
+                    progress(step, {k: float(v.detach()) for k, v in terms.items()})
+                if step >= steps:
+                    break
+    for (n, m), w0 in zip(lsq.items(), original):
+        lin = qm.linears[n]
+        lin.set_quantized(m.codes(), m.scale.detach().abs().clamp_min(1e-8), lin.bits, None)
+        with torch.no_grad():
+            lin.weight.copy_(w0)
+    history['wall_s'] = [time.perf_counter() - t0]
+    return history
