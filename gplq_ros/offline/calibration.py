@@ -55,6 +55,16 @@ def _learning(quantizers):
             q.zero_point.requires_grad_(False)
 
 
+def record_step(history: Dict[str, list], step: int, terms: Dict[str, torch.Tensor],
+                progress: Optional[Callable] = None) -> None:
+    """Append one step's loss terms to ``history`` and report them to ``progress``."""
+    values = {k: float(v.detach()) for k, v in terms.items()}
+    for k, v in values.items():
+        history.setdefault(k, []).append(v)
+    if progress:
+        progress(step, values)
+
+
 def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
            progress: Optional[Callable] = None) -> Dict[str, list]:
     """Calibrate activation quantizers in place; returns the per-step loss history."""
@@ -101,9 +111,6 @@ def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
                         q.last_error, q.error_grads = None, None
                 opt.step()
                 step += 1
-                for k, v in terms.items():
-                    history.setdefault(k, []).append(float(v.detach()))
-                if progress:
-                    progress(step, {k: float(v.detach()) for k, v in terms.items()})
+                record_step(history, step, terms, progress)
     history['wall_s'] = [time.perf_counter() - t0]
     return history

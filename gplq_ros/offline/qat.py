@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gplq_ros.offline.calibration import batches_of, model_device
+from gplq_ros.offline.calibration import batches_of, model_device, record_step
 from gplq_ros.offline.config import CalibConfig
 from gplq_ros.offline.losses import GPLQLoss, as_grid
 from gplq_ros.offline.primitives import grad_scale, round_ste, weight_qrange
@@ -100,10 +100,7 @@ def qat(qm, crops: Sequence[torch.Tensor], cfg: CalibConfig, steps: int, lr: flo
                 terms['total'].backward()
                 opt.step()
                 step += 1
-                for k, v in terms.items():
-                    history.setdefault(k, []).append(float(v.detach()))
-                if progress:
-                    progress(step, {k: float(v.detach()) for k, v in terms.items()})
+                record_step(history, step, terms, progress)
                 if step >= steps:
                     break
     for (n, m), w0 in zip(lsq.items(), original):
