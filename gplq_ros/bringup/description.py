@@ -159,6 +159,7 @@ def node_specs(args: Dict[str, str]) -> List[NodeSpec]:
     reference = args['reference_model'] or default_onboard_models()['reference_model']
     ros_args = ('--log-level', args['log_level'])
     sim_time = _bool(args, 'use_sim_time')
+    autostart = _bool(args, 'autostart')
 
     def params(node: str, extra: dict) -> tuple:
         f = args['params_file'] or str(config_dir() / f'{node}.yaml')
@@ -169,12 +170,12 @@ def node_specs(args: Dict[str, str]) -> List[NodeSpec]:
         specs.append(NodeSpec('flight_sim_node', 'gplq_ros.nodes.flight_sim_node', 'flight_sim_node',
                               params('flight_sim_node', {}), (('image', cam),), ros_args, ns))
     specs.append(NodeSpec('feature_node', 'gplq_ros.nodes.feature_node', 'feature_node',
-                          params('feature_node', {'model': model, 'autostart': _bool(args, 'autostart')}),
+                          params('feature_node', {'model': model, 'autostart': autostart}),
                           (('image', cam), ('image/compressed', cam + '/compressed'),
                            ('camera_info', camera_info_topic(cam))), ros_args, ns))
     # relative names: the monitor reads the outputs of the feature node of its own namespace
     specs.append(NodeSpec('monitor_node', 'gplq_ros.nodes.monitor_node', 'monitor_node',
-                          params('monitor_node', {'reference_model': reference, 'autostart': _bool(args, 'autostart')}),
+                          params('monitor_node', {'reference_model': reference, 'autostart': autostart}),
                           (('image', cam),) + tuple((t, f'feature_node/{t}') for t in FEATURE_TOPICS
                                                     if t != 'corner_map'), ros_args, ns))
     return specs

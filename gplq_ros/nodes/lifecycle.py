@@ -83,27 +83,25 @@ class ManagedNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._drop_inputs()
-        self.release()
-        self.state_label = 'unconfigured'
-        return TransitionCallbackReturn.SUCCESS
+        return self._teardown('unconfigured')
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.state_label = 'finalized'
-        self._drop_inputs()
-        self.release()
-        return TransitionCallbackReturn.SUCCESS
+        return self._teardown('finalized')
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.state_label = 'unconfigured'
-        self._drop_inputs()
-        self.release()
-        return TransitionCallbackReturn.SUCCESS
+        return self._teardown('unconfigured')
 
     def _drop_inputs(self) -> None:
         for sub in self.inputs:
             self.destroy_subscription(sub)
         self.inputs = []
+
+    def _teardown(self, label: str) -> TransitionCallbackReturn:
+        """Inputs first (no new frames), then the worker, timer, publishers and model."""
+        self.state_label = label
+        self._drop_inputs()
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
 
     def start(self) -> Optional[str]:
         """With ``autostart``: configure and activate; returns the configure error, if any."""
@@ -116,6 +114,5 @@ class ManagedNode(LifecycleNode):
         return None
 
     def destroy_node(self):
-        self._drop_inputs()
-        self.release()
+        self._teardown('finalized')
         return super().destroy_node()

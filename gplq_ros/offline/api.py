@@ -108,15 +108,14 @@ def calibrate(extractor, spec: QuantSpec, config: CalibConfig, crops: Sequence[t
                                                                       (hs or {}).get(name)))
         applied = replace(applied, keep_8bit=sorted(set(applied.keep_8bit) | set(chosen)))
         mixed = {'sensitivity': sens, 'chosen': chosen, 'curve': curve}
-        basin['drift'] = basin_drift(qm)
     qat_history = {}
     if config.qat_steps:
         qat_history = qat(qm, crops, config, config.qat_steps, config.qat_lr, progress)
-        basin['drift'] = basin_drift(qm)
     rounding = {}
     if config.rounding_iters and spec.weight_bits < 8:
         rounding = refine_rounding(qm, crops[:config.rounding_crops], config.rounding_iters, config.rounding_lr,
                                    config.rounding_lambda, config.rounding_batch, seed=config.seed)
+    if mixed or qat_history or rounding:   # the weights changed after stage 2's drift
         basin['drift'] = basin_drift(qm)
     compensation = {}
     if config.compensation_rank:

@@ -55,6 +55,16 @@ def _learning(quantizers):
             q.zero_point.requires_grad_(False)
 
 
+def quantizer_param_groups(quantizers, lr: float) -> List[dict]:
+    """Adam groups of activation quantizers, steps relative to each: scales by ~``lr * mean(s0)``,
+    zero-points by ~``5 * lr`` codes."""
+    groups = []
+    for q in quantizers:
+        groups.append({'params': [q.scale], 'lr': lr * float(q.scale.detach().abs().mean())})
+        groups.append({'params': [q.zero_point], 'lr': 5.0 * lr})
+    return groups
+
+
 def record_step(history: Dict[str, list], step: int, terms: Dict[str, torch.Tensor],
                 progress: Optional[Callable] = None) -> None:
     """Append one step's loss terms to ``history`` and report them to ``progress``."""
@@ -76,11 +86,7 @@ def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
     grid = (inputs[0].shape[2] // 14, inputs[0].shape[3] // 14)
     loss_fn = GPLQLoss(cfg)
     quantizers = list(qm.quantizers.values())
-    groups = []
-    for q in quantizers:
-        groups.append({'params': [q.scale], 'lr': cfg.lr * float(q.scale.detach().abs().mean())})
-        groups.append({'params': [q.zero_point], 'lr': 5.0 * cfg.lr})
-    opt = torch.optim.Adam(groups)
+    opt = torch.optim.Adam(quantizer_param_groups(quantizers, cfg.lr))
     rng = np.random.default_rng(cfg.seed)
     if cfg.pca_final:
         with torch.no_grad(), qm.modes(act=False):

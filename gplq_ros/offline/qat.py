@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gplq_ros.offline.calibration import batches_of, model_device, record_step
+from gplq_ros.offline.calibration import batches_of, model_device, quantizer_param_groups, record_step
 from gplq_ros.offline.config import CalibConfig
 from gplq_ros.offline.losses import GPLQLoss, as_grid
 from gplq_ros.offline.primitives import grad_scale, round_ste, weight_qrange
@@ -76,10 +76,7 @@ def qat(qm, crops: Sequence[torch.Tensor], cfg: CalibConfig, steps: int, lr: flo
     ratio = float(np.mean([float(m.scale.detach().abs().mean() / qm.linears[n].weight.detach().abs().mean())
                            for n, m in lsq.items()]))
     groups = [{'params': weights, 'lr': lr}, {'params': [m.scale for m in lsq.values()], 'lr': lr * ratio}]
-    for q in quantizers:
-        groups.append({'params': [q.scale], 'lr': cfg.lr * float(q.scale.detach().abs().mean())})
-        groups.append({'params': [q.zero_point], 'lr': 5.0 * cfg.lr})
-    opt = torch.optim.Adam(groups)
+    opt = torch.optim.Adam(groups + quantizer_param_groups(quantizers, cfg.lr))
     teacher = copy.deepcopy(qm)          # FP32 targets must not move with the trained weights
     original = [w.detach().clone() for w in weights]
     loss_fn = GPLQLoss(cfg)

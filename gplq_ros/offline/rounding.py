@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gplq_ros.offline.calibration import model_device
 from gplq_ros.offline.primitives import weight_qrange
 
 ZETA, GAMMA = 1.1, -0.1
@@ -85,13 +86,14 @@ def soft_weights(linears: Dict[str, nn.Module], rounders: Dict[str, SoftRounding
             linears[n].soft_weight = s
 
 
+def _batched(fn, xs: torch.Tensor, batch: int) -> torch.Tensor:
+    """``fn`` over ``xs`` in batches, concatenated (no gradients)."""
+    with torch.no_grad():
+        return torch.cat([fn(xs[i:i + batch]) for i in range(0, len(xs), batch)])
+
+
 def _relative_error(blk, xs: torch.Tensor, ys: torch.Tensor, batch: int) -> float:
-    num = den = 0.0
-    for i in range(0, len(xs), batch):
-        y = ys[i:i + batch]
-        num += float(((blk(xs[i:i + batch]) - y) ** 2).sum())
-        den += float((y ** 2).sum())
-    return num / den
+    return float(((_batched(blk, xs, batch) - ys) ** 2).sum() / (ys ** 2).sum())
 
 
 def refine_rounding(qm, crops: Sequence[torch.Tensor], iters: int, lr: float = 0.05, lam: float = 1.0,
@@ -101,27 +103,26 @@ def refine_rounding(qm, crops: Sequence[torch.Tensor], iters: int, lr: float = 0
     any mixed-precision choice) on ``crops`` (normalized (1, 3, h, w) tensors). Returns per
     block the relative output error before and after, the fraction of weights whose code
     changed, the undecided fraction before the final hard rounding, and the wall time."""
-    dev = next(qm.parameters()).device
+    dev = model_device(qm)
     x = torch.cat(list(crops)).to(dev)
     rng = np.random.default_rng(seed)
     blocks = qm.extractor.vit.blocks
     report: Dict[str, List] = {'before': [], 'after': [], 'changed': [], 'undecided': []}
     t0 = time.perf_counter()
-    with torch.no_grad(), qm.modes(act=False, weight=False, comp=False):
-        fp_in = torch.cat([qm.extractor.embed(x[i:i + batch]) for i in range(0, len(x), batch)])
-    with torch.no_grad(), qm.modes(act=True, weight=True, comp=False):
-        q_in = torch.cat([qm.extractor.embed(x[i:i + batch]) for i in range(0, len(x), batch)])
+    with qm.modes(act=False, weight=False, comp=False):
+        fp_in = _batched(qm.extractor.embed, x, batch)
+    with qm.modes(act=True, weight=True, comp=False):
+        q_in = _batched(qm.extractor.embed, x, batch)
     n = len(x)
     for bi, blk in enumerate(blocks):
-        with torch.no_grad(), qm.modes(act=False, weight=False, comp=False):
-            fp_out = torch.cat([blk(fp_in[i:i + batch]) for i in range(0, n, batch)])
+        with qm.modes(act=False, weight=False, comp=False):
+            fp_out = _batched(blk, fp_in, batch)
         names = [nm for nm, lin in qm.linears.items()
                  if nm.startswith(f'blocks.{bi}.') and lin.weight_q is not None and nm not in qm.spec.exclude]
         rounders = {nm: SoftRounding(qm.linears[nm]).to(dev) for nm in names}
         power = float((fp_out ** 2).mean())
         with qm.modes(act=True, weight=True, comp=False):
-            with torch.no_grad():
-                before = _relative_error(blk, q_in, fp_out, batch)
+            before = _relative_error(blk, q_in, fp_out, batch)
             old = {nm: qm.linears[nm].codes.clone() for nm in names}
             opt = torch.optim.Adam([r.v for r in rounders.values()], lr=lr)
             start = int(warmup * iters)
@@ -143,8 +144,7 @@ def refine_rounding(qm, crops: Sequence[torch.Tensor], iters: int, lr: float = 0
             for nm, r in rounders.items():
                 lin = qm.linears[nm]
                 lin.set_quantized(r.codes(), lin.scales, lin.bits, lin.group_size)
-            with torch.no_grad():
-                after = _relative_error(blk, q_in, fp_out, batch)
+            after = _relative_error(blk, q_in, fp_out, batch)
             if after > before:  # never worse on the crops than stage 2 left it
                 for nm in names:
                     lin = qm.linears[nm]
@@ -152,8 +152,7 @@ def refine_rounding(qm, crops: Sequence[torch.Tensor], iters: int, lr: float = 0
                 after = before
             changed = sum(float((qm.linears[nm].codes != old[nm]).sum()) for nm in names)
             total = sum(qm.linears[nm].weight.numel() for nm in names) or 1
-            with torch.no_grad():
-                q_in = torch.cat([blk(q_in[i:i + batch]) for i in range(0, n, batch)])
+            q_in = _batched(blk, q_in, batch)
         fp_in = fp_out
         report['before'].append(float(f'{before:.4g}'))
         report['after'].append(float(f'{after:.4g}'))
