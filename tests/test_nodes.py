@@ -76,12 +76,14 @@ def test_bringup_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_f
         status = h.collect(Float64MultiArray, '/monitor_node/status')
         wait_for_subscribers(h, pub, 3)          # feature node, monitor, recorder
         h.spin(1.0)
-        sent = {}
-        for rgb in frames(images, 40):
+        sent, sent_at = {}, []
+        t0 = time.monotonic()
+        for i, rgb in enumerate(frames(images, 40)):      # paced by deadlines: 10 Hz even when a spin overruns
             msg = image_msg(h, rgb)
             pub.publish(msg)
+            sent_at.append(time.monotonic())
             sent[key(msg)] = msg
-            h.spin(0.1)
+            h.spin(max(0.0, t0 + 0.1 * (i + 1) - time.monotonic()))
         h.spin(10, lambda: len(out['boundary_map']) >= 40 and len(status) > 0 and
                decode_status(status[-1])['frames_out'] >= 40)
         h.spin(1.5)
@@ -109,7 +111,10 @@ def test_bringup_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_f
     assert mons and all(s.hardware_id == 'gplq_ros' for s in mons)
     live = decode_status(status[-1])
     during = [decode_status(m) for m in status]     # rates over the last 5 s, while frames arrived
-    assert 7 < max(d['input_rate_hz'] for d in during) < 13 and 7 < max(d['output_rate_hz'] for d in during) < 13
+    sent_hz = (len(sent_at) - 1) / (sent_at[-1] - sent_at[0])
+    assert 8 < sent_hz < 11, sent_hz
+    for q in ('input_rate_hz', 'output_rate_hz'):     # the monitor's rates follow what was really sent
+        assert 0.75 * sent_hz < max(d[q] for d in during) < 1.3 * sent_hz, (q, sent_hz, [d[q] for d in during])
     assert live['frames_in'] == 40 and live['frames_out'] >= 38 and live['dropped'] <= 2
     assert float(feat['engine_p50_ms']) < live['latency_p50_ms'] < 1000
     assert live['checks'] >= 5
