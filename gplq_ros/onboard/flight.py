@@ -58,9 +58,7 @@ class Flight:
         self.ortho = np.ascontiguousarray(ortho_rgb)
         self.cfg = cfg
         oh, ow = self.ortho.shape[:2]
-        tan = math.tan(math.radians(cfg.hfov_deg) / 2)
-        # orthophoto pixels per camera pixel at the mean height
-        self.scale0 = 2 * cfg.height_m * tan / (cfg.width * cfg.gsd_m)
+        self.scale0 = scale_at(cfg.height_m, cfg.width, cfg.hfov_deg, cfg.gsd_m)   # at the mean height
         smax = self.scale0 * (1 + cfg.height_amp)
         half_diag = 0.5 * math.hypot(cfg.width, cfg.height) * smax
         self.margin = half_diag + 2
@@ -88,14 +86,30 @@ class Flight:
         return WindowPose(t, col, row, yaw, scale, col * c.gsd_m, -row * c.gsd_m, z)
 
     def affine(self, pose: WindowPose) -> np.ndarray:
-        """2x3 map from camera pixels (u right, v down) to orthophoto pixels (col, row)."""
-        c, s = math.cos(pose.yaw), math.sin(pose.yaw)
-        # image right = (cos yaw, -sin yaw) in (col, row); image down = (sin yaw, cos yaw)
-        a = pose.scale * np.array([[c, s], [-s, c]])
-        centre = np.array([(self.cfg.width - 1) / 2, (self.cfg.height - 1) / 2])
-        t = np.array([pose.col, pose.row]) - a @ centre
-        return np.hstack([a, t[:, None]])
+        return window_affine(pose.col, pose.row, pose.yaw, pose.scale, self.cfg.width, self.cfg.height)
 
     def render(self, pose: WindowPose) -> np.ndarray:
-        return cv2.warpAffine(self.ortho, self.affine(pose), (self.cfg.width, self.cfg.height),
-                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+        return render_window(self.ortho, pose.col, pose.row, pose.yaw, pose.scale, self.cfg.width, self.cfg.height)
+
+
+def scale_at(height_m: float, width: int, hfov_deg: float, gsd_m: float) -> float:
+    """Orthophoto pixels per camera pixel for a nadir camera ``height_m`` above the ground."""
+    return 2 * height_m * math.tan(math.radians(hfov_deg) / 2) / (width * gsd_m)
+
+
+def window_affine(col: float, row: float, yaw: float, scale: float, width: int, height: int) -> np.ndarray:
+    """2x3 map from camera pixels (u right, v down) to orthophoto pixels (col, row) for a
+    ``width`` x ``height`` window centred at (col, row), turned by ``yaw``."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    # image right = (cos yaw, -sin yaw) in (col, row); image down = (sin yaw, cos yaw)
+    a = scale * np.array([[c, s], [-s, c]])
+    centre = np.array([(width - 1) / 2, (height - 1) / 2])
+    t = np.array([col, row]) - a @ centre
+    return np.hstack([a, t[:, None]])
+
+
+def render_window(ortho: np.ndarray, col: float, row: float, yaw: float, scale: float, width: int,
+                  height: int) -> np.ndarray:
+    """The camera frame of a nadir camera at window pose (col, row, yaw, scale)."""
+    return cv2.warpAffine(ortho, window_affine(col, row, yaw, scale, width, height), (width, height),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)

@@ -1,0 +1,226 @@
+"""A geo-referenced place map: tiles of an orthophoto as a nadir camera would see them,
+each with its pose in ``map`` and its place descriptor (numpy + OpenCV; built by gplq_map).
+
+* **Tiles**: the camera's window (``width`` x ``height`` pixels, ``hfov_deg``) rendered
+  from the orthophoto like ``flight_sim_node`` renders frames, centred on a square grid
+  of ``stride_m`` metres, at each height in ``heights_m`` and each of ``headings`` yaws
+  (360 / headings degrees apart: VLAD of ViT tokens is not rotation invariant, so the map
+  holds the orientations the drone may fly). Centres cover the area where a camera at the
+  highest map height sees only the orthophoto.
+* **Descriptors**: the FP32 reference graph's VLAD (vocabulary ``vocabulary_sha256``),
+  projected by PCA fitted on the map's own tiles to ``pca_dim`` dimensions and
+  L2-normalized. A query is projected the same way (``PlaceMap.project``), so a lookup is
+  one (N, pca_dim) x (pca_dim,) product.
+* **Poses**: x east, y north (metres, REP 103, origin the orthophoto's top-left corner),
+  yaw of the camera's image-right axis from east (counter-clockwise), height.
+
+File format (``FORMAT`` version ``VERSION``): one safetensors file with ``poses`` (N, 4)
+float64 [x, y, yaw, height], ``descriptors`` (N, P) float32, ``pca_mean`` (D,) and
+``pca_basis`` (P, D) float32; header key ``gplq_ros`` holds the JSON ``MapMeta`` (also
+written to a sidecar ``.json`` for people).
+"""
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from gplq_ros.onboard.fileformat import BACKBONE_ID, check_fields, read_versioned_meta
+from gplq_ros.onboard.flight import render_window, scale_at
+from gplq_ros.onboard.geo import GeoRef
+from gplq_ros.onboard.heads import l2_normalize
+
+FORMAT = 'gplq_ros.place_map'
+VERSION = 1
+
+
+class MapError(ValueError):
+    """A place map that cannot be used (missing, wrong version, built for other weights or vocabulary)."""
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    stride_m: float = 8.0
+    headings: int = 8
+    heights_m: Tuple[float, ...] = (40.0,)
+    width: int = 640                 # camera image, pixels
+    height: int = 480
+    hfov_deg: float = 70.0
+    gsd_m: float = 0.1               # orthophoto metres per pixel
+    pca_dim: int = 256
+
+    def __post_init__(self):
+        object.__setattr__(self, 'heights_m', tuple(float(h) for h in self.heights_m))
+        check_fields(self, [
+            ('stride_m', 0 < self.stride_m <= 1000), ('headings', 1 <= self.headings <= 72),
+            ('heights_m', len(self.heights_m) >= 1 and all(1 <= h <= 1000 for h in self.heights_m)),
+            ('width', 16 <= self.width <= 8192), ('height', 16 <= self.height <= 8192),
+            ('hfov_deg', 10 <= self.hfov_deg <= 170), ('gsd_m', 0 < self.gsd_m <= 100),
+            ('pca_dim', 8 <= self.pca_dim <= 4096)])
+
+    def scale(self, height_m: float) -> float:
+        return scale_at(height_m, self.width, self.hfov_deg, self.gsd_m)
+
+
+@dataclass
+class MapMeta:
+    backbone: str
+    weights_sha256: str
+    vocabulary_sha256: str
+    reference_graph: str
+    source_image: str
+    source_sha256: str
+    image_hw: List[int]
+    config: dict
+    georef: Optional[dict] = None
+    n_tiles: int = 0
+    pca_explained: float = 0.0
+    format: str = FORMAT
+    version: int = VERSION
+    notes: List[str] = field(default_factory=list)
+
+
+def vocabulary_id(centers: np.ndarray) -> str:
+    """The identity a map records of the vocabulary its descriptors were made with."""
+    import hashlib
+    return hashlib.sha256(np.ascontiguousarray(centers, np.float32).tobytes()).hexdigest()
+
+
+def tile_poses(image_hw: Tuple[int, int], cfg: MapConfig) -> np.ndarray:
+    """(N, 4) [x, y, yaw, height] of the map's tiles (see the module doc)."""
+    h, w = image_hw
+    smax = cfg.scale(max(cfg.heights_m))
+    margin = 0.5 * math.hypot(cfg.width, cfg.height) * smax * cfg.gsd_m      # metres
+    xs = np.arange(margin, w * cfg.gsd_m - margin + 1e-9, cfg.stride_m)
+    ys = np.arange(margin, h * cfg.gsd_m - margin + 1e-9, cfg.stride_m)
+    if not len(xs) or not len(ys):
+        raise MapError(f'orthophoto {w}x{h} px at {cfg.gsd_m} m/px is too small for a camera at '
+                       f'{max(cfg.heights_m):g} m (needs > {2 * margin:.0f} m a side)')
+    yaws = np.arange(cfg.headings) * (2 * math.pi / cfg.headings)
+    return np.array([(x, -y, yaw, z) for z in cfg.heights_m for y in ys for x in xs for yaw in yaws], np.float64)
+
+
+def render_tile(ortho: np.ndarray, pose: np.ndarray, cfg: MapConfig) -> np.ndarray:
+    x, y, yaw, z = pose
+    return render_window(ortho, x / cfg.gsd_m, -y / cfg.gsd_m, yaw, cfg.scale(z), cfg.width, cfg.height)
+
+
+def fit_pca(desc: np.ndarray, dim: int) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Mean (D,), basis (P, D) of the top ``dim`` principal directions, explained variance share."""
+    x = np.asarray(desc, np.float64)
+    mean = x.mean(axis=0)
+    xc = x - mean
+    # the Gram matrix is N x N: cheaper than the D x D covariance for maps of a few thousand tiles
+    p = min(dim, x.shape[0] - 1)
+    if p < 1:
+        raise MapError(f'{x.shape[0]} tiles: a map needs at least 2')
+    u, s, vt = np.linalg.svd(xc, full_matrices=False)
+    explained = float((s[:p] ** 2).sum() / max((s ** 2).sum(), 1e-30))
+    return mean.astype(np.float32), vt[:p].astype(np.float32), explained
+
+
+@dataclass
+class PlaceMap:
+    poses: np.ndarray            # (N, 4) x, y, yaw, height
+    descriptors: np.ndarray      # (N, P) unit, PCA-projected
+    pca_mean: np.ndarray         # (D,)
+    pca_basis: np.ndarray        # (P, D)
+    meta: MapMeta
+
+    @property
+    def config(self) -> MapConfig:
+        return MapConfig(**self.meta.config)
+
+    @property
+    def georef(self) -> Optional[GeoRef]:
+        return GeoRef(**self.meta.georef) if self.meta.georef else None
+
+    def project(self, descriptor: np.ndarray) -> np.ndarray:
+        """(D,) or (M, D) VLAD descriptors -> unit (P,) / (M, P) in the map's PCA space."""
+        d = np.asarray(descriptor, np.float32)
+        if d.shape[-1] != self.pca_mean.shape[0]:
+            raise MapError(f'descriptor length {d.shape[-1]}: this map takes {self.pca_mean.shape[0]}')
+        return l2_normalize((d - self.pca_mean) @ self.pca_basis.T)
+
+    def check_vocabulary(self, centers: np.ndarray, source='vocabulary') -> None:
+        vid = vocabulary_id(centers)
+        if vid != self.meta.vocabulary_sha256:
+            raise MapError(f'{source}: vocabulary {vid[:12]}... is not the one the map was built with '
+                           f'({self.meta.vocabulary_sha256[:12]}...); build the map again with gplq_map')
+
+    def save(self, path: Path, force: bool = False) -> None:
+        path = Path(path)
+        if path.exists() and not force:
+            raise FileExistsError(f'{path} exists; pass --force to overwrite')
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + '.tmp')
+        save_file({'poses': np.ascontiguousarray(self.poses, np.float64),
+                   'descriptors': np.ascontiguousarray(self.descriptors, np.float32),
+                   'pca_mean': np.ascontiguousarray(self.pca_mean, np.float32),
+                   'pca_basis': np.ascontiguousarray(self.pca_basis, np.float32)}, str(tmp),
+                  metadata={'gplq_ros': json.dumps(asdict(self.meta), sort_keys=True)})
+        tmp.replace(path)
+        path.with_suffix('.json').write_text(json.dumps(asdict(self.meta), indent=2) + '\n')
+
+    @classmethod
+    def load(cls, path: Path, weights_sha256: Optional[str] = None) -> 'PlaceMap':
+        raw = read_versioned_meta(path, FORMAT, VERSION, 'place map', 'build one with gplq_map', MapError)
+        try:
+            meta = MapMeta(**raw)
+            MapConfig(**meta.config)
+            if meta.georef:
+                GeoRef(**meta.georef)
+        except (TypeError, ValueError) as e:
+            raise MapError(f'{path}: malformed map metadata ({e})') from None
+        t = load_file(str(path))
+        n, p = t['descriptors'].shape if t['descriptors'].ndim == 2 else (-1, -1)
+        if (t['poses'].shape != (n, 4) or n != meta.n_tiles or t['pca_basis'].shape != (p, t['pca_mean'].shape[0])
+                or not np.isfinite(t['descriptors']).all()):
+            raise MapError(f'{path}: tensor shapes do not match ({n} tiles recorded as {meta.n_tiles})')
+        if meta.backbone != BACKBONE_ID or (weights_sha256 and meta.weights_sha256 != weights_sha256):
+            raise MapError(f'{path}: built with {meta.backbone} weights {meta.weights_sha256[:12]}..., '
+                           f'the graph uses {str(weights_sha256)[:12]}...')
+        return cls(t['poses'], t['descriptors'], t['pca_mean'], t['pca_basis'], meta)
+
+
+def build_map(ortho: np.ndarray, describe: Callable[[np.ndarray], np.ndarray], cfg: MapConfig, meta: MapMeta,
+              progress: Callable[[int, int], None] = lambda i, n: None) -> PlaceMap:
+    """Render every tile, describe it with ``describe`` (image -> (D,) VLAD), fit the PCA."""
+    poses = tile_poses(ortho.shape[:2], cfg)
+    desc = []
+    for i, pose in enumerate(poses):
+        desc.append(np.asarray(describe(render_tile(ortho, pose, cfg)), np.float32))
+        progress(i + 1, len(poses))
+    desc = np.stack(desc)
+    mean, basis, explained = fit_pca(desc, cfg.pca_dim)
+    meta.n_tiles, meta.pca_explained, meta.image_hw = len(poses), explained, list(ortho.shape[:2])
+    meta.config = asdict(cfg)
+    proj = l2_normalize((desc - mean) @ basis.T)
+    return PlaceMap(poses, proj.astype(np.float32), mean, basis, meta)
+
+
+def build_map_file(image: Path, out: Path, reference_graph: Path, vocabulary: Path, cfg: MapConfig,
+                   georef: Optional[GeoRef] = None, force: bool = False, threads: int = 2,
+                   progress: Callable[[int, int], None] = lambda i, n: None) -> PlaceMap:
+    """gplq_map's library call: the map of ``image`` with the FP32 graph's descriptors, saved to ``out``."""
+    from gplq_ros.onboard.engine import load               # ONNX Runtime / OpenVINO only when building
+    from gplq_ros.onboard.fileformat import sha256_file
+    from gplq_ros.onboard.preprocess import read_rgb
+    from gplq_ros.onboard.vocabulary import Vocabulary
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f'{out} exists; pass --force to overwrite')
+    engine = load(Path(reference_graph), Path(vocabulary), threads=threads)
+    if engine.kind != 'fp32':
+        raise MapError(f'reference graph {reference_graph}: kind={engine.kind!r}; a map is built with the FP32 graph')
+    vocab = Vocabulary.load(Path(vocabulary))
+    meta = MapMeta(backbone=BACKBONE_ID, weights_sha256=engine.meta['weights_sha256'],
+                   vocabulary_sha256=vocabulary_id(vocab.centers), reference_graph=Path(reference_graph).name,
+                   source_image=Path(image).name, source_sha256=sha256_file(image), image_hw=[], config={},
+                   georef=georef.to_dict() if georef else None)
+    pm = build_map(read_rgb(Path(image)), lambda img: engine(img).descriptor, cfg, meta, progress)
+    pm.save(out, force=force)
+    return pm
