@@ -27,6 +27,8 @@ setup(
             'feature_node = gplq_ros.nodes.feature_node:main',
             'monitor_node = gplq_ros.nodes.monitor_node:main',
             'flight_sim_node = gplq_ros.nodes.flight_sim_node:main',
+            'localizer_node = gplq_ros.nodes.localizer_node:main',
+            'gplq_map = gplq_ros.tools.map:main',
             'gplq_up = gplq_ros.tools.up:main',
             'gplq_record = gplq_ros.tools.record:main',
             'gplq_eval_bag = gplq_ros.tools.eval_bag:main',

@@ -79,3 +79,18 @@ def vocab_file(vocab, tmp_path_factory):
     path = tmp_path_factory.mktemp('vocab') / 'vocab.safetensors'
     vocab.save(path)
     return path
+
+
+@pytest.fixture(scope='session')
+def place_map(fp32_graph, vocab_file, manifest, tmp_path_factory):
+    """A coarse real place map (16 m grid, 4 headings, 40 m) of the flight simulator's
+    orthophoto made by gplq_map with the FP32 graph; geo-referenced as UTM 12N with an
+    origin for the test (the crop's true offset in its NEON tile is not recorded)."""
+    from helpers.cli import run_module
+    from gplq_ros.onboard.flight import DEFAULT_ORTHO
+    out = tmp_path_factory.mktemp('map') / 'map.safetensors'
+    res = run_module('gplq_ros.tools.map', os.path.join(manifest['images']['dir'], DEFAULT_ORTHO), '--out', out,
+                     '--gsd', 0.1, '--stride', 16, '--headings', 4, '--heights', 40, '--reference-model', fp32_graph,
+                     '--vocabulary', vocab_file, '--utm-zone', '12N', '--utm-origin', 528000, 4978250)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out

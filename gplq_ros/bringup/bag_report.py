@@ -20,6 +20,7 @@ from rosbags.typesys import Stores, get_typestore
 from gplq_ros.onboard.drift import METRICS, compare
 from gplq_ros.onboard.draw import frame_picture
 from gplq_ros.onboard.image_codec import ImageFormatError, image_to_rgb
+from gplq_ros.onboard.localize import summarize
 from gplq_ros.onboard.messages import DECODERS, decode_status
 from gplq_ros.onboard.stats import LatencyWindow
 from gplq_ros.onboard.status import Level
@@ -58,7 +59,8 @@ def pick_topics(conns, camera_topic=None):
               'status': find('status', 'std_msgs/msg/Float64MultiArray'),
               'diagnostics': '/diagnostics' if by_topic.get('/diagnostics') == 'diagnostic_msgs/msg/DiagnosticArray'
               else None,
-              'true_pose': find('true_pose', 'geometry_msgs/msg/PoseStamped')}
+              'true_pose': find('true_pose', 'geometry_msgs/msg/PoseStamped'),
+              'pose': find('pose', 'geometry_msgs/msg/PoseWithCovarianceStamped')}
     if topics['boundary'] is None:
         raise ValueError(f'no */boundary_map Image topic in the bag (topics: {sorted(by_topic)})')
     return topics
@@ -81,7 +83,8 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, chec
                 yield conn.topic, t, reader.deserialize(raw, conn.msgtype)
         cam, out, lat = {}, {}, LatencyWindow(10 ** 9)
         status, levels, last_values, t0, t1 = [], {}, {}, None, None
-        for topic, t, msg in messages('camera', 'boundary', 'status', 'diagnostics'):
+        fixes, truth = [], []
+        for topic, t, msg in messages('camera', 'boundary', 'status', 'diagnostics', 'pose', 'true_pose'):
             t0 = t if t0 is None else t0
             t1 = t
             if topic == topics['camera']:
@@ -92,6 +95,13 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, chec
                 lat.add((t - k[0] * 1e9 - k[1]) / 1e6)
             elif topic == topics['status']:
                 status.append(dict(decode_status(msg), t=(t - t0) / 1e9))
+            elif topic == topics['pose']:
+                p, c = msg.pose.pose, np.asarray(msg.pose.covariance, np.float64).reshape(6, 6)
+                fixes.append((_secs(_stamp(msg)), np.array([p.position.x, p.position.y]), c[:2, :2],
+                              _yaw(p.orientation)))
+            elif topic == topics['true_pose']:
+                p = msg.pose
+                truth.append((_secs(_stamp(msg)), np.array([p.position.x, p.position.y]), _yaw(p.orientation)))
             else:
                 for st in msg.status:
                     lv = str(int(Level.of(st)))
@@ -156,6 +166,13 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, chec
         'diagnostics_levels': levels,
         'diagnostics_last': last_values,
     }
+    if topics['pose'] and truth:
+        loc = summarize(len(cam), fixes, truth, _secs(min(cam)) if cam else truth[0][0])
+        by_t = {round(t, 6): xy for t, xy, _ in truth}
+        loc['track'] = [[round(t, 6), *by_t[round(t, 6)].round(3).tolist(), *np.round(xy, 3).tolist()]
+                        for t, xy, _, _ in fixes if round(t, 6) in by_t]
+        loc['true_track'] = [[round(t, 6), *np.round(xy, 3).tolist()] for t, xy, _ in truth]
+        summary['localization'] = loc
     feat = next((v for k, v in last_values.items() if k.endswith('feature_node')), None)
     if feat and lat_s['p95_ms'] is not None and feat.get('engine_p95_ms', 'nan') != 'nan':
         summary['engine_p95_ms'] = float(feat['engine_p95_ms'])
@@ -163,6 +180,37 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, chec
     pics = [(k, (v['rgb'], v['boundary']), v.get('corners')) for k, v in sorted(parts.items())
             if k in chosen and 'rgb' in v and 'boundary' in v]
     return summary, pics
+
+
+def _yaw(q) -> float:
+    return float(np.arctan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z)))
+
+
+def track_picture(loc: dict, path: Path, background=None, gsd_m: float = 0.0) -> Path:
+    """The true track (line) and the localizer's fixes (dots coloured by error, m) in map
+    metres; ``background``: the orthophoto (RGB) with its metres per pixel."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    if background is not None:
+        h, w = background.shape[:2]
+        ax.imshow(background, extent=(0, w * gsd_m, -h * gsd_m, 0))
+    true = np.array(loc['true_track'])
+    ax.plot(true[:, 1], true[:, 2], 'w-' if background is not None else 'k-', lw=1.5, label='true track')
+    if loc.get('track'):
+        tr = np.array(loc['track'])
+        err = np.hypot(tr[:, 3] - tr[:, 1], tr[:, 4] - tr[:, 2])
+        sc = ax.scatter(tr[:, 3], tr[:, 4], c=err, cmap='viridis_r' if background is None else 'plasma', s=10,
+                        vmin=0, vmax=max(10.0, float(np.percentile(err, 95))), label='fixes')
+        fig.colorbar(sc, ax=ax, label='position error, m')
+    ax.set_aspect('equal')
+    ax.set_xlabel('x east, m (map)')
+    ax.set_ylabel('y north, m (map)')
+    ax.set_title(f'localizer: correct (<= 5 m) {loc["correct_fix_rate"]:.0%} of frames after the first fix, '
+                 f'p95 {loc["error_p95_m"]:.1f} m', fontsize=9)
+    ax.legend(loc='upper right', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def write_report(summary, pics, out: Path) -> list:
@@ -186,6 +234,8 @@ def write_report(summary, pics, out: Path) -> list:
         fig.savefig(out / 'drift.png', dpi=100)
         plt.close(fig)
         written.append(str(out / 'drift.png'))
+    if summary.get('localization', {}).get('true_track'):
+        written.append(str(track_picture(summary['localization'], out / 'track.png')))
     summary = dict(summary, pictures=written)
     (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
     return written
@@ -204,6 +254,13 @@ def print_summary(s, out: Path) -> None:
     if 'engine_p95_ms' in s:
         print(f'  engine p95 {s["engine_p95_ms"]:.1f} ms (feature node diagnostics): end-to-end p95 = '
               f'{s["latency_p95_over_engine_p95"]:.2f}x engine p95')
+    loc = s.get('localization')
+    if loc:
+        print(f'  localization: fixes {loc["fixes"]} of {loc["frames"]} frames, correct (<= 5 m) '
+              f'{loc["correct_fix_rate"]:.1%} of frames after the first fix, error p50 {loc["error_p50_m"]:.1f} m, '
+              f'p95 {loc["error_p95_m"]:.1f} m, max {loc["error_max_m"]:.1f} m, yaw p50 '
+              f'{loc["yaw_error_p50_deg"]:.1f} deg, inside 2 sigma {loc["inside_2sigma"]:.1%}, first fix after '
+              f'{f(loc["time_to_first_fix_s"], "{:.1f}")} s')
     if s['drift']:
         print(f'  drift vs FP32 ({s["drift_source"]}; mean/min): ' + ', '.join(
             f'{k} {v["mean"]:.3f}/{v["min"]:.3f}' for k, v in s['drift'].items()))

@@ -49,6 +49,9 @@ ARGUMENTS = (
              '(a 32 MB segment per node: give Docker --shm-size=256m); false: the DDS settings of your environment'),
     Argument('autostart', 'true', 'feature_node and monitor_node configure and activate themselves (true); false: '
              'they wait unconfigured for a lifecycle manager (lifecycle_msgs services ~/change_state)'),
+    Argument('place_map', '', 'place map of the flight area (gplq_map): starts localizer_node, which turns the '
+             'feature node\'s descriptor into a pose in map (and a NavSatFix when the map is geo-referenced); '
+             'empty: no localizer'),
     Argument('use_sim_time', 'false', 'every node takes its time from /clock (true/false), e.g. when replaying '
              'a bag with --clock'),
 )
@@ -178,6 +181,10 @@ def node_specs(args: Dict[str, str]) -> List[NodeSpec]:
                           params('monitor_node', {'reference_model': reference, 'autostart': autostart}),
                           (('image', cam),) + tuple((t, f'feature_node/{t}') for t in FEATURE_TOPICS
                                                     if t != 'corner_map'), ros_args, ns))
+    if args['place_map']:
+        specs.append(NodeSpec('localizer_node', 'gplq_ros.nodes.localizer_node', 'localizer_node',
+                              params('localizer_node', {'map': args['place_map'], 'autostart': autostart}),
+                              (('descriptor', 'feature_node/descriptor'),), ros_args, ns))
     return specs
 
 
@@ -185,6 +192,8 @@ def record_topics(args: Dict[str, str]) -> List[str]:
     args = resolve(args)
     topics = [args['camera_topic']] + [f'feature_node/{t}' for t in FEATURE_TOPICS + ('camera_info',)] + \
         ['monitor_node/status']
+    if args['place_map']:
+        topics += ['localizer_node/pose', 'localizer_node/fix']
     if _bool(args, 'use_sim_camera'):
         topics += ['flight_sim_node/true_pose', camera_info_topic(args['camera_topic'])]
     return [qualified(args, t) for t in topics] + ['/diagnostics']

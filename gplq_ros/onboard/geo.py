@@ -71,7 +71,7 @@ def utm_to_wgs84(easting: float, northing: float, zone: int, north: bool) -> Tup
     lat = chi + sum(d * math.sin(2 * j * chi) for j, d in enumerate(delta, 1))
     lon0 = math.radians(zone * 6 - 183)
     lon = lon0 + math.atan2(math.sinh(eta_p), math.cos(xi_p))
-    return math.degrees(lat), math.degrees(lon)
+    return math.degrees(lat), (math.degrees(lon) + 180.0) % 360.0 - 180.0     # zone 60 east of 180 deg wraps
 
 
 def read_world_file(path: Path, gsd_m: float) -> Tuple[float, float]:

@@ -37,11 +37,11 @@ from gplq_ros.onboard.placemap import PlaceMap
 class LocalizerConfig:
     top_k: int = 24
     cluster_radius_m: float = 12.0
-    temperature: float = 0.02
+    temperature: float = 0.05
     min_margin: float = 0.0
     sigma_floor_m: float = 1.0
-    measurement_scale: float = 1.0
-    accel_sigma: float = 1.0          # m/s^2
+    measurement_scale: float = 16.0
+    accel_sigma: float = 3.0          # m/s^2
     max_speed_mps: float = 20.0
     gate_chi2: float = 13.82          # chi-square, 2 dof, 0.999
     init_fixes: int = 3

@@ -11,10 +11,11 @@ from gplq_ros.offline.asset_store import AssetError
 from gplq_ros.offline.weights import WeightsError
 from gplq_ros.onboard.artifact import ArtifactError
 from gplq_ros.onboard.engine import EngineError
+from gplq_ros.onboard.placemap import MapError
 from gplq_ros.onboard.vocabulary import VocabError
 
 USER_ERRORS = (FileNotFoundError, FileExistsError, VocabError, WeightsError, ArtifactError, AssetError,
-               EngineError)
+               EngineError, MapError)
 
 
 def cli(prog: str):

@@ -1,0 +1,202 @@
+"""GNSS-free localization as pure logic: geo-referencing, the place map file, the map's tiles
+against the flight simulator, the localizer's filter on a synthetic map, and a real map."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.cli import run_module
+from pyproj import Transformer
+
+from gplq_ros.onboard.flight import Flight, FlightConfig
+from gplq_ros.onboard.geo import GeoRef, parse_zone, read_world_file, utm_to_wgs84
+from gplq_ros.onboard.localize import Localizer, LocalizerConfig, inside_ellipse, summarize
+from gplq_ros.onboard.placemap import (FORMAT, MapConfig, MapError, MapMeta, PlaceMap, fit_pca, render_tile,
+                                       tile_poses, vocabulary_id)
+
+
+@pytest.mark.parametrize('zone,north,e,n', [(12, True, 528000.0, 4978000.0), (33, False, 300000.0, 6100000.0),
+                                            (31, True, 500000.0, 0.0), (60, True, 800000.0, 7000000.0),
+                                            (1, False, 166000.0, 1000000.0)])
+def test_utm_to_wgs84_matches_proj(zone, north, e, n):
+    proj = Transformer.from_crs(GeoRef(zone, north, 0, 0).crs, 'EPSG:4326', always_xy=True)
+    lon, lat = proj.transform(e, n)
+    got = utm_to_wgs84(e, n, zone, north)
+    assert abs(got[0] - lat) < 1e-8 and abs(got[1] - lon) < 1e-8, (got, lat, lon)
+
+
+def test_zone_and_world_file_parsing(tmp_path):
+    assert parse_zone('12n') == (12, True) and parse_zone('33S') == (33, False)
+    for bad in ('12', '61N', 'XN', ''):
+        with pytest.raises(ValueError, match='utm zone'):
+            parse_zone(bad)
+    wf = tmp_path / 'o.pgw'
+    wf.write_text('0.1\n0\n0\n-0.1\n528000.05\n4978999.95\n')
+    e, n = read_world_file(wf, 0.1)
+    assert abs(e - 528000.0) < 1e-6 and abs(n - 4979000.0) < 1e-6
+    wf.write_text('0.1\n0.01\n0\n-0.1\n528000.05\n4978999.95\n')
+    with pytest.raises(ValueError, match='rotation'):
+        read_world_file(wf, 0.1)
+    wf.write_text('0.2\n0\n0\n-0.2\n528000.05\n4978999.95\n')
+    with pytest.raises(ValueError, match='gsd_m=0.1'):
+        read_world_file(wf, 0.1)
+    with pytest.raises(ValueError, match='GeoRef.zone'):
+        GeoRef(0, True, 0, 0)
+
+
+def test_map_tiles_are_the_frames_the_flight_renders(images):
+    """A tile at a flight pose's (x, y, yaw, height) is that flight frame: the map and the
+    simulated camera share one pose convention."""
+    ortho = images['2019_YELL_2_541000_4977000_image_crop.png']
+    flight = Flight(ortho, FlightConfig(width=160, height=120, height_m=12.0, gsd_m=0.1))
+    cfg = MapConfig(width=160, height=120, gsd_m=0.1, heights_m=(12.0,), stride_m=4.0)
+    for t in (0.0, 7.3, 21.0):
+        p = flight.pose(t)
+        tile = render_tile(ortho, np.array([p.x_m, p.y_m, p.yaw, p.z_m]), cfg)
+        assert np.array_equal(tile, flight.render(p))
+    poses = tile_poses(ortho.shape[:2], cfg)
+    h, w = ortho.shape[:2]
+    half = 0.5 * math.hypot(160, 120) * cfg.scale(12.0) * 0.1
+    assert (poses[:, 0] >= half - 1e-9).all() and (poses[:, 0] <= w * 0.1 - half + 1e-9).all()
+    assert (-poses[:, 1] >= half - 1e-9).all() and (-poses[:, 1] <= h * 0.1 - half + 1e-9).all()
+    assert len(np.unique(poses[:, 2])) == 8 and np.allclose(np.diff(np.unique(poses[:, 2])), math.pi / 4)
+
+
+# -- a synthetic map: descriptors a smooth random function of the place and the heading --------------------------
+def _feature_fn(seed=0, dim=96, length_m=12.0):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 1 / length_m, (dim, 2))
+    b = rng.uniform(0, 2 * np.pi, dim)
+    wy = rng.normal(0, 1.0, dim)
+
+    def f(x, y, yaw):
+        v = np.cos(w @ np.array([x, y]) + b + wy * np.cos(yaw)) + 0.5 * np.sin(wy * np.sin(yaw))
+        return (v / np.linalg.norm(v)).astype(np.float32)
+    return f
+
+
+def _synthetic_map(f, size_m=200.0, stride=8.0, headings=8, vocab=None):
+    poses = np.array([(x, -y, k * 2 * np.pi / headings, 40.0) for y in np.arange(0, size_m + 1e-9, stride)
+                      for x in np.arange(0, size_m + 1e-9, stride) for k in range(headings)])
+    desc = np.stack([f(*p[:3]) for p in poses])
+    mean, basis, explained = fit_pca(desc, 48)
+    meta = MapMeta('dinov2_vits14', 'w' * 64, vocabulary_id(vocab if vocab is not None else np.eye(3)), 'fp32.onnx',
+                   'synthetic', 's' * 64, [2000, 2000], {'stride_m': stride, 'headings': headings,
+                                                        'heights_m': [40.0], 'gsd_m': 0.1, 'pca_dim': 48},
+                   None, len(poses), explained)
+    proj = (desc - mean) @ basis.T
+    return PlaceMap(poses, (proj / np.linalg.norm(proj, axis=1, keepdims=True)).astype(np.float32), mean, basis,
+                    meta)
+
+
+def _track(n=200, rate=10.0, v=(4.0, -3.0), start=(40.0, -40.0)):
+    t = np.arange(n) / rate
+    xy = np.array(start) + np.outer(t, v)
+    yaw = np.full(n, math.atan2(v[1], v[0]))
+    return t, xy, yaw
+
+
+def test_localizer_follows_a_track_and_rejects_what_it_must():
+    f = _feature_fn()
+    pmap = _synthetic_map(f)
+    rng = np.random.default_rng(1)
+    t, xy, yaw = _track()
+
+    def query(p, a, noise=0.15):
+        d = f(p[0], p[1], a) + rng.normal(0, noise / math.sqrt(96), 96).astype(np.float32)
+        return d / np.linalg.norm(d)
+    loc = Localizer(pmap, LocalizerConfig(init_fixes=3))
+    est = [loc.update(query(p, a), float(tt)) for tt, p, a in zip(t, xy, yaw)]
+    assert [e.reason for e in est[:2]] == ['initialising', 'initialising'] and est[2].fix
+    fixes = [(e.t, e.xy, e.cov, e.measurement.yaw) for e in est if e.fix]
+    s = summarize(len(t), fixes, list(zip(t, xy, yaw)), 0.0)
+    assert s['correct_fix_rate'] >= 0.9 and s['error_p95_m'] <= 5.0, s
+    assert s['inside_2sigma'] >= 0.85, s
+    for e in est:
+        if e.fix:
+            ev = np.linalg.eigvalsh(e.cov)
+            assert ev.min() > 0.01 and np.allclose(e.cov, e.cov.T) and e.measurement.yaw_var > 0
+    # a frame that looks like a far place (the drone cannot be there 0.1 s later): rejected, tracking goes on
+    far = loc.update(query((180.0, -180.0), yaw[0], 0.0), float(t[-1] + 0.1))
+    assert not far.fix and far.reason in ('jump', 'gate') and far.xy is None
+    nxt = loc.update(query(xy[-1] + np.array([0.8, -0.6]), yaw[-1]), float(t[-1] + 0.2))
+    assert nxt.fix and np.hypot(*(nxt.xy - xy[-1] - [0.8, -0.6])) < 5
+    # the clock jumps back (a bag replayed from its start): the filter starts over
+    back = loc.update(query(xy[0], yaw[0]), 0.0)
+    assert not back.fix and back.reason == 'initialising'
+    # too many rejections in a row: lost, then it starts over
+    lost = Localizer(pmap, LocalizerConfig(reset_after=3, init_fixes=1))
+    assert lost.update(query(xy[0], yaw[0]), 0.0).fix
+    reasons = [lost.update(query((190.0, -10.0 - 30 * i), yaw[0], 0.0), 0.1 * (i + 1)).reason for i in range(3)]
+    assert reasons[-1] == 'lost' and lost.x is None
+
+
+def test_localizer_refuses_an_ambiguous_place():
+    """Two places that look the same: with min_margin the localizer gives no fix there."""
+    f = _feature_fn()
+
+    def twin(x, y, yaw):      # the map repeats every 100 m in x
+        return f(x % 100.0, y, yaw)
+    pmap = _synthetic_map(twin)
+    q = twin(30.0, -50.0, 0.0)
+    m = Localizer(pmap).measure(q)
+    assert m.margin < 0.02
+    est = Localizer(pmap, LocalizerConfig(min_margin=0.05)).update(q, 0.0)
+    assert not est.fix and est.reason == 'ambiguous'
+    clear = Localizer(_synthetic_map(f)).measure(f(30.0, -50.0, 0.0))
+    assert clear.margin > 0.05 and np.hypot(*(clear.xy - [30.0, -50.0])) < 5
+
+
+def test_inside_ellipse():
+    cov = np.array([[4.0, 0.0], [0.0, 1.0]])
+    assert inside_ellipse(np.array([3.9, 0.0]), cov) and not inside_ellipse(np.array([0.0, 2.1]), cov)
+
+
+def test_place_map_file_round_trip_and_refusals(tmp_path):
+    vocab = np.random.default_rng(0).normal(size=(4, 96)).astype(np.float32)
+    pmap = _synthetic_map(_feature_fn(), size_m=40.0, vocab=vocab)
+    path = tmp_path / 'm.safetensors'
+    pmap.save(path)
+    assert json.loads(path.with_suffix('.json').read_text())['format'] == FORMAT
+    with pytest.raises(FileExistsError):
+        pmap.save(path)
+    back = PlaceMap.load(path)
+    assert np.array_equal(back.poses, pmap.poses) and np.array_equal(back.descriptors, pmap.descriptors)
+    assert back.config.stride_m == 8.0 and back.georef is None
+    back.check_vocabulary(vocab)
+    with pytest.raises(MapError, match='not the one the map was built with'):
+        back.check_vocabulary(vocab + 1)
+    with pytest.raises(MapError, match='graph uses'):
+        PlaceMap.load(path, weights_sha256='x' * 64)
+    with pytest.raises(MapError, match='descriptor length 5'):
+        back.project(np.ones(5, np.float32))
+    with pytest.raises(MapError, match='not found'):
+        PlaceMap.load(tmp_path / 'nope.safetensors')
+    (tmp_path / 'junk.safetensors').write_bytes(b'not a map')
+    with pytest.raises(MapError, match='not a readable safetensors'):
+        PlaceMap.load(tmp_path / 'junk.safetensors')
+
+
+def test_real_map_finds_its_own_tiles_and_is_geo_referenced(place_map, fp32_graph, vocab_file, images):
+    """The gplq_map file of the flight's orthophoto: a tile's own image retrieves it, the
+    geo-reference is the one given, the CLI refuses bad options with the field named."""
+    from gplq_ros.onboard.engine import load
+    from gplq_ros.onboard.flight import DEFAULT_ORTHO
+    pmap = PlaceMap.load(place_map)
+    meta = json.loads(Path(place_map).with_suffix('.json').read_text())
+    assert meta['n_tiles'] == len(pmap.poses) and meta['config']['headings'] == 4
+    geo = pmap.georef
+    assert geo.crs == 'EPSG:32612' and geo.origin_n == 4978250
+    lat, lon = geo.to_wgs84(100.0, -50.0)
+    assert (lat, lon) == utm_to_wgs84(528100.0, 4978200.0, 12, True)
+    engine = load(Path(fp32_graph), Path(vocab_file))
+    loc = Localizer(pmap)
+    ortho = images[DEFAULT_ORTHO]
+    for i in np.linspace(0, len(pmap.poses) - 1, 6).round().astype(int):
+        m = loc.measure(engine(render_tile(ortho, pmap.poses[i], pmap.config)).descriptor)
+        assert m.tile == i and np.hypot(*(m.xy - pmap.poses[i, :2])) < 8, (i, m.tile)
+    bad = run_module('gplq_ros.tools.map', 'x.png', '--out', 'y', '--gsd', 0.1, '--headings', 0)
+    assert bad.returncode == 2 and 'headings=0' in bad.stderr
+    bad = run_module('gplq_ros.tools.map', 'x.png', '--out', 'y', '--gsd', 0.1, '--utm-zone', '12N')
+    assert bad.returncode == 2 and 'without --utm-origin' in bad.stderr
