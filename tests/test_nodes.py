@@ -312,7 +312,7 @@ def test_feature_node_memory_is_flat_over_5000_frames(tmp_path, packed_graph, vo
     assert growth_mb < 40, rss
 
 
-@pytest.mark.parametrize('node_name', ['feature_node', 'monitor_node', 'flight_sim_node'])
+@pytest.mark.parametrize('node_name', ['feature_node', 'monitor_node', 'flight_sim_node', 'localizer_node'])
 def test_parameters_declared_documented_and_validated(node_name, packed_graph, fp32_graph, manifest):
     """Every declared parameter has a description and appears in config/<node>.yaml, and
     vice versa; choices are enforced by the on-set callback, ranges by rclpy."""
@@ -323,10 +323,11 @@ def test_parameters_declared_documented_and_validated(node_name, packed_graph, f
     from gplq_ros.bringup.description import config_dir
     from gplq_ros.nodes.feature_node import FeatureNode
     from gplq_ros.nodes.flight_sim_node import FlightSimNode
+    from gplq_ros.nodes.localizer_node import LocalizerNode
     from gplq_ros.nodes.monitor_node import MonitorNode
     cls, overrides = {'feature_node': (FeatureNode, {'model': str(packed_graph), 'vocabulary': 'none'}),
                       'monitor_node': (MonitorNode, {'reference_model': str(fp32_graph), 'vocabulary': 'none'}),
-                      'flight_sim_node': (FlightSimNode, {})}[node_name]
+                      'flight_sim_node': (FlightSimNode, {}), 'localizer_node': (LocalizerNode, {})}[node_name]
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     try:
@@ -681,3 +682,63 @@ def test_two_vehicles_in_one_domain_under_their_namespaces(tmp_path, packed_grap
     s = 16 / 640
     assert np.allclose(info.k, [500 * s, 0, (319.5 + 0.5) * s - 0.5, 0, 505 * s, (239.5 + 0.5) * s - 0.5, 0, 0, 1])
     assert list(info.d) == [0.1, -0.05, 0.0, 0.0, 0.0]
+
+
+def test_localizer_in_the_flight_publishes_poses_a_navigation_stack_can_fuse(tmp_path, packed_graph, fp32_graph,
+                                                                              vocab_file, place_map):
+    """gplq_up with the simulated flight and place_map: localizer_node publishes poses in map
+    with the camera frames' stamps, a covariance that marks the unmeasured axes, NavSatFix at
+    the geo-referenced position, diagnostics; the recorded bag's evaluation pairs the poses
+    with the true ones."""
+    from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+    from sensor_msgs.msg import NavSatFix
+
+    from gplq_ros.onboard.placemap import PlaceMap
+    params = params_file(tmp_path / 'params.yaml', feature_node={'vocabulary': str(vocab_file)},
+                         monitor_node={'vocabulary': str(vocab_file)},
+                         localizer_node={'vocabulary': str(vocab_file), 'period': 0.5})
+    bags = tmp_path / 'bags'
+    up = start([sys.executable, '-m', 'gplq_ros.tools.up', f'model:={packed_graph}', f'reference_model:={fp32_graph}',
+                f'params_file:={params}', f'place_map:={place_map}', 'record_bag:=true', f'bag_dir:={bags}'],
+               tmp_path / 'up.log')
+    h = Harness('test_localizer')
+    poses, fixes = h.collect(PoseWithCovarianceStamped, '/localizer_node/pose'), h.collect(NavSatFix,
+                                                                                          '/localizer_node/fix')
+    truth = h.collect(PoseStamped, '/flight_sim_node/true_pose', reliable=False)
+    diags = h.collect(DiagnosticArray, '/diagnostics')
+    try:
+        h.spin(120, lambda: len(poses) >= 100)
+        h.spin(1.0)
+    finally:
+        h.close()
+        rc = stop(up)
+    log = (tmp_path / 'up.log').read_text(errors='replace')
+    assert rc == 0 and len(poses) >= 100, (len(poses), len(truth), log[-3000:])
+    true = {key(m): np.array([m.pose.position.x, m.pose.position.y]) for m in truth}
+    err = []
+    for m in poses:
+        assert m.header.frame_id == 'map' and key(m) in true      # the camera frame's stamp
+        c = np.array(m.pose.covariance).reshape(6, 6)
+        assert np.linalg.eigvalsh(c[:2, :2]).min() > 0 and c[2, 2] == c[3, 3] == c[4, 4] == 1e6 and c[5, 5] > 0
+        assert m.pose.pose.position.z == 0 and abs(np.hypot(m.pose.pose.orientation.z, m.pose.pose.orientation.w)
+                                                   - 1) < 1e-9
+        err.append(np.hypot(*(np.array([m.pose.pose.position.x, m.pose.pose.position.y]) - true[key(m)])))
+    # a 16 m grid with 4 headings: coarse, but the fixes follow the flight
+    assert np.median(err) < 12, np.percentile(err, [50, 95])
+    geo = PlaceMap.load(place_map).georef
+    by_key = {key(m): m for m in poses}
+    assert len(fixes) == len(poses)
+    for f in fixes:
+        p = by_key[key(f)].pose.pose.position
+        lat, lon = geo.to_wgs84(p.x, p.y)
+        assert abs(f.latitude - lat) < 1e-9 and abs(f.longitude - lon) < 1e-9 and np.isnan(f.altitude)
+        assert f.position_covariance_type == NavSatFix.COVARIANCE_TYPE_KNOWN and f.position_covariance[8] == 1e6
+    loc = statuses(diags, 'gplq_ros: localizer_node')
+    assert loc and any(Level.of(s) == Level.OK for s in loc)
+    v = values(loc[-1])
+    assert int(v['fixes']) >= 100 and int(v['map_tiles']) == len(PlaceMap.load(place_map).poses)
+    res = run_module('gplq_ros.tools.eval_bag', next(bags.iterdir()), '--out', tmp_path / 'report')
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = json.loads((tmp_path / 'report' / 'summary.json').read_text())['localization']
+    assert s['fixes'] >= 90 and abs(s['error_p50_m'] - np.median(err)) < 3 and 'localization:' in res.stdout
+    assert (tmp_path / 'report' / 'track.png').is_file()
