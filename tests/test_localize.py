@@ -81,10 +81,9 @@ def _synthetic_map(f, size_m=200.0, stride=8.0, headings=8, vocab=None):
                       for x in np.arange(0, size_m + 1e-9, stride) for k in range(headings)])
     desc = np.stack([f(*p[:3]) for p in poses])
     mean, basis, explained = fit_pca(desc, 48)
+    config = {'stride_m': stride, 'headings': headings, 'heights_m': [40.0], 'gsd_m': 0.1, 'pca_dim': 48}
     meta = MapMeta('dinov2_vits14', 'w' * 64, vocabulary_id(vocab if vocab is not None else np.eye(3)), 'fp32.onnx',
-                   'synthetic', 's' * 64, [2000, 2000], {'stride_m': stride, 'headings': headings,
-                                                        'heights_m': [40.0], 'gsd_m': 0.1, 'pca_dim': 48},
-                   None, len(poses), explained)
+                   'synthetic', 's' * 64, [2000, 2000], config, None, len(poses), explained)
     proj = (desc - mean) @ basis.T
     return PlaceMap(poses, (proj / np.linalg.norm(proj, axis=1, keepdims=True)).astype(np.float32), mean, basis,
                     meta)

@@ -684,8 +684,8 @@ def test_two_vehicles_in_one_domain_under_their_namespaces(tmp_path, packed_grap
     assert list(info.d) == [0.1, -0.05, 0.0, 0.0, 0.0]
 
 
-def test_localizer_in_the_flight_publishes_poses_a_navigation_stack_can_fuse(tmp_path, packed_graph, fp32_graph,
-                                                                              vocab_file, place_map):
+def test_localizer_in_the_flight_publishes_poses_a_navigation_stack_can_fuse(
+        tmp_path, packed_graph, fp32_graph, vocab_file, place_map):
     """gplq_up with the simulated flight and place_map: localizer_node publishes poses in map
     with the camera frames' stamps, a covariance that marks the unmeasured axes, NavSatFix at
     the geo-referenced position, diagnostics; the recorded bag's evaluation pairs the poses
@@ -702,8 +702,8 @@ def test_localizer_in_the_flight_publishes_poses_a_navigation_stack_can_fuse(tmp
                 f'params_file:={params}', f'place_map:={place_map}', 'record_bag:=true', f'bag_dir:={bags}'],
                tmp_path / 'up.log')
     h = Harness('test_localizer')
-    poses, fixes = h.collect(PoseWithCovarianceStamped, '/localizer_node/pose'), h.collect(NavSatFix,
-                                                                                          '/localizer_node/fix')
+    poses = h.collect(PoseWithCovarianceStamped, '/localizer_node/pose')
+    fixes = h.collect(NavSatFix, '/localizer_node/fix')
     truth = h.collect(PoseStamped, '/flight_sim_node/true_pose', reliable=False)
     diags = h.collect(DiagnosticArray, '/diagnostics')
     try:
