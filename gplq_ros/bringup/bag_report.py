@@ -6,7 +6,11 @@ writes ``<out>/summary.json`` (frames in/out, drops, outputs without a matching 
 end-to-end latency = bag receipt time of each boundary map minus its stamp: p50/p95/max,
 rates, drift over time from the monitor's ``~/status`` or recomputed with an FP32 engine,
 /diagnostics levels), ``drift.png`` and ``frame_<i>_<stamp>.png`` (camera | boundary map
-scaled to its maximum | corners) for a few frames.
+scaled to its maximum | corners) for a few frames. When the bag has the localizer's
+``*/pose`` (PoseWithCovarianceStamped) and the simulated flight's ``*/true_pose``, they are
+paired by stamp (``onboard.localize.summarize``: position error p50/p95/max, yaw error, fix
+rate, correct-fix rate (<= 5 m), time to first fix, fraction of errors inside the reported
+2-sigma ellipse) and ``track.png`` shows the true track and the fixes coloured by error.
 """
 import json
 from pathlib import Path

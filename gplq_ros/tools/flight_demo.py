@@ -5,10 +5,13 @@
    ``ONBOARD_CALIBRATION``) in $GPLQ_HOME/onboard, calibrated if none is cached (about 20 minutes on 2 cores);
 2. the onboard graphs for 640x480 cameras: the packed GPLQ graph and the FP32 reference,
    exported if missing or stale (``offline.api.ensure_onboard_models``);
-3. the bringup of ``gplq_ros.bringup.description`` (simulated flight over a NEON orthophoto,
-   feature_node, monitor_node) for ``--duration`` seconds while gplq_record records a bag;
-4. the bag evaluation (``bringup.bag_report``): frames in/out, p50/p95 end-to-end latency,
-   drift, report.
+3. the place map of the flight's orthophoto (``DEMO_MAP``, gplq_map's library call with the FP32
+   graph), built if none is cached (about 10 minutes on 2 cores);
+4. the bringup of ``gplq_ros.bringup.description`` (simulated flight over a NEON orthophoto,
+   feature_node, monitor_node, localizer_node) for ``--duration`` seconds while gplq_record
+   records a bag;
+5. the bag evaluation (``bringup.bag_report``): frames in/out, p50/p95 end-to-end latency,
+   drift, position error of the localizer against the true track, report.
 """
 import argparse
 import sys
@@ -18,7 +21,31 @@ from pathlib import Path
 from gplq_ros.bringup import bag_report
 from gplq_ros.bringup.processes import commands, parse_overrides, start, stop, watch
 from gplq_ros.offline.api import ensure_onboard_models
+from gplq_ros.onboard.flight import DEFAULT_ORTHO
+from gplq_ros.onboard.paths import default_images_dir, default_vocab, gplq_home
+from gplq_ros.onboard.placemap import MapConfig, PlaceMap, build_map_file
 from gplq_ros.tools.common import cli
+
+# the simulated flight's altitude range (40 m +- 25 %) and camera, 8 m grid, 8 headings
+DEMO_MAP = MapConfig(stride_m=8.0, headings=8, heights_m=(32.0, 40.0, 50.0), gsd_m=0.1)
+
+
+def ensure_demo_map(reference_model: str, log) -> Path:
+    path = gplq_home() / 'onboard' / f'map_{Path(DEFAULT_ORTHO).stem}_s8_h8_z32-40-50.safetensors'
+    if path.is_file():
+        PlaceMap.load(path)       # a clear error if it is from another gplq_ros version
+        return path
+    log(f'building the place map of {DEFAULT_ORTHO} ({DEMO_MAP.stride_m:g} m grid, {DEMO_MAP.headings} headings, '
+        f'heights {DEMO_MAP.heights_m} m) with {Path(reference_model).name}')
+    last = [0.0]
+
+    def progress(i, n):
+        if time.perf_counter() - last[0] > 30 or i == n:
+            last[0] = time.perf_counter()
+            log(f'place map: {i}/{n} tiles')
+    build_map_file(default_images_dir() / DEFAULT_ORTHO, path, Path(reference_model), default_vocab(), DEMO_MAP,
+                   progress=progress)
+    return path
 
 
 @cli('gplq_flight_demo')
@@ -28,9 +55,14 @@ def main(argv=None) -> int:
     ap.add_argument('--duration', type=float, default=30.0, help='seconds of simulated flight')
     ap.add_argument('overrides', nargs='*', help='extra launch arguments name:=value (see gplq_up)')
     args = ap.parse_args(argv)
-    models = ensure_onboard_models(lambda text: print(f'gplq_flight_demo: {text}', flush=True))
+
+    def say(text):
+        print(f'gplq_flight_demo: {text}', flush=True)
+    models = ensure_onboard_models(say)
+    place_map = ensure_demo_map(models['reference_model'], say)
     bags = args.out / 'bags'
-    overrides = dict(models, record_bag='true', bag_dir=str(bags), **parse_overrides(args.overrides))
+    overrides = dict(models, place_map=str(place_map), record_bag='true', bag_dir=str(bags),
+                     **parse_overrides(args.overrides))
     stamp = time.strftime('%Y%m%d_%H%M%S')
     cmds = commands(overrides, stamp)
     args.out.mkdir(parents=True, exist_ok=True)
