@@ -37,12 +37,14 @@ FLIGHTS = {
 
 
 def descriptors(engine, flight: Flight, n: int, rate: float):
-    out, truth = [], []
+    out, bnd, truth = [], [], []
     for i in range(n):
         pose = flight.pose(i / rate)
-        out.append(engine(flight.render(pose)).descriptor)
+        o = engine(flight.render(pose))
+        out.append(o.descriptor)
+        bnd.append(o.boundary)
         truth.append((pose.t, np.array([pose.x_m, pose.y_m]), pose.yaw))
-    return np.stack(out), truth
+    return np.stack(out), np.stack(bnd), truth
 
 
 def main():
@@ -52,7 +54,7 @@ def main():
     ap.add_argument('--rate', type=float, default=10.0)
     ap.add_argument('--stride', type=float, default=8.0)
     ap.add_argument('--headings', type=int, default=8)
-    ap.add_argument('--heights', type=float, nargs='+', default=[40.0])
+    ap.add_argument('--heights', type=float, nargs='+', default=[32.0, 40.0, 50.0])
     ap.add_argument('--out', type=Path, default=Path('out/localize'))
     ap.add_argument('--set', nargs='*', default=[], help='LocalizerConfig overrides name=value')
     args = ap.parse_args()
@@ -68,31 +70,39 @@ def main():
               f'PCA {pm.descriptors.shape[1]} dims explain {pm.meta.pca_explained:.3f}')
     pmap = PlaceMap.load(map_path)
     flight = Flight(read_rgb(image), FlightConfig(gsd_m=gsd, height_m=height))
-    lcfg = replace(LocalizerConfig(), **{k: type(getattr(LocalizerConfig(), k))(v) for k, v in
-                                         (s.split('=', 1) for s in args.set)})
+
+    def typed(k, v):
+        return v.lower() == 'true' if isinstance(getattr(LocalizerConfig(), k), bool) else \
+            type(getattr(LocalizerConfig(), k))(v)
+    lcfg = replace(LocalizerConfig(), **{k: typed(k, v) for k, v in (s.split('=', 1) for s in args.set)})
     rows = {}
     for name, graph in (('FP32', models['reference_model']), ('W4A8 (onboard)', models['model'])):
-        cache = args.out / f'desc_{args.flight}_{Path(graph).stem}_{args.frames}.npz'
+        cache = args.out / f'frames_{args.flight}_{Path(graph).stem}_{args.frames}.npz'
         if cache.is_file():
             z = np.load(cache)
-            desc, truth = z['desc'], [(t, xy, yaw) for t, xy, yaw in zip(z['t'], z['xy'], z['yaw'])]
+            desc, bnd = z['desc'], z['boundary']
+            truth = [(t, xy, yaw) for t, xy, yaw in zip(z['t'], z['xy'], z['yaw'])]
         else:
             engine = load(Path(graph), default_vocab())
-            desc, truth = descriptors(engine, flight, args.frames, args.rate)
-            np.savez(cache, desc=desc, t=[t for t, _, _ in truth], xy=[xy for _, xy, _ in truth],
+            desc, bnd, truth = descriptors(engine, flight, args.frames, args.rate)
+            np.savez(cache, desc=desc, boundary=bnd, t=[t for t, _, _ in truth], xy=[xy for _, xy, _ in truth],
                      yaw=[y for _, _, y in truth])
         loc = Localizer(pmap, lcfg)
         fixes, q_ms = [], []
-        for d, (t, _, _) in zip(desc, truth):
+        for d, b, (t, _, _) in zip(desc, bnd, truth):
             t0 = time.perf_counter()
-            est = loc.update(d, float(t))
+            est = loc.update(d, float(t), b)
             q_ms.append((time.perf_counter() - t0) * 1e3)
             if est.fix:
                 fixes.append((float(t), est.xy, est.cov, est.measurement.yaw))
-        raw = [float(np.hypot(*(loc.map.poses[loc.measure(d).tile, :2] - xy))) for d, (_, xy, _) in zip(desc, truth)]
+        meas = [loc.measure(d, b) for d, b in zip(desc, bnd)]
+        top1 = np.array([np.hypot(*(loc.map.poses[m.tile, :2] - xy)) for m, (_, xy, _) in zip(meas, truth)])
+        per_frame = np.array([np.hypot(*(m.xy - xy)) for m, (_, xy, _) in zip(meas, truth)])
         s = summarize(len(desc), fixes, truth, float(truth[0][0]))
-        s['retrieval_top1_within_5m'] = float(np.mean(np.array(raw) <= 5))
-        s['retrieval_top1_within_10m'] = float(np.mean(np.array(raw) <= 10))
+        s['retrieval_top1_within_5m'] = float(np.mean(top1 <= 5))
+        s['retrieval_top1_within_10m'] = float(np.mean(top1 <= 10))
+        s['measurement_within_5m'] = float(np.mean(per_frame <= 5))
+        s['measurement_p50_m'] = float(np.median(per_frame))
         s['localizer_ms_p50'] = float(np.median(q_ms))
         rows[name] = s
     print(json.dumps({'flight': args.flight, 'map': pmap.meta.n_tiles, 'localizer': asdict(lcfg), 'rows': rows},

@@ -86,7 +86,7 @@ def _synthetic_map(f, size_m=200.0, stride=8.0, headings=8, vocab=None):
                    'synthetic', 's' * 64, [2000, 2000], config, None, len(poses), explained)
     proj = (desc - mean) @ basis.T
     return PlaceMap(poses, (proj / np.linalg.norm(proj, axis=1, keepdims=True)).astype(np.float32), mean, basis,
-                    meta)
+                    np.zeros((8, 8), np.float32), meta)
 
 
 def _track(n=200, rate=10.0, v=(4.0, -3.0), start=(40.0, -40.0)):
@@ -145,6 +145,37 @@ def test_localizer_refuses_an_ambiguous_place():
     assert not est.fix and est.reason == 'ambiguous'
     clear = Localizer(_synthetic_map(f)).measure(f(30.0, -50.0, 0.0))
     assert clear.margin > 0.05 and np.hypot(*(clear.xy - [30.0, -50.0])) < 5
+
+
+def test_boundary_refinement_recovers_position_yaw_and_height():
+    """A frame's boundary map sampled from a smooth random orthomap at a known pose: from a
+    retrieval 7 m and 12 degrees off, the refinement lands within 0.5 m, 3 degrees, 6 %."""
+    import cv2
+
+    from gplq_ros.onboard.localize import BoundaryMatcher
+    rng = np.random.default_rng(3)
+    g = cv2.GaussianBlur(rng.uniform(0, 1, (400, 400)).astype(np.float32), (0, 0), 4)
+    pmap = _synthetic_map(_feature_fn())
+    pmap.meta.config = dict(pmap.meta.config, boundary_res_m=0.5, width=640, height=480, hfov_deg=70.0)
+    pmap.boundary = g
+    m = BoundaryMatcher(pmap)
+    true_xy, true_yaw, true_h = np.array([100.0, -90.0]), 0.7, 43.0
+    u, v = m.pattern((12, 16))
+    c, s_ = math.cos(true_yaw), math.sin(true_yaw)
+    k = pmap.config.scale(true_h) * pmap.config.gsd_m
+    x, y = true_xy[0] + k * (u * c + v * s_), true_xy[1] + k * (u * s_ - v * c)
+    q = cv2.remap(g, (x / 0.5).astype(np.float32)[None], (-y / 0.5).astype(np.float32)[None],
+                  cv2.INTER_LINEAR).reshape(12, 16)
+    ncc, xy, yaw, h = m.refine(q, true_xy + [5.0, -5.0], true_yaw + math.radians(12), 12.0, 20.0)
+    assert ncc > 0.95 and np.hypot(*(xy - true_xy)) < 0.5 and abs(math.degrees(yaw - true_yaw)) < 3
+    assert abs(h / true_h - 1) < 0.06
+    # through the localizer: the refined measurement has the refinement's covariance
+    loc = Localizer(pmap, LocalizerConfig(refine_sigma_m=1.5))
+    d = _feature_fn()(100.0, -90.0, 0.7)
+    meas = loc.measure(d, q)
+    assert meas.ncc > 0.95 and np.allclose(meas.cov, 2.25 * np.eye(2)) and np.hypot(*(meas.xy - true_xy)) < 0.5
+    with pytest.raises(ValueError, match='boundary map shape'):
+        loc.measure(d, np.ones(5, np.float32))
 
 
 def test_inside_ellipse():

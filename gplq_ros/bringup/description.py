@@ -184,7 +184,8 @@ def node_specs(args: Dict[str, str]) -> List[NodeSpec]:
     if args['place_map']:
         specs.append(NodeSpec('localizer_node', 'gplq_ros.nodes.localizer_node', 'localizer_node',
                               params('localizer_node', {'map': args['place_map'], 'autostart': autostart}),
-                              (('descriptor', 'feature_node/descriptor'),), ros_args, ns))
+                              (('descriptor', 'feature_node/descriptor'),
+                               ('boundary_map', 'feature_node/boundary_map')), ros_args, ns))
     return specs
 
 

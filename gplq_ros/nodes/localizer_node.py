@@ -1,10 +1,11 @@
 """localizer_node: the feature node's place descriptor -> a position in the place map.
 
-Subscribes ``descriptor`` (sensor_msgs/Image 32FC1, the feature node's ``~/descriptor``;
-remap it). For every descriptor, ``onboard.localize.Localizer`` retrieves the top-k tiles of
-the map (``map``: a gplq_map file), measures a position, yaw and covariance, and runs it
-through its Kalman filter. When the frame gives a fix it publishes, with the descriptor's
-header stamp (the camera frame's stamp):
+Subscribes ``descriptor`` (sensor_msgs/Image 32FC1, the feature node's ``~/descriptor``) and,
+with ``refine``, ``boundary_map`` (its ``~/boundary_map``; remap both), joined by header stamp.
+For every frame, ``onboard.localize.Localizer`` retrieves the top-k tiles of the map (``map``:
+a gplq_map file), refines the position, yaw and height by matching the boundary map against
+the map's boundary orthomap, and runs the measurement through its Kalman filter. When the
+frame gives a fix it publishes, with the descriptor's header stamp (the camera frame's stamp):
 
 * ``~/pose``: geometry_msgs/PoseWithCovarianceStamped in ``map_frame``. Position x, y (m,
   REP 103: x east, y north, origin the orthophoto's top-left corner), z = 0 (not measured),
@@ -38,7 +39,7 @@ from gplq_ros.nodes.params import declare_qos
 from gplq_ros.nodes.run import run_node
 from gplq_ros.onboard.image_codec import ImageFormatError
 from gplq_ros.onboard.localize import Localizer, LocalizerConfig
-from gplq_ros.onboard.messages import decode_descriptor
+from gplq_ros.onboard.messages import decode_descriptor, decode_map
 from gplq_ros.onboard.paths import vocabulary_parameter
 from gplq_ros.onboard.placemap import MapError, PlaceMap
 from gplq_ros.onboard.stats import LatencyWindow
@@ -49,7 +50,8 @@ DEFAULTS = LocalizerConfig()
 RANGES = {'top_k': (1, 1000), 'cluster_radius_m': (0.1, 1000.0), 'temperature': (1e-4, 10.0),
           'min_margin': (0.0, 1.99), 'sigma_floor_m': (0.01, 1000.0), 'measurement_scale': (0.01, 1000.0),
           'accel_sigma': (0.001, 100.0), 'max_speed_mps': (0.1, 500.0), 'gate_chi2': (0.1, 1000.0),
-          'init_fixes': (1, 100), 'reset_after': (1, 10000)}
+          'init_fixes': (1, 100), 'reset_after': (1, 10000), 'search_radius_m': (0.5, 100.0),
+          'yaw_span_deg': (0.0, 90.0), 'min_ncc': (-1.0, 1.0), 'refine_sigma_m': (0.01, 100.0)}
 HELP = {'top_k': 'tiles retrieved per frame', 'cluster_radius_m': 'top-k tiles this close to the best are the same '
         'place', 'temperature': 'score softness of the top-k position weights',
         'min_margin': 'no measurement when the best other place scores within this of the best',
@@ -58,7 +60,11 @@ HELP = {'top_k': 'tiles retrieved per frame', 'cluster_radius_m': 'top-k tiles t
         'accel_sigma': 'filter process noise, white acceleration, m/s^2',
         'max_speed_mps': 'a fix farther than this speed allows since the last fix is rejected',
         'gate_chi2': 'innovation gate (chi-square, 2 dof)', 'init_fixes': 'consistent measurements to start the filter',
-        'reset_after': 'rejections in a row before the filter restarts'}
+        'reset_after': 'rejections in a row before the filter restarts',
+        'search_radius_m': 'refinement: translations searched around the retrieved position, m',
+        'yaw_span_deg': 'refinement: yaws searched around the retrieved yaw, degrees',
+        'min_ncc': 'refinement: a weaker boundary-map match keeps the retrieval measurement',
+        'refine_sigma_m': 'refinement: standard deviation of a refined position, m'}
 
 
 def yaw_quaternion(yaw: float):
@@ -74,6 +80,9 @@ class LocalizerNode(ManagedNode):
         p.declare('vocabulary', '', 'the VLAD vocabulary of the feature node (checked against the map); empty: the '
                   '$GPLQ_HOME default', read_only=True)
         self.map_frame = p.declare('map_frame', 'map', 'frame_id of the published pose', read_only=True)
+        p.declare('refine', DEFAULTS.refine, 'refine the retrieved position by matching the frame\'s boundary map '
+                  '(topic boundary_map, same stamp as the descriptor) against the map\'s boundary orthomap',
+                  read_only=True)
         for name, (lo, hi) in RANGES.items():
             p.declare(name, getattr(DEFAULTS, name), HELP[name], (lo, hi), read_only=True)
         self.unmeasured = p.declare('unmeasured_variance', 1e6, 'variance of the axes the localizer does not '
@@ -96,10 +105,12 @@ class LocalizerNode(ManagedNode):
         pmap.check_vocabulary(vocab.centers, f'parameter vocabulary={str(vocab_path)!r}')
         if vocab.meta.weights_sha256 != pmap.meta.weights_sha256:
             raise MapError(f'parameter map={p["map"]!r}: built for other backbone weights than the vocabulary')
-        cfg = LocalizerConfig(**{k: p[k] for k in RANGES})
+        cfg = LocalizerConfig(refine=p['refine'], **{k: p[k] for k in RANGES})
         self.localizer = Localizer(pmap, cfg)
         self.georef = pmap.georef
-        self.counts = {'ambiguous': 0, 'initialising': 0, 'jump': 0, 'gate': 0, 'lost': 0, 'malformed': 0}
+        self.counts = {'ambiguous': 0, 'initialising': 0, 'jump': 0, 'gate': 0, 'lost': 0, 'malformed': 0,
+                       'unpaired': 0}
+        self.pending = {}                # stamp -> {'descriptor': ..., 'boundary': ...} until both are in
         self.last = None                 # the last Estimate
         self.last_error = ''
         self.last_input = None
@@ -113,7 +124,11 @@ class LocalizerNode(ManagedNode):
                                + (f', geo-referenced ({self.georef.crs})' if self.georef else ', not geo-referenced'))
 
     def activate(self) -> None:
-        self.inputs.append(self.create_subscription(Image, 'descriptor', self.on_descriptor, self.qos_in))
+        self.inputs.append(self.create_subscription(Image, 'descriptor', lambda m: self.on_input(m, 'descriptor'),
+                                                    self.qos_in))
+        if self.params['refine']:
+            self.inputs.append(self.create_subscription(Image, 'boundary_map', lambda m: self.on_input(m, 'boundary'),
+                                                        self.qos_in))
 
     def release(self) -> None:
         super().release()
@@ -122,14 +137,28 @@ class LocalizerNode(ManagedNode):
     def now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def on_descriptor(self, msg: Image) -> None:
+    def on_input(self, msg: Image, kind: str) -> None:
+        """Joins descriptor and boundary map by stamp (with ``refine``), then localizes."""
         self.last_input = self.now_s()
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        got = self.pending.setdefault(key, {})
+        got[kind] = msg
+        if 'descriptor' not in got or (self.params['refine'] and 'boundary' not in got):
+            while len(self.pending) > 10:          # a partner that never came: counted, not kept
+                del self.pending[next(iter(self.pending))]
+                self.counts['unpaired'] += 1
+            return
+        del self.pending[key]
+        self.localize(got['descriptor'], got.get('boundary'))
+
+    def localize(self, msg: Image, boundary_msg) -> None:
         try:
             d = decode_descriptor(msg)
+            b = decode_map(boundary_msg) if boundary_msg is not None else None
             t0 = time.perf_counter()
-            est = self.localizer.update(d, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
+            est = self.localizer.update(d, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, b)
             self.query_ms.add((time.perf_counter() - t0) * 1e3)
-        except (ImageFormatError, MapError) as e:
+        except (ImageFormatError, ValueError) as e:     # MapError is a ValueError
             self.counts['malformed'] += 1
             self.last_error = str(e)
             self.get_logger().error(f'descriptor rejected: {e}')
@@ -182,6 +211,7 @@ class LocalizerNode(ManagedNode):
         values = dict(frames=loc.frames, fixes=loc.fixes, fix_rate=loc.fixes / max(loc.frames, 1),
                       last_score=last.measurement.score if last else None,
                       last_margin=last.measurement.margin if last else None,
+                      last_ncc=last.measurement.ncc if last else None,
                       map_tiles=loc.map.meta.n_tiles, query_p50_ms=self.query_ms.summary()['p50_ms'],
                       lifecycle_state=self.state_label,
                       **{f'no_fix_{k}': v for k, v in self.counts.items()})

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional
 
+import cv2
 import numpy as np
 
 from gplq_ros.onboard.fileformat import check_fields
@@ -46,6 +47,11 @@ class LocalizerConfig:
     gate_chi2: float = 13.82          # chi-square, 2 dof, 0.999
     init_fixes: int = 3
     reset_after: int = 10
+    refine: bool = True               # match the frame's boundary map against the map's boundary orthomap
+    search_radius_m: float = 12.0     # translations searched around the retrieved position
+    yaw_span_deg: float = 20.0        # yaws searched around the retrieved yaw
+    min_ncc: float = 0.3              # a weaker best match keeps the retrieval measurement
+    refine_sigma_m: float = 1.5       # standard deviation of a refined position
 
     def __post_init__(self):
         check_fields(self, [
@@ -55,7 +61,9 @@ class LocalizerConfig:
             ('measurement_scale', 0.01 <= self.measurement_scale <= 1000),
             ('accel_sigma', 0.001 <= self.accel_sigma <= 100), ('max_speed_mps', 0.1 <= self.max_speed_mps <= 500),
             ('gate_chi2', 0.1 <= self.gate_chi2 <= 1000), ('init_fixes', 1 <= self.init_fixes <= 100),
-            ('reset_after', 1 <= self.reset_after <= 10000)])
+            ('reset_after', 1 <= self.reset_after <= 10000),
+            ('search_radius_m', 0 < self.search_radius_m <= 100), ('yaw_span_deg', 0 <= self.yaw_span_deg <= 90),
+            ('min_ncc', -1 <= self.min_ncc <= 1), ('refine_sigma_m', 0.01 <= self.refine_sigma_m <= 100)])
 
 
 @dataclass
@@ -67,6 +75,8 @@ class Measurement:
     score: float             # best tile's cosine in PCA space
     margin: float
     tile: int                # best tile index
+    ncc: float = float('nan')   # boundary-map match of the refinement (nan: not refined)
+    height_m: float = float('nan')
 
 
 @dataclass
@@ -86,12 +96,82 @@ def circular_mean(angles: np.ndarray, weights: np.ndarray):
     return mean, float((weights * d ** 2).sum() / weights.sum())
 
 
+class BoundaryMatcher:
+    """Position refinement: the frame's patch-grid boundary map against the map's boundary
+    orthomap. A candidate pose (x, y, yaw, height) puts each patch centre of the frame at a
+    point of the orthomap (the flight simulator's camera model); its score is the normalized
+    cross-correlation of the frame's values with the orthomap's there (bilinear). Coarse
+    search: translations every 2 m within ``radius``, yaws every 10 deg within ``span``,
+    heights from 0.8x the lowest to 1.25x the highest map height (ratio 1.1); fine search
+    around the best: 0.5 m, 2.5 deg, ratio 1.05."""
+
+    def __init__(self, pmap: PlaceMap):
+        mc = pmap.config
+        self.g = np.ascontiguousarray(pmap.boundary, np.float32)
+        self.res, self.mc = mc.boundary_res_m, mc
+        lo, hi = 0.8 * min(mc.heights_m), 1.25 * max(mc.heights_m)
+        self.heights = lo * 1.1 ** np.arange(int(math.log(hi / lo) / math.log(1.1)) + 2)
+        self._pattern = {}
+
+    def pattern(self, grid_hw):
+        """Patch centres of a (gh, gw) grid, camera pixels relative to the image centre."""
+        if grid_hw not in self._pattern:
+            gh, gw = grid_hw
+            w, h = self.mc.width, self.mc.height
+            jj, ii = np.meshgrid(np.arange(gw), np.arange(gh))
+            u = (jj.ravel() + 0.5) * w / gw - 0.5 - (w - 1) / 2
+            v = (ii.ravel() + 0.5) * h / gh - 0.5 - (h - 1) / 2
+            self._pattern[grid_hw] = (u, v)
+        return self._pattern[grid_hw]
+
+    def scores(self, q: np.ndarray, xy, offsets: np.ndarray, yaws, heights):
+        """NCC of every (yaw, height, offset) candidate: array (len(yaws), len(heights), len(offsets))."""
+        u, v = self.pattern(q.shape)
+        qn = q.ravel() - q.mean()
+        qn = qn / max(float(np.linalg.norm(qn)), 1e-12)
+        yaws, heights = np.asarray(yaws), np.asarray(heights)
+        c, s = np.cos(yaws)[:, None, None], np.sin(yaws)[:, None, None]
+        m = np.array([self.mc.scale(h) * self.mc.gsd_m for h in heights])[None, :, None]   # metres per camera px
+        # image right = (cos yaw, sin yaw) in map metres, image down = (sin yaw, -cos yaw)
+        ex, ey = m * (u * c + v * s), m * (u * s - v * c)                                 # (Y, H, P)
+        x = xy[0] + offsets[:, 0][None, None, :, None] + ex[:, :, None, :]
+        y = xy[1] + offsets[:, 1][None, None, :, None] + ey[:, :, None, :]
+        n = x.shape[0] * x.shape[1] * x.shape[2]
+        mx = (x / self.res).reshape(n, -1).astype(np.float32)
+        my = (-y / self.res).reshape(n, -1).astype(np.float32)
+        vals = cv2.remap(self.g, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        vals = vals - vals.mean(axis=1, keepdims=True)
+        ncc = (vals @ qn) / np.maximum(np.linalg.norm(vals, axis=1), 1e-12)
+        return ncc.reshape(x.shape[:3])
+
+    @staticmethod
+    def _grid(radius: float, step: float) -> np.ndarray:
+        r = np.arange(-radius, radius + 1e-9, step)
+        gx, gy = np.meshgrid(r, r)
+        return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+    def refine(self, q: np.ndarray, xy: np.ndarray, yaw: float, radius: float, span_deg: float):
+        """(ncc, xy, yaw, height) of the best candidate."""
+        yaws = yaw + np.radians(np.arange(-span_deg, span_deg + 1e-9, 10.0))
+        offs = self._grid(radius, 2.0)
+        sc = self.scores(q, xy, offs, yaws, self.heights)
+        iy, ih, io = np.unravel_index(int(np.argmax(sc)), sc.shape)
+        xy1, yaw1, h1 = xy + offs[io], yaws[iy], self.heights[ih]
+        yaws = yaw1 + np.radians([-5.0, -2.5, 0.0, 2.5, 5.0])
+        heights = h1 * 1.05 ** np.arange(-1, 2)
+        offs = self._grid(1.5, 0.5)
+        sc = self.scores(q, xy1, offs, yaws, heights)
+        iy, ih, io = np.unravel_index(int(np.argmax(sc)), sc.shape)
+        return float(sc[iy, ih, io]), xy1 + offs[io], float(yaws[iy]), float(heights[ih])
+
+
 class Localizer:
     def __init__(self, pmap: PlaceMap, cfg: LocalizerConfig = LocalizerConfig()):
         self.map, self.cfg = pmap, cfg
         mc = pmap.config
         self.grid_var = mc.stride_m ** 2 / 12.0
         self.heading_var = (2 * math.pi / mc.headings) ** 2 / 12.0
+        self.matcher = BoundaryMatcher(pmap) if cfg.refine else None
         self.reset()
         self.fixes = self.frames = self.rejected_total = 0
 
@@ -104,7 +184,24 @@ class Localizer:
         self.last_fix: Optional[tuple] = None        # (t, xy, sigma)
 
     # -- 1 + 2: one frame's measurement ---------------------------------------------------------------
-    def measure(self, descriptor: np.ndarray) -> Measurement:
+    def measure(self, descriptor: np.ndarray, boundary: Optional[np.ndarray] = None) -> Measurement:
+        """The retrieval measurement; refined with ``boundary`` (the frame's (gh, gw) boundary map)
+        when the localizer refines and the match reaches ``min_ncc``."""
+        meas = self._retrieve(descriptor)
+        if boundary is None or self.matcher is None:
+            return meas
+        b = np.asarray(boundary, np.float32)
+        if b.ndim != 2 or b.size < 16 or not np.isfinite(b).all():
+            raise ValueError(f'boundary map shape {b.shape}: expected a finite (rows, cols) patch grid')
+        ncc, xy, yaw, h = self.matcher.refine(b, meas.xy, meas.yaw, self.cfg.search_radius_m, self.cfg.yaw_span_deg)
+        meas.ncc = ncc
+        if ncc >= self.cfg.min_ncc:
+            meas.xy, meas.yaw, meas.height_m = xy, yaw, h
+            meas.cov = self.cfg.refine_sigma_m ** 2 * np.eye(2)
+            meas.yaw_var = math.radians(2.5) ** 2
+        return meas
+
+    def _retrieve(self, descriptor: np.ndarray) -> Measurement:
         cfg, m = self.cfg, self.map
         q = m.project(descriptor)
         scores = m.descriptors @ q
@@ -168,12 +265,13 @@ class Localizer:
         self.fixes += 1
         return Estimate(t, meas, fix=True, xy=self.x[:2].copy(), cov=cov)
 
-    def update(self, descriptor: np.ndarray, t: float) -> Estimate:
-        """One frame at time ``t`` (seconds of the node's clock, the frame's stamp)."""
+    def update(self, descriptor: np.ndarray, t: float, boundary: Optional[np.ndarray] = None) -> Estimate:
+        """One frame at time ``t`` (seconds of the node's clock, the frame's stamp), with its
+        boundary map for the refinement (optional)."""
         self.frames += 1
         if self.t is not None and t < self.t:                 # clock jumped back (bag replayed): start over
             self.reset()
-        meas = self.measure(descriptor)
+        meas = self.measure(descriptor, boundary)
         if meas.margin < self.cfg.min_margin:
             return self._reject(t, meas, 'ambiguous')
         if self.x is None:

@@ -11,12 +11,16 @@ each with its pose in ``map`` and its place descriptor (numpy + OpenCV; built by
   projected by PCA fitted on the map's own tiles to ``pca_dim`` dimensions and
   L2-normalized. A query is projected the same way (``PlaceMap.project``), so a lookup is
   one (N, pca_dim) x (pca_dim,) product.
+* **Boundary orthomap**: every tile's boundary map (the FP32 graph's, at camera resolution)
+  warped back onto the orthophoto and averaged, at ``boundary_res_m`` metres per pixel: what
+  the feature node's boundary map of a frame should look like from anywhere in the map; the
+  localizer matches a frame's boundary map against it to refine the retrieved position.
 * **Poses**: x east, y north (metres, REP 103, origin the orthophoto's top-left corner),
   yaw of the camera's image-right axis from east (counter-clockwise), height.
 
 File format (``FORMAT`` version ``VERSION``): one safetensors file with ``poses`` (N, 4)
-float64 [x, y, yaw, height], ``descriptors`` (N, P) float32, ``pca_mean`` (D,) and
-``pca_basis`` (P, D) float32; header key ``gplq_ros`` holds the JSON ``MapMeta`` (also
+float64 [x, y, yaw, height], ``descriptors`` (N, P) float32, ``pca_mean`` (D,),
+``pca_basis`` (P, D) and ``boundary`` (rows, cols) float32; header key ``gplq_ros`` holds the JSON ``MapMeta`` (also
 written to a sidecar ``.json`` for people).
 """
 import json
@@ -25,11 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
+import cv2
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from gplq_ros.onboard.fileformat import BACKBONE_ID, check_fields, read_versioned_meta
-from gplq_ros.onboard.flight import render_window, scale_at
+from gplq_ros.onboard.flight import render_window, scale_at, window_affine
 from gplq_ros.onboard.geo import GeoRef
 from gplq_ros.onboard.heads import l2_normalize
 
@@ -51,6 +56,7 @@ class MapConfig:
     hfov_deg: float = 70.0
     gsd_m: float = 0.1               # orthophoto metres per pixel
     pca_dim: int = 256
+    boundary_res_m: float = 0.5      # metres per pixel of the map's boundary orthomap
 
     def __post_init__(self):
         object.__setattr__(self, 'heights_m', tuple(float(h) for h in self.heights_m))
@@ -59,7 +65,7 @@ class MapConfig:
             ('heights_m', len(self.heights_m) >= 1 and all(1 <= h <= 1000 for h in self.heights_m)),
             ('width', 16 <= self.width <= 8192), ('height', 16 <= self.height <= 8192),
             ('hfov_deg', 10 <= self.hfov_deg <= 170), ('gsd_m', 0 < self.gsd_m <= 100),
-            ('pca_dim', 8 <= self.pca_dim <= 4096)])
+            ('pca_dim', 8 <= self.pca_dim <= 4096), ('boundary_res_m', self.gsd_m <= self.boundary_res_m <= 100)])
 
     def scale(self, height_m: float) -> float:
         return scale_at(height_m, self.width, self.hfov_deg, self.gsd_m)
@@ -128,6 +134,7 @@ class PlaceMap:
     descriptors: np.ndarray      # (N, P) unit, PCA-projected
     pca_mean: np.ndarray         # (D,)
     pca_basis: np.ndarray        # (P, D)
+    boundary: np.ndarray         # (rows, cols) boundary orthomap, boundary_res_m per pixel, row 0 = y 0 (north edge)
     meta: MapMeta
 
     @property
@@ -160,7 +167,8 @@ class PlaceMap:
         save_file({'poses': np.ascontiguousarray(self.poses, np.float64),
                    'descriptors': np.ascontiguousarray(self.descriptors, np.float32),
                    'pca_mean': np.ascontiguousarray(self.pca_mean, np.float32),
-                   'pca_basis': np.ascontiguousarray(self.pca_basis, np.float32)}, str(tmp),
+                   'pca_basis': np.ascontiguousarray(self.pca_basis, np.float32),
+                   'boundary': np.ascontiguousarray(self.boundary, np.float32)}, str(tmp),
                   metadata={'gplq_ros': json.dumps(asdict(self.meta), sort_keys=True)})
         tmp.replace(path)
         path.with_suffix('.json').write_text(json.dumps(asdict(self.meta), indent=2) + '\n')
@@ -178,28 +186,46 @@ class PlaceMap:
         t = load_file(str(path))
         n, p = t['descriptors'].shape if t['descriptors'].ndim == 2 else (-1, -1)
         if (t['poses'].shape != (n, 4) or n != meta.n_tiles or t['pca_basis'].shape != (p, t['pca_mean'].shape[0])
-                or not np.isfinite(t['descriptors']).all()):
+                or not np.isfinite(t['descriptors']).all() or t['boundary'].ndim != 2):
             raise MapError(f'{path}: tensor shapes do not match ({n} tiles recorded as {meta.n_tiles})')
         if meta.backbone != BACKBONE_ID or (weights_sha256 and meta.weights_sha256 != weights_sha256):
             raise MapError(f'{path}: built with {meta.backbone} weights {meta.weights_sha256[:12]}..., '
                            f'the graph uses {str(weights_sha256)[:12]}...')
-        return cls(t['poses'], t['descriptors'], t['pca_mean'], t['pca_basis'], meta)
+        return cls(t['poses'], t['descriptors'], t['pca_mean'], t['pca_basis'], t['boundary'], meta)
 
 
-def build_map(ortho: np.ndarray, describe: Callable[[np.ndarray], np.ndarray], cfg: MapConfig, meta: MapMeta,
-              progress: Callable[[int, int], None] = lambda i, n: None) -> PlaceMap:
-    """Render every tile, describe it with ``describe`` (image -> (D,) VLAD), fit the PCA."""
+def boundary_shape(image_hw, cfg: MapConfig) -> Tuple[int, int]:
+    return (int(math.ceil(image_hw[0] * cfg.gsd_m / cfg.boundary_res_m)),
+            int(math.ceil(image_hw[1] * cfg.gsd_m / cfg.boundary_res_m)))
+
+
+def build_map(ortho: np.ndarray, describe: Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]], cfg: MapConfig,
+              meta: MapMeta, progress: Callable[[int, int], None] = lambda i, n: None) -> PlaceMap:
+    """Render every tile, describe it with ``describe`` (image -> (D,) VLAD, (H, W) boundary map
+    at image resolution), fit the PCA, average the boundary maps on the orthophoto."""
     poses = tile_poses(ortho.shape[:2], cfg)
+    rows, cols = boundary_shape(ortho.shape[:2], cfg)
+    acc, cnt = np.zeros((rows, cols), np.float64), np.zeros((rows, cols), np.float64)
+    to_map = cfg.gsd_m / cfg.boundary_res_m            # orthophoto pixels -> boundary orthomap pixels
     desc = []
     for i, pose in enumerate(poses):
-        desc.append(np.asarray(describe(render_tile(ortho, pose, cfg)), np.float32))
+        d, b = describe(render_tile(ortho, pose, cfg))
+        desc.append(np.asarray(d, np.float32))
+        a = window_affine(pose[0] / cfg.gsd_m, -pose[1] / cfg.gsd_m, pose[2], cfg.scale(pose[3]), cfg.width,
+                          cfg.height) * to_map
+        w = cv2.warpAffine(np.asarray(b, np.float32), a, (cols, rows), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+        ok = np.isfinite(w)
+        acc[ok] += w[ok]
+        cnt[ok] += 1
         progress(i + 1, len(poses))
     desc = np.stack(desc)
+    boundary = np.where(cnt > 0, acc / np.maximum(cnt, 1), 0.0).astype(np.float32)
     mean, basis, explained = fit_pca(desc, cfg.pca_dim)
     meta.n_tiles, meta.pca_explained, meta.image_hw = len(poses), explained, list(ortho.shape[:2])
     meta.config = asdict(cfg)
     proj = l2_normalize((desc - mean) @ basis.T)
-    return PlaceMap(poses, proj.astype(np.float32), mean, basis, meta)
+    return PlaceMap(poses, proj.astype(np.float32), mean, basis, boundary, meta)
 
 
 def build_map_file(image: Path, out: Path, reference_graph: Path, vocabulary: Path, cfg: MapConfig,
@@ -221,6 +247,10 @@ def build_map_file(image: Path, out: Path, reference_graph: Path, vocabulary: Pa
                    vocabulary_sha256=vocabulary_id(vocab.centers), reference_graph=Path(reference_graph).name,
                    source_image=Path(image).name, source_sha256=sha256_file(image), image_hw=[], config={},
                    georef=georef.to_dict() if georef else None)
-    pm = build_map(read_rgb(Path(image)), lambda img: engine(img).descriptor, cfg, meta, progress)
+
+    def describe(img):
+        out = engine(img)
+        return out.descriptor, out.boundary_full
+    pm = build_map(read_rgb(Path(image)), describe, cfg, meta, progress)
     pm.save(out, force=force)
     return pm
