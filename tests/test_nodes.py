@@ -723,8 +723,9 @@ def test_localizer_in_the_flight_publishes_poses_a_navigation_stack_can_fuse(
         assert m.pose.pose.position.z == 0 and abs(np.hypot(m.pose.pose.orientation.z, m.pose.pose.orientation.w)
                                                    - 1) < 1e-9
         err.append(np.hypot(*(np.array([m.pose.pose.position.x, m.pose.pose.position.y]) - true[key(m)])))
-    # a 16 m grid with 4 headings: coarse, but the fixes follow the flight
-    assert np.median(err) < 12, np.percentile(err, [50, 95])
+    # a coarse map (16 m grid, 4 headings) and the boundary-map refinement: measured p50 0.6 m, p95 2.2 m
+    err = np.array(err)
+    assert np.median(err) < 2.5 and np.mean(err <= 5) >= 0.85, np.percentile(err, [50, 95])
     geo = PlaceMap.load(place_map).georef
     by_key = {key(m): m for m in poses}
     assert len(fixes) == len(poses)

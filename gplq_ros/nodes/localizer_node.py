@@ -51,7 +51,8 @@ RANGES = {'top_k': (1, 1000), 'cluster_radius_m': (0.1, 1000.0), 'temperature': 
           'min_margin': (0.0, 1.99), 'sigma_floor_m': (0.01, 1000.0), 'measurement_scale': (0.01, 1000.0),
           'accel_sigma': (0.001, 100.0), 'max_speed_mps': (0.1, 500.0), 'gate_chi2': (0.1, 1000.0),
           'init_fixes': (1, 100), 'reset_after': (1, 10000), 'search_radius_m': (0.5, 100.0),
-          'yaw_span_deg': (0.0, 90.0), 'min_ncc': (-1.0, 1.0), 'refine_sigma_m': (0.01, 100.0)}
+          'yaw_span_deg': (0.0, 90.0), 'min_ncc': (-1.0, 1.0), 'refine_sigma_m': (0.01, 100.0),
+          'height_ratio_min': (0.1, 1.0), 'height_ratio_max': (1.0, 10.0)}
 HELP = {'top_k': 'tiles retrieved per frame', 'cluster_radius_m': 'top-k tiles this close to the best are the same '
         'place', 'temperature': 'score softness of the top-k position weights',
         'min_margin': 'no measurement when the best other place scores within this of the best',
@@ -64,7 +65,9 @@ HELP = {'top_k': 'tiles retrieved per frame', 'cluster_radius_m': 'top-k tiles t
         'search_radius_m': 'refinement: translations searched around the retrieved position, m',
         'yaw_span_deg': 'refinement: yaws searched around the retrieved yaw, degrees',
         'min_ncc': 'refinement: a weaker boundary-map match keeps the retrieval measurement',
-        'refine_sigma_m': 'refinement: standard deviation of a refined position, m'}
+        'refine_sigma_m': 'refinement: standard deviation of a refined position, m',
+        'height_ratio_min': 'refinement without a track: lowest height searched, times the lowest map height',
+        'height_ratio_max': 'refinement without a track: highest height searched, times the highest map height'}
 
 
 def yaw_quaternion(yaw: float):

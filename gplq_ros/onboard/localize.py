@@ -51,7 +51,9 @@ class LocalizerConfig:
     search_radius_m: float = 12.0     # translations searched around the retrieved position
     yaw_span_deg: float = 20.0        # yaws searched around the retrieved yaw
     min_ncc: float = 0.3              # a weaker best match keeps the retrieval measurement
-    refine_sigma_m: float = 1.5       # standard deviation of a refined position
+    refine_sigma_m: float = 2.0       # standard deviation of a refined position
+    height_ratio_min: float = 0.7     # heights searched without a track: from 0.7x the lowest map height ...
+    height_ratio_max: float = 1.6     # ... to 1.6x the highest
 
     def __post_init__(self):
         check_fields(self, [
@@ -63,7 +65,9 @@ class LocalizerConfig:
             ('gate_chi2', 0.1 <= self.gate_chi2 <= 1000), ('init_fixes', 1 <= self.init_fixes <= 100),
             ('reset_after', 1 <= self.reset_after <= 10000),
             ('search_radius_m', 0 < self.search_radius_m <= 100), ('yaw_span_deg', 0 <= self.yaw_span_deg <= 90),
-            ('min_ncc', -1 <= self.min_ncc <= 1), ('refine_sigma_m', 0.01 <= self.refine_sigma_m <= 100)])
+            ('min_ncc', -1 <= self.min_ncc <= 1), ('refine_sigma_m', 0.01 <= self.refine_sigma_m <= 100),
+            ('height_ratio_min', 0.1 <= self.height_ratio_min <= 1),
+            ('height_ratio_max', 1 <= self.height_ratio_max <= 10)])
 
 
 @dataclass
@@ -102,14 +106,14 @@ class BoundaryMatcher:
     point of the orthomap (the flight simulator's camera model); its score is the normalized
     cross-correlation of the frame's values with the orthomap's there (bilinear). Coarse
     search: translations every 2 m within ``radius``, yaws every 10 deg within ``span``,
-    heights from 0.8x the lowest to 1.25x the highest map height (ratio 1.1); fine search
-    around the best: 0.5 m, 2.5 deg, ratio 1.05."""
+    heights from ``ratios[0]`` x the lowest to ``ratios[1]`` x the highest map height (ratio
+    1.1); fine search around the best: 0.5 m, 2.5 deg, ratio 1.05."""
 
-    def __init__(self, pmap: PlaceMap):
+    def __init__(self, pmap: PlaceMap, ratios=(0.7, 1.6)):
         mc = pmap.config
         self.g = np.ascontiguousarray(pmap.boundary, np.float32)
         self.res, self.mc = mc.boundary_res_m, mc
-        lo, hi = 0.8 * min(mc.heights_m), 1.25 * max(mc.heights_m)
+        lo, hi = ratios[0] * min(mc.heights_m), ratios[1] * max(mc.heights_m)
         self.heights = lo * 1.1 ** np.arange(int(math.log(hi / lo) / math.log(1.1)) + 2)
         self._pattern = {}
 
@@ -150,13 +154,16 @@ class BoundaryMatcher:
         gx, gy = np.meshgrid(r, r)
         return np.stack([gx.ravel(), gy.ravel()], axis=1)
 
-    def refine(self, q: np.ndarray, xy: np.ndarray, yaw: float, radius: float, span_deg: float):
-        """(ncc, xy, yaw, height) of the best candidate."""
+    def refine(self, q: np.ndarray, xy: np.ndarray, yaw: float, radius: float, span_deg: float,
+               height: Optional[float] = None):
+        """(ncc, xy, yaw, height) of the best candidate; ``height``: search only the heights
+        next to it (tracking), else all."""
         yaws = yaw + np.radians(np.arange(-span_deg, span_deg + 1e-9, 10.0))
         offs = self._grid(radius, 2.0)
-        sc = self.scores(q, xy, offs, yaws, self.heights)
+        heights = self.heights if height is None else height * 1.1 ** np.arange(-1, 2)
+        sc = self.scores(q, xy, offs, yaws, heights)
         iy, ih, io = np.unravel_index(int(np.argmax(sc)), sc.shape)
-        xy1, yaw1, h1 = xy + offs[io], yaws[iy], self.heights[ih]
+        xy1, yaw1, h1 = xy + offs[io], yaws[iy], heights[ih]
         yaws = yaw1 + np.radians([-5.0, -2.5, 0.0, 2.5, 5.0])
         heights = h1 * 1.05 ** np.arange(-1, 2)
         offs = self._grid(1.5, 0.5)
@@ -171,7 +178,7 @@ class Localizer:
         mc = pmap.config
         self.grid_var = mc.stride_m ** 2 / 12.0
         self.heading_var = (2 * math.pi / mc.headings) ** 2 / 12.0
-        self.matcher = BoundaryMatcher(pmap) if cfg.refine else None
+        self.matcher = BoundaryMatcher(pmap, (cfg.height_ratio_min, cfg.height_ratio_max)) if cfg.refine else None
         self.reset()
         self.fixes = self.frames = self.rejected_total = 0
 
@@ -182,18 +189,26 @@ class Localizer:
         self.pending: List[tuple] = []               # (t, Measurement) agreeing candidates for a start
         self.rejected = 0
         self.last_fix: Optional[tuple] = None        # (t, xy, sigma)
+        self.last_refined: Optional[tuple] = None    # (yaw, height) of the last refined fix
 
     # -- 1 + 2: one frame's measurement ---------------------------------------------------------------
-    def measure(self, descriptor: np.ndarray, boundary: Optional[np.ndarray] = None) -> Measurement:
+    def measure(self, descriptor: np.ndarray, boundary: Optional[np.ndarray] = None, prior=None) -> Measurement:
         """The retrieval measurement; refined with ``boundary`` (the frame's (gh, gw) boundary map)
-        when the localizer refines and the match reaches ``min_ncc``."""
+        when the localizer refines and the match reaches ``min_ncc``. The refinement searches
+        around the retrieval (``search_radius_m``, ``yaw_span_deg``, every height), or, with
+        ``prior`` = (xy, radius, yaw, height) from the running filter, around that."""
         meas = self._retrieve(descriptor)
         if boundary is None or self.matcher is None:
             return meas
         b = np.asarray(boundary, np.float32)
         if b.ndim != 2 or b.size < 16 or not np.isfinite(b).all():
             raise ValueError(f'boundary map shape {b.shape}: expected a finite (rows, cols) patch grid')
-        ncc, xy, yaw, h = self.matcher.refine(b, meas.xy, meas.yaw, self.cfg.search_radius_m, self.cfg.yaw_span_deg)
+        if prior is None:
+            ncc, xy, yaw, h = self.matcher.refine(b, meas.xy, meas.yaw, self.cfg.search_radius_m,
+                                                  self.cfg.yaw_span_deg)
+        else:
+            pxy, radius, pyaw, ph = prior
+            ncc, xy, yaw, h = self.matcher.refine(b, pxy, pyaw, radius, min(10.0, self.cfg.yaw_span_deg), ph)
         meas.ncc = ncc
         if ncc >= self.cfg.min_ncc:
             meas.xy, meas.yaw, meas.height_m = xy, yaw, h
@@ -237,6 +252,17 @@ class Localizer:
         qm[np.ix_([1, 3], [1, 3])] = q1
         self.x, self.P, self.t = f @ self.x, f @ self.P @ f.T + qm, t
 
+    def _prior(self, t: float):
+        """While tracking with refined fixes: the search centre, radius (3 sigma of the predicted
+        position + 2 m, at least 4 m, at most search_radius_m), yaw and height of the last fix."""
+        if self.x is None or self.last_refined is None or self.matcher is None:
+            return None
+        dt = max(t - self.t, 0.0)
+        xy = self.x[:2] + self.x[2:] * dt
+        var = float(max(np.linalg.eigvalsh(self.P[:2, :2]))) + float(max(np.linalg.eigvalsh(self.P[2:, 2:]))) * dt ** 2
+        radius = min(max(3 * math.sqrt(var) + 2.0, 4.0), self.cfg.search_radius_m)
+        return xy, radius, self.last_refined[0], self.last_refined[1]
+
     def _reachable(self, t: float, prev_t: float, prev_xy, prev_sigma: float, meas: Measurement) -> bool:
         sigma = math.sqrt(max(np.linalg.eigvalsh(meas.cov)))
         reach = self.cfg.max_speed_mps * max(t - prev_t, 0.0) + 3 * (sigma + prev_sigma)
@@ -261,6 +287,7 @@ class Localizer:
 
     def _fix(self, t: float, meas: Measurement) -> Estimate:
         cov = 0.5 * (self.P[:2, :2] + self.P[:2, :2].T)
+        self.last_refined = (meas.yaw, meas.height_m) if np.isfinite(meas.height_m) else None
         self.last_fix = (t, self.x[:2].copy(), math.sqrt(max(np.linalg.eigvalsh(cov))))
         self.fixes += 1
         return Estimate(t, meas, fix=True, xy=self.x[:2].copy(), cov=cov)
@@ -271,7 +298,7 @@ class Localizer:
         self.frames += 1
         if self.t is not None and t < self.t:                 # clock jumped back (bag replayed): start over
             self.reset()
-        meas = self.measure(descriptor, boundary)
+        meas = self.measure(descriptor, boundary, self._prior(t))
         if meas.margin < self.cfg.min_margin:
             return self._reject(t, meas, 'ambiguous')
         if self.x is None:

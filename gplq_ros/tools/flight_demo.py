@@ -6,7 +6,7 @@
 2. the onboard graphs for 640x480 cameras: the packed GPLQ graph and the FP32 reference,
    exported if missing or stale (``offline.api.ensure_onboard_models``);
 3. the place map of the flight's orthophoto (``DEMO_MAP``, gplq_map's library call with the FP32
-   graph), built if none is cached (about 10 minutes on 2 cores);
+   graph), built if none is cached (about 4 minutes on 2 cores);
 4. the bringup of ``gplq_ros.bringup.description`` (simulated flight over a NEON orthophoto,
    feature_node, monitor_node, localizer_node) for ``--duration`` seconds while gplq_record
    records a bag;
@@ -26,12 +26,13 @@ from gplq_ros.onboard.paths import default_images_dir, default_vocab, gplq_home
 from gplq_ros.onboard.placemap import MapConfig, PlaceMap, build_map_file
 from gplq_ros.tools.common import cli
 
-# the simulated flight's altitude range (40 m +- 25 %) and camera, 8 m grid, 8 headings
-DEMO_MAP = MapConfig(stride_m=8.0, headings=8, heights_m=(32.0, 40.0, 50.0), gsd_m=0.1)
+# the simulated flight's camera at its mean height (the localizer's refinement finds the height), 8 m grid,
+# 8 headings (benchmarks/localize_flight.py)
+DEMO_MAP = MapConfig(stride_m=8.0, headings=8, heights_m=(40.0,), gsd_m=0.1)
 
 
 def ensure_demo_map(reference_model: str, log) -> Path:
-    path = gplq_home() / 'onboard' / f'map_{Path(DEFAULT_ORTHO).stem}_s8_h8_z32-40-50.safetensors'
+    path = gplq_home() / 'onboard' / f'map_{Path(DEFAULT_ORTHO).stem}_s8_h8_z40.safetensors'
     if path.is_file():
         PlaceMap.load(path)       # a clear error if it is from another gplq_ros version
         return path
