@@ -41,6 +41,7 @@ from gplq_ros.onboard.image_codec import ImageFormatError
 from gplq_ros.onboard.localize import Localizer, LocalizerConfig
 from gplq_ros.onboard.messages import decode_descriptor, decode_map
 from gplq_ros.onboard.paths import vocabulary_parameter
+from gplq_ros.onboard.pipeline import single_thread_blas
 from gplq_ros.onboard.placemap import MapError, PlaceMap
 from gplq_ros.onboard.stats import LatencyWindow
 from gplq_ros.onboard.status import Level
@@ -109,6 +110,7 @@ class LocalizerNode(ManagedNode):
         if vocab.meta.weights_sha256 != pmap.meta.weights_sha256:
             raise MapError(f'parameter map={p["map"]!r}: built for other backbone weights than the vocabulary')
         cfg = LocalizerConfig(refine=p['refine'], **{k: p[k] for k in RANGES})
+        single_thread_blas()      # a few ms of numpy per frame beside the feature node's graph runtime
         self.localizer = Localizer(pmap, cfg)
         self.georef = pmap.georef
         self.counts = {'ambiguous': 0, 'initialising': 0, 'jump': 0, 'gate': 0, 'lost': 0, 'malformed': 0,

@@ -156,17 +156,19 @@ class BoundaryMatcher:
 
     def refine(self, q: np.ndarray, xy: np.ndarray, yaw: float, radius: float, span_deg: float,
                height: Optional[float] = None):
-        """(ncc, xy, yaw, height) of the best candidate; ``height``: search only the heights
-        next to it (tracking), else all."""
-        yaws = yaw + np.radians(np.arange(-span_deg, span_deg + 1e-9, 10.0))
+        """(ncc, xy, yaw, height) of the best candidate. Without ``height`` (acquisition): every
+        height, yaws every 10 deg, then a fine search +-1.5 m, +-5 deg. With ``height`` (tracking:
+        the last fix's): the three heights next to it, yaws every 5 deg, then +-1 m, +-2.5 deg."""
+        tracking = height is not None
+        yaws = yaw + np.radians(np.arange(-span_deg, span_deg + 1e-9, 5.0 if tracking else 10.0))
         offs = self._grid(radius, 2.0)
-        heights = self.heights if height is None else height * 1.1 ** np.arange(-1, 2)
+        heights = height * 1.1 ** np.arange(-1, 2) if tracking else self.heights
         sc = self.scores(q, xy, offs, yaws, heights)
         iy, ih, io = np.unravel_index(int(np.argmax(sc)), sc.shape)
         xy1, yaw1, h1 = xy + offs[io], yaws[iy], heights[ih]
-        yaws = yaw1 + np.radians([-5.0, -2.5, 0.0, 2.5, 5.0])
+        yaws = yaw1 + np.radians([-2.5, 0.0, 2.5] if tracking else [-5.0, -2.5, 0.0, 2.5, 5.0])
         heights = h1 * 1.05 ** np.arange(-1, 2)
-        offs = self._grid(1.5, 0.5)
+        offs = self._grid(1.0 if tracking else 1.5, 0.5)
         sc = self.scores(q, xy1, offs, yaws, heights)
         iy, ih, io = np.unravel_index(int(np.argmax(sc)), sc.shape)
         return float(sc[iy, ih, io]), xy1 + offs[io], float(yaws[iy]), float(heights[ih])
