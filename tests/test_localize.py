@@ -26,6 +26,16 @@ def test_utm_to_wgs84_matches_proj(zone, north, e, n):
     assert abs(got[0] - lat) < 1e-8 and abs(got[1] - lon) < 1e-8, (got, lat, lon)
 
 
+def test_utm_to_wgs84_hand_computed_points():
+    """Points known without a projection library: the equator on a central meridian, and 1
+    degree of latitude along zone 31's central meridian (WGS-84 meridian arc 0..1 deg =
+    110,574.389 m, scaled by k0 = 0.9996)."""
+    assert utm_to_wgs84(500000.0, 0.0, 31, True) == pytest.approx((0.0, 3.0), abs=1e-12)
+    assert utm_to_wgs84(500000.0, 10_000_000.0, 31, False) == pytest.approx((0.0, 3.0), abs=1e-9)
+    lat, lon = utm_to_wgs84(500000.0, 0.9996 * 110574.389, 31, True)
+    assert lat == pytest.approx(1.0, abs=1e-6) and lon == pytest.approx(3.0, abs=1e-12)
+
+
 def test_zone_and_world_file_parsing(tmp_path):
     assert parse_zone('12n') == (12, True) and parse_zone('33S') == (33, False)
     for bad in ('12', '61N', 'XN', ''):
