@@ -66,7 +66,8 @@ def main():
     map_path = args.out / f'{tag}.safetensors'
     if not map_path.is_file():
         t0 = time.perf_counter()
-        pm = build_map_file(image, map_path, models['reference_model'], default_vocab(), cfg)
+        pm = build_map_file(image, map_path, models['reference_model'], default_vocab(), cfg,
+                            progress=lambda i, n: print(f'{i}/{n} tiles', flush=True) if i % 1000 == 0 else None)
         print(f'map {map_path}: {pm.meta.n_tiles} tiles in {time.perf_counter() - t0:.0f} s, '
               f'PCA {pm.descriptors.shape[1]} dims explain {pm.meta.pca_explained:.3f}')
     pmap = PlaceMap.load(map_path)

@@ -188,6 +188,20 @@ def test_boundary_refinement_recovers_position_yaw_and_height():
         loc.measure(d, np.ones(5, np.float32))
 
 
+def test_randomized_pca_matches_the_exact_one():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(600, 20)) * np.geomspace(5, 0.5, 20)) @ rng.normal(size=(20, 900)) \
+        + 0.05 * rng.normal(size=(600, 900))
+    mean, basis, explained = fit_pca(x, 16)
+    xc = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    assert explained == pytest.approx(float((s[:16] ** 2).sum() / (s ** 2).sum()), rel=1e-4)
+    assert np.allclose(mean, x.mean(axis=0), atol=1e-5) and basis.shape == (16, 900)
+    assert np.linalg.norm(basis @ vt[:16].T) ** 2 / 16 > 0.999     # the same subspace
+    with pytest.raises(MapError, match='at least 2'):
+        fit_pca(x[:1], 16)
+
+
 def test_inside_ellipse():
     cov = np.array([[4.0, 0.0], [0.0, 1.0]])
     assert inside_ellipse(np.array([3.9, 0.0]), cov) and not inside_ellipse(np.array([0.0, 2.1]), cov)

@@ -114,17 +114,27 @@ def render_tile(ortho: np.ndarray, pose: np.ndarray, cfg: MapConfig) -> np.ndarr
     return render_window(ortho, x / cfg.gsd_m, -y / cfg.gsd_m, yaw, cfg.scale(z), cfg.width, cfg.height)
 
 
-def fit_pca(desc: np.ndarray, dim: int) -> Tuple[np.ndarray, np.ndarray, float]:
-    """Mean (D,), basis (P, D) of the top ``dim`` principal directions, explained variance share."""
-    x = np.asarray(desc, np.float64)
+def fit_pca(desc: np.ndarray, dim: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, float]:
+    """Mean (D,), basis (P, D) of the top ``dim`` principal directions, explained variance share.
+
+    Randomized (Halko et al. 2011: Gaussian sketch of dim + 16 columns, 3 power iterations):
+    a full SVD of a 13,000 x 12,288 matrix ran for over 20 minutes here; this takes seconds."""
+    x = np.asarray(desc, np.float32)
+    n, d = x.shape
+    p = min(dim, n - 1)
+    if p < 1:
+        raise MapError(f'{n} tiles: a map needs at least 2')
     mean = x.mean(axis=0)
     xc = x - mean
-    # the Gram matrix is N x N: cheaper than the D x D covariance for maps of a few thousand tiles
-    p = min(dim, x.shape[0] - 1)
-    if p < 1:
-        raise MapError(f'{x.shape[0]} tiles: a map needs at least 2')
-    u, s, vt = np.linalg.svd(xc, full_matrices=False)
-    explained = float((s[:p] ** 2).sum() / max((s ** 2).sum(), 1e-30))
+    k = min(p + 16, n, d)
+    y = xc @ np.random.default_rng(seed).standard_normal((d, k)).astype(np.float32)
+    for _ in range(3):
+        y, _ = np.linalg.qr(y)
+        y = xc @ (xc.T @ y)
+    q, _ = np.linalg.qr(y)
+    _, sv, vt = np.linalg.svd(q.T @ xc, full_matrices=False)
+    total = float(np.square(xc, dtype=np.float64).sum())
+    explained = float((sv[:p].astype(np.float64) ** 2).sum() / max(total, 1e-30))
     return mean.astype(np.float32), vt[:p].astype(np.float32), explained
 
 
