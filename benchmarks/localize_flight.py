@@ -12,7 +12,8 @@ are cached under --out so that localizer settings can be compared without the Vi
 Flights: ``demo`` = the demo orthophoto (NEON YELL, 10 cm; used in calibration and the
 vocabulary: for tuning only), ``vegas`` = SpaceNet WorldView-3 pan of Las Vegas (0.3 m;
 never used in calibration or the vocabulary: the held-out flight), ``vegas_high`` = the same
-map flown at 55 m mean height, 41-69 m (map built for 40 m).
+map flown at 55 m mean height, 41-69 m (map built for 40 m), ``atlanta`` = SpaceNet WorldView-3
+pan of Atlanta (0.3 m; held out like vegas).
 """
 import argparse
 import json
@@ -34,6 +35,7 @@ FLIGHTS = {
     'demo': (default_images_dir() / DEFAULT_ORTHO, 0.1, 40.0),
     'vegas': (gplq_home() / 'eval_images' / 'spacenet_worldview_pan' / 'vegas.png', 0.3, 40.0),
     'vegas_high': (gplq_home() / 'eval_images' / 'spacenet_worldview_pan' / 'vegas.png', 0.3, 55.0),
+    'atlanta': (gplq_home() / 'eval_images' / 'spacenet_worldview_pan' / 'atlanta.png', 0.3, 40.0),
 }
 
 

@@ -160,23 +160,11 @@ def test_localizer_refuses_an_ambiguous_place():
 def test_boundary_refinement_recovers_position_yaw_and_height():
     """A frame's boundary map sampled from a smooth random orthomap at a known pose: from a
     retrieval 7 m and 12 degrees off, the refinement lands within 0.5 m, 3 degrees, 6 %."""
-    import cv2
-
     from gplq_ros.onboard.localize import BoundaryMatcher
-    rng = np.random.default_rng(3)
-    g = cv2.GaussianBlur(rng.uniform(0, 1, (400, 400)).astype(np.float32), (0, 0), 4)
-    pmap = _synthetic_map(_feature_fn())
-    pmap.meta.config = dict(pmap.meta.config, boundary_res_m=0.5, width=640, height=480, hfov_deg=70.0)
-    pmap.boundary = g
-    m = BoundaryMatcher(pmap)
+    pmap, frame = _refinement_world()
     true_xy, true_yaw, true_h = np.array([100.0, -90.0]), 0.7, 43.0
-    u, v = m.pattern((12, 16))
-    c, s_ = math.cos(true_yaw), math.sin(true_yaw)
-    k = pmap.config.scale(true_h) * pmap.config.gsd_m
-    x, y = true_xy[0] + k * (u * c + v * s_), true_xy[1] + k * (u * s_ - v * c)
-    q = cv2.remap(g, (x / 0.5).astype(np.float32)[None], (-y / 0.5).astype(np.float32)[None],
-                  cv2.INTER_LINEAR).reshape(12, 16)
-    ncc, xy, yaw, h = m.refine(q, true_xy + [5.0, -5.0], true_yaw + math.radians(12), 12.0, 20.0)
+    q = frame(true_xy, true_yaw, true_h)
+    ncc, xy, yaw, h = BoundaryMatcher(pmap).refine(q, true_xy + [5.0, -5.0], true_yaw + math.radians(12), 12.0, 20.0)
     assert ncc > 0.95 and np.hypot(*(xy - true_xy)) < 0.5 and abs(math.degrees(yaw - true_yaw)) < 3
     assert abs(h / true_h - 1) < 0.06
     # through the localizer: the refined measurement has the refinement's covariance
@@ -186,20 +174,6 @@ def test_boundary_refinement_recovers_position_yaw_and_height():
     assert meas.ncc > 0.95 and np.allclose(meas.cov, 2.25 * np.eye(2)) and np.hypot(*(meas.xy - true_xy)) < 0.5
     with pytest.raises(ValueError, match='boundary map shape'):
         loc.measure(d, np.ones(5, np.float32))
-
-
-def test_randomized_pca_matches_the_exact_one():
-    rng = np.random.default_rng(0)
-    x = (rng.normal(size=(600, 20)) * np.geomspace(5, 0.5, 20)) @ rng.normal(size=(20, 900)) \
-        + 0.05 * rng.normal(size=(600, 900))
-    mean, basis, explained = fit_pca(x, 16)
-    xc = x - x.mean(axis=0)
-    _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    assert explained == pytest.approx(float((s[:16] ** 2).sum() / (s ** 2).sum()), rel=1e-4)
-    assert np.allclose(mean, x.mean(axis=0), atol=1e-5) and basis.shape == (16, 900)
-    assert np.linalg.norm(basis @ vt[:16].T) ** 2 / 16 > 0.999     # the same subspace
-    with pytest.raises(MapError, match='at least 2'):
-        fit_pca(x[:1], 16)
 
 
 def test_inside_ellipse():

@@ -53,7 +53,8 @@ RANGES = {'top_k': (1, 1000), 'cluster_radius_m': (0.1, 1000.0), 'temperature': 
           'accel_sigma': (0.001, 100.0), 'max_speed_mps': (0.1, 500.0), 'gate_chi2': (0.1, 1000.0),
           'init_fixes': (1, 100), 'reset_after': (1, 10000), 'search_radius_m': (0.5, 100.0),
           'yaw_span_deg': (0.0, 90.0), 'min_ncc': (-1.0, 1.0), 'refine_sigma_m': (0.01, 100.0),
-          'height_ratio_min': (0.1, 1.0), 'height_ratio_max': (1.0, 10.0)}
+          'height_ratio_min': (0.1, 1.0), 'height_ratio_max': (1.0, 10.0), 'recheck_every': (0, 10000),
+          'recheck_margin': (0.0, 2.0), 'recheck_confirm': (1, 100)}
 HELP = {'top_k': 'tiles retrieved per frame', 'cluster_radius_m': 'top-k tiles this close to the best are the same '
         'place', 'temperature': 'score softness of the top-k position weights',
         'min_margin': 'no measurement when the best other place scores within this of the best',
@@ -68,7 +69,11 @@ HELP = {'top_k': 'tiles retrieved per frame', 'cluster_radius_m': 'top-k tiles t
         'min_ncc': 'refinement: a weaker boundary-map match keeps the retrieval measurement',
         'refine_sigma_m': 'refinement: standard deviation of a refined position, m',
         'height_ratio_min': 'refinement without a track: lowest height searched, times the lowest map height',
-        'height_ratio_max': 'refinement without a track: highest height searched, times the highest map height'}
+        'height_ratio_max': 'refinement without a track: highest height searched, times the highest map height',
+        'recheck_every': 'while tracking, every n-th frame whose retrieval points elsewhere also searches there '
+        '(0: never)',
+        'recheck_margin': 'a place matching this much better (NCC) than the track is a challenger',
+        'recheck_confirm': 'challenger rechecks in a row that restart the filter on it'}
 
 
 def yaw_quaternion(yaw: float):
@@ -217,7 +222,8 @@ class LocalizerNode(ManagedNode):
                       last_score=last.measurement.score if last else None,
                       last_margin=last.measurement.margin if last else None,
                       last_ncc=last.measurement.ncc if last else None,
-                      map_tiles=loc.map.meta.n_tiles, query_p50_ms=self.query_ms.summary()['p50_ms'],
+                      map_tiles=loc.map.meta.n_tiles, recheck_restarts=loc.recheck_restarts,
+                      query_p50_ms=self.query_ms.summary()['p50_ms'],
                       lifecycle_state=self.state_label,
                       **{f'no_fix_{k}': v for k, v in self.counts.items()})
         self.pub_diag.publish(diag.array(self.get_clock().now().to_msg(), [

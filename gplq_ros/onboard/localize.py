@@ -54,6 +54,9 @@ class LocalizerConfig:
     refine_sigma_m: float = 2.0       # standard deviation of a refined position
     height_ratio_min: float = 0.7     # heights searched without a track: from 0.7x the lowest map height ...
     height_ratio_max: float = 1.6     # ... to 1.6x the highest
+    recheck_every: int = 10           # while tracking, every n-th frame also searches around the retrieval ...
+    recheck_margin: float = 0.1       # ... and a place matching this much better (NCC) ...
+    recheck_confirm: int = 2          # ... in this many rechecks in a row restarts the filter there
 
     def __post_init__(self):
         check_fields(self, [
@@ -67,7 +70,8 @@ class LocalizerConfig:
             ('search_radius_m', 0 < self.search_radius_m <= 100), ('yaw_span_deg', 0 <= self.yaw_span_deg <= 90),
             ('min_ncc', -1 <= self.min_ncc <= 1), ('refine_sigma_m', 0.01 <= self.refine_sigma_m <= 100),
             ('height_ratio_min', 0.1 <= self.height_ratio_min <= 1),
-            ('height_ratio_max', 1 <= self.height_ratio_max <= 10)])
+            ('height_ratio_max', 1 <= self.height_ratio_max <= 10), ('recheck_every', 0 <= self.recheck_every <= 10000),
+            ('recheck_margin', 0 <= self.recheck_margin <= 2), ('recheck_confirm', 1 <= self.recheck_confirm <= 100)])
 
 
 @dataclass
@@ -81,6 +85,8 @@ class Measurement:
     tile: int                # best tile index
     ncc: float = float('nan')   # boundary-map match of the refinement (nan: not refined)
     height_m: float = float('nan')
+    retrieval_xy: Optional[np.ndarray] = None    # the retrieval's position and yaw, before the refinement
+    retrieval_yaw: float = float('nan')
 
 
 @dataclass
@@ -182,7 +188,7 @@ class Localizer:
         self.heading_var = (2 * math.pi / mc.headings) ** 2 / 12.0
         self.matcher = BoundaryMatcher(pmap, (cfg.height_ratio_min, cfg.height_ratio_max)) if cfg.refine else None
         self.reset()
-        self.fixes = self.frames = self.rejected_total = 0
+        self.fixes = self.frames = self.rejected_total = self.recheck_restarts = 0
 
     def reset(self) -> None:
         self.x: Optional[np.ndarray] = None          # (4,) x, y, vx, vy
@@ -192,6 +198,8 @@ class Localizer:
         self.rejected = 0
         self.last_fix: Optional[tuple] = None        # (t, xy, sigma)
         self.last_refined: Optional[tuple] = None    # (yaw, height) of the last refined fix
+        self.since_recheck = 0
+        self.challenger: Optional[tuple] = None      # (t, xy, count) of a better-matching place than the track
 
     # -- 1 + 2: one frame's measurement ---------------------------------------------------------------
     def measure(self, descriptor: np.ndarray, boundary: Optional[np.ndarray] = None, prior=None) -> Measurement:
@@ -200,6 +208,7 @@ class Localizer:
         around the retrieval (``search_radius_m``, ``yaw_span_deg``, every height), or, with
         ``prior`` = (xy, radius, yaw, height) from the running filter, around that."""
         meas = self._retrieve(descriptor)
+        meas.retrieval_xy, meas.retrieval_yaw = meas.xy.copy(), meas.yaw
         if boundary is None or self.matcher is None:
             return meas
         b = np.asarray(boundary, np.float32)
@@ -300,7 +309,12 @@ class Localizer:
         self.frames += 1
         if self.t is not None and t < self.t:                 # clock jumped back (bag replayed): start over
             self.reset()
-        meas = self.measure(descriptor, boundary, self._prior(t))
+        prior = self._prior(t)
+        meas = self.measure(descriptor, boundary, prior)
+        if prior is not None and self._recheck(boundary, meas, prior, t):
+            self.reset()
+            self.recheck_restarts += 1
+            return self._start(t, meas)
         if meas.margin < self.cfg.min_margin:
             return self._reject(t, meas, 'ambiguous')
         if self.x is None:
@@ -320,6 +334,35 @@ class Localizer:
         self.P = 0.5 * (self.P + self.P.T)
         self.rejected = 0
         return self._fix(t, meas)
+
+    def _recheck(self, boundary, meas: Measurement, prior, t: float) -> bool:
+        """Guard against a track on the wrong place (a look-alike found at the start): every
+        ``recheck_every``-th tracked frame whose retrieval points outside the tracking search,
+        search around the retrieval too; when it matches ``recheck_margin`` better than the
+        track ``recheck_confirm`` times in a row at places the drone could fly between, the
+        measurement becomes that place and the caller restarts the filter on it."""
+        cfg = self.cfg
+        self.since_recheck += 1
+        if not cfg.recheck_every or self.since_recheck < cfg.recheck_every or not np.isfinite(meas.ncc):
+            return False
+        if float(np.hypot(*(meas.retrieval_xy - prior[0]))) <= prior[1]:
+            return False                               # the retrieval agrees with the track: nothing to check
+        self.since_recheck = 0
+        ncc, xy, yaw, h = self.matcher.refine(np.asarray(boundary, np.float32), meas.retrieval_xy,
+                                              meas.retrieval_yaw, cfg.search_radius_m, cfg.yaw_span_deg)
+        if ncc < meas.ncc + cfg.recheck_margin:
+            self.challenger = None
+            return False
+        ok = self.challenger is not None and \
+            float(np.hypot(*(xy - self.challenger[1]))) <= cfg.max_speed_mps * (t - self.challenger[0]) + \
+            3 * cfg.refine_sigma_m
+        count = self.challenger[2] + 1 if ok else 1
+        self.challenger = (t, xy, count)
+        if count < cfg.recheck_confirm:
+            return False
+        meas.xy, meas.yaw, meas.height_m, meas.ncc = xy, yaw, h, ncc
+        meas.cov = cfg.refine_sigma_m ** 2 * np.eye(2)
+        return True
 
     def _reject(self, t: float, meas: Measurement, reason: str) -> Estimate:
         self.rejected_total += 1
