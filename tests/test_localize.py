@@ -157,6 +157,27 @@ def test_localizer_refuses_an_ambiguous_place():
     assert clear.margin > 0.05 and np.hypot(*(clear.xy - [30.0, -50.0])) < 5
 
 
+def _refinement_world(seed=3):
+    """The synthetic map with a smooth random boundary orthomap, and a function that renders a
+    frame's 12x16 boundary map at (xy, yaw, height) from it."""
+    import cv2
+
+    from gplq_ros.onboard.localize import BoundaryMatcher
+    g = cv2.GaussianBlur(np.random.default_rng(seed).uniform(0, 1, (400, 400)).astype(np.float32), (0, 0), 4)
+    pmap = _synthetic_map(_feature_fn())
+    pmap.meta.config = dict(pmap.meta.config, boundary_res_m=0.5, width=640, height=480, hfov_deg=70.0)
+    pmap.boundary = g
+    u, v = BoundaryMatcher(pmap).pattern((12, 16))
+
+    def frame(xy, yaw, h):
+        c, s_ = math.cos(yaw), math.sin(yaw)
+        k = pmap.config.scale(h) * pmap.config.gsd_m
+        x, y = xy[0] + k * (u * c + v * s_), xy[1] + k * (u * s_ - v * c)
+        return cv2.remap(g, (x / 0.5).astype(np.float32)[None], (-y / 0.5).astype(np.float32)[None],
+                         cv2.INTER_LINEAR).reshape(12, 16)
+    return pmap, frame
+
+
 def test_boundary_refinement_recovers_position_yaw_and_height():
     """A frame's boundary map sampled from a smooth random orthomap at a known pose: from a
     retrieval 7 m and 12 degrees off, the refinement lands within 0.5 m, 3 degrees, 6 %."""
@@ -174,6 +195,41 @@ def test_boundary_refinement_recovers_position_yaw_and_height():
     assert meas.ncc > 0.95 and np.allclose(meas.cov, 2.25 * np.eye(2)) and np.hypot(*(meas.xy - true_xy)) < 0.5
     with pytest.raises(ValueError, match='boundary map shape'):
         loc.measure(d, np.ones(5, np.float32))
+
+
+def test_a_track_on_the_wrong_place_is_rechecked_and_moved():
+    """The filter tracks a wrong place (as after a look-alike at the start); frames whose
+    retrieval and boundary map show the true place: rechecks find it, two in a row restart the
+    filter there, and fixes follow the true track."""
+    pmap, frame = _refinement_world()
+    f = _feature_fn()
+    loc = Localizer(pmap, LocalizerConfig(recheck_every=5, recheck_confirm=2, init_fixes=2))
+    wrong, true = np.array([150.0, -150.0]), np.array([60.0, -60.0])
+    loc.x, loc.P, loc.t = np.array([*wrong, 0.0, 0.0]), np.diag([1.0, 1.0, 0.25, 0.25]), -0.1
+    loc.last_fix, loc.last_refined = (-0.1, wrong.copy(), 1.0), (0.0, 40.0)
+    est = [loc.update(f(*true, 0.0), 0.1 * i, frame(true, 0.0, 40.0)) for i in range(30)]
+    assert loc.recheck_restarts == 1
+    fixes = [e for e in est if e.fix]
+    assert fixes and all(np.hypot(*(e.xy - true)) < 1.0 for e in fixes[-5:])
+    # a track on the right place is left alone
+    loc2 = Localizer(pmap, LocalizerConfig(recheck_every=5))
+    for i in range(30):
+        loc2.update(f(*true, 0.0), 0.1 * i, frame(true, 0.0, 40.0))
+    assert loc2.recheck_restarts == 0 and loc2.fixes >= 27
+
+
+def test_randomized_pca_matches_the_exact_one():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(600, 20)) * np.geomspace(5, 0.5, 20)) @ rng.normal(size=(20, 900)) \
+        + 0.05 * rng.normal(size=(600, 900))
+    mean, basis, explained = fit_pca(x, 16)
+    xc = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    assert explained == pytest.approx(float((s[:16] ** 2).sum() / (s ** 2).sum()), rel=1e-4)
+    assert np.allclose(mean, x.mean(axis=0), atol=1e-5) and basis.shape == (16, 900)
+    assert np.linalg.norm(basis @ vt[:16].T) ** 2 / 16 > 0.999     # the same subspace
+    with pytest.raises(MapError, match='at least 2'):
+        fit_pca(x[:1], 16)
 
 
 def test_inside_ellipse():
