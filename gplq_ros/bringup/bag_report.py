@@ -205,11 +205,11 @@ def track_picture(loc: dict, path: Path, background=None, gsd_m: float = 0.0) ->
         sc = ax.scatter(tr[:, 3], tr[:, 4], c=err, cmap='viridis_r' if background is None else 'plasma', s=10,
                         vmin=0, vmax=max(10.0, float(np.percentile(err, 95))), label='fixes')
         fig.colorbar(sc, ax=ax, label='position error, m')
-    ax.set_aspect('equal')
+    ax.set_aspect('equal', adjustable='datalim')
     ax.set_xlabel('x east, m (map)')
     ax.set_ylabel('y north, m (map)')
-    ax.set_title(f'localizer: correct (<= 5 m) {loc["correct_fix_rate"]:.0%} of frames after the first fix, '
-                 f'p95 {loc["error_p95_m"]:.1f} m', fontsize=9)
+    ax.set_title(f'localizer: correct (<= 5 m) {loc["correct_fix_rate"]:.1%} of frames after the first fix\n'
+                 f'error p50 {loc["error_p50_m"]:.1f} m, p95 {loc["error_p95_m"]:.1f} m', fontsize=9)
     ax.legend(loc='upper right', fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

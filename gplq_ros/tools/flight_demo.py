@@ -24,6 +24,7 @@ from gplq_ros.offline.api import ensure_onboard_models
 from gplq_ros.onboard.flight import DEFAULT_ORTHO
 from gplq_ros.onboard.paths import default_images_dir, default_vocab, gplq_home
 from gplq_ros.onboard.placemap import MapConfig, PlaceMap, build_map_file
+from gplq_ros.onboard.preprocess import read_rgb
 from gplq_ros.tools.common import cli
 
 # the simulated flight's camera at its mean height (the localizer's refinement finds the height), 8 m grid,
@@ -80,6 +81,9 @@ def main(argv=None) -> int:
     summary, pics = bag_report.evaluate(bags / f'gplq_{stamp}')
     report = args.out / 'report'
     bag_report.write_report(summary, pics, report)
+    if summary.get('localization', {}).get('true_track'):    # the tracks again, over the flight's orthophoto
+        bag_report.track_picture(summary['localization'], report / 'track.png',
+                                 read_rgb(default_images_dir() / DEFAULT_ORTHO), DEMO_MAP.gsd_m)
     bag_report.print_summary(summary, report)
     return 0
 
