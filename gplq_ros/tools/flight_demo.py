@@ -61,10 +61,12 @@ def main(argv=None) -> int:
     def say(text):
         print(f'gplq_flight_demo: {text}', flush=True)
     models = ensure_onboard_models(say)
-    place_map = ensure_demo_map(models['reference_model'], say)
-    bags = args.out / 'bags'
-    overrides = dict(models, place_map=str(place_map), record_bag='true', bag_dir=str(bags),
-                     **parse_overrides(args.overrides))
+    user = parse_overrides(args.overrides)            # the user's launch arguments win
+    bags = Path(user.get('bag_dir', args.out / 'bags'))
+    overrides = dict(models, record_bag='true', bag_dir=str(bags))
+    if 'place_map' not in user:                       # place_map:= (empty) flies without the localizer
+        overrides['place_map'] = str(ensure_demo_map(models['reference_model'], say))
+    overrides.update(user)
     stamp = time.strftime('%Y%m%d_%H%M%S')
     cmds = commands(overrides, stamp)
     args.out.mkdir(parents=True, exist_ok=True)
