@@ -10,10 +10,12 @@ are cached under --out so that localizer settings can be compared without the Vi
     PYTHONPATH=. .venv/bin/python benchmarks/localize_flight.py --flight vegas --frames 300
 
 Flights: ``demo`` = the demo orthophoto (NEON YELL, 10 cm; used in calibration and the
-vocabulary: for tuning only), ``vegas`` = SpaceNet WorldView-3 pan of Las Vegas (0.3 m;
-never used in calibration or the vocabulary: the held-out flight), ``vegas_high`` = the same
-map flown at 55 m mean height, 41-69 m (map built for 40 m), ``atlanta`` = SpaceNet WorldView-3
-pan of Atlanta (0.3 m; held out like vegas).
+vocabulary: for tuning only), ``vegas`` = SpaceNet WorldView pan of Las Vegas (its GeoTIFF:
+2.7e-6 deg/px = 0.30 m north-south, 0.24 m east-west at 36 deg N; simulated as 0.3 m square
+pixels; never used in calibration or the vocabulary), ``vegas_high`` = the same map flown at 55 m
+mean height, 41-69 m (map built for 40 m), ``atlanta`` = SpaceNet WorldView pan of Atlanta (its
+GeoTIFF: 0.5 m, UTM 16N; held out like vegas), ``atlanta_03`` = the same image taken as 0.3 m
+(the first, mislabelled run: equivalent to flying 67 m over it, errors in units of 0.6 m).
 """
 import argparse
 import json
@@ -35,7 +37,8 @@ FLIGHTS = {
     'demo': (default_images_dir() / DEFAULT_ORTHO, 0.1, 40.0),
     'vegas': (gplq_home() / 'eval_images' / 'spacenet_worldview_pan' / 'vegas.png', 0.3, 40.0),
     'vegas_high': (gplq_home() / 'eval_images' / 'spacenet_worldview_pan' / 'vegas.png', 0.3, 55.0),
-    'atlanta': (gplq_home() / 'eval_images' / 'spacenet_worldview_pan' / 'atlanta.png', 0.3, 40.0),
+    'atlanta': (gplq_home() / 'eval_images' / 'spacenet_worldview_pan' / 'atlanta.png', 0.5, 40.0),
+    'atlanta_03': (gplq_home() / 'eval_images' / 'spacenet_worldview_pan' / 'atlanta.png', 0.3, 40.0),
 }
 
 
@@ -64,7 +67,7 @@ def main():
     image, gsd, height = FLIGHTS[args.flight]
     models = default_onboard_models()
     cfg = MapConfig(stride_m=args.stride, headings=args.headings, heights_m=tuple(args.heights), gsd_m=gsd)
-    tag = f'{image.stem}_s{args.stride:g}_h{args.headings}_z{"-".join(f"{h:g}" for h in args.heights)}'
+    tag = f'{image.stem}_g{gsd:g}_s{args.stride:g}_h{args.headings}_z{"-".join(f"{h:g}" for h in args.heights)}'
     map_path = args.out / f'{tag}.safetensors'
     if not map_path.is_file():
         t0 = time.perf_counter()

@@ -181,6 +181,8 @@ def _refinement_world(seed=3):
 def test_boundary_refinement_recovers_position_yaw_and_height():
     """A frame's boundary map sampled from a smooth random orthomap at a known pose: from a
     retrieval 7 m and 12 degrees off, the refinement lands within 0.5 m, 3 degrees, 6 %."""
+    import cv2
+
     from gplq_ros.onboard.localize import BoundaryMatcher
     pmap, frame = _refinement_world()
     true_xy, true_yaw, true_h = np.array([100.0, -90.0]), 0.7, 43.0
@@ -195,6 +197,9 @@ def test_boundary_refinement_recovers_position_yaw_and_height():
     assert meas.ncc > 0.95 and np.allclose(meas.cov, 2.25 * np.eye(2)) and np.hypot(*(meas.xy - true_xy)) < 0.5
     with pytest.raises(ValueError, match='boundary map shape'):
         loc.measure(d, np.ones(5, np.float32))
+    # the feature node's map_resolution: input (camera-sized boundary map) refines alike
+    full = cv2.resize(q, (640, 480), interpolation=cv2.INTER_NEAREST)
+    assert np.hypot(*(loc.measure(d, full).xy - true_xy)) < 1.0
 
 
 def test_a_track_on_the_wrong_place_is_rechecked_and_moved():

@@ -214,6 +214,8 @@ class Localizer:
         b = np.asarray(boundary, np.float32)
         if b.ndim != 2 or b.size < 16 or not np.isfinite(b).all():
             raise ValueError(f'boundary map shape {b.shape}: expected a finite (rows, cols) patch grid')
+        if b.shape[1] > 32:      # a map at camera resolution (map_resolution: input): back to a patch-sized grid
+            b = cv2.resize(b, (16, max(1, round(16 * b.shape[0] / b.shape[1]))), interpolation=cv2.INTER_AREA)
         if prior is None:
             ncc, xy, yaw, h = self.matcher.refine(b, meas.xy, meas.yaw, self.cfg.search_radius_m,
                                                   self.cfg.yaw_span_deg)
