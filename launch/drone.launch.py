@@ -1,8 +1,8 @@
 """ros2 launch gplq_ros drone.launch.py [camera_topic:=...] [model:=...] [use_sim_camera:=false] ...
 
 Starts the bringup (node graph) defined in ``gplq_ros.bringup.description`` (the same definition ``gplq_up``
-runs): flight_sim_node (optional camera), feature_node, monitor_node, and gplq_record when
-record_bag:=true. Arguments, descriptions and defaults come from ``gplq_ros.bringup.description.ARGUMENTS``.
+runs): flight_sim_node (optional camera), feature_node, monitor_node, localizer_node when
+place_map:= names a map, and gplq_record when record_bag:=true. Arguments, descriptions and defaults come from ``gplq_ros.bringup.description.ARGUMENTS``.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction

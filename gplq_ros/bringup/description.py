@@ -47,8 +47,8 @@ ARGUMENTS = (
     Argument('log_level', 'info', 'ROS log level of every node (debug, info, warn, error, fatal)'),
     Argument('shm_profile', 'true', 'our nodes (only) use the shared-memory Fast DDS profile of config/fastdds_shm.xml '
              '(a 32 MB segment per node: give Docker --shm-size=256m); false: the DDS settings of your environment'),
-    Argument('autostart', 'true', 'feature_node and monitor_node configure and activate themselves (true); false: '
-             'they wait unconfigured for a lifecycle manager (lifecycle_msgs services ~/change_state)'),
+    Argument('autostart', 'true', 'feature_node, monitor_node and localizer_node configure and activate themselves '
+             '(true); false: they wait unconfigured for a lifecycle manager (lifecycle_msgs services ~/change_state)'),
     Argument('place_map', '', 'place map of the flight area (gplq_map): starts localizer_node, which turns the '
              'feature node\'s descriptor into a pose in map (and a NavSatFix when the map is geo-referenced); '
              'empty: no localizer'),
