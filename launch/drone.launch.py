@@ -2,7 +2,8 @@
 
 Starts the bringup (node graph) defined in ``gplq_ros.bringup.description`` (the same definition ``gplq_up``
 runs): flight_sim_node (optional camera), feature_node, monitor_node, localizer_node when
-place_map:= names a map, and gplq_record when record_bag:=true. Arguments, descriptions and defaults come from ``gplq_ros.bringup.description.ARGUMENTS``.
+place_map:= names a map, and gplq_record when record_bag:=true. Arguments, descriptions and defaults
+come from ``gplq_ros.bringup.description.ARGUMENTS``.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
