@@ -743,3 +743,36 @@ def test_localizer_in_the_flight_publishes_poses_a_navigation_stack_can_fuse(
     s = json.loads((tmp_path / 'report' / 'summary.json').read_text())['localization']
     assert s['fixes'] >= 90 and abs(s['error_p50_m'] - np.median(err)) < 3 and 'localization:' in res.stdout
     assert (tmp_path / 'report' / 'track.png').is_file()
+
+
+def test_gplq_up_started_in_the_background_stops_on_sigint(tmp_path, packed_graph, fp32_graph):
+    """A shell starts `gplq_up ... &` with SIGINT ignored; gplq_up still stops on SIGINT and
+    takes its node processes with it (seen: a background test run left nodes running)."""
+    import os
+    import signal
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=str(__import__('helpers.ros').ros.REPO))
+    up = subprocess.Popen([sys.executable, '-m', 'gplq_ros.tools.up', f'model:={packed_graph}',
+                           f'reference_model:={fp32_graph}', 'camera_topic:=/bg/image'],
+                          env=env, stdout=open(tmp_path / 'up.log', 'wb'), stderr=subprocess.STDOUT,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    h = Harness('test_background')
+    try:
+        got = h.collect(Image, '/bg/image', reliable=False)
+        assert h.spin(60, lambda: len(got) >= 3), (tmp_path / 'up.log').read_text()[-2000:]
+    finally:
+        h.close()
+    children = [int(p) for p in subprocess.run(['pgrep', '-P', str(up.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    assert len(children) == 3                    # flight_sim_node, feature_node, monitor_node
+    up.send_signal(signal.SIGINT)
+    try:
+        rc = up.wait(30)
+    except subprocess.TimeoutExpired:
+        rc = None
+        for p in [up.pid] + children:            # do not leave the nodes running for the next tests
+            os.kill(p, signal.SIGKILL)
+    assert rc == 0, (tmp_path / 'up.log').read_text()[-2000:]
+    time.sleep(0.5)
+    assert not [p for p in children if os.path.exists(f'/proc/{p}') and
+                open(f'/proc/{p}/stat').read().split()[2] != 'Z']

@@ -31,13 +31,30 @@ def commands(overrides: Dict[str, str], stamp: Optional[str] = None) -> List[Tup
     return cmds
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stoppable_by_signals() -> None:
+    """SIGINT and SIGTERM stop this process with KeyboardInterrupt (so that it stops its node
+    processes), also when it was started in the background: a non-interactive shell starts
+    `cmd &` with SIGINT ignored, Python then keeps it ignored, and a SIGINT left the bringup
+    running (seen when the test suite ran as a background job)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def start(cmds, stdout=None, overrides: Optional[Dict[str, str]] = None) -> List[Tuple[str, subprocess.Popen]]:
-    """Start every (name, argv) with the bringup's environment (``description.environment()``)."""
+    """Start every (name, argv) with the bringup's environment (``description.environment()``),
+    SIGINT at its default in each (``stop`` sends it; an inherited "ignored" would survive exec)."""
     env = dict(os.environ)
     for k, v in description.environment(overrides).items():
         env.setdefault(k, v)
     err = subprocess.STDOUT if stdout is not None else None
-    return [(name, subprocess.Popen(cmd, env=env, stdout=stdout, stderr=err)) for name, cmd in cmds]
+    return [(name, subprocess.Popen(cmd, env=env, stdout=stdout, stderr=err, preexec_fn=_default_sigint))
+            for name, cmd in cmds]
 
 
 def watch(procs, seconds: Optional[float], fails=lambda returncode: returncode != 0) -> List[Tuple[str, int]]:

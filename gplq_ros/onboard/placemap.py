@@ -23,6 +23,7 @@ float64 [x, y, yaw, height], ``descriptors`` (N, P) float32, ``pca_mean`` (D,),
 ``pca_basis`` (P, D) and ``boundary`` (rows, cols) float32; header key ``gplq_ros`` holds the JSON ``MapMeta`` (also
 written to a sidecar ``.json`` for people).
 """
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -33,10 +34,13 @@ import cv2
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from gplq_ros.onboard.fileformat import BACKBONE_ID, check_fields, read_versioned_meta
+from gplq_ros.onboard.engine import load
+from gplq_ros.onboard.fileformat import BACKBONE_ID, check_fields, read_versioned_meta, sha256_file
 from gplq_ros.onboard.flight import render_window, scale_at, window_affine
 from gplq_ros.onboard.geo import GeoRef
 from gplq_ros.onboard.heads import l2_normalize
+from gplq_ros.onboard.preprocess import read_rgb
+from gplq_ros.onboard.vocabulary import Vocabulary
 
 FORMAT = 'gplq_ros.place_map'
 VERSION = 1
@@ -91,7 +95,6 @@ class MapMeta:
 
 def vocabulary_id(centers: np.ndarray) -> str:
     """The identity a map records of the vocabulary its descriptors were made with."""
-    import hashlib
     return hashlib.sha256(np.ascontiguousarray(centers, np.float32).tobytes()).hexdigest()
 
 
@@ -242,10 +245,6 @@ def build_map_file(image: Path, out: Path, reference_graph: Path, vocabulary: Pa
                    georef: Optional[GeoRef] = None, force: bool = False, threads: int = 2,
                    progress: Callable[[int, int], None] = lambda i, n: None) -> PlaceMap:
     """gplq_map's library call: the map of ``image`` with the FP32 graph's descriptors, saved to ``out``."""
-    from gplq_ros.onboard.engine import load               # ONNX Runtime / OpenVINO only when building
-    from gplq_ros.onboard.fileformat import sha256_file
-    from gplq_ros.onboard.preprocess import read_rgb
-    from gplq_ros.onboard.vocabulary import Vocabulary
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f'{out} exists; pass --force to overwrite')

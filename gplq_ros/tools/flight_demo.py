@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from gplq_ros.bringup import bag_report
-from gplq_ros.bringup.processes import commands, parse_overrides, start, stop, watch
+from gplq_ros.bringup.processes import commands, parse_overrides, start, stop, stoppable_by_signals, watch
 from gplq_ros.offline.api import ensure_onboard_models
 from gplq_ros.onboard.flight import DEFAULT_ORTHO
 from gplq_ros.onboard.paths import default_images_dir, default_vocab, gplq_home
@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f'gplq_flight_demo: flying for {args.duration:.0f} s: ' + ', '.join(n for n, _ in cmds)
           + f' (logs: {args.out / "nodes.log"})', flush=True)
+    stoppable_by_signals()
     with open(args.out / 'nodes.log', 'wb') as log:
         procs = start(cmds, stdout=log, overrides=overrides)
         try:

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from gplq_ros.bringup import description
-from gplq_ros.bringup.processes import commands, parse_overrides, start, stop, watch
+from gplq_ros.bringup.processes import commands, parse_overrides, start, stop, stoppable_by_signals, watch
 
 
 def main(argv=None) -> int:
@@ -30,6 +30,7 @@ def main(argv=None) -> int:
         for name, cmd in cmds:
             print(name + ': ' + ' '.join(cmd))
         return 0
+    stoppable_by_signals()
     procs = start(cmds, overrides=overrides)
     failed = []
     try:

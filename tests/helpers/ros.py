@@ -47,7 +47,9 @@ class Harness:
 
 def start(argv, log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0')
-    return subprocess.Popen(argv, env=env, stdout=open(log, 'wb'), stderr=subprocess.STDOUT, cwd=str(REPO))
+    # SIGINT at its default: stop() sends it, and a test run in the background inherits it ignored
+    return subprocess.Popen(argv, env=env, stdout=open(log, 'wb'), stderr=subprocess.STDOUT, cwd=str(REPO),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def node_argv(module: str, *ros_args: str):
