@@ -29,7 +29,8 @@ from gplq_ros.onboard.engine import load
 from gplq_ros.onboard.flight import DEFAULT_ORTHO, Flight, FlightConfig
 from gplq_ros.onboard.localize import Localizer, LocalizerConfig, summarize
 from gplq_ros.onboard.paths import default_images_dir, default_onboard_models, default_vocab, gplq_home
-from gplq_ros.onboard.placemap import MapConfig, PlaceMap, build_map_file
+from gplq_ros.onboard.mapbuild import build_map_file
+from gplq_ros.onboard.placemap import MapConfig, PlaceMap
 from gplq_ros.onboard.pipeline import single_thread_blas
 from gplq_ros.onboard.preprocess import read_rgb
 

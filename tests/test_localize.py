@@ -216,6 +216,15 @@ def test_a_track_on_the_wrong_place_is_rechecked_and_moved():
     assert loc.recheck_restarts == 1
     fixes = [e for e in est if e.fix]
     assert fixes and all(np.hypot(*(e.xy - true)) < 1.0 for e in fixes[-5:])
+    # the same with camera-sized boundary maps (map_resolution: input): the recheck reads the patch grid too
+    import cv2
+    big = Localizer(pmap, LocalizerConfig(recheck_every=5, recheck_confirm=2, init_fixes=2))
+    big.x, big.P, big.t = np.array([*wrong, 0.0, 0.0]), np.diag([1.0, 1.0, 0.25, 0.25]), -0.1
+    big.last_fix, big.last_refined = (-0.1, wrong.copy(), 1.0), (0.0, 40.0)
+    full = cv2.resize(frame(true, 0.0, 40.0), (640, 480), interpolation=cv2.INTER_NEAREST)
+    for i in range(12):
+        big.update(f(*true, 0.0), 0.1 * i, full)
+    assert big.recheck_restarts == 1
     # a track on the right place is left alone
     loc2 = Localizer(pmap, LocalizerConfig(recheck_every=5))
     for i in range(30):

@@ -25,7 +25,7 @@ from gplq_ros.onboard.drift import METRICS, compare
 from gplq_ros.onboard.draw import frame_picture
 from gplq_ros.onboard.image_codec import ImageFormatError, image_to_rgb
 from gplq_ros.onboard.localize import summarize
-from gplq_ros.onboard.messages import DECODERS, decode_status
+from gplq_ros.onboard.messages import DECODERS, decode_pose, decode_status
 from gplq_ros.onboard.stats import LatencyWindow
 from gplq_ros.onboard.status import Level
 
@@ -100,12 +100,11 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, chec
             elif topic == topics['status']:
                 status.append(dict(decode_status(msg), t=(t - t0) / 1e9))
             elif topic == topics['pose']:
-                p, c = msg.pose.pose, np.asarray(msg.pose.covariance, np.float64).reshape(6, 6)
-                fixes.append((_secs(_stamp(msg)), np.array([p.position.x, p.position.y]), c[:2, :2],
-                              _yaw(p.orientation)))
+                xy, cov, yaw = decode_pose(msg)
+                fixes.append((_secs(_stamp(msg)), xy, cov, yaw))
             elif topic == topics['true_pose']:
-                p = msg.pose
-                truth.append((_secs(_stamp(msg)), np.array([p.position.x, p.position.y]), _yaw(p.orientation)))
+                xy, _, yaw = decode_pose(msg)
+                truth.append((_secs(_stamp(msg)), xy, yaw))
             else:
                 for st in msg.status:
                     lv = str(int(Level.of(st)))
@@ -184,10 +183,6 @@ def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, chec
     pics = [(k, (v['rgb'], v['boundary']), v.get('corners')) for k, v in sorted(parts.items())
             if k in chosen and 'rgb' in v and 'boundary' in v]
     return summary, pics
-
-
-def _yaw(q) -> float:
-    return float(np.arctan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z)))
 
 
 def track_picture(loc: dict, path: Path, background=None, gsd_m: float = 0.0) -> Path:

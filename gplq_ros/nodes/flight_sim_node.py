@@ -5,7 +5,6 @@ the ROS time of the capture) at ``rate_hz``, and the true window pose on ``~/tru
 (geometry_msgs/PoseStamped, frame ``map`` on the orthophoto, same stamp as the image; see
 ``gplq_ros.onboard.flight`` for the convention). Stops after ``max_frames`` if > 0.
 """
-import math
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from sensor_msgs.msg import Image
 
 from gplq_ros.onboard.flight import DEFAULT_ORTHO, Flight, FlightConfig
 from gplq_ros.onboard.image_codec import numpy_to_image
+from gplq_ros.onboard.messages import yaw_to_quaternion
 from gplq_ros.onboard.paths import default_images_dir
 from gplq_ros.onboard.preprocess import read_rgb
 from gplq_ros.nodes.params import Params, declare_qos
@@ -74,7 +74,8 @@ class FlightSimNode(Node):
         ps = PoseStamped()
         ps.header.stamp, ps.header.frame_id = stamp, self.map_frame
         ps.pose.position.x, ps.pose.position.y, ps.pose.position.z = pose.x_m, pose.y_m, pose.z_m
-        ps.pose.orientation.z, ps.pose.orientation.w = math.sin(pose.yaw / 2), math.cos(pose.yaw / 2)
+        q = ps.pose.orientation
+        q.x, q.y, q.z, q.w = yaw_to_quaternion(pose.yaw)
         self.pub_image.publish(img)
         self.pub_pose.publish(ps)
         self.sent += 1

@@ -23,15 +23,14 @@ last descriptor gave a fix, WARN otherwise (with the reason) or when no descript
 ``stale_after_s``, ERROR on a malformed descriptor or a configure failure. A managed node
 (``nodes.lifecycle``): the map is loaded in on_configure; ``autostart`` default true.
 """
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from sensor_msgs.msg import Image, NavSatFix, NavSatStatus
+from sensor_msgs.msg import Image, NavSatFix
+from std_msgs.msg import Header
 
 from gplq_ros.nodes import diag
 from gplq_ros.nodes.lifecycle import ManagedNode
@@ -39,7 +38,7 @@ from gplq_ros.nodes.params import declare_qos
 from gplq_ros.nodes.run import run_node
 from gplq_ros.onboard.image_codec import ImageFormatError
 from gplq_ros.onboard.localize import Localizer, LocalizerConfig
-from gplq_ros.onboard.messages import decode_descriptor, decode_map
+from gplq_ros.onboard.messages import decode_descriptor, decode_map, encode_fix, encode_pose
 from gplq_ros.onboard.paths import vocabulary_parameter
 from gplq_ros.onboard.pipeline import single_thread_blas
 from gplq_ros.onboard.placemap import MapError, PlaceMap
@@ -74,10 +73,6 @@ HELP = {'top_k': 'tiles retrieved per frame', 'cluster_radius_m': 'top-k tiles t
         '(0: never)',
         'recheck_margin': 'a place matching this much better (NCC) than the track is a challenger',
         'recheck_confirm': 'challenger rechecks in a row that restart the filter on it'}
-
-
-def yaw_quaternion(yaw: float):
-    return 0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2)
 
 
 class LocalizerNode(ManagedNode):
@@ -180,30 +175,12 @@ class LocalizerNode(ManagedNode):
         self.publish_fix(msg.header.stamp, est)
 
     def publish_fix(self, stamp, est) -> None:
-        m = est.measurement
-        pose = PoseWithCovarianceStamped()
-        pose.header.stamp, pose.header.frame_id = stamp, self.map_frame
-        pose.pose.pose.position.x, pose.pose.pose.position.y = float(est.xy[0]), float(est.xy[1])
-        q = pose.pose.pose.orientation
-        q.x, q.y, q.z, q.w = yaw_quaternion(m.yaw)
-        cov = np.zeros((6, 6))
-        cov[:2, :2] = est.cov
-        cov[2, 2] = cov[3, 3] = cov[4, 4] = self.unmeasured
-        cov[5, 5] = m.yaw_var
-        pose.pose.covariance = [float(v) for v in cov.ravel()]
-        self.pub_pose.publish(pose)
+        header = Header(stamp=stamp, frame_id=self.map_frame)
+        self.pub_pose.publish(encode_pose(est.xy, est.cov, est.measurement.yaw, est.measurement.yaw_var,
+                                          self.unmeasured, header))
         if self.pub_fix is not None:
-            fix = NavSatFix()
-            fix.header.stamp, fix.header.frame_id = stamp, self.map_frame
-            fix.status.status, fix.status.service = NavSatStatus.STATUS_FIX, 0
-            fix.latitude, fix.longitude = self.georef.to_wgs84(float(est.xy[0]), float(est.xy[1]))
-            fix.altitude = float('nan')
-            enu = np.zeros((3, 3))
-            enu[:2, :2] = est.cov
-            enu[2, 2] = self.unmeasured
-            fix.position_covariance = [float(v) for v in enu.ravel()]
-            fix.position_covariance_type = NavSatFix.COVARIANCE_TYPE_KNOWN
-            self.pub_fix.publish(fix)
+            lat, lon = self.georef.to_wgs84(float(est.xy[0]), float(est.xy[1]))
+            self.pub_fix.publish(encode_fix(lat, lon, est.cov, self.unmeasured, header))
 
     def publish_status(self) -> None:
         loc = self.localizer

@@ -99,6 +99,22 @@ class Estimate:
     cov: Optional[np.ndarray] = None
 
 
+def largest_sigma(cov: np.ndarray) -> float:
+    """Standard deviation along the worst axis of a 2x2 covariance."""
+    return math.sqrt(max(np.linalg.eigvalsh(cov)))
+
+
+def patch_grid(boundary: np.ndarray) -> np.ndarray:
+    """A frame's boundary map as the refinement reads it: a finite float32 (rows, cols) grid; a map
+    at camera resolution (the feature node's map_resolution: input) is reduced to 16 columns."""
+    b = np.asarray(boundary, np.float32)
+    if b.ndim != 2 or b.size < 16 or not np.isfinite(b).all():
+        raise ValueError(f'boundary map shape {b.shape}: expected a finite (rows, cols) patch grid')
+    if b.shape[1] > 32:
+        b = cv2.resize(b, (16, max(1, round(16 * b.shape[0] / b.shape[1]))), interpolation=cv2.INTER_AREA)
+    return b
+
+
 def circular_mean(angles: np.ndarray, weights: np.ndarray):
     c, s = (weights * np.cos(angles)).sum(), (weights * np.sin(angles)).sum()
     mean = math.atan2(s, c)
@@ -211,11 +227,7 @@ class Localizer:
         meas.retrieval_xy, meas.retrieval_yaw = meas.xy.copy(), meas.yaw
         if boundary is None or self.matcher is None:
             return meas
-        b = np.asarray(boundary, np.float32)
-        if b.ndim != 2 or b.size < 16 or not np.isfinite(b).all():
-            raise ValueError(f'boundary map shape {b.shape}: expected a finite (rows, cols) patch grid')
-        if b.shape[1] > 32:      # a map at camera resolution (map_resolution: input): back to a patch-sized grid
-            b = cv2.resize(b, (16, max(1, round(16 * b.shape[0] / b.shape[1]))), interpolation=cv2.INTER_AREA)
+        b = patch_grid(boundary)
         if prior is None:
             ncc, xy, yaw, h = self.matcher.refine(b, meas.xy, meas.yaw, self.cfg.search_radius_m,
                                                   self.cfg.yaw_span_deg)
@@ -224,10 +236,14 @@ class Localizer:
             ncc, xy, yaw, h = self.matcher.refine(b, pxy, pyaw, radius, min(10.0, self.cfg.yaw_span_deg), ph)
         meas.ncc = ncc
         if ncc >= self.cfg.min_ncc:
-            meas.xy, meas.yaw, meas.height_m = xy, yaw, h
-            meas.cov = self.cfg.refine_sigma_m ** 2 * np.eye(2)
-            meas.yaw_var = math.radians(2.5) ** 2
+            self._refined(meas, xy, yaw, h)
         return meas
+
+    def _refined(self, meas: Measurement, xy: np.ndarray, yaw: float, height: float) -> None:
+        """``meas`` takes a refinement's position, yaw and height, with their uncertainties."""
+        meas.xy, meas.yaw, meas.height_m = xy, yaw, height
+        meas.cov = self.cfg.refine_sigma_m ** 2 * np.eye(2)
+        meas.yaw_var = math.radians(2.5) ** 2
 
     def _retrieve(self, descriptor: np.ndarray) -> Measurement:
         cfg, m = self.cfg, self.map
@@ -277,14 +293,14 @@ class Localizer:
         return xy, radius, self.last_refined[0], self.last_refined[1]
 
     def _reachable(self, t: float, prev_t: float, prev_xy, prev_sigma: float, meas: Measurement) -> bool:
-        sigma = math.sqrt(max(np.linalg.eigvalsh(meas.cov)))
+        sigma = largest_sigma(meas.cov)
         reach = self.cfg.max_speed_mps * max(t - prev_t, 0.0) + 3 * (sigma + prev_sigma)
         return float(np.hypot(*(meas.xy - prev_xy))) <= reach
 
     def _start(self, t: float, meas: Measurement) -> Estimate:
         if self.pending:
             pt, pm = self.pending[-1]
-            if not self._reachable(t, pt, pm.xy, math.sqrt(max(np.linalg.eigvalsh(pm.cov))), meas):
+            if not self._reachable(t, pt, pm.xy, largest_sigma(pm.cov), meas):
                 self.pending = []
         self.pending.append((t, meas))
         if len(self.pending) < self.cfg.init_fixes:
@@ -301,7 +317,7 @@ class Localizer:
     def _fix(self, t: float, meas: Measurement) -> Estimate:
         cov = 0.5 * (self.P[:2, :2] + self.P[:2, :2].T)
         self.last_refined = (meas.yaw, meas.height_m) if np.isfinite(meas.height_m) else None
-        self.last_fix = (t, self.x[:2].copy(), math.sqrt(max(np.linalg.eigvalsh(cov))))
+        self.last_fix = (t, self.x[:2].copy(), largest_sigma(cov))
         self.fixes += 1
         return Estimate(t, meas, fix=True, xy=self.x[:2].copy(), cov=cov)
 
@@ -311,6 +327,8 @@ class Localizer:
         self.frames += 1
         if self.t is not None and t < self.t:                 # clock jumped back (bag replayed): start over
             self.reset()
+        if boundary is not None:
+            boundary = patch_grid(boundary)                   # once, for the refinement and a recheck
         prior = self._prior(t)
         meas = self.measure(descriptor, boundary, prior)
         if prior is not None and self._recheck(boundary, meas, prior, t):
@@ -350,8 +368,8 @@ class Localizer:
         if float(np.hypot(*(meas.retrieval_xy - prior[0]))) <= prior[1]:
             return False                               # the retrieval agrees with the track: nothing to check
         self.since_recheck = 0
-        ncc, xy, yaw, h = self.matcher.refine(np.asarray(boundary, np.float32), meas.retrieval_xy,
-                                              meas.retrieval_yaw, cfg.search_radius_m, cfg.yaw_span_deg)
+        ncc, xy, yaw, h = self.matcher.refine(boundary, meas.retrieval_xy, meas.retrieval_yaw, cfg.search_radius_m,
+                                              cfg.yaw_span_deg)
         if ncc < meas.ncc + cfg.recheck_margin:
             self.challenger = None
             return False
@@ -362,8 +380,8 @@ class Localizer:
         self.challenger = (t, xy, count)
         if count < cfg.recheck_confirm:
             return False
-        meas.xy, meas.yaw, meas.height_m, meas.ncc = xy, yaw, h, ncc
-        meas.cov = cfg.refine_sigma_m ** 2 * np.eye(2)
+        meas.ncc = ncc
+        self._refined(meas, xy, yaw, h)
         return True
 
     def _reject(self, t: float, meas: Measurement, reason: str) -> Estimate:

@@ -17,13 +17,21 @@ from a bag by ``rosbags``). ROS message classes only, no rclpy.
   publishes ``camera_info``: the camera's calibration scaled to the map size
   (``scale_camera_info``), so a map cell (column j, row i) is the ray of the camera pixel
   ``u = (j + 0.5) W / w - 0.5``, ``v = (i + 0.5) H / h - 0.5`` through the same K, D.
+* localizer_node ``~/pose``: geometry_msgs/PoseWithCovarianceStamped in ``map``: x, y, yaw
+  (a z-axis quaternion), covariance 6x6 row-major (x, y, z, roll, pitch, yaw) with the
+  unmeasured z, roll, pitch at a large given variance; ``~/fix``: sensor_msgs/NavSatFix,
+  altitude NaN, ENU covariance with the same large "up" variance (``encode_pose``,
+  ``encode_fix``; ``decode_pose`` also reads the simulated flight's PoseStamped).
 Every output carries the input image's header (stamp and frame_id).
 """
 from typing import Tuple
 
+import math
+
 import cv2
 import numpy as np
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from sensor_msgs.msg import CameraInfo, Image, NavSatFix, NavSatStatus, PointCloud2, PointField
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
 from gplq_ros.onboard.image_codec import ImageFormatError, image_to_numpy, numpy_to_image
@@ -155,3 +163,49 @@ def encode_status(values: dict) -> Float64MultiArray:
 def decode_status(msg) -> dict:
     labels = msg.layout.dim[0].label.split(',') if msg.layout.dim else list(STATUS_FIELDS)
     return dict(zip(labels, (float(v) for v in msg.data)))
+
+
+def yaw_to_quaternion(yaw: float) -> Tuple[float, float, float, float]:
+    """(x, y, z, w) of a rotation by ``yaw`` about z."""
+    return 0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2)
+
+
+def quaternion_to_yaw(q) -> float:
+    """The rotation about z of a quaternion message (x, y, z, w)."""
+    return float(np.arctan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z)))
+
+
+def encode_pose(xy, cov_xy: np.ndarray, yaw: float, yaw_var: float, unmeasured: float,
+                header) -> PoseWithCovarianceStamped:
+    msg = PoseWithCovarianceStamped()
+    msg.header = header
+    msg.pose.pose.position.x, msg.pose.pose.position.y = float(xy[0]), float(xy[1])
+    q = msg.pose.pose.orientation
+    q.x, q.y, q.z, q.w = yaw_to_quaternion(yaw)
+    cov = np.zeros((6, 6))
+    cov[:2, :2] = cov_xy
+    cov[2, 2] = cov[3, 3] = cov[4, 4] = unmeasured
+    cov[5, 5] = yaw_var
+    msg.pose.covariance = [float(v) for v in cov.ravel()]
+    return msg
+
+
+def decode_pose(msg):
+    """(xy, 2x2 covariance or None, yaw) of a PoseWithCovarianceStamped or a PoseStamped."""
+    pose = msg.pose.pose if hasattr(msg.pose, 'covariance') else msg.pose
+    cov = np.asarray(msg.pose.covariance, np.float64).reshape(6, 6)[:2, :2] if hasattr(msg.pose, 'covariance') \
+        else None
+    return np.array([pose.position.x, pose.position.y]), cov, quaternion_to_yaw(pose.orientation)
+
+
+def encode_fix(lat: float, lon: float, cov_en: np.ndarray, unmeasured: float, header) -> NavSatFix:
+    msg = NavSatFix()
+    msg.header = header
+    msg.status.status, msg.status.service = NavSatStatus.STATUS_FIX, 0
+    msg.latitude, msg.longitude, msg.altitude = float(lat), float(lon), float('nan')
+    enu = np.zeros((3, 3))
+    enu[:2, :2] = cov_en
+    enu[2, 2] = unmeasured
+    msg.position_covariance = [float(v) for v in enu.ravel()]
+    msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_KNOWN
+    return msg

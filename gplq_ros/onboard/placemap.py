@@ -7,7 +7,8 @@ each with its pose in ``map`` and its place descriptor (numpy + OpenCV; built by
   (360 / headings degrees apart: VLAD of ViT tokens is not rotation invariant, so the map
   holds the orientations the drone may fly). Centres cover the area where a camera at the
   highest map height sees only the orthophoto.
-* **Descriptors**: the FP32 reference graph's VLAD (vocabulary ``vocabulary_sha256``),
+* **Descriptors** (``onboard.mapbuild``: the graph runtime is needed only to build a map, not to
+  use one): the FP32 reference graph's VLAD (vocabulary ``vocabulary_sha256``),
   projected by PCA fitted on the map's own tiles to ``pca_dim`` dimensions and
   L2-normalized. A query is projected the same way (``PlaceMap.project``), so a lookup is
   one (N, pca_dim) x (pca_dim,) product.
@@ -34,13 +35,10 @@ import cv2
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from gplq_ros.onboard.engine import load
-from gplq_ros.onboard.fileformat import BACKBONE_ID, check_fields, read_versioned_meta, sha256_file
+from gplq_ros.onboard.fileformat import BACKBONE_ID, check_fields, read_versioned_meta
 from gplq_ros.onboard.flight import render_window, scale_at, window_affine
 from gplq_ros.onboard.geo import GeoRef
 from gplq_ros.onboard.heads import l2_normalize
-from gplq_ros.onboard.preprocess import read_rgb
-from gplq_ros.onboard.vocabulary import Vocabulary
 
 FORMAT = 'gplq_ros.place_map'
 VERSION = 1
@@ -239,27 +237,3 @@ def build_map(ortho: np.ndarray, describe: Callable[[np.ndarray], Tuple[np.ndarr
     meta.config = asdict(cfg)
     proj = l2_normalize((desc - mean) @ basis.T)
     return PlaceMap(poses, proj.astype(np.float32), mean, basis, boundary, meta)
-
-
-def build_map_file(image: Path, out: Path, reference_graph: Path, vocabulary: Path, cfg: MapConfig,
-                   georef: Optional[GeoRef] = None, force: bool = False, threads: int = 2,
-                   progress: Callable[[int, int], None] = lambda i, n: None) -> PlaceMap:
-    """gplq_map's library call: the map of ``image`` with the FP32 graph's descriptors, saved to ``out``."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f'{out} exists; pass --force to overwrite')
-    engine = load(Path(reference_graph), Path(vocabulary), threads=threads)
-    if engine.kind != 'fp32':
-        raise MapError(f'reference graph {reference_graph}: kind={engine.kind!r}; a map is built with the FP32 graph')
-    vocab = Vocabulary.load(Path(vocabulary))
-    meta = MapMeta(backbone=BACKBONE_ID, weights_sha256=engine.meta['weights_sha256'],
-                   vocabulary_sha256=vocabulary_id(vocab.centers), reference_graph=Path(reference_graph).name,
-                   source_image=Path(image).name, source_sha256=sha256_file(image), image_hw=[], config={},
-                   georef=georef.to_dict() if georef else None)
-
-    def describe(img):
-        out = engine(img)
-        return out.descriptor, out.boundary_full
-    pm = build_map(read_rgb(Path(image)), describe, cfg, meta, progress)
-    pm.save(out, force=force)
-    return pm

@@ -23,7 +23,8 @@ from gplq_ros.bringup.processes import commands, parse_overrides, start, stop, s
 from gplq_ros.offline.api import ensure_onboard_models
 from gplq_ros.onboard.flight import DEFAULT_ORTHO
 from gplq_ros.onboard.paths import default_images_dir, default_vocab, gplq_home
-from gplq_ros.onboard.placemap import MapConfig, PlaceMap, build_map_file
+from gplq_ros.onboard.mapbuild import build_map_file
+from gplq_ros.onboard.placemap import MapConfig, PlaceMap
 from gplq_ros.onboard.preprocess import read_rgb
 from gplq_ros.tools.common import cli
 

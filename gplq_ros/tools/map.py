@@ -14,7 +14,8 @@ from pathlib import Path
 
 from gplq_ros.onboard.geo import GeoRef, parse_zone, read_world_file
 from gplq_ros.onboard.paths import default_onboard_models, default_vocab
-from gplq_ros.onboard.placemap import MapConfig, MapError, build_map_file
+from gplq_ros.onboard.mapbuild import build_map_file
+from gplq_ros.onboard.placemap import MapConfig, MapError
 from gplq_ros.tools.common import cli
 
 DEFAULTS = MapConfig()
