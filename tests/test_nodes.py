@@ -728,7 +728,9 @@ def test_localizer_in_the_flight_publishes_poses_a_navigation_stack_can_fuse(
     assert np.median(err) < 2.5 and np.mean(err <= 5) >= 0.85, np.percentile(err, [50, 95])
     geo = PlaceMap.load(place_map).georef
     by_key = {key(m): m for m in poses}
-    assert len(fixes) == len(poses)
+    # a NavSatFix for every pose (the last pose's fix may be cut off by the shutdown: compare up to the last fix)
+    last = max(key(f) for f in fixes)
+    assert {key(m) for m in poses if key(m) <= last} == {key(f) for f in fixes} and len(fixes) >= len(poses) - 1
     for f in fixes:
         p = by_key[key(f)].pose.pose.position
         lat, lon = geo.to_wgs84(p.x, p.y)
