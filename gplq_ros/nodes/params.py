@@ -1,6 +1,10 @@
 """Typed ROS parameters declared with descriptors (description, range or choices,
-read-only), validated in one on-set callback that names the parameter and the value."""
-from typing import Dict, Optional, Sequence, Tuple
+read-only), validated in one on-set callback that names the parameter and the value.
+
+A library config dataclass whose fields are ``onboard.settings.setting``s is declared with
+``declare_settings``: one ROS parameter per field, same name, default, description, range,
+choices and read-only flag (the dataclass is the one home of each setting)."""
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
@@ -33,6 +37,18 @@ class Params:
             raise ValueError(f'parameter {name}={value!r}: must be one of {list(self.choices[name])}')
         self.values[name] = value
         return value
+
+    def declare_settings(self, cls, skip: Iterable[str] = ()) -> dict:
+        """Declare every setting of config dataclass ``cls`` (``onboard.settings``) as a
+        parameter of the same name; returns {name: value} for ``cls(**values)``."""
+        from gplq_ros.onboard.settings import settings_of
+        skip = set(skip)
+        out = {}
+        for s in settings_of(cls):
+            if s.name in skip:
+                continue
+            out[s.name] = self.declare(s.name, s.default, s.help, s.range, s.choices, read_only=s.read_only)
+        return out
 
     def __getitem__(self, name: str):
         return self.values[name]
