@@ -25,8 +25,10 @@ def _bringup(context, *args, **kwargs):
                             additional_env=env))
     record = bringup.record_command(values)
     if record is not None:
-        actions.append(Node(package=bringup.PACKAGE, executable='gplq_record', arguments=record, output='screen',
-                            namespace=values['namespace'] or None, additional_env=env))
+        # launch_ros appends --ros-args -r __ns:=... ; gplq_record passes them to rclpy (its topics are absolute)
+        actions.append(Node(package=bringup.PACKAGE, executable='gplq_record', name='gplq_record', arguments=record,
+                            output='screen', namespace=bringup.resolve(values)['namespace'] or None,
+                            additional_env=env))
     return actions
 
 

@@ -92,6 +92,8 @@ def resolve(overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         raise ValueError(f'launch argument namespace={args["namespace"]!r}: not a ROS namespace (e.g. uav1 or '
                          '/fleet/uav1)')
     args['namespace'] = '/' + ns if ns else ''
+    for name in PATH_ARGUMENTS:    # `model:=~/x.onnx`: the shell leaves the ~ of name:=~/... alone
+        args[name] = os.path.expanduser(args[name]) if args[name] else ''
     _bool(args, 'use_sim_camera')
     _bool(args, 'record_bag')
     _bool(args, 'autostart')
@@ -99,6 +101,7 @@ def resolve(overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return args
 
 
+PATH_ARGUMENTS = ('model', 'reference_model', 'params_file', 'bag_dir', 'place_map')
 TOPIC = re.compile(r'/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
 
 

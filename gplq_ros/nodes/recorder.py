@@ -1,7 +1,9 @@
 """Recording ROS 2 topics into a rosbag2 bag with ``rosbags`` (``gplq_record``): messages
 are stored as received (raw CDR from rclpy ``raw=True`` subscriptions), with the receipt
 time as the bag timestamp, as ``ros2 bag record`` does; topics that do not exist yet are
-subscribed as soon as they appear (``discover``)."""
+subscribed as soon as they appear (``discover``). Topic names are resolved as by any ROS
+node (relative names in the node's namespace, remappings applied) and recorded under the
+fully qualified name."""
 import importlib
 from pathlib import Path
 
@@ -19,6 +21,12 @@ def message_class(type_name: str):
 class Recorder:
     def __init__(self, node, out: Path, topics, storage: str = 'mcap'):
         out = Path(out)
+        wanted = []
+        for t in topics:   # fully qualified, as the graph reports them: relative names in the node's namespace
+            try:
+                wanted.append(node.resolve_topic_name(t))
+            except Exception as e:
+                raise ValueError(f'--topics {t!r}: not a ROS topic name ({e})') from None
         if out.exists():
             raise FileExistsError(f'--out {out} exists; rosbag2 bags are directories that are never overwritten')
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -27,7 +35,7 @@ class Recorder:
         self.writer = Writer(out, version=8, storage_plugin=StoragePlugin.MCAP if storage == 'mcap'
                              else StoragePlugin.SQLITE3)
         self.writer.open()
-        self.wanted = list(dict.fromkeys(topics))
+        self.wanted = list(dict.fromkeys(wanted))
         self.conns, self.subs, self.counts = {}, {}, {}
         self.out = out
 
