@@ -141,6 +141,58 @@ def test_localizer_follows_a_track_and_rejects_what_it_must():
     assert reasons[-1] == 'lost' and lost.x is None
 
 
+def _same_state(a: dict, b: dict) -> bool:
+    """Two ``Localizer.state()``s are equal (arrays element-wise, NaN equal to NaN)."""
+    def eq(x, y):
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            return isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and np.array_equal(x, y, equal_nan=True)
+        if isinstance(x, (list, tuple)):
+            return type(x) is type(y) and len(x) == len(y) and all(eq(u, v) for u, v in zip(x, y))
+        if hasattr(x, '__dataclass_fields__'):
+            return type(x) is type(y) and all(eq(getattr(x, k), getattr(y, k)) for k in x.__dataclass_fields__)
+        return x == y or (x != x and y != y)
+    return a.keys() == b.keys() and all(eq(a[k], b[k]) for k in a)
+
+
+def test_a_filter_fault_leaves_the_filter_as_it_was():
+    """Numerical failures of the filter (a LinAlgError from a singular innovation covariance; a NaN
+    covariance and an overflow from an absurd time step) raise FilterFault, which is not a
+    ValueError (a malformed input is), and leave the filter's state exactly as before the frame:
+    the next frame gives the same estimate as on a twin localizer that never saw the faulty one."""
+    from gplq_ros.onboard.localize import FilterFault
+    f = _feature_fn()
+    pmap = _synthetic_map(f)
+    t, xy, yaw = _track(30)
+    loc, twin = Localizer(pmap), Localizer(pmap)
+    for tt, p, a in zip(t, xy, yaw):
+        e, e2 = loc.update(f(*p, a), float(tt)), twin.update(f(*p, a), float(tt))
+    assert e.fix and np.array_equal(e.xy, e2.xy)
+    q, t_last = f(*xy[-1], yaw[-1]), float(t[-1])
+    for dt in (1e77, 1e100):       # NaN covariance after the prediction; dt ** 4 overflows
+        before = loc.state()
+        with pytest.raises(FilterFault) as err:
+            loc.update(q, t_last + dt)
+        assert not isinstance(err.value, ValueError) and _same_state(loc.state(), before), (dt, err.value)
+    assert 'non-finite filter state' in str(pytest.raises(FilterFault, loc.update, q, t_last + 1e77).value)
+    # a singular innovation covariance: the update's solve raises LinAlgError (a ValueError), once a FilterFault
+    meas = loc.measure(q)
+    loc.P = loc.P.copy()
+    loc.P[:2, :2] = -meas.cov                     # S = P_xy + R = 0 at the filter's own time (no prediction)
+    before = loc.state()
+    with pytest.raises(FilterFault, match='LinAlgError') as err:
+        loc.update(q, float(loc.t))
+    assert isinstance(err.value.__cause__, np.linalg.LinAlgError) and _same_state(loc.state(), before)
+    loc.P = twin.P.copy()
+    assert _same_state(loc.state(), twin.state())
+    with pytest.raises(ValueError, match='non-finite') as err:    # a NaN descriptor is malformed, not a jump
+        loc.update(np.full_like(q, np.nan), t_last + 0.05)
+    assert not isinstance(err.value, FilterFault) and _same_state(loc.state(), twin.state())
+    nxt = xy[-1] + np.array([0.4, -0.3])
+    a, b = loc.update(f(*nxt, yaw[-1]), t_last + 0.1), twin.update(f(*nxt, yaw[-1]), t_last + 0.1)
+    assert a.fix and b.fix and np.array_equal(a.xy, b.xy) and np.array_equal(a.cov, b.cov)
+    assert loc.frames == twin.frames + 5          # every frame is counted, the failed ones too
+
+
 def test_localizer_refuses_an_ambiguous_place():
     """Two places that look the same: with min_margin the localizer gives no fix there."""
     f = _feature_fn()

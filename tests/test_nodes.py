@@ -62,7 +62,8 @@ def test_bringup_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_f
     monitor's live latency."""
     params = params_file(tmp_path / 'params.yaml',
                          feature_node={'vocabulary': str(vocab_file)},
-                         monitor_node={'vocabulary': str(vocab_file), 'check_every_n': 4, 'period': 0.5})
+                         monitor_node={'vocabulary': str(vocab_file), 'check_every_n': 4,
+                                       'diagnostics_period': 0.5})
     bags = tmp_path / 'bags'
     up = start([sys.executable, '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'model:={packed_graph}',
                 f'reference_model:={fp32_graph}', f'params_file:={params}', 'record_bag:=true',
@@ -249,7 +250,7 @@ def test_monitor_reports_error_for_a_corrupted_model(tmp_path, w4a8_artifact, fp
     params = params_file(tmp_path / 'params.yaml',
                          feature_node={'vocabulary': str(vocab_file)},
                          monitor_node={'vocabulary': str(vocab_file), 'check_every_n': 2, 'consecutive': 2,
-                                       'period': 0.5},
+                                       'diagnostics_period': 0.5},
                          flight_sim_node={'rate_hz': 5.0})
     up = start([sys.executable, '-m', 'gplq_ros.tools.up', f'model:={graph}', f'reference_model:={fp32_graph}',
                 f'params_file:={params}', 'camera_topic:=/corrupt/image'], tmp_path / 'up.log')
@@ -406,7 +407,7 @@ def test_monitor_survives_every_drift_level_and_no_worker_thread_ends(
     params = params_file(tmp_path / 'params.yaml',
                          feature_node={'vocabulary': str(vocab_file), 'diagnostics_period': 0.2},
                          monitor_node={'vocabulary': str(vocab_file), 'check_every_n': 1, 'consecutive': 2,
-                                       'period': 0.2})
+                                       'diagnostics_period': 0.2})
     up = start([sys.executable, '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'model:={packed_graph}',
                 f'reference_model:={fp32_graph}', f'params_file:={params}', 'camera_topic:=/levels/image'],
                tmp_path / 'up.log')
@@ -455,7 +456,8 @@ def test_sim_time_keeps_stamps_and_the_monitor_follows_the_ros_clock(tmp_path, p
     from rosgraph_msgs.msg import Clock
     params = params_file(tmp_path / 'params.yaml',
                          feature_node={'vocabulary': 'none', 'diagnostics_period': 0.2},
-                         monitor_node={'vocabulary': 'none', 'check_every_n': 2, 'period': 0.2, 'stale_after_s': 3.0})
+                         monitor_node={'vocabulary': 'none', 'check_every_n': 2, 'diagnostics_period': 0.2,
+                                       'stale_after_s': 3.0})
     up = start([sys.executable, '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'model:={packed_graph}',
                 f'reference_model:={fp32_graph}', f'params_file:={params}', 'camera_topic:=/sim/image',
                 'use_sim_time:=true'], tmp_path / 'up.log')
@@ -546,7 +548,7 @@ def test_lifecycle_transitions_with_a_real_lifecycle_client(tmp_path, packed_gra
     from rcl_interfaces.srv import ListParameters
     params = params_file(tmp_path / 'params.yaml',
                          feature_node={'vocabulary': 'none', 'diagnostics_period': 0.2},
-                         monitor_node={'vocabulary': 'none', 'check_every_n': 1, 'period': 0.2})
+                         monitor_node={'vocabulary': 'none', 'check_every_n': 1, 'diagnostics_period': 0.2})
     up = start([sys.executable, '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'model:={packed_graph}',
                 f'reference_model:={fp32_graph}', f'params_file:={params}', 'camera_topic:=/lc/image',
                 'autostart:=false'], tmp_path / 'up.log')
@@ -629,7 +631,7 @@ def test_two_vehicles_in_one_domain_under_their_namespaces(tmp_path, packed_grap
     uav1's camera also publishes camera_info and gets a scaled ~/camera_info with each frame's header."""
     params = params_file(tmp_path / 'params.yaml',
                          feature_node={'vocabulary': 'none', 'diagnostics_period': 0.3, 'threads': 1},
-                         monitor_node={'vocabulary': 'none', 'check_every_n': 2, 'period': 0.3})
+                         monitor_node={'vocabulary': 'none', 'check_every_n': 2, 'diagnostics_period': 0.3})
     ups = {ns: start([sys.executable, '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'namespace:={ns}',
                       f'model:={packed_graph}', f'reference_model:={fp32_graph}', f'params_file:={params}'],
                      tmp_path / f'{ns}.log') for ns in ('uav1', 'uav2')}
@@ -696,7 +698,7 @@ def test_localizer_in_the_flight_publishes_poses_a_navigation_stack_can_fuse(
     from gplq_ros.onboard.placemap import PlaceMap
     params = params_file(tmp_path / 'params.yaml', feature_node={'vocabulary': str(vocab_file)},
                          monitor_node={'vocabulary': str(vocab_file)},
-                         localizer_node={'vocabulary': str(vocab_file), 'period': 0.5})
+                         localizer_node={'vocabulary': str(vocab_file), 'diagnostics_period': 0.5})
     bags = tmp_path / 'bags'
     up = start([sys.executable, '-m', 'gplq_ros.tools.up', f'model:={packed_graph}', f'reference_model:={fp32_graph}',
                 f'params_file:={params}', f'place_map:={place_map}', 'record_bag:=true', f'bag_dir:={bags}'],

@@ -74,8 +74,8 @@ def test_drift_monitor_goes_to_error_after_k_failed_checks():
     assert d.update(bad) == Level.WARN
     assert d.update(bad) == Level.ERROR and d.failed_in_a_row == 3
     assert d.update(good) == Level.OK
-    with pytest.raises(ValueError, match='boundary_ssim=1.5'):
-        DriftBounds(boundary_ssim=1.5)
+    with pytest.raises(ValueError, match='boundary_ssim_min=1.5'):
+        DriftBounds(boundary_ssim_min=1.5)
     with pytest.raises(ValueError, match='consecutive=0'):
         DriftBounds(consecutive=0)
 
@@ -267,7 +267,7 @@ def test_slot_worker_survives_exceptions_and_reports_them():
         assert w.health()[0] == 0                                  # counted once
     finally:
         w.stop()
-    assert w.health()[2]                                           # stopped on purpose is not a failure
+    assert not w.health()[2] and not w.thread.is_alive()          # health() says what the thread does
 
 
 def test_status_policies():
@@ -304,7 +304,8 @@ def test_drift_bounds_are_the_monitor_defaults():
     doc = yaml.safe_load((REPO / 'config' / 'monitor_node.yaml').read_text())['/**/monitor_node']['ros__parameters']
     b = DriftBounds()
     assert (doc['descriptor_cosine_min'], doc['boundary_ssim_min'], doc['corner_repeatability_min'],
-            doc['consecutive']) == (b.descriptor_cosine, b.boundary_ssim, b.corner_repeatability, b.consecutive)
+            doc['consecutive']) == (b.descriptor_cosine_min, b.boundary_ssim_min, b.corner_repeatability_min,
+                                    b.consecutive)
 
 
 def test_flow_stats_rates_latency_and_drops():

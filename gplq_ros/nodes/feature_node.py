@@ -6,7 +6,10 @@ the subscription callback (a malformed message is logged once with the field and
 counted, and skipped); the decoded frame goes to a newest-only slot, and an inference
 thread runs the onboard engine on the newest frame and publishes, with the input header
 copied, ``~/boundary_map``, ``~/corner_map``, ``~/corners`` and ``~/descriptor`` (layouts:
-``gplq_ros.onboard.messages``). Frames replaced before inference are counted as dropped.
+``gplq_ros.onboard.messages``). Frames replaced before inference (or waiting at a
+deactivation) are counted as dropped; a frame inside the engine when the node was
+deactivated gives no outputs and is counted as skipped. The inference thread lives from
+configure to cleanup: after activate again the node carries on.
 With ``camera_info`` (CameraInfo, optional) from the camera, ``~/camera_info`` carries its
 calibration scaled to the published maps (``onboard.messages.scale_camera_info``; the newest
 camera_info is used, intrinsics being constant). Counters, engine latency, the lifecycle
@@ -65,7 +68,7 @@ class FeatureNode(ManagedNode):
                   'input = resized to the camera image', choices=MAP_RESOLUTIONS)
         p.declare('max_input_pixels', MAX_PIXELS_DEFAULT, 'larger camera images are rejected (height*width)',
                   (1, 2 ** 31 - 1))
-        p.declare('diagnostics_period', 1.0, 'seconds between /diagnostics messages', (0.1, 60.0), read_only=True)
+        self.declare_diagnostics_period(lo=0.1)
         self.hardware_id = p.declare('hardware_id', 'gplq_ros', 'hardware_id in /diagnostics', read_only=True)
         self.engine = None
         self._lock = threading.Lock()
@@ -89,7 +92,7 @@ class FeatureNode(ManagedNode):
         self.publishers_ = [self.pub_boundary, self.pub_corner_map, self.pub_corners, self.pub_descriptor,
                             self.pub_info, self.pub_diag]
         self.latency = LatencyWindow(300)
-        self.received = self.processed = 0
+        self.received = self.processed = self.skipped = 0
         self.rejected = {}
         self.last_error = ''
         self.camera_info = None
@@ -135,17 +138,24 @@ class FeatureNode(ManagedNode):
             return
         self.slot.put((msg.header, rgb))
 
-    def _infer(self, item):
-        """Inference thread: engine and publishing failures reach ``_fail`` through the worker."""
+    def _infer(self, item) -> None:
+        """Inference thread: engine and publishing failures reach ``_fail`` through the worker.
+        A frame whose engine run outlived the active state gives no outputs (``frames_skipped``)."""
         header, rgb = item
         t0 = time.perf_counter()
         out = self.engine(rgb)
         self.latency.add(1e3 * (time.perf_counter() - t0))
-        if not self.context.ok() or not self.active:
-            return False    # shutting down or deactivated meanwhile: no outputs
         boundary, corner_map = output_maps(out, self.params['map_resolution'])
         with self._lock:
             info = self.camera_info
+        with self.gate:
+            if not self.context.ok() or not self.active:
+                self.skipped += 1     # shutting down or deactivated meanwhile: no outputs
+                return
+            self._publish(header, out, boundary, corner_map, info)
+        self.processed += 1
+
+    def _publish(self, header, out, boundary, corner_map, info) -> None:
         if info is not None:
             try:
                 self.pub_info.publish(scale_camera_info(info, out.image_hw, boundary.shape, header))
@@ -159,8 +169,6 @@ class FeatureNode(ManagedNode):
         self.pub_corners.publish(encode_corners(out.corners_px, out.corners.response, header))
         if out.descriptor is not None:
             self.pub_descriptor.publish(encode_descriptor(out.descriptor, header))
-        self.processed += 1
-        return True
 
     def _fail(self, text: str) -> None:
         with self._lock:   # the worker counts its exceptions (engine_errors = worker.errors)
@@ -174,7 +182,8 @@ class FeatureNode(ManagedNode):
         engine_errors = self.worker.errors
         lat = self.latency.summary()
         values = {'frames_received': self.received, 'frames_processed': self.processed,
-                  'frames_dropped': self.slot.dropped, 'frames_rejected': sum(rejected.values()),
+                  'frames_dropped': self.slot.dropped, 'frames_skipped': self.skipped,
+                  'frames_rejected': sum(rejected.values()),
                   'engine_errors': engine_errors, 'engine_p50_ms': lat['p50_ms'], 'engine_p95_ms': lat['p95_ms'],
                   'engine_max_ms': lat['max_ms'], 'queue_depth': self.slot.pending, 'model_kind': self.engine.kind,
                   'lifecycle_state': self.state_label,

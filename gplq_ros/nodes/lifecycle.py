@@ -9,8 +9,16 @@ startup, so plain use (``ros2 run``, the launch file) stays one command; a lifec
 sets it false and drives the transitions through the standard ``lifecycle_msgs`` services
 (``~/change_state``, ``~/get_state``). A subclass implements ``declare()``, ``configure()``,
 ``activate()`` (create the subscriptions) and extends ``release()``.
+
+The worker thread (``onboard.slot.SlotWorker``) lives from configure to cleanup, across
+deactivate/activate: at deactivation the frame waiting in its slot is dropped, and a frame
+inside the engine then gives no outputs; the worker publishes only under ``self.gate`` after
+checking ``self.active``, so no output leaves the node after on_deactivate returned. A
+parameter renamed in a release (``RENAMED``: old -> new) given under its old name stops the
+node at construction with a message naming the new one (ROS would ignore it silently).
 """
-from typing import List, Optional
+import threading
+from typing import Dict, List, Optional
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
@@ -19,9 +27,15 @@ from gplq_ros.nodes.params import Params
 
 class ManagedNode(LifecycleNode):
     NODE_NAME = ''
+    RENAMED: Dict[str, str] = {}
 
     def __init__(self, **kw):
         super().__init__(self.NODE_NAME, **kw)
+        old = sorted(set(self.RENAMED) & set(self._parameter_overrides))
+        if old:
+            raise ValueError(', '.join(f'parameter {n} was renamed {self.RENAMED[n]}' for n in old)
+                             + f': update the parameter file (see config/{self.NODE_NAME}.yaml)')
+        self.gate = threading.Lock()     # held while a worker publishes and while the state changes
         self.params = Params(self)
         self.autostart = self.params.declare('autostart', True, 'configure and activate at startup (false: wait '
                                              'for a lifecycle manager)', read_only=True)
@@ -43,6 +57,15 @@ class ManagedNode(LifecycleNode):
     def activate(self) -> None:
         """Create the input subscriptions (append them to ``self.inputs``)."""
         raise NotImplementedError
+
+    def deactivate(self) -> None:
+        """After the inputs are gone: forget the work waiting for the worker (extend it for
+        joins that hold inputs)."""
+        if self.worker is not None:
+            self.worker.slot.discard()
+
+    def declare_diagnostics_period(self, what: str = '/diagnostics messages', lo: float = 0.05) -> float:
+        return self.params.declare('diagnostics_period', 1.0, f'seconds between {what}', (lo, 60.0), read_only=True)
 
     def release(self) -> None:
         """Undo ``configure`` (safe on a partly configured node): stop the worker thread, destroy
@@ -78,8 +101,10 @@ class ManagedNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.state_label = 'inactive'
+        with self.gate:
+            self.state_label = 'inactive'
         self._drop_inputs()
+        self.deactivate()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -98,7 +123,8 @@ class ManagedNode(LifecycleNode):
 
     def _teardown(self, label: str) -> TransitionCallbackReturn:
         """Inputs first (no new frames), then the worker, timer, publishers and model."""
-        self.state_label = label
+        with self.gate:
+            self.state_label = label
         self._drop_inputs()
         self.release()
         return TransitionCallbackReturn.SUCCESS

@@ -10,9 +10,12 @@ ERROR once ``consecutive`` checks in a row had a metric below its bound; WARN fo
 or for a p95 latency above ``latency_p95_warn_ms``, or a drop rate above
 ``drop_rate_warn``; STALE when inputs arrive but no output for ``stale_after_s``; ERROR
 when the reference thread raised. Published on ``/diagnostics`` and, numerically, on
-``~/status`` (``onboard.messages.STATUS_FIELDS``) every ``period`` seconds. A managed node
-(``nodes.lifecycle``): the reference engine is loaded in on_configure, the inputs subscribed
-while active; ``autostart`` (default true) configures and activates it at startup.
+``~/status`` (``onboard.messages.STATUS_FIELDS``) every ``diagnostics_period`` seconds. The
+bounds and limits are the parameters of ``DriftBounds`` and ``MonitorLimits`` (same names,
+declared from them). A managed node (``nodes.lifecycle``): the reference engine is loaded in
+on_configure, the inputs subscribed while active; ``autostart`` (default true) configures and
+activates it at startup. The reference thread lives from configure to cleanup; a check whose
+reference run outlived the active state is not counted (``checks_skipped``).
 """
 import sys
 import threading
@@ -36,8 +39,6 @@ from gplq_ros.onboard.slot import SlotWorker
 from gplq_ros.onboard.stats import FlowStats
 from gplq_ros.onboard.status import Level, MonitorLimits, monitor_status
 
-BOUNDS, LIMITS = DriftBounds(), MonitorLimits()
-
 
 def _key(stamp):
     return (int(stamp.sec), int(stamp.nanosec))
@@ -45,6 +46,7 @@ def _key(stamp):
 
 class MonitorNode(ManagedNode):
     NODE_NAME = 'monitor_node'
+    RENAMED = {'period': 'diagnostics_period'}
 
     def declare(self) -> None:
         p = self.params
@@ -56,20 +58,10 @@ class MonitorNode(ManagedNode):
         p.declare('backend', 'auto', 'graph runtime of the FP32 reference: auto = openvino when '
                   'installed, else onnxruntime', choices=BACKENDS, read_only=True)
         p.declare('check_every_n', 10, 'run the FP32 reference on every n-th camera frame', (1, 100000))
-        p.declare('descriptor_cosine_min', BOUNDS.descriptor_cosine, 'drift bound: VLAD descriptor cosine to FP32',
-                  (0.0, 1.0))
-        p.declare('boundary_ssim_min', BOUNDS.boundary_ssim, 'drift bound: boundary-map SSIM to FP32', (0.0, 1.0))
-        p.declare('corner_repeatability_min', BOUNDS.corner_repeatability, 'drift bound: fraction of FP32 corners '
-                  'repeated within one patch', (0.0, 1.0))
-        p.declare('consecutive', BOUNDS.consecutive, 'checks in a row below a bound before ERROR', (1, 1000))
-        p.declare('latency_p95_warn_ms', LIMITS.latency_p95_warn_ms, 'WARN above this end-to-end p95 latency',
-                  (1.0, 1e6))
-        p.declare('drop_rate_warn', LIMITS.drop_rate_warn, 'WARN above this fraction of camera frames without '
-                  'output', (0.0, 1.0))
-        p.declare('stale_after_s', LIMITS.stale_after_s, 'STALE when no output for this long while frames arrive',
-                  (0.1, 3600.0))
+        p.declare_settings(DriftBounds)       # descriptor_cosine_min, boundary_ssim_min, ..., consecutive
+        p.declare_settings(MonitorLimits)     # latency_p95_warn_ms, drop_rate_warn, stale_after_s
         p.declare('latency_window', 300, 'outputs in the latency percentiles', (1, 100000), read_only=True)
-        p.declare('period', 1.0, 'seconds between /diagnostics and ~/status messages', (0.05, 60.0), read_only=True)
+        self.declare_diagnostics_period('/diagnostics and ~/status messages')
         self.hardware_id = p.declare('hardware_id', 'gplq_ros', 'hardware_id in /diagnostics', read_only=True)
         self.qos_cam = declare_qos(p, 'input_qos', 'best_effort', 5, 'the camera subscription')
         self.qos_out = declare_qos(p, 'output_qos', 'reliable', 10, 'the feature output subscriptions')
@@ -97,7 +89,7 @@ class MonitorNode(ManagedNode):
         self.pub_status = self.create_publisher(Float64MultiArray, '~/status', QoSProfile(depth=10))
         self.publishers_ = [self.pub_diag, self.pub_status]
         self.worker = SlotWorker(self._check, 'gplq_reference', on_error=self._fail)
-        self.timer = self.create_timer(p['period'], self.publish_status)
+        self.timer = self.create_timer(p['diagnostics_period'], self.publish_status)
         self._level = Level.OK
 
     def activate(self) -> None:
@@ -113,9 +105,12 @@ class MonitorNode(ManagedNode):
         self.reference = None
 
     def _bounds(self) -> DriftBounds:
-        p = self.params
-        return DriftBounds(p['descriptor_cosine_min'], p['boundary_ssim_min'], p['corner_repeatability_min'],
-                           p['consecutive'])
+        return self.params.settings(DriftBounds)
+
+    def deactivate(self) -> None:
+        if self.worker.slot.discard():     # the check waiting for the reference thread
+            self.join.skip()
+        self.join.clear()                  # frames kept for a check: their outputs will not come now
 
     def now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -147,15 +142,20 @@ class MonitorNode(ManagedNode):
 
     def _submit(self, item) -> None:
         if item is not None and self.worker.slot.put(item):
-            self.join.skipped += 1
+            self.join.skip()
 
     def _check(self, item) -> None:
-        """Reference thread: a failing check (a mismatched output) reaches ``_fail`` through the worker."""
+        """Reference thread: a failing check (a mismatched output) reaches ``_fail`` through the worker.
+        A check whose reference run outlived the active state is not counted (``checks_skipped``)."""
         _, rgb, got = item
         metrics = compare(self.reference(rgb), got['boundary'], got['corners'], got.get('descriptor'))
-        self.drift.bounds = self._bounds()
-        before = self.drift.level
-        level = self.drift.update(metrics)
+        with self.gate:
+            if not self.context.ok() or not self.active:
+                self.join.skip()     # deactivated meanwhile: the node does no work while inactive
+                return
+            self.drift.bounds = self._bounds()
+            before = self.drift.level
+            level = self.drift.update(metrics)
         if level != before:   # one logging call per severity (rclpy refuses a call site that changes it)
             text = (f'drift {level.name}: ' + ', '.join(f'{k} {v:.3f}' for k, v in metrics.items())
                     + f' (below bound: {self.drift.last_failed or "none"})')
@@ -175,7 +175,7 @@ class MonitorNode(ManagedNode):
     def publish_status(self) -> None:
         s = dict(self.flow.snapshot(self.now_s()), **self.drift.figures())
         p = self.params
-        limits = MonitorLimits(p['latency_p95_warn_ms'], p['drop_rate_warn'], p['stale_after_s'])
+        limits = p.settings(MonitorLimits)
         # staleness on the node's clock like the latencies (ROS time; /clock with use_sim_time)
         idle = max(0.0, self.now_s() - self.last_output) if self.last_output is not None else None
         with self._lock:

@@ -50,6 +50,13 @@ class Params:
             out[s.name] = self.declare(s.name, s.default, s.help, s.range, s.choices, read_only=s.read_only)
         return out
 
+    def settings(self, cls, **given):
+        """An instance of config dataclass ``cls`` from the parameters' current values (those
+        declared by ``declare_settings``; ``given`` for the skipped ones)."""
+        from gplq_ros.onboard.settings import settings_of
+        values = {s.name: self.values[s.name] for s in settings_of(cls) if s.name not in given}
+        return cls(**values, **given)
+
     def __getitem__(self, name: str):
         return self.values[name]
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from gplq_ros.onboard.metrics import corner_repeatability, ssim
+from gplq_ros.onboard.settings import setting, validate
 from gplq_ros.onboard.status import Level
 
 METRICS = ('descriptor_cosine', 'boundary_ssim', 'corner_repeatability')
@@ -44,19 +45,23 @@ def compare(ref, boundary: Optional[np.ndarray], corners_px: Optional[np.ndarray
 
 @dataclass
 class DriftBounds:
-    """The monitor's bounds; its parameters ``<metric>_min`` and ``consecutive`` default to these."""
-    descriptor_cosine: float = 0.5
-    boundary_ssim: float = 0.6
-    corner_repeatability: float = 0.4
-    consecutive: int = 3
+    """The monitor's bounds (``onboard.settings``): a check fails when a metric is below its
+    ``<metric>_min``; ERROR after ``consecutive`` failed checks in a row. The monitor's ROS
+    parameters are these fields, same names, declared from them."""
+    descriptor_cosine_min: float = setting(0.5, 'drift bound: VLAD descriptor cosine to FP32', range=(0.0, 1.0),
+                                           read_only=False)
+    boundary_ssim_min: float = setting(0.6, 'drift bound: boundary-map SSIM to FP32', range=(0.0, 1.0),
+                                       read_only=False)
+    corner_repeatability_min: float = setting(0.4, 'drift bound: fraction of FP32 corners repeated within one '
+                                              'patch', range=(0.0, 1.0), read_only=False)
+    consecutive: int = setting(3, 'checks in a row below a bound before ERROR', range=(1, 1000), read_only=False)
 
     def __post_init__(self):
-        for k in METRICS:
-            v = getattr(self, k)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f'{k}={v}: must be in [0, 1]')
-        if self.consecutive < 1:
-            raise ValueError(f'consecutive={self.consecutive}: must be >= 1')
+        validate(self)
+
+    def bound(self, metric: str) -> float:
+        """The bound of a metric of ``METRICS``."""
+        return getattr(self, f'{metric}_min')
 
 
 @dataclass
@@ -72,7 +77,7 @@ class DriftMonitor:
     def update(self, metrics: Dict[str, float]) -> Level:
         self.checks += 1
         self.last = dict(metrics)
-        self.last_failed = [k for k in METRICS if k in metrics and metrics[k] < getattr(self.bounds, k)]
+        self.last_failed = [k for k in METRICS if k in metrics and metrics[k] < self.bounds.bound(k)]
         self.failed_in_a_row = self.failed_in_a_row + 1 if self.last_failed else 0
         return self.level
 
@@ -116,6 +121,20 @@ class CheckJoin:
                 del self.frames[k]
                 self.skipped += 1
             return self._ready(key)
+
+    def skip(self, n: int = 1) -> None:
+        """Count ``n`` checks that were not made (a newer one replaced it, the node was deactivated)."""
+        with self._lock:
+            self.skipped += n
+
+    def clear(self) -> int:
+        """Forget every waiting frame (counted in ``skipped``), e.g. at deactivation; returns how many."""
+        with self._lock:
+            n = len(self.frames)
+            self.skipped += n
+            self.frames.clear()
+            self.outputs.clear()
+            return n
 
     def output(self, key: Hashable, kind: str, value):
         with self._lock:

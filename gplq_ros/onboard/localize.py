@@ -23,6 +23,7 @@ A frame yields a fix (``Estimate.fix``) only when its measurement was accepted b
 running filter: the fix is the filter's posterior position and covariance, the
 measurement's yaw. Otherwise the estimate carries the reason and no position is published.
 """
+import copy
 import math
 from dataclasses import dataclass
 from typing import List, Optional
@@ -30,48 +31,56 @@ from typing import List, Optional
 import cv2
 import numpy as np
 
-from gplq_ros.onboard.fileformat import check_fields
 from gplq_ros.onboard.placemap import PlaceMap
+from gplq_ros.onboard.settings import setting, validate
 
 
 @dataclass(frozen=True)
 class LocalizerConfig:
-    top_k: int = 24
-    cluster_radius_m: float = 12.0
-    temperature: float = 0.05
-    min_margin: float = 0.0
-    sigma_floor_m: float = 1.0
-    measurement_scale: float = 16.0
-    accel_sigma: float = 3.0          # m/s^2
-    max_speed_mps: float = 20.0
-    gate_chi2: float = 13.82          # chi-square, 2 dof, 0.999
-    init_fixes: int = 3
-    reset_after: int = 10
-    refine: bool = True               # match the frame's boundary map against the map's boundary orthomap
-    search_radius_m: float = 12.0     # translations searched around the retrieved position
-    yaw_span_deg: float = 20.0        # yaws searched around the retrieved yaw
-    min_ncc: float = 0.3              # a weaker best match keeps the retrieval measurement
-    refine_sigma_m: float = 2.0       # standard deviation of a refined position
-    height_ratio_min: float = 0.7     # heights searched without a track: from 0.7x the lowest map height ...
-    height_ratio_max: float = 1.6     # ... to 1.6x the highest
-    recheck_every: int = 10           # while tracking, every n-th frame also searches around the retrieval ...
-    recheck_margin: float = 0.1       # ... and a place matching this much better (NCC) ...
-    recheck_confirm: int = 2          # ... in this many rechecks in a row restarts the filter there
+    """The localizer's settings (``onboard.settings``): the localizer node declares one ROS
+    parameter per field, same name, help and range."""
+    top_k: int = setting(24, 'tiles retrieved per frame', range=(1, 1000))
+    cluster_radius_m: float = setting(12.0, 'top-k tiles this close to the best are the same place',
+                                      range=(0.1, 1000.0))
+    temperature: float = setting(0.05, 'score softness of the top-k position weights', range=(1e-4, 10.0))
+    min_margin: float = setting(0.0, 'no measurement when the best other place scores within this of the best',
+                                range=(0.0, 1.99))
+    sigma_floor_m: float = setting(1.0, 'smallest measurement standard deviation, m', range=(0.01, 1000.0))
+    measurement_scale: float = setting(16.0, 'multiplier on the measurement covariance', range=(0.01, 1000.0))
+    accel_sigma: float = setting(3.0, 'filter process noise, white acceleration, m/s^2', range=(0.001, 100.0))
+    max_speed_mps: float = setting(20.0, 'a fix farther than this speed allows since the last fix is rejected',
+                                   range=(0.1, 500.0))
+    gate_chi2: float = setting(13.82, 'innovation gate (chi-square, 2 dof)', range=(0.1, 1000.0))
+    init_fixes: int = setting(3, 'consistent measurements to start the filter', range=(1, 100))
+    reset_after: int = setting(10, 'rejections in a row before the filter restarts', range=(1, 10000))
+    refine: bool = setting(True, "refine the retrieved position by matching the frame's boundary map (topic "
+                           "boundary_map, same stamp as the descriptor) against the map's boundary orthomap")
+    search_radius_m: float = setting(12.0, 'refinement: translations searched around the retrieved position, m',
+                                     range=(0.5, 100.0))
+    yaw_span_deg: float = setting(20.0, 'refinement: yaws searched around the retrieved yaw, degrees',
+                                  range=(0.0, 90.0))
+    min_ncc: float = setting(0.3, 'refinement: a weaker boundary-map match keeps the retrieval measurement',
+                             range=(-1.0, 1.0))
+    refine_sigma_m: float = setting(2.0, 'refinement: standard deviation of a refined position, m',
+                                    range=(0.01, 100.0))
+    height_ratio_min: float = setting(0.7, 'refinement without a track: lowest height searched, times the lowest '
+                                      'map height', range=(0.1, 1.0))
+    height_ratio_max: float = setting(1.6, 'refinement without a track: highest height searched, times the highest '
+                                      'map height', range=(1.0, 10.0))
+    recheck_every: int = setting(10, 'while tracking, every n-th frame whose retrieval points elsewhere also '
+                                 'searches there (0: never)', range=(0, 10000))
+    recheck_margin: float = setting(0.1, 'a place matching this much better (NCC) than the track is a challenger',
+                                    range=(0.0, 2.0))
+    recheck_confirm: int = setting(2, 'challenger rechecks in a row that restart the filter on it', range=(1, 100))
 
     def __post_init__(self):
-        check_fields(self, [
-            ('top_k', 1 <= self.top_k <= 1000), ('cluster_radius_m', 0 < self.cluster_radius_m <= 1000),
-            ('temperature', 1e-4 <= self.temperature <= 10), ('min_margin', 0 <= self.min_margin < 2),
-            ('sigma_floor_m', 0.01 <= self.sigma_floor_m <= 1000),
-            ('measurement_scale', 0.01 <= self.measurement_scale <= 1000),
-            ('accel_sigma', 0.001 <= self.accel_sigma <= 100), ('max_speed_mps', 0.1 <= self.max_speed_mps <= 500),
-            ('gate_chi2', 0.1 <= self.gate_chi2 <= 1000), ('init_fixes', 1 <= self.init_fixes <= 100),
-            ('reset_after', 1 <= self.reset_after <= 10000),
-            ('search_radius_m', 0 < self.search_radius_m <= 100), ('yaw_span_deg', 0 <= self.yaw_span_deg <= 90),
-            ('min_ncc', -1 <= self.min_ncc <= 1), ('refine_sigma_m', 0.01 <= self.refine_sigma_m <= 100),
-            ('height_ratio_min', 0.1 <= self.height_ratio_min <= 1),
-            ('height_ratio_max', 1 <= self.height_ratio_max <= 10), ('recheck_every', 0 <= self.recheck_every <= 10000),
-            ('recheck_margin', 0 <= self.recheck_margin <= 2), ('recheck_confirm', 1 <= self.recheck_confirm <= 100)])
+        validate(self)
+
+
+class FilterFault(RuntimeError):
+    """The filter failed numerically on a frame (numpy.linalg.LinAlgError, an overflow, a
+    non-finite state or covariance); ``Localizer.update`` left the filter as it was before
+    the frame. Not a ValueError: a malformed input is one."""
 
 
 @dataclass
@@ -321,10 +330,40 @@ class Localizer:
         self.fixes += 1
         return Estimate(t, meas, fix=True, xy=self.x[:2].copy(), cov=cov)
 
+    # the filter's state: everything ``update`` may change (``frames`` counts every frame, failed or not)
+    _STATE = ('x', 'P', 't', 'pending', 'rejected', 'last_fix', 'last_refined', 'since_recheck', 'challenger',
+              'fixes', 'rejected_total', 'recheck_restarts')
+
+    def state(self) -> dict:
+        """A deep copy of the filter's state (``restore`` puts it back)."""
+        return {k: copy.deepcopy(getattr(self, k)) for k in self._STATE}
+
+    def restore(self, state: dict) -> None:
+        for k in self._STATE:
+            setattr(self, k, state[k])
+
     def update(self, descriptor: np.ndarray, t: float, boundary: Optional[np.ndarray] = None) -> Estimate:
         """One frame at time ``t`` (seconds of the node's clock, the frame's stamp), with its
-        boundary map for the refinement (optional)."""
+        boundary map for the refinement (optional). Transactional: when the frame fails (a
+        malformed input raises ValueError, a numerical failure of the filter ``FilterFault``)
+        the filter is left exactly as it was before the frame."""
         self.frames += 1
+        if not np.isfinite(descriptor).all():     # a malformed input, not a jump of the drone
+            raise ValueError('descriptor has non-finite values')
+        before = self.state()
+        try:
+            est = self._update(descriptor, t, boundary)
+            if self.x is not None and not (np.isfinite(self.x).all() and np.isfinite(self.P).all()):
+                raise FilterFault(f'non-finite filter state at t={t:.6g} (x={self.x}, P diagonal={np.diag(self.P)})')
+        except (np.linalg.LinAlgError, ArithmeticError) as e:   # LinAlgError is a ValueError: still the filter's
+            self.restore(before)
+            raise FilterFault(f'{type(e).__name__} at t={t:.6g}: {e}') from e
+        except BaseException:
+            self.restore(before)
+            raise
+        return est
+
+    def _update(self, descriptor: np.ndarray, t: float, boundary: Optional[np.ndarray]) -> Estimate:
         if self.t is not None and t < self.t:                 # clock jumped back (bag replayed): start over
             self.reset()
         if boundary is not None:

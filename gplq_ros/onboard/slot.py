@@ -33,6 +33,15 @@ class LatestSlot:
             item, self._item = self._item, None
             return item
 
+    def discard(self) -> bool:
+        """Drop the waiting item, if any (counted in ``dropped``); True when there was one."""
+        with self._cond:
+            had = self._item is not None
+            if had:
+                self.dropped += 1
+            self._item = None
+            return had
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -49,14 +58,18 @@ class LatestSlot:
 
 class SlotWorker:
     """A daemon thread that calls ``handle(item)`` for the newest item of a ``LatestSlot``
-    until ``stop()``; ``handle`` returning False ends the loop (e.g. at shutdown).
+    until ``stop()``. Only ``stop()`` ends it: what ``handle`` returns is ignored (a frame it
+    skips, e.g. because the node was deactivated meanwhile, is just a frame), so the worker
+    lives as long as its node is configured.
 
     An exception from ``handle`` does not end the thread: it is counted, kept as
     ``last_error`` (type and message) and passed to ``on_error`` (the node logs it), and
     the thread takes the next item. ``health()`` tells the node's status what happened
-    since it last asked and whether the thread still runs."""
+    since it last asked and whether the thread still runs (``thread.is_alive()``, nothing
+    else): a thread that ended without ``stop()`` (a BaseException such as SystemExit out of
+    ``handle``) reads as not alive, with the cause in ``last_error``."""
 
-    def __init__(self, handle: Callable[[Any], Optional[bool]], name: str,
+    def __init__(self, handle: Callable[[Any], Any], name: str,
                  on_error: Optional[Callable[[str], None]] = None):
         self.slot = LatestSlot()
         self._handle = handle
@@ -65,38 +78,46 @@ class SlotWorker:
         self.errors = 0
         self._reported = 0
         self.last_error = ''
-        self._stopped = False
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.slot.closed:
-            item = self.slot.take(timeout=0.2)
-            if item is None:
-                continue
+        try:
+            while not self.slot.closed:
+                item = self.slot.take(timeout=0.2)
+                if item is None:
+                    continue
+                try:
+                    self._handle(item)
+                except Exception as e:  # noqa: BLE001 -- any failure of one item: report it, serve the next
+                    self._report(e)
+        except BaseException as e:  # noqa: BLE001 -- SystemExit and the like end the thread: say so, end
+            text = f'{self.thread.name} ended by {type(e).__name__}: {str(e)[:300]}'
+            with self._lock:
+                self.last_error = text
+            self._tell(text)
+
+    def _report(self, e: Exception) -> None:
+        text = f'{self.thread.name}: {type(e).__name__}: {str(e)[:300]}'
+        with self._lock:
+            self.errors += 1
+            self.last_error = text
+        self._tell(text)
+
+    def _tell(self, text: str) -> None:
+        if self._on_error is not None:
             try:
-                if self._handle(item) is False:
-                    self._stopped = True
-                    break
-            except Exception as e:  # noqa: BLE001 -- any failure of one item: report it, serve the next
-                text = f'{self.thread.name}: {type(e).__name__}: {str(e)[:300]}'
-                with self._lock:
-                    self.errors += 1
-                    self.last_error = text
-                if self._on_error is not None:
-                    try:
-                        self._on_error(text)
-                    except Exception:  # noqa: BLE001 -- a failing logger must not end the thread either
-                        pass
+                self._on_error(text)
+            except Exception:  # noqa: BLE001 -- a failing logger must not end the thread either
+                pass
 
     def health(self) -> Tuple[int, str, bool]:
-        """(exceptions since the last call, the last exception's text, thread alive or stopped on purpose)."""
+        """(exceptions since the last call, the last exception's text, ``thread.is_alive()``)."""
         with self._lock:
             new, self._reported = self.errors - self._reported, self.errors
-            return new, self.last_error, self.thread.is_alive() or self._stopped
+            return new, self.last_error, self.thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stopped = True
         self.slot.close()
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
             self.thread.join(timeout)

@@ -1,14 +1,18 @@
 """The diagnostic levels the nodes publish, decided here without ROS.
 
-``Level`` is diagnostic_msgs/DiagnosticStatus's level. ``feature_status`` and
-``monitor_status`` turn a node's counters into (level, message); ``worker_status`` adds
-the health of its worker thread: a thread that raised since the last status, or ended
-while the node runs, makes the status ERROR with the exception's message.
+``Level`` is diagnostic_msgs/DiagnosticStatus's level. ``feature_status``,
+``monitor_status`` and ``localizer_status`` turn a node's counters into (level, message);
+``worker_status`` adds the health of its worker thread: a thread that raised since the last
+status, or ended while the node runs, makes the status ERROR with the exception's message.
+``MonitorLimits`` are the monitor's settings (``onboard.settings``: its ROS parameters of
+the same names are declared from them).
 """
 import enum
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
+
+from gplq_ros.onboard.settings import setting, validate
 
 
 class Level(enum.IntEnum):
@@ -40,9 +44,15 @@ def feature_status(processed: int, engine_errors: int, rejected: Dict[str, int],
 
 @dataclass(frozen=True)
 class MonitorLimits:
-    latency_p95_warn_ms: float = 250.0
-    drop_rate_warn: float = 0.5
-    stale_after_s: float = 3.0
+    latency_p95_warn_ms: float = setting(250.0, 'WARN above this end-to-end p95 latency', range=(1.0, 1e6),
+                                         read_only=False)
+    drop_rate_warn: float = setting(0.5, 'WARN above this fraction of camera frames without output',
+                                    range=(0.0, 1.0), read_only=False)
+    stale_after_s: float = setting(3.0, 'STALE when no output for this long while frames arrive',
+                                   range=(0.1, 3600.0), read_only=False)
+
+    def __post_init__(self):
+        validate(self)
 
 
 def monitor_status(drift, snapshot: dict, limits: MonitorLimits, errors: int, last_error: str,
@@ -85,3 +95,22 @@ def worker_status(status: Status, new_errors: int, last_error: str, alive: bool)
     if new_errors:
         return Level.ERROR, f'{new_errors} worker exception(s), last: {last_error}; ' + text
     return level, text
+
+
+def localizer_status(last_reason: Optional[str], idle_s: Optional[float], stale_after_s: float,
+                     malformed: str = '', filter_fault: str = '') -> Status:
+    """The localizer's level. ``last_reason``: the last localized frame's estimate, '' for a
+    fix, else why not (None: none yet); ``idle_s``: seconds since the last input (None:
+    none yet); ``malformed`` / ``filter_fault``: the text of a malformed input or of a filter
+    fault since the last status ('' for none). ERROR for a malformed input or a filter
+    fault (the filter kept its state), WARN when no input for ``stale_after_s`` or the last
+    frame gave no fix (with the reason), OK after a fix."""
+    if malformed:
+        return Level.ERROR, f'malformed descriptor: {malformed}'
+    if filter_fault:
+        return Level.ERROR, f'filter fault: {filter_fault}'
+    if idle_s is None or idle_s > stale_after_s:
+        return Level.WARN, 'no descriptor' + (f' for {idle_s:.1f} s' if idle_s is not None else ' yet')
+    if last_reason == '':
+        return Level.OK, 'fix'
+    return Level.WARN, f'no fix: {last_reason if last_reason is not None else "no descriptor yet"}'
