@@ -404,15 +404,13 @@ def test_monitor_deactivated_while_a_check_is_in_the_reference_resumes_after_act
 def synthetic_place_map(tmp_path):
     """A real place map file (synthetic descriptors, as in test_localize) and its vocabulary file."""
     from test_localize import _feature_fn, _synthetic_map
-    from threadpoolctl import threadpool_limits
 
     from gplq_ros.onboard.vocabulary import VocabMeta, Vocabulary
     centers = np.random.default_rng(0).normal(size=(4, 24)).astype(np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     vocab = Vocabulary(centers, VocabMeta('dinov2_vits14', 'w' * 64, 9, 'value', 224, 4, 0, 100))
     f = _feature_fn()
-    with threadpool_limits(limits=1, user_api='blas'):     # small matrices: BLAS threads only contend
-        pmap = _synthetic_map(f, size_m=100.0, vocab=centers)
+    pmap = _synthetic_map(f, size_m=100.0, vocab=centers)
     pmap.save(tmp_path / 'map.safetensors')
     vocab.save(tmp_path / 'vocab.safetensors')
     return tmp_path / 'map.safetensors', tmp_path / 'vocab.safetensors', f
