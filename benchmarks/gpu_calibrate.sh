@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Calibrate artifacts on a CUDA machine (the lent device machine: torch, timm, safetensors,
 # numpy, OpenCV and onnx there; no network): the onboard default form with and without the
-# learned rounding (CalibConfig.rounding_iters), min-max with it. Prints wall times; the
+# learned rounding (CalibConfig.rounding, --rounding-iters), min-max with it. Prints wall times; the
 # artifacts land in OUTDIR, split into 15 MB parts (reassemble with cat), the logs and reports in
 # OUTDIR/<name>.logs.tgz (each run's files are written as soon as it ends).
 #

@@ -28,8 +28,9 @@ def main() -> int:
     images = [rng.integers(0, 256, (400, 400, 3), dtype=np.uint8) for _ in range(2)]
     crops = make_crops(images, 8, 0)
     spec = QuantSpec(weight_bits=4, act_bits=8, act_order=True, rotation='orthogonal', attention='qk_int8')
-    cfg = CalibConfig(crops=8, batch=4, init_crops=4, gptq_crops=4, sensitivity_crops=4, max_8bit_fraction=0.25,
-                      rounding_iters=20, rounding_crops=8, rounding_batch=4, device=args.device)
+    cfg = CalibConfig.from_options(crops=8, batch=4, init_crops=4, gptq_crops=4, sensitivity_crops=4,
+                                   max_8bit_fraction=0.25, rounding_iters=20, rounding_crops=8, rounding_batch=4,
+                                   device=args.device)
     t0 = time.perf_counter()
     cal = calibrate(ext, spec, cfg, crops)
     out = cal.model.block_tokens(crops[0])[-1]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gplq_ros.offline.calibration import batches_of, init_quantizers, stage1
-from gplq_ros.offline.config import CalibConfig
+from gplq_ros.offline.config import CalibConfig, LossConfig, Stage1Config
 from gplq_ros.offline.losses import GPLQLoss, as_grid
 from gplq_ros.offline.weight_ptq import basin_drift, collect_hessians, gptq_codes, stage2
 from gplq_ros.offline.quantized import Modes, QuantDinoV2
@@ -27,7 +27,7 @@ def crops(images):
 
 
 def mimic_loss(qm, crops, cfg):
-    loss, total = GPLQLoss(cfg), 0.0
+    loss, total = GPLQLoss(cfg.loss), 0.0
     with torch.no_grad():
         for x in batches_of(crops, 4):
             with qm.modes(act=False):
@@ -104,7 +104,7 @@ def test_rotated_model_is_the_same_function_with_smaller_activation_peaks(extrac
 def test_stage1_lowers_the_mimicking_loss(extractor, crops):
     # 24 steps: after 12 the loss was -4.3 % on an AMD Zen 5 but +2.0 % on an Intel Xeon (AMX), where
     # different float kernels flip 4-bit codes; after 24 it was -11 % on the Xeon
-    cfg = CalibConfig(crops=8, batch=2, epochs=6, init_crops=8, lambda_reg=0.01)
+    cfg = CalibConfig(crops=8, batch=2, init_crops=8, stage1=Stage1Config(epochs=6), loss=LossConfig(lambda_reg=0.01))
     qm = QuantDinoV2(extractor, QuantSpec.from_bits('w4a4'))
     init_quantizers(qm, crops, 'minmax', 4)
     before = mimic_loss(qm, crops, cfg)
@@ -123,7 +123,7 @@ def test_stage1_lowers_the_mimicking_loss(extractor, crops):
 def calibrated(extractor, crops):
     spec = QuantSpec.from_bits('w4a8', group_size=32)
     qm = QuantDinoV2(extractor, spec)
-    stage1(qm, crops, CalibConfig(crops=8, batch=4, epochs=1, init_crops=8))
+    stage1(qm, crops, CalibConfig(crops=8, batch=4, stage1=Stage1Config(epochs=1), init_crops=8))
     hs = collect_hessians(qm, batches_of(crops, 4))
     basin = stage2(qm, spec, hs)
     assert qm.current_modes == Modes()

@@ -24,6 +24,7 @@ def test_calibrate_report_and_fidelity(tmp_path, manifest, vocab):
     assert 'overall' in m['basin']['drift'] and 'overall' in m['gradient_alignment']
     assert len(m['heldout']['per_layer_cosine']['mean']) == 12
     assert 0.5 < m['heldout']['final_cosine']['mean'] <= 1.0
+    assert m['heldout_absent'] == {} and 'descriptor_cosine' in m['heldout']       # a vocabulary was given
     for pic in report['pictures']:
         assert cv2.imread(pic) is not None
     assert len(report['pictures']) == 3
@@ -49,3 +50,30 @@ def test_calibrate_report_and_fidelity(tmp_path, manifest, vocab):
     bad.write_bytes(out.read_bytes()[:-50] + b'\0' * 50)
     res = run('gplq_ros.tools.fidelity', '--model', bad, '--images', *held, *env_vocab)
     assert res.returncode == 2 and 'checksum mismatch' in res.stderr
+
+
+def test_report_says_why_the_descriptor_metrics_are_absent(tmp_path, monkeypatch):
+    """Without a vocabulary the calibration report names the descriptor metrics it could not
+    measure and why (they used to be left out silently)."""
+    import numpy as np
+
+    from gplq_ros.offline.api import report_vocabulary
+    from gplq_ros.onboard.vocabulary import VocabMeta, Vocabulary
+    monkeypatch.setenv('GPLQ_HOME', str(tmp_path))          # no gplq_vocab default there
+    centers, absent = report_vocabulary(None, 'f' * 64)
+    assert centers is None and set(absent) == {'descriptor_cosine', 'descriptor_top1'}
+    assert all('no vocabulary at' in why and 'gplq_vocab' in why and str(tmp_path) in why for why in absent.values())
+    meta = VocabMeta(backbone='dinov2_vits14', weights_sha256='f' * 64, block=9, facet='value', long_side=224, k=4,
+                     seed=0, n_features=8)
+    Vocabulary(np.eye(4, 384, dtype=np.float32), meta).save(tmp_path / 'vocab' / 'vlad_k32.safetensors')
+    centers, absent = report_vocabulary(None, 'f' * 64)
+    assert centers.shape == (4, 384) and absent == {}
+
+
+def test_calibrate_refuses_a_missing_report_vocabulary(tmp_path):
+    """An explicit --report-vocab that does not exist is an error before any work (it used to
+    drop the descriptor metrics silently)."""
+    out = tmp_path / 'w.safetensors'
+    res = run('gplq_ros.tools.calibrate', '--crops', 4, '--out', out, '--report-vocab', tmp_path / 'none.safetensors')
+    assert res.returncode == 2 and 'none.safetensors: file not found' in res.stderr, res.stderr[-2000:]
+    assert not out.exists()

@@ -2,6 +2,7 @@
 never imports torch, timm or rclpy; no import from a lower layer to a higher one)."""
 import ast
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -24,7 +25,6 @@ def test_package_xml_format3_ament_python():
     deps = {e.text for e in root.findall('exec_depend')}
     assert {'rclpy', 'sensor_msgs', 'std_msgs', 'geometry_msgs', 'diagnostic_msgs'} <= deps
     # every ROS interface package the installed code imports is declared (rosdep installs it)
-    import re
     used = set()
     for f in (REPO / 'gplq_ros').rglob('*.py'):
         used |= set(re.findall(r'^\s*from (\w+_msgs)\b', f.read_text(), re.M))
@@ -133,3 +133,112 @@ def test_console_scripts_installed():
                  'gplq_bench'):
         res = subprocess.run([str(bindir / name), '--help'], capture_output=True, text=True)
         assert res.returncode == 0 and 'usage' in res.stdout, name
+
+
+def test_license_matches_package_xml():
+    """LICENSE is the Apache License 2.0 that package.xml and setup.py declare."""
+    text = (REPO / 'LICENSE').read_text()
+    assert ET.parse(REPO / 'package.xml').getroot().findtext('license') == 'Apache-2.0'
+    assert "license='Apache-2.0'" in (REPO / 'setup.py').read_text()
+    assert text.split()[:4] == ['Apache', 'License', 'Version', '2.0,']
+    assert 'TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION' in text
+    assert text.rstrip().endswith('limitations under the License.')
+
+
+# the console scripts a drone runs: they import no offline module (torch) at module level, nor
+# does tools.common, which they share (run with torch and timm hidden: test_onboard_tools.py)
+ONBOARD_TOOLS = ('map', 'eval_bag', 'up', 'record')
+
+
+def test_onboard_tools_import_neither_offline_nor_torch():
+    setup = (REPO / 'setup.py').read_text()
+    for name in ONBOARD_TOOLS:
+        assert f"'gplq_{name} = gplq_ros.tools.{name}:main'" in setup, name
+    problems = []
+    for name in ONBOARD_TOOLS + ('common',):
+        for module, line, nested in _imports(PACKAGE / 'tools' / f'{name}.py'):
+            parts = module.split('.')
+            if not nested and (parts[:2] == ['gplq_ros', 'offline'] or parts[0] in ('torch', 'timm')):
+                problems.append(f'tools/{name}.py:{line}: imports {module}')
+    assert not problems, '\n'.join(problems)
+    _check_imports([f'gplq_ros.tools.{name}' for name in ('common',) + ONBOARD_TOOLS], ('torch', 'timm'))
+
+
+def test_config_and_spec_import_without_torch():
+    """The calibration configs are plain validated dataclasses (as their docstrings say)."""
+    _check_imports(['gplq_ros.offline.config', 'gplq_ros.offline.spec'], ('torch', 'timm'))
+
+
+# a dotted name of a gplq_ros module, or of the packages it had before (runtime, model, quant,
+# gplq: a docstring naming those is stale)
+MODULE_NAME = re.compile(r'\b(gplq_ros|onboard|offline|bringup|nodes|tools|runtime|model|quant|gplq)'
+                         r'((?:\.[A-Za-z_]\w*)+)')
+
+
+def _top_level_names(path: Path) -> set:
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split('.')[0] for a in node.names}
+    return names
+
+
+def _missing_module(name: str):
+    """Why dotted ``name`` (``gplq_ros.onboard.engine.load`` or ``onboard.engine.load``) names
+    no module or module attribute of gplq_ros; None if it does."""
+    parts = name.split('.')
+    if parts[0] == 'gplq_ros':
+        parts = parts[1:]
+    if not parts:
+        return None
+    if not (PACKAGE / parts[0] / '__init__.py').is_file():
+        return f'no package gplq_ros.{parts[0]}'
+    if len(parts) == 1:
+        return None
+    module = PACKAGE / parts[0] / f'{parts[1]}.py'
+    if not module.is_file():
+        return f'no module gplq_ros.{parts[0]}.{parts[1]}'
+    if len(parts) > 2 and parts[2] not in _top_level_names(module):
+        return f'gplq_ros.{parts[0]}.{parts[1]} has no {parts[2]}'
+    return None
+
+
+def test_module_paths_in_docstrings_and_architecture_exist():
+    """Every module path a docstring or docs/architecture.md names exists (dotted names,
+    and the modules listed under each gplq_ros/<package> of the docs' package map)."""
+    problems = []
+    for path in sorted(PACKAGE.rglob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                for m in MODULE_NAME.finditer(ast.get_docstring(node) or ''):
+                    why = _missing_module(m.group(0))
+                    if why:
+                        problems.append(f'{path.relative_to(REPO)}: docstring names {m.group(0)}: {why}')
+    text = (REPO / 'docs' / 'architecture.md').read_text()
+    for m in MODULE_NAME.finditer(text):
+        why = _missing_module(m.group(0))
+        if why:
+            problems.append(f'docs/architecture.md names {m.group(0)}: {why}')
+    package_map = text.split('## Package map', 1)[1].split('```')[1]
+    package, listed = None, 0
+    for line in package_map.splitlines():
+        head = re.match(r'gplq_ros/(\w+)\s', line + ' ')
+        if head:
+            package = head.group(1)
+            assert (PACKAGE / package / '__init__.py').is_file(), line
+            continue
+        if not line.startswith(' '):
+            package = None
+        entry = re.match(r'  ([a-z_]\w*(?:, [a-z_]\w*)*)\s{2,}', line)
+        if package and entry:
+            for name in entry.group(1).split(', '):
+                listed += 1
+                if not (PACKAGE / package / f'{name}.py').is_file():
+                    problems.append(f'docs/architecture.md package map: no module gplq_ros/{package}/{name}.py')
+    assert listed > 40       # the map was found and read
+    assert not problems, '\n'.join(problems)

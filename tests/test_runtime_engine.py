@@ -62,7 +62,7 @@ def test_quantized_engine_matches_fake_quant_model(extractor, images, tmp_path):
     spec = QuantSpec.from_bits('w4a8', group_size=None, weight_method='rtn')
     qm = QuantDinoV2(extractor, spec)
     stage1(qm, make_crops([images['AWPE_Pigeon_Lake_2020_DJI_0005.JPG']], 8, 0),
-           CalibConfig(method='minmax', crops=8, init_crops=8))
+           CalibConfig(stage1=None, init='minmax', crops=8, init_crops=8))
     stage2(qm, spec, None)
     qm.set_modes(act=True, weight=True)
     for q in qm.quantizers.values():

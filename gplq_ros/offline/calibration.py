@@ -1,7 +1,8 @@
 """Stage 1: activation-only calibration (weights FP32 and frozen).
 
-Quantizer s, z are initialized from statistics on ``init_crops`` crops, then (method
-'gplq') learned for ``epochs`` epochs with Adam on the GPLQ loss. L_reg's gradient is applied per quantizer
+Quantizer s, z are initialized from statistics (``init``) on ``init_crops`` crops, then (with
+``CalibConfig.stage1``, method 'gplq') learned for ``stage1.epochs`` epochs with Adam on the
+GPLQ loss (``CalibConfig.loss``). L_reg's gradient is applied per quantizer
 (it depends only on that quantizer's s, z and input), so no graph is kept for it and
 the blocks can be recomputed in the backward pass (activation checkpointing). Per
 quantizer the learning rates are relative: scales step by ~``lr * mean(s0)``, zero-points by
@@ -78,29 +79,28 @@ def record_step(history: Dict[str, list], step: int, terms: Dict[str, torch.Tens
 def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
            progress: Optional[Callable] = None) -> Dict[str, list]:
     """Calibrate activation quantizers in place; returns the per-step loss history."""
-    init = cfg.method if cfg.method in ('minmax', 'percentile') else cfg.init
-    init_quantizers(qm, inputs[:cfg.init_crops], init, cfg.batch)
+    init_quantizers(qm, inputs[:cfg.init_crops], cfg.init, cfg.batch)
     history: Dict[str, list] = {}
-    if cfg.method != 'gplq' or cfg.epochs == 0:
+    if cfg.stage1 is None:
         return history
     grid = (inputs[0].shape[2] // 14, inputs[0].shape[3] // 14)
-    loss_fn = GPLQLoss(cfg)
+    loss_fn = GPLQLoss(cfg.loss)
     quantizers = list(qm.quantizers.values())
     opt = torch.optim.Adam(quantizer_param_groups(quantizers, cfg.lr))
     rng = np.random.default_rng(cfg.seed)
-    if cfg.pca_final:
+    if cfg.loss.pca_final:
         with torch.no_grad(), qm.modes(act=False):
             fp = qm.block_tokens(torch.cat(inputs[:cfg.init_crops]).to(model_device(qm)))
         history['pca_components'] = [loss_fn.fit_pca(fp[-1])]
     step = 0
     t0 = time.perf_counter()
     with _learning(quantizers), qm.modes(act=True, weight=False):
-        for _ in range(cfg.epochs):
+        for _ in range(cfg.stage1.epochs):
             for x in batches_of(inputs, cfg.batch, rng.permutation(len(inputs)), model_device(qm)):
                 with torch.no_grad(), qm.modes(act=False):
                     fp = [as_grid(t, grid) for t in qm.block_tokens(x)]
                 for q in quantizers:
-                    q.track_error = cfg.lambda_reg > 0
+                    q.track_error = cfg.loss.lambda_reg > 0
                 out = [as_grid(t, grid) for t in qm.block_tokens(x)]
                 for q in quantizers:  # block recomputation in backward must not track again
                     q.track_error = False
@@ -109,7 +109,7 @@ def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
                 opt.zero_grad(set_to_none=True)
                 terms['total'].backward()
                 if errors:  # L_reg: each quantizer's local gradient, weighted as in the loss
-                    w = cfg.lambda_reg / len(errors)
+                    w = cfg.loss.lambda_reg / len(errors)
                     for q in quantizers:
                         gs, gz = q.error_grads
                         q.scale.grad = q.scale.grad + w * gs if q.scale.grad is not None else w * gs

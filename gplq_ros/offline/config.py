@@ -1,137 +1,238 @@
-"""Calibration configuration: a validated, versioned dataclass (no torch)."""
-from dataclasses import asdict, dataclass, field
+"""Calibration configuration: validated, versioned dataclasses, one per stage (no torch).
+
+``CalibConfig`` holds what the stages share (crops, batch, seed, device, the initial
+activation quantizers and their learning step, the gradient-alignment check) and one
+sub-config per stage. An optional stage is None when it is off::
+
+  loss             LossConfig                    the GPLQ objective: stage 1 (and QAT) learn on it
+  stage1           Stage1Config or None          learned activation quantizers (on by default;
+                                                 None: the initial statistics stay,
+                                                 ``--method minmax|percentile`` or ``--epochs 0``)
+  weights          WeightsConfig                 stage 2: GPTQ / round to nearest, basin
+  mixed_precision  MixedPrecisionConfig or None  8-bit Linears by sensitivity (``--max-8bit-fraction F``)
+  rounding         RoundingConfig or None        learned rounding (``--rounding-iters N``)
+  qat              QATConfig or None             QAT baseline (``--qat-steps N``)
+  compensation     CompensationConfig or None    per-block linear compensation (``--compensation-rank R``)
+
+Ranges and choices live in the fields' metadata (``onboard.settings.setting``) and are
+checked from there. The command-line options (``tools.common.add_config_arguments``) keep
+their flat names: ``RoundingConfig.iters`` is ``--rounding-iters``, and giving it turns the
+rounding on; its value 0 (off, as before) with another rounding option is refused, as is
+``--rounding-batch`` without ``--rounding-iters``. ``CalibConfig.from_options(**flat)``
+builds a config from those names in Python (``method`` included).
+
+Version 2 (this one) stores the sub-configs nested; ``CalibConfig.from_dict`` also reads the
+flat version-1 records of older artifacts and reports.
+"""
+import math
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
-import torch
+from gplq_ros.onboard.settings import Setting, build, config_type, options_of, setting, validate
 
-from gplq_ros.onboard.fileformat import check_fields
-
-CALIB_VERSION = 1
-
-
-def option(text: str, choices=None, none=None) -> dict:
-    """Field metadata: the command-line help, choices and the option value meaning None
-    (``tools.common.add_config_arguments`` builds the options from it)."""
-    md = {'help': text}
-    if choices:
-        md['choices'] = choices
-    if none is not None:
-        md['none'] = none
-    return md
+CALIB_VERSION = 2
+METHODS = ('gplq', 'minmax', 'percentile')
+INITS = ('minmax', 'percentile')
+ALPHAS = ('depth', 'uniform')
+DEVICES = ('cpu', 'cuda')
+INF = math.inf
 
 
-@dataclass
-class CalibConfig:
-    """GPLQ calibration.
+@dataclass(frozen=True)
+class LossConfig:
+    """The GPLQ loss ``L = L_mimic + L_corner + L_edge + L_reg`` (``offline.losses``):
 
-    Stage 1 loss ``L = L_mimic + L_corner + L_edge + L_reg`` (see ``gplq.losses``):
-      * ``alpha``: per-layer weights of the 12 block outputs; 'depth' = alpha_i
-        proportional to (i + 1) (later blocks, closer to the heads, count more), normalized
-        to sum 1; 'uniform' = 1/12. Each layer's error is divided by the FP32 layer's mean
-        power so that layers of different magnitude are comparable.
-      * ``beta``: spatial weight ``w = 1 + beta * E / max E`` from the FP32 map's
-        EdgeMagnitude E (per image, per layer).
-      * ``lambda_corner`` / ``lambda_edge`` / ``lambda_reg``: 0.1 / 0.05 / 0.01.
-      * ``edge_threshold``: edge positions are where E / max E > 0.5 (final map).
+    * ``alpha``: per-layer weights of the 12 block outputs; 'depth' = alpha_i proportional
+      to (i + 1) (later blocks, closer to the heads, count more), normalized to sum 1;
+      'uniform' = 1/12. Each layer's error is divided by the FP32 layer's mean power so
+      that layers of different magnitude are comparable.
+    * ``beta``: spatial weight ``w = 1 + beta * E / max E`` from the FP32 map's
+      EdgeMagnitude E (per image, per layer).
+    * ``lambda_corner`` / ``lambda_edge`` / ``lambda_reg``: 0.1 / 0.05 / 0.01.
+    * ``edge_threshold``: edge positions are where E / max E > 0.5 (final map).
+    * ``pca_final``: stage 1 adds GPLQ's PCA-projected final-feature term (QAT does not).
     """
-
-    method: str = field(default='gplq', metadata=option('gplq = learned stage 1; minmax/percentile = statistics only',
-                                                        ('gplq', 'minmax', 'percentile')))
-    epochs: int = field(default=1, metadata=option('stage-1 epochs over the crops'))
-    crops: int = field(default=256, metadata=option('random calibration crops (224 px)'))
-    batch: int = field(default=4, metadata=option('crops per step'))
-    lr: float = field(default=0.01, metadata=option('relative step: scales move by ~lr * s0 per step'))
-    init: str = field(default='minmax', metadata=option('initial s, z (percentile measured worse)',
-                                                        ('minmax', 'percentile')))
-    init_crops: int = field(default=32, metadata=option('crops for the initial statistics'))
-    alpha: str = field(default='depth', metadata=option('per-block weights of L_mimic', ('depth', 'uniform')))
-    beta: float = field(default=1.0, metadata=option('spatial weight 1 + beta * E / max E'))
-    lambda_corner: float = field(default=0.1, metadata=option('weight of the Harris-corner term'))
-    lambda_edge: float = field(default=0.05, metadata=option('weight of the edge term'))
-    lambda_reg: float = field(default=0.01, metadata=option('weight of the quantizer regularization term'))
-    edge_threshold: float = field(default=0.5, metadata=option('edge positions: E / max E above this'))
-    corner_top_k: int = field(default=20, metadata=option('FP32 corners in the corner term'))
-    pca_final: bool = field(default=False, metadata=option("add GPLQ's PCA-projected final-feature term"))
-    pca_variance: float = field(default=0.6, metadata=option('variance kept by the PCA term'))
-    gptq_crops: int = field(default=64, metadata=option('crops for the GPTQ Hessians'))
-    seed: int = field(default=0, metadata=option('crops and data order'))
-    device: str = field(default='cpu', metadata=option('torch device for calibration', ('cpu', 'cuda')))
-    eps_basin: float = field(default=0.1, metadata=option('basin bound on ||Wq - W|| / ||W|| per layer'))
-    enforce_basin: bool = field(default=False, metadata=option('layers drifting > eps_basin get 8-bit weights'))
-    gamma_align: float = field(default=0.8, metadata=option('gradient-alignment threshold (warning below)'))
-    align_batches: int = field(default=2, metadata=option('batches in the gradient-alignment check'))
-    max_8bit_fraction: float = field(default=0.0, metadata=option(
-        'mixed precision: the most sensitive Linears (measured) get 8-bit weights, up to this fraction of the '
-        'Linear weights (0: off)'))
-    target_cosine: Optional[float] = field(default=None, metadata=option(
-        'mixed precision: stop adding 8-bit Linears once the calibration crops reach this final-token cosine'))
-    sensitivity_crops: int = field(default=16, metadata=option('crops for the layer sensitivity'))
-    rounding_iters: int = field(default=0, metadata=option(
-        'learned rounding of the quantized weights by block reconstruction (offline.rounding): Adam steps per '
-        'block; 0: off (the GPTQ / nearest codes of stage 2 stay)'))
-    rounding_crops: int = field(default=128, metadata=option('crops for the learned rounding'))
-    rounding_batch: int = field(default=8, metadata=option('crops per learned-rounding step'))
-    rounding_lr: float = field(default=0.05, metadata=option('Adam step of the learned-rounding variables'))
-    rounding_lambda: float = field(default=1.0, metadata=option('weight of the term that drives roundings to 0/1'))
-    qat_steps: int = field(default=0, metadata=option(
-        'QAT baseline (offline.qat): train weights, weight scales and activation quantizers end to end for this '
-        'many steps after stage 2 (0: off; use with --method minmax for an LSQ-style QAT run)'))
-    qat_lr: float = field(default=1e-5, metadata=option('QAT step of the weights (scales ~10x relative)'))
-    compensation_rank: int = field(default=0, metadata=option(
-        'per-block linear compensation of the quantization error (QwT-style, closed form) of this rank; 0: off'))
-    compensation_crops: int = field(default=32, metadata=option('crops for fitting the compensation'))
-    version: int = CALIB_VERSION
+    alpha: str = setting('depth', 'per-block weights of L_mimic', choices=ALPHAS)
+    beta: float = setting(1.0, 'spatial weight 1 + beta * E / max E', range=(0.0, 100.0))
+    lambda_corner: float = setting(0.1, 'weight of the Harris-corner term', range=(0.0, INF))
+    lambda_edge: float = setting(0.05, 'weight of the edge term', range=(0.0, INF))
+    lambda_reg: float = setting(0.01, 'weight of the quantizer regularization term', range=(0.0, INF))
+    edge_threshold: float = setting(0.5, 'edge positions: E / max E above this', range=(0.001, 0.999))
+    corner_top_k: int = setting(20, 'FP32 corners in the corner term', range=(1, 1000))
+    pca_final: bool = setting(False, "add GPLQ's PCA-projected final-feature term (stage 1)")
+    pca_variance: float = setting(0.6, 'variance kept by the PCA term', range=(0.01, 1.0))
 
     def __post_init__(self):
-        checks = [
-            ('version', self.version == CALIB_VERSION),
-            ('method', self.method in ('gplq', 'minmax', 'percentile')),
-            ('epochs', 0 <= self.epochs <= 100),
-            ('crops', 1 <= self.crops <= 100_000),
-            ('batch', 1 <= self.batch <= 256),
-            ('lr', 0 < self.lr <= 1),
-            ('init', self.init in ('percentile', 'minmax')),
-            ('init_crops', 1 <= self.init_crops),
-            ('alpha', self.alpha in ('depth', 'uniform')),
-            ('beta', 0 <= self.beta <= 100),
-            ('lambda_corner', self.lambda_corner >= 0),
-            ('lambda_edge', self.lambda_edge >= 0),
-            ('lambda_reg', self.lambda_reg >= 0),
-            ('edge_threshold', 0 < self.edge_threshold < 1),
-            ('corner_top_k', 1 <= self.corner_top_k <= 1000),
-            ('pca_variance', 0 < self.pca_variance <= 1),
-            ('gptq_crops', 1 <= self.gptq_crops),
-            ('device', self.device in ('cpu', 'cuda')),
-            ('eps_basin', self.eps_basin > 0),
-            ('gamma_align', -1 <= self.gamma_align <= 1),
-            ('align_batches', 1 <= self.align_batches <= 100),
-            ('max_8bit_fraction', 0.0 <= self.max_8bit_fraction <= 1.0),
-            ('target_cosine', self.target_cosine is None or 0.0 < self.target_cosine <= 1.0),
-            ('sensitivity_crops', 1 <= self.sensitivity_crops),
-            ('rounding_iters', 0 <= self.rounding_iters <= 1_000_000),
-            ('rounding_crops', 1 <= self.rounding_crops),
-            ('rounding_batch', 1 <= self.rounding_batch <= 1024),
-            ('rounding_lr', 0 < self.rounding_lr <= 10),
-            ('rounding_lambda', self.rounding_lambda >= 0),
-            ('qat_steps', 0 <= self.qat_steps <= 10_000_000),
-            ('qat_lr', 0 < self.qat_lr <= 1),
-            ('compensation_rank', 0 <= self.compensation_rank <= 384),
-            ('compensation_crops', 1 <= self.compensation_crops),
-        ]
-        check_fields(self, checks)
+        validate(self)
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """Stage 1 (``offline.calibration``): the activation quantizers' s, z learned on the loss,
+    weights FP32 and frozen."""
+    epochs: int = setting(1, 'stage-1 epochs over the crops (0: no stage 1, the initial statistics stay)',
+                          range=(1, 100), none=0)
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """Stage 2 (``offline.weight_ptq``): the weights quantized as the ``QuantSpec`` says; the
+    basin drift ||Wq - W|| / ||W|| measured per layer."""
+    gptq_crops: int = setting(64, 'crops for the GPTQ Hessians', range=(1, INF))
+    eps_basin: float = setting(0.1, 'basin bound on ||Wq - W|| / ||W|| per layer', range=(1e-6, INF))
+    enforce_basin: bool = setting(False, 'layers drifting > eps_basin get 8-bit weights')
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass(frozen=True)
+class MixedPrecisionConfig:
+    """Mixed precision (``offline.mixed_precision``), after stage 2: the most sensitive Linears
+    get 8-bit weights."""
+    max_8bit_fraction: float = setting(help='mixed precision: the most sensitive Linears (measured) get 8-bit '
+                                       'weights, up to this fraction of the Linear weights (0: off)',
+                                       range=(1e-6, 1.0), none=0)
+    target_cosine: Optional[float] = setting(None, 'mixed precision: stop adding 8-bit Linears once the '
+                                             'calibration crops reach this final-token cosine', range=(1e-6, 1.0))
+    sensitivity_crops: int = setting(16, 'crops for the layer sensitivity', range=(1, INF))
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass(frozen=True)
+class RoundingConfig:
+    """Learned rounding (``offline.rounding``) of the quantized weights by block
+    reconstruction, after mixed precision and QAT."""
+    iters: int = setting(help='learned rounding of the quantized weights by block reconstruction '
+                         '(offline.rounding): Adam steps per block (0: off, the GPTQ / nearest codes of stage 2 '
+                         'stay)', range=(1, 1_000_000), none=0)
+    crops: int = setting(128, 'crops for the learned rounding', range=(1, INF))
+    batch: int = setting(8, 'crops per learned-rounding step', range=(1, 1024))
+    lr: float = setting(0.05, 'Adam step of the learned-rounding variables', range=(1e-6, 10.0))
+    lambda_: float = setting(1.0, 'weight of the term that drives roundings to 0/1', range=(0.0, INF))
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """The QAT baseline (``offline.qat``), after stage 2 and mixed precision."""
+    steps: int = setting(help='QAT baseline (offline.qat): train weights, weight scales and activation quantizers '
+                         'end to end for this many steps after stage 2 (0: off; with --method minmax: an '
+                         'LSQ-style QAT run)', range=(1, 10_000_000), none=0)
+    lr: float = setting(1e-5, 'QAT step of the weights (scales ~10x relative)', range=(1e-9, 1.0))
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass(frozen=True)
+class CompensationConfig:
+    """Per-block linear compensation (``offline.compensation``, QwT-style, closed form), last."""
+    rank: int = setting(help='per-block linear compensation of the quantization error (QwT-style, closed form) '
+                        'of this rank (0: off)', range=(1, 384), none=0)
+    crops: int = setting(32, 'crops for fitting the compensation', range=(1, INF))
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """GPLQ calibration: the shared settings and one sub-config per stage (module docstring).
+
+    ``method`` (a property) is 'gplq' with stage 1, else the initial statistics ('minmax'
+    or 'percentile'); it names the default artifact (``<tag>_<method>.safetensors``).
+    """
+    crops: int = setting(256, 'random calibration crops (224 px)', range=(1, 100_000))
+    batch: int = setting(4, 'crops per step', range=(1, 256))
+    seed: int = setting(0, 'crops and data order')
+    device: str = setting('cpu', 'torch device for calibration', choices=DEVICES)
+    init: str = setting('minmax', 'statistics of the initial activation s, z (percentile measured worse); '
+                        'without stage 1 they stay', choices=INITS)
+    init_crops: int = setting(32, 'crops for the initial statistics', range=(1, INF))
+    lr: float = setting(0.01, 'relative step of the activation quantizers (stage 1 and QAT): scales move by ~lr '
+                        '* s0 per step', range=(1e-6, 1.0))
+    gamma_align: float = setting(0.8, 'gradient-alignment threshold (warning below)', range=(-1.0, 1.0))
+    align_batches: int = setting(2, 'batches in the gradient-alignment check', range=(1, 100))
+    loss: LossConfig = setting(help='the GPLQ loss (stage 1; QAT trains on it too)', default_factory=LossConfig)
+    stage1: Optional[Stage1Config] = setting(help='stage 1: learned activation quantizers (None: the initial '
+                                             'statistics stay)', default_factory=Stage1Config)
+    weights: WeightsConfig = setting(help='stage 2: weight quantization', default_factory=WeightsConfig)
+    mixed_precision: Optional[MixedPrecisionConfig] = setting(None, 'mixed precision (off unless '
+                                                              '--max-8bit-fraction is given)')
+    rounding: Optional[RoundingConfig] = setting(None, 'learned rounding (off unless --rounding-iters is given)',
+                                                 prefix='rounding_')
+    qat: Optional[QATConfig] = setting(None, 'QAT baseline (off unless --qat-steps is given)', prefix='qat_')
+    compensation: Optional[CompensationConfig] = setting(None, 'linear compensation (off unless '
+                                                         '--compensation-rank is given)', prefix='compensation_')
+    version: int = CALIB_VERSION
+
+    # an option that is not a field: --method X (from_options translates it)
+    SHORTHANDS = (Setting('method', 'gplq', 'gplq = learned stage 1; minmax / percentile = the initial '
+                          'statistics only (--init X, no stage 1)', choices=METHODS),)
+
+    def __post_init__(self):
+        if self.version != CALIB_VERSION:
+            raise ValueError(f'CalibConfig.version={self.version!r}: this gplq_ros makes version {CALIB_VERSION} '
+                             '(CalibConfig.from_dict reads older records)')
+        validate(self)
+
+    @property
+    def method(self) -> str:
+        return 'gplq' if self.stage1 is not None else self.init
+
+    @classmethod
+    def from_options(cls, strict: bool = True, **options) -> 'CalibConfig':
+        """The config from flat option values, named as on the command line (``rounding_iters=400``,
+        ``method='minmax'``; None = not given). ``--method minmax|percentile`` is ``--init X``
+        without stage 1; with a stage-1 option or another ``--init`` it is refused (``strict``;
+        otherwise the method wins, as in version-1 records)."""
+        options = {k: v for k, v in options.items() if v is not None}
+        method = options.pop('method', None)
+        if method is not None and method not in METHODS:
+            raise ValueError(f'--method {method!r}: must be one of {list(METHODS)}')
+        if method == 'gplq' and strict and options.get('epochs') == 0:
+            raise ValueError('--method gplq and --epochs 0 contradict each other: --epochs 0 means no stage 1')
+        if method in INITS:
+            if strict:
+                stage1 = [o.flag for o in options_of(cls) if o.group == ('stage1',) and o.name in options]
+                if stage1:
+                    raise ValueError(f'--method {method} and {stage1[0]} contradict each other: --method {method} '
+                                     'means no stage 1')
+                if options.get('init', method) != method:
+                    raise ValueError(f'--method {method} and --init {options["init"]} contradict each other')
+            options.update(init=method, epochs=0)
+        return build(cls, options, strict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'CalibConfig':
+        """The config ``to_dict`` wrote (version 2), or a flat version-1 record (artifacts and
+        reports made before the stages were split: the magic zeros read as stages off)."""
+        version = d.get('version')
+        if version == 1:
+            return cls.from_options(strict=False, **{k: v for k, v in d.items() if k != 'version'})
+        if version != CALIB_VERSION:
+            raise ValueError(f'calibration config version {version!r} is not supported (this gplq_ros reads '
+                             f'versions 1 and {CALIB_VERSION})')
+        kw = dict(d)
+        for f in fields(cls):
+            sub = config_type(cls, f.name)
+            if sub is not None and kw.get(f.name) is not None:
+                kw[f.name] = sub(**kw[f.name])
+        return cls(**kw)
 
 
 def alpha_weights(kind: str, layers: int) -> list:
     w = [float(i + 1) for i in range(layers)] if kind == 'depth' else [1.0] * layers
     total = sum(w)
     return [x / total for x in w]
-
-
-def resolve_device(name: str) -> str:
-    if name == 'cuda':
-        if not torch.cuda.is_available():
-            raise ValueError('--device cuda requested but torch.cuda.is_available() is False')
-    return name

@@ -1,6 +1,6 @@
 """GPLQ stage-1 loss terms (torch). Activations are patch-token maps (B, gh, gw, C).
 
-* ``edge_magnitude``: the same EdgeMagnitude as ``model.heads`` (unit tokens, central
+* ``edge_magnitude``: the same EdgeMagnitude as ``onboard.heads`` (unit tokens, central
   differences, one-sided at the border), batched and in torch.
 * ``mimic``: sum_i alpha_i * D_i with D_i = mean_{h,w,c} w_{h,w} (A_fp - A_q)^2 /
   P_i, w = 1 + beta * E/max E of the FP32 map, P_i = mean(A_fp_i^2) (layer power).
@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from gplq_ros.onboard.heads import harris_response, top_corners
-from gplq_ros.offline.config import CalibConfig, alpha_weights
+from gplq_ros.offline.config import LossConfig, alpha_weights
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,7 @@ def spatial_weight(fp_map: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 def corner_mask(fp_final: torch.Tensor, top_k: int) -> torch.Tensor:
-    """(B, gh, gw) bool: the FP32 map's top-k Harris corners (model.heads definition)."""
+    """(B, gh, gw) bool: the FP32 map's top-k Harris corners (onboard.heads definition)."""
     mask = torch.zeros(fp_final.shape[:3], dtype=torch.bool)
     for b, m in enumerate(fp_final.detach().cpu().numpy()):
         c = top_corners(harris_response(m), top_k=top_k)
@@ -59,7 +59,9 @@ def corner_mask(fp_final: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 class GPLQLoss:
-    def __init__(self, cfg: CalibConfig, layers: int = 12):
+    """The loss terms of ``cfg`` (``CalibConfig.loss``); ``fit_pca`` adds the PCA term."""
+
+    def __init__(self, cfg: LossConfig, layers: int = 12):
         self.cfg = cfg
         self.alpha = alpha_weights(cfg.alpha, layers)
         self.pca = None

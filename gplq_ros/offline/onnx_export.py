@@ -197,7 +197,7 @@ def _set_meta(model, **changes) -> dict:
 
 def strip_packed_weights(model: onnx.ModelProto, artifact_path: Path) -> int:
     """Drop the int8 code initializers that ``integer_weights`` made: the onboard engine
-    fills them at load from the artifact's packed 4-bit codes (``runtime.engine``), so the
+    fills them at load from the artifact's packed 4-bit codes (``onboard.engine``), so the
     4-bit weights exist once on disk. The graph records the artifact's file name and
     checksum. Returns how many were dropped."""
     g = model.graph

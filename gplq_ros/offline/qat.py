@@ -79,7 +79,7 @@ def qat(qm, crops: Sequence[torch.Tensor], cfg: CalibConfig, steps: int, lr: flo
     opt = torch.optim.Adam(groups + quantizer_param_groups(quantizers, cfg.lr))
     teacher = copy.deepcopy(qm)          # FP32 targets must not move with the trained weights
     original = [w.detach().clone() for w in weights]
-    loss_fn = GPLQLoss(cfg)
+    loss_fn = GPLQLoss(cfg.loss)
     grid = (crops[0].shape[2] // 14, crops[0].shape[3] // 14)
     rng = np.random.default_rng(cfg.seed)
     history: Dict[str, list] = {}

@@ -23,8 +23,6 @@ scale per weight row lose less. The attention output and the GELU output (inputs
 import torch
 from torch import nn
 
-ROTATIONS = ('none', 'orthogonal')
-
 
 def ones_preserving_orthogonal(dim: int, seed: int) -> torch.Tensor:
     """A random orthogonal (dim, dim) float32 matrix with ``Q @ 1 = 1``, reproducible from ``seed``."""

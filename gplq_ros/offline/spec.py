@@ -1,16 +1,20 @@
 """What gets quantized and how: a validated, versioned description (no torch)."""
+import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
-from gplq_ros.offline.config import option
-from gplq_ros.offline.rotation import ROTATIONS
-from gplq_ros.onboard.fileformat import check_fields
+from gplq_ros.onboard.settings import Setting, build, check_exclusive, setting, validate
 
 SPEC_VERSION = 1
 LINEAR_KINDS = ('qkv', 'proj', 'fc1', 'fc2')
 ATTENTION_MODES = ('qkv_probs', 'qk_int8')
 ATTN_KINDS = ('q', 'k', 'v', 'attn')
+ROTATIONS = ('none', 'orthogonal')          # offline.rotation
+GRANULARITIES = ('tensor', 'channel')
+GROUP_SIZES = (16, 32, 64, 128, 384)
+WEIGHT_CLIPS = ('mse', 'minmax')
+WEIGHT_METHODS = ('gptq', 'rtn')
 
 
 @dataclass
@@ -30,49 +34,42 @@ class QuantSpec:
     FP32, as do layers named in ``exclude``; layers in ``keep_8bit`` get 8-bit weights.
     """
 
-    weight_bits: int = field(default=4, metadata=option('bits of the block Linear weights (2-8)'))
-    act_bits: int = field(default=8, metadata=option('bits of the Linear-input activations (2-8)'))
-    attn_bits: int = field(default=8, metadata=option('bits of q, k, v and the softmax output'))
-    act_granularity: Optional[str] = field(default=None, metadata=option(
-        'Linear-input quantizers per tensor or per channel (default: tensor at >= 8 bits, channel below)',
-        ('tensor', 'channel')))
-    group_size: Optional[int] = field(default=None, metadata=option(
-        'weight scales per group of input channels; 0 = per output channel (the int8-kernel form)', none=0))
-    weight_clip: str = field(default='mse', metadata=option('weight scale clipping', ('mse', 'minmax')))
-    weight_method: str = field(default='gptq', metadata=option('weight rounding', ('gptq', 'rtn')))
-    act_order: bool = field(default=False, metadata=option(
-        'GPTQ quantizes the columns of the most active inputs first (per-output-channel weights only)'))
-    gptq_damp: float = field(default=0.01, metadata=option('GPTQ damping, fraction of the mean Hessian diagonal'))
-    attention: str = field(default='qkv_probs', metadata=option(
-        'attention quantizers: qkv_probs = asymmetric q, k, v and softmax output; qk_int8 = signed '
-        'symmetric q and k (the int8 attention OpenVINO fuses), attention x V in float', ATTENTION_MODES))
-    rotation: str = field(default='none', metadata=option(
-        'rotate the residual stream by an orthogonal matrix before quantizing (offline.rotation)', ROTATIONS))
-    rotation_seed: int = field(default=0, metadata=option('seed of the random orthogonal rotation'))
-    exclude: List[str] = field(default_factory=list, metadata=option('layers kept FP32, e.g. blocks.11.mlp.fc2'))
-    keep_8bit: List[str] = field(default_factory=list,
-                                 metadata=option('layers with 8-bit weights, e.g. blocks.9.attn.qkv'))
+    weight_bits: int = setting(4, 'bits of the block Linear weights', range=(2, 8))
+    act_bits: int = setting(8, 'bits of the Linear-input activations', range=(2, 8))
+    attn_bits: int = setting(8, 'bits of q, k, v and the softmax output', range=(2, 8))
+    act_granularity: Optional[str] = setting(None, 'Linear-input quantizers per tensor or per channel (default: '
+                                             'tensor at >= 8 bits, channel below)', choices=GRANULARITIES)
+    group_size: Optional[int] = setting(None, 'weight scales per group of input channels; 0 = per output channel '
+                                        '(the int8-kernel form)', choices=GROUP_SIZES, none=0)
+    weight_clip: str = setting('mse', 'weight scale clipping', choices=WEIGHT_CLIPS)
+    weight_method: str = setting('gptq', 'weight rounding', choices=WEIGHT_METHODS)
+    act_order: bool = setting(False, 'GPTQ quantizes the columns of the most active inputs first (per-output-channel '
+                              'weights only)')
+    gptq_damp: float = setting(0.01, 'GPTQ damping, fraction of the mean Hessian diagonal', range=(1e-6, 1.0))
+    attention: str = setting('qkv_probs', 'attention quantizers: qkv_probs = asymmetric q, k, v and softmax output; '
+                             'qk_int8 = signed symmetric q and k (the int8 attention OpenVINO fuses), attention x V '
+                             'in float', choices=ATTENTION_MODES)
+    rotation: str = setting('none', 'rotate the residual stream by an orthogonal matrix before quantizing '
+                            '(offline.rotation)', choices=ROTATIONS)
+    rotation_seed: int = setting(0, 'seed of the random orthogonal rotation', range=(0, math.inf))
+    exclude: List[str] = setting(help='layers kept FP32, e.g. blocks.11.mlp.fc2', default_factory=list)
+    keep_8bit: List[str] = setting(help='layers with 8-bit weights, e.g. blocks.9.attn.qkv', default_factory=list)
     version: int = SPEC_VERSION
 
+    # an option that is not a field: --bits wXaY (from_options translates it)
+    SHORTHANDS = (Setting('bits', None, 'shorthand for --weight-bits X --act-bits Y: wXaY, e.g. w4a8, w4a4, w8a8'),)
+
     def __post_init__(self):
+        if self.version != SPEC_VERSION:
+            raise ValueError(f'QuantSpec.version={self.version!r}: this gplq_ros reads version {SPEC_VERSION}')
         if self.act_granularity is None:
             self.act_granularity = 'tensor' if self.act_bits >= 8 else 'channel'
-        checks = [
-            ('version', self.version == SPEC_VERSION),
-            ('weight_bits', 2 <= self.weight_bits <= 8),
-            ('act_bits', 2 <= self.act_bits <= 8),
-            ('attn_bits', 2 <= self.attn_bits <= 8),
-            ('act_granularity', self.act_granularity in ('tensor', 'channel')),
-            ('group_size', self.group_size is None or self.group_size in (16, 32, 64, 128, 384)),
-            ('weight_clip', self.weight_clip in ('mse', 'minmax')),
-            ('weight_method', self.weight_method in ('gptq', 'rtn')),
-            ('act_order', not self.act_order or self.group_size is None),
-            ('gptq_damp', 0.0 < self.gptq_damp <= 1.0),
-            ('attention', self.attention in ATTENTION_MODES),
-            ('rotation', self.rotation in ROTATIONS),
-            ('rotation_seed', isinstance(self.rotation_seed, int) and self.rotation_seed >= 0),
-        ]
-        check_fields(self, checks)
+        validate(self)
+        if not isinstance(self.rotation_seed, int):
+            raise ValueError(f'QuantSpec.rotation_seed={self.rotation_seed!r}: must be an integer')
+        if self.act_order and self.group_size is not None:
+            raise ValueError(f'QuantSpec.act_order=True: needs per-output-channel weights, not '
+                             f'group_size={self.group_size}')
         for name in self.exclude + self.keep_8bit:
             if not re.fullmatch(r'blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)', name):
                 raise ValueError(f'QuantSpec: layer name {name!r} is not blocks.N.(attn.qkv|attn.proj|'
@@ -82,6 +79,17 @@ class QuantSpec:
     def from_bits(cls, bits: str, **kw) -> 'QuantSpec':
         w, a = parse_bits(bits)
         return cls(weight_bits=w, act_bits=a, **kw)
+
+    @classmethod
+    def from_options(cls, **options) -> 'QuantSpec':
+        """The spec from flat option values, named as on the command line (None = not given);
+        ``bits='w4a8'`` is ``weight_bits=4, act_bits=8`` and contradicts either."""
+        options = {k: v for k, v in options.items() if v is not None}
+        bits = options.pop('bits', None)
+        if bits is not None:
+            check_exclusive(dict(options, bits=bits), ('bits',), ('weight_bits', 'act_bits'))
+            options['weight_bits'], options['act_bits'] = parse_bits(bits)
+        return build(cls, options)
 
     @property
     def tag(self) -> str:

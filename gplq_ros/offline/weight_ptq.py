@@ -1,7 +1,7 @@
 """Stage 2: uniform weight PTQ with activation quantizers frozen, and the basin check.
 
 Scales: symmetric, per output channel or per group, clip ratio by MSE search
-(``quant.primitives.weight_scales``). Rounding: round-to-nearest ('rtn') or GPTQ
+(``offline.primitives.weight_scales``). Rounding: round-to-nearest ('rtn') or GPTQ
 ('gptq': column-by-column rounding that pushes each column's error onto the columns
 not yet quantized through the inverse Hessian ``H = X^T X`` of the layer's quantized
 inputs; scales stay the MSE-searched ones).

@@ -17,12 +17,9 @@ import torch
 from onnx import numpy_helper
 from safetensors.torch import load_file
 
+from gplq_ros.onboard.fileformat import WeightsError
 
 TIMM_ARCH = 'vit_small_patch14_dinov2'
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be turned into a DINOv2-S/14 timm state dict."""
 
 
 def onnx_to_hf(onnx_path: Path) -> Dict[str, np.ndarray]:

@@ -4,7 +4,7 @@ Tensors:
   ``fp/<timm name>``      FP32 parameters that are not quantized (patch embedding,
                           norms, LayerScales, biases, position embedding, CLS token,
                           and the weights of excluded layers);
-  ``w/<layer>.int4``      packed signed 4-bit codes (two per byte, see quant.packing),
+  ``w/<layer>.int4``      packed signed 4-bit codes (two per byte, see onboard.packing),
   ``w/<layer>.int8``      or int8 codes for layers at 5-8 bits;
   ``w/<layer>.scales``    float32 (out, n_groups) symmetric scales;
   ``a/<quantizer>.scale`` / ``.zero_point``  float32 activation qparams (zero-points are

@@ -1,13 +1,13 @@
 """Onboard engine: ONNX Runtime or OpenVINO + numpy heads. Imports neither torch nor rclpy.
 
-``load(path)`` opens an ONNX graph written by ``runtime.export`` (fixed input size) and
-``engine(image_uint8_rgb)`` returns ``model.pipeline.Outputs`` (tokens, boundary maps,
-corners, descriptor). Images of another size are resized to the graph's input size
-(aspect ratio is not preserved: export the graph for the camera's aspect ratio, e.g.
-168x224 for 640x480 frames). Threads and execution providers are configurable (CPU by
+``load(path)`` opens an ONNX graph written by ``offline.onnx_export`` (``gplq_export``;
+fixed input size) and ``engine(image_uint8_rgb)`` returns ``onboard.pipeline.Outputs``
+(tokens, boundary maps, corners, descriptor). Images of another size are resized to the
+graph's input size (aspect ratio is not preserved: export the graph for the camera's aspect
+ratio, e.g. 168x224 for 640x480 frames). Threads and execution providers are configurable (CPU by
 default; CUDA/TensorRT are used when asked for and present); intra-op spinning is off so
 that several sessions in one process do not steal each other's cores; numpy's BLAS is
-held to one thread (``model.pipeline.single_thread_blas``); the session is warmed up at
+held to one thread (``onboard.pipeline.single_thread_blas``); the session is warmed up at
 load.
 
 Backends (``backend=``): ``onnxruntime`` (CPU; CUDA/TensorRT execution providers when
@@ -114,6 +114,22 @@ class _OpenVinoRunner:
 
 
 class Engine:
+    """One ONNX graph of gplq_ros (GPLQ or FP32, ``kind``) ready to run on one backend.
+
+    ``engine(image)`` (uint8 RGB, any size: resized to the graph's ``input_hw``) returns the
+    ``Outputs`` of the heads (``onboard.pipeline.run_heads``): final tokens, boundary map,
+    corners and, with vocabulary ``centers`` (K, 384), the VLAD descriptor;
+    ``features(image)`` returns the preprocessed input and the graph's raw outputs only.
+    Construction does all the checking, so that a frame never fails on a bad model: the file
+    is read and its ``gplq_ros`` metadata checked (format, version), the backend resolved
+    (``resolve_backend``; providers and precision must fit it), a packed graph completed from
+    its artifact (checksum checked), the session created with ``threads`` intra-op threads
+    and warmed up ``warmup`` times; every refusal is an ``EngineError`` naming the setting.
+    ``meta`` is the graph's metadata, ``cfg`` the ``PipelineConfig`` it was exported with,
+    ``description`` the backend and device. Call it from one thread at a time (the OpenVINO
+    backend keeps a single infer request).
+    """
+
     def __init__(self, path: Path, threads: int = 2, providers: Optional[Sequence[str]] = None,
                  centers: Optional[np.ndarray] = None, warmup: int = 2, artifact: Optional[Path] = None,
                  backend: str = 'auto', precision: str = 'f32'):

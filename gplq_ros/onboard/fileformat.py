@@ -1,4 +1,7 @@
-"""Shared helpers for gplq_ros's own files and configs (numpy only, no torch)."""
+"""Shared helpers for gplq_ros's own files and configs (numpy only, no torch), and the
+errors of the offline asset and weight readers (``AssetError``, ``WeightsError``) that the
+console scripts report as one line: defined here so that ``tools.common`` and the onboard
+tools never import ``offline`` (torch)."""
 import hashlib
 import json
 from pathlib import Path
@@ -7,6 +10,16 @@ from typing import Iterable, Tuple, Type
 from safetensors import safe_open
 
 BACKBONE_ID = 'dinov2_vits14'   # the backbone every artifact, graph and vocabulary records
+
+
+class AssetError(RuntimeError):
+    """An asset that could not be fetched or verified; the message says what to do
+    (raised by ``offline.asset_store``)."""
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be turned into a DINOv2-S/14 timm state dict (raised by
+    ``offline.weights``)."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -4,7 +4,9 @@ Stage 1 learns activation quantizers (weights FP32, frozen) on random 224 px cro
 images; stage 2 quantizes the weights (GPTQ or round-to-nearest, MSE-clipped scales);
 then the basin drift, gradient alignment and held-out fidelity are measured and written
 into the artifact's metadata and a report (JSON + PNG) next to it. The options below are
-the fields of ``QuantSpec`` and ``CalibConfig`` (``gplq_ros.offline.api.calibrate_to_file``).
+the fields of ``QuantSpec`` and ``CalibConfig`` and of its per-stage sub-configs
+(``gplq_ros.offline.config``; ``gplq_ros.offline.api.calibrate_to_file``), plus the shorthands
+``--bits wXaY`` and ``--method``; options that contradict each other are refused.
 """
 import argparse
 import math
@@ -15,7 +17,7 @@ from tqdm import tqdm
 
 from gplq_ros.offline.api import CalibrationJob, calibrate_to_file
 from gplq_ros.offline.config import CalibConfig
-from gplq_ros.offline.spec import QuantSpec, parse_bits
+from gplq_ros.offline.spec import QuantSpec
 from gplq_ros.tools.common import add_config_arguments, cli, config_from_args
 
 
@@ -25,20 +27,18 @@ def main(argv=None) -> int:
     ap.add_argument('--images', nargs='+', default=None,
                     help='dirs/files (default: cached aerial images except the held-out OSBS/SOAP tiles)')
     ap.add_argument('--weights', type=Path, default=None)
-    ap.add_argument('--bits', default=None, help='shorthand for --weight-bits X --act-bits Y: wXaY, e.g. w4a8, '
-                    'w4a4, w8a8')
     ap.add_argument('--out', type=Path, default=None,
                     help='artifact path (default $GPLQ_HOME/artifacts/<bits>_<method>.safetensors)')
     ap.add_argument('--force', action='store_true', help='overwrite --out')
     ap.add_argument('--no-report', action='store_true', help='skip held-out fidelity, report and pictures')
     ap.add_argument('--report-vocab', type=Path, default=None,
-                    help='VLAD vocabulary for the report (default: the gplq_vocab one, if built)')
+                    help='VLAD vocabulary for the report (default: the gplq_vocab one, if built; without '
+                    'one the report says that the descriptor metrics are absent)')
     add_config_arguments(ap, QuantSpec, title='quantizer (QuantSpec)')
     add_config_arguments(ap, CalibConfig, title='calibration (CalibConfig)')
     args = ap.parse_args(argv)
     try:
-        w, a = parse_bits(args.bits) if args.bits else (None, None)
-        spec = config_from_args(QuantSpec, args, weight_bits=w, act_bits=a)
+        spec = config_from_args(QuantSpec, args)
         cfg = config_from_args(CalibConfig, args)
     except ValueError as e:
         ap.error(str(e))
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     if job.artifact_path.exists() and not args.force:
         print(f'gplq_calibrate: {job.artifact_path} exists; pass --force to overwrite it', file=sys.stderr)
         return 1
-    steps = cfg.epochs * math.ceil(cfg.crops / cfg.batch) if cfg.method == 'gplq' else 0
+    steps = cfg.stage1.epochs * math.ceil(cfg.crops / cfg.batch) if cfg.stage1 else 0
     with tqdm(total=steps, desc=f'stage 1 {spec.tag} {cfg.method}', unit='step', disable=steps == 0) as bar:
         def progress(step, terms):
             bar.update(1)
@@ -59,12 +59,15 @@ def main(argv=None) -> int:
         print(f'gplq_calibrate: warning: gradient alignment {al["overall"]:.3f} overall; '
               f'{len(al["below_gamma"])} layers below gamma={cfg.gamma_align}', file=sys.stderr)
     if basin['over_eps']:
-        print(f'gplq_calibrate: basin: {len(basin["over_eps"])} layers drift > eps={cfg.eps_basin}'
+        print(f'gplq_calibrate: basin: {len(basin["over_eps"])} layers drift > eps={cfg.weights.eps_basin}'
               + (f'; kept at 8 bits: {basin["kept_8bit"]}' if basin['kept_8bit'] else ' (use --enforce-basin)'),
               file=sys.stderr)
     s = m['heldout']
     keys = ('final_cosine', 'boundary_ssim', 'corner_repeatability', 'descriptor_cosine')
     fig = ' '.join(f'{k} {s[k]["mean"]:.4f}' for k in keys if k in s)
+    for why in sorted(set(v for k, v in m['heldout_absent'].items() if k in keys and not args.no_report)):
+        names = ', '.join(k for k in keys if m['heldout_absent'].get(k) == why)
+        print(f'gplq_calibrate: held-out {names}: {why}', file=sys.stderr)
     print(f'gplq_calibrate: {spec.tag} {cfg.method} -> {r["artifact"]} ({r["size_mb"]:.1f} MB) in {r["wall_s"]:.0f} s, '
           f'peak RSS {m["peak_rss_mb"]:.0f} MB; drift {basin["drift"]["overall"]:.3f}, '
           f'alignment {al["overall"]:.3f}; held-out {fig}')

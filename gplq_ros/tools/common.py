@@ -1,17 +1,19 @@
 """What the console scripts share: user errors as one line, and argparse options generated
-from the validated config dataclasses (one list of fields, one set of defaults)."""
+from the validated config dataclasses (one list of fields, one set of defaults).
+
+Imports no ``offline`` module (torch): the onboard tools (gplq_map, gplq_eval_bag, gplq_up,
+gplq_record) run where torch and timm are not installed (tested)."""
 import argparse
-import dataclasses
 import functools
 import sys
 import typing
 from typing import Iterable
 
-from gplq_ros.offline.asset_store import AssetError
-from gplq_ros.offline.weights import WeightsError
 from gplq_ros.onboard.artifact import ArtifactError
 from gplq_ros.onboard.engine import EngineError
+from gplq_ros.onboard.fileformat import AssetError, WeightsError
 from gplq_ros.onboard.placemap import MapError
+from gplq_ros.onboard.settings import build, options_of
 from gplq_ros.onboard.vocabulary import VocabError
 
 USER_ERRORS = (FileNotFoundError, FileExistsError, VocabError, WeightsError, ArtifactError, AssetError,
@@ -34,39 +36,46 @@ def cli(prog: str):
 
 def add_config_arguments(ap: argparse.ArgumentParser, cls, skip: Iterable[str] = ('version',),
                          title: str = None) -> None:
-    """One ``--field-name`` option per field of dataclass ``cls``: default = the field's
-    default (None: the dataclass decides), help and choices from ``field(metadata=...)``;
-    bools become flags, lists ``nargs='*'``; ``metadata['none']`` is the option value that
-    means None (e.g. ``--group-size 0``: per output channel)."""
-    group = ap.add_argument_group(title or cls.__name__)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
+    """One ``--option-name`` per setting of dataclass ``cls`` (``onboard.settings.options_of``:
+    the fields of its sub-configs too, with their prefixes, and its ``SHORTHANDS``): default
+    None (the dataclass decides; the help says the default), help and choices from the field's
+    ``setting``; bools become flags, lists ``nargs='*'``; the ``none`` value of a setting
+    (``--group-size 0``, ``--rounding-iters 0``) is accepted beside its choices."""
+    groups = {}
+    for o in options_of(cls):
+        if o.name in skip:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        md = f.metadata
-        opt = '--' + f.name.replace('_', '-')
-        kind = hints[f.name]
-        base = [a for a in typing.get_args(kind) if a is not type(None)]
-        kind = base[0] if base and typing.get_origin(kind) is typing.Union else kind
-        text = md.get('help', '') + (f' (default {default!r})' if not isinstance(default, bool) else '')
-        if kind is bool:
-            group.add_argument(opt, action='store_true', help=md.get('help', ''))
-        elif typing.get_origin(kind) in (list, typing.List):
-            group.add_argument(opt, nargs='*', default=None, help=text)
+        if o.group not in groups:
+            name = title or cls.__name__
+            groups[o.group] = ap.add_argument_group(f'{name}: {".".join(o.group)}' if o.group else name,
+                                                    o.group_help or None)
+        group, s = groups[o.group], o.setting
+        text = s.help
+        if s.range is not None and s.choices is None:
+            text += f' {s.describe_range()}'
+        if s.default is not None and not isinstance(s.default, bool):
+            text += f' (default {s.default!r})'
+        if o.kind is bool:
+            group.add_argument(o.flag, dest=o.name, action='store_true', help=text)
+        elif typing.get_origin(o.kind) in (list, typing.List):
+            group.add_argument(o.flag, dest=o.name, nargs='*', default=None, help=text)
         else:
-            group.add_argument(opt, type=kind, default=None, choices=md.get('choices'), help=text)
+            choices = None if s.choices is None else tuple(s.choices) + ((s.none,) if s.none is not None else ())
+            group.add_argument(o.flag, dest=o.name, type=o.kind, default=None, choices=choices, help=text)
 
 
 def config_from_args(cls, args: argparse.Namespace, **overrides):
     """The dataclass from the options ``add_config_arguments`` made: options left unset keep
-    the dataclass default; ``overrides`` (not None) win."""
-    kw = {}
-    for f in dataclasses.fields(cls):
-        v = getattr(args, f.name, None)
-        if f.type is bool or f.type == 'bool':
+    the dataclass default; ``overrides`` (option names, not None) win. Built by
+    ``cls.from_options`` where the class has one (it reads its shorthands), else by
+    ``onboard.settings.build``; contradicting options raise ValueError naming both."""
+    values = {}
+    for o in options_of(cls):
+        v = getattr(args, o.name, None)
+        if o.kind is bool:
             v = v or None
         if v is not None:
-            kw[f.name] = None if 'none' in f.metadata and v == f.metadata['none'] else v
-    kw.update({k: v for k, v in overrides.items() if v is not None})
-    return cls(**kw)
+            values[o.name] = v
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    from_options = getattr(cls, 'from_options', None)
+    return from_options(**values) if from_options else build(cls, values)
