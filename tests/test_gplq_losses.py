@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from gplq_ros.offline.config import CalibConfig, alpha_weights
+from gplq_ros.offline.config import LossConfig, alpha_weights
 from gplq_ros.offline.losses import GPLQLoss, corner_mask, edge_magnitude, spatial_weight
 from gplq_ros.onboard import heads
 
@@ -23,7 +23,7 @@ def test_edge_magnitude_matches_the_heads_definition():
 
 
 def test_all_terms_zero_when_quantized_equals_fp():
-    cfg = CalibConfig()
+    cfg = LossConfig()
     fp = [torch.randn(2, 8, 8, 16) for _ in range(12)]
     loss = GPLQLoss(cfg)
     loss.fit_pca(fp[-1])
@@ -40,12 +40,12 @@ def test_spatial_weight_makes_edge_errors_cost_more():
     at_edge, flat = noise.clone(), noise.clone()
     at_edge[:, :, 3] = 0.1
     flat[:, :, 0] = 0.1
-    cfg = CalibConfig(beta=2.0, lambda_corner=0, lambda_edge=0, lambda_reg=0)
+    cfg = LossConfig(beta=2.0, lambda_corner=0, lambda_edge=0, lambda_reg=0)
     fp = [f] * 12
     e = float(GPLQLoss(cfg)(fp, [f + at_edge] * 12, [])['mimic'])
     n = float(GPLQLoss(cfg)(fp, [f + flat] * 12, [])['mimic'])
     assert e > 2.5 * n
-    cfg0 = CalibConfig(beta=0.0, lambda_corner=0, lambda_edge=0, lambda_reg=0)
+    cfg0 = LossConfig(beta=0.0, lambda_corner=0, lambda_edge=0, lambda_reg=0)
     assert float(GPLQLoss(cfg0)(fp, [f + at_edge] * 12, [])['mimic']) == pytest.approx(
         float(GPLQLoss(cfg0)(fp, [f + flat] * 12, [])['mimic']))
 
@@ -58,7 +58,7 @@ def test_corner_and_edge_terms_look_only_at_their_positions():
     m = corner_mask(f, top_k=1)
     r, c = [int(i) for i in torch.nonzero(m[0])[0]]
     assert abs(r - 5) <= 1 and abs(c - 7) <= 1
-    cfg = CalibConfig(lambda_reg=0, corner_top_k=1)
+    cfg = LossConfig(lambda_reg=0, corner_top_k=1)
     fp = [f] * 12
     far = f.clone()
     far[:, 14, 1] += 1.0                           # error far from the border and the corner
@@ -71,7 +71,7 @@ def test_corner_and_edge_terms_look_only_at_their_positions():
 
 
 def test_reg_term_and_alpha_schedule():
-    cfg = CalibConfig(lambda_corner=0, lambda_edge=0, lambda_reg=0.5)
+    cfg = LossConfig(lambda_corner=0, lambda_edge=0, lambda_reg=0.5)
     fp = [torch.randn(1, 4, 4, 8)] * 12
     terms = GPLQLoss(cfg)(fp, fp, [torch.tensor(0.2), torch.tensor(0.4)])
     assert float(terms['reg']) == pytest.approx(0.5 * 0.3)
@@ -82,7 +82,7 @@ def test_reg_term_and_alpha_schedule():
 
 def test_pca_keeps_requested_variance():
     x = torch.randn(1, 16, 16, 32) * torch.linspace(5, 0.1, 32)
-    loss = GPLQLoss(CalibConfig(pca_variance=0.6))
+    loss = GPLQLoss(LossConfig(pca_variance=0.6))
     k = loss.fit_pca(x)
     mean, basis = loss.pca
     kept = (((x.reshape(-1, 32) - mean) @ basis) ** 2).sum() / ((x.reshape(-1, 32) - mean) ** 2).sum()

@@ -102,8 +102,13 @@ def test_rotated_model_is_the_same_function_with_smaller_activation_peaks(extrac
 
 
 def test_stage1_lowers_the_mimicking_loss(extractor, crops):
-    # 24 steps: after 12 the loss was -4.3 % on an AMD Zen 5 but +2.0 % on an Intel Xeon (AMX), where
-    # different float kernels flip 4-bit codes; after 24 it was -11 % on the Xeon
+    # The product's stage 1 (default cosine step decay) must lower the in-sample mimicking loss
+    # over 24 steps whatever the CPU: other float kernels flip 4-bit codes, which acts like
+    # another seed. With the constant step of version 1 the loss after 24 steps went +1.6 % on
+    # an AMD Zen 4 (seed 0; -12.2 % with seed 1) and the test failed there; with the cosine
+    # decay it went -7.5 / -12.1 / -8.3 % for seeds 0 / 1 / 2 on the same machine, so "at least
+    # 2 % lower" holds with a margin of more than 3x the spread seen.
+    assert Stage1Config().lr_schedule == 'cosine'
     cfg = CalibConfig(crops=8, batch=2, init_crops=8, stage1=Stage1Config(epochs=6), loss=LossConfig(lambda_reg=0.01))
     qm = QuantDinoV2(extractor, QuantSpec.from_bits('w4a4'))
     init_quantizers(qm, crops, 'minmax', 4)

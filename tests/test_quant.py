@@ -1,5 +1,6 @@
 """Quantizer math, packing and validated configs (no model)."""
 import math
+from dataclasses import replace
 import typing
 
 import numpy as np
@@ -270,9 +271,10 @@ def test_calibration_config_versions():
     import json
 
     from gplq_ros.offline.api import ONBOARD_CALIBRATION, ONBOARD_CALIBRATION_CUDA
-    assert CalibConfig.from_dict(V1_ONBOARD) == ONBOARD_CALIBRATION
-    assert CalibConfig.from_dict(V1_ONBOARD_CUDA) == ONBOARD_CALIBRATION_CUDA
-    assert CalibConfig.from_dict(V1_COMMON) == CalibConfig()
+    constant = Stage1Config(lr_schedule='constant')   # version 1 had no step decay
+    assert CalibConfig.from_dict(V1_ONBOARD) == replace(ONBOARD_CALIBRATION, stage1=constant)
+    assert CalibConfig.from_dict(V1_ONBOARD_CUDA) == replace(ONBOARD_CALIBRATION_CUDA, stage1=constant)
+    assert CalibConfig.from_dict(V1_COMMON) == CalibConfig(stage1=constant)
     minmax_qat = CalibConfig.from_dict(dict(V1_COMMON, method='minmax', qat_steps=128, compensation_rank=16))
     assert minmax_qat == CalibConfig(stage1=None, qat=QATConfig(steps=128), compensation=CompensationConfig(rank=16))
     assert CalibConfig.from_dict(dict(V1_COMMON, method='percentile')).method == 'percentile'
@@ -292,4 +294,5 @@ def test_default_onboard_artifact_is_still_found_by_its_path():
     from gplq_ros.onboard.paths import default_onboard_artifact
     assert default_onboard_artifact().name == 'w4a8_gplq_rot_qk_ao_mp25_round.safetensors'
     assert ONBOARD_CALIBRATION.method == 'gplq' and ONBOARD_SPEC.tag == 'w4a8'
-    assert CalibConfig.from_dict(V1_ONBOARD) == ONBOARD_CALIBRATION
+    constant = Stage1Config(lr_schedule='constant')
+    assert CalibConfig.from_dict(V1_ONBOARD) == replace(ONBOARD_CALIBRATION, stage1=constant)

@@ -73,7 +73,7 @@ def pick_topics(conns, camera_topic=None):
 def evaluate(bag: Path, camera_topic=None, frames: int = 4, reference=None, check_every: int = 10):
     """Returns (summary dict, frames for pictures: list of (camera rgb, boundary, corners)).
 
-    ``reference``: an FP32 ``runtime.engine.Engine``; drift is then recomputed from the bag
+    ``reference``: an FP32 ``onboard.engine.Engine``; drift is then recomputed from the bag
     (every ``check_every``-th frame with outputs) instead of read from the monitor's status,
     e.g. for a bag recorded without the monitor."""
     if not Path(bag).exists():

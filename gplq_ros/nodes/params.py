@@ -10,8 +10,17 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 SetParametersResult)
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from gplq_ros.onboard.settings import settings_of
+
 
 class Params:
+    """A node's typed ROS parameters. ``declare(name, default, description, range or choices,
+    read_only)`` returns the value the node started with, refused if it is not one of the
+    choices (ROS enforces ranges through the descriptor). ``declare_settings(cls)`` declares
+    every field of an ``onboard.settings`` config dataclass; ``settings(cls)`` builds it from
+    the current values. ``params[name]`` is the current value, kept up to date by one on-set
+    callback that refuses values outside the choices, naming the parameter."""
+
     def __init__(self, node):
         self.node = node
         self.choices: Dict[str, Tuple[str, ...]] = {}
@@ -41,7 +50,6 @@ class Params:
     def declare_settings(self, cls, skip: Iterable[str] = ()) -> dict:
         """Declare every setting of config dataclass ``cls`` (``onboard.settings``) as a
         parameter of the same name; returns {name: value} for ``cls(**values)``."""
-        from gplq_ros.onboard.settings import settings_of
         skip = set(skip)
         out = {}
         for s in settings_of(cls):
@@ -53,7 +61,6 @@ class Params:
     def settings(self, cls, **given):
         """An instance of config dataclass ``cls`` from the parameters' current values (those
         declared by ``declare_settings``; ``given`` for the skipped ones)."""
-        from gplq_ros.onboard.settings import settings_of
         values = {s.name: self.values[s.name] for s in settings_of(cls) if s.name not in given}
         return cls(**values, **given)
 

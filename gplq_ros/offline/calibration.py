@@ -6,11 +6,13 @@ GPLQ loss (``CalibConfig.loss``). L_reg's gradient is applied per quantizer
 (it depends only on that quantizer's s, z and input), so no graph is kept for it and
 the blocks can be recomputed in the backward pass (activation checkpointing). Per
 quantizer the learning rates are relative: scales step by ~``lr * mean(s0)``, zero-points by
-~``5 * lr`` codes. Model-agnostic: needs ``block_tokens``, ``quantizers``,
+~``5 * lr`` codes, decaying over the run (``stage1.lr_schedule``, cosine by default).
+Model-agnostic: needs ``block_tokens``, ``quantizers``,
 ``modes`` (``offline.quantized.QuantDinoV2`` provides them). Each stage runs under
 ``qm.modes(...)`` and leaves the switches as it found them.
 """
 import contextlib
+import math
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -76,6 +78,19 @@ def record_step(history: Dict[str, list], step: int, terms: Dict[str, torch.Tens
         progress(step, values)
 
 
+def step_size_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the stage-1 step size at ``step`` (0-based) of ``total``: 1 throughout
+    ('constant') or a half cosine from 1 at the first step towards 0 after the last ('cosine').
+
+    Why cosine: with a constant step the quantizers' scales keep moving by about ``lr`` per
+    step on the noise of small batches and straight-through gradients, so the loss after the
+    run depends on where the last few steps happened to leave them (it rose on some seeds and
+    CPU kinds); decaying the step makes the last steps settle (docs/method.md)."""
+    if schedule == 'constant' or total <= 1:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
 def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
            progress: Optional[Callable] = None) -> Dict[str, list]:
     """Calibrate activation quantizers in place; returns the per-step loss history."""
@@ -87,6 +102,8 @@ def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
     loss_fn = GPLQLoss(cfg.loss)
     quantizers = list(qm.quantizers.values())
     opt = torch.optim.Adam(quantizer_param_groups(quantizers, cfg.lr))
+    base_lr = [g['lr'] for g in opt.param_groups]
+    total_steps = cfg.stage1.epochs * math.ceil(len(inputs) / cfg.batch)
     rng = np.random.default_rng(cfg.seed)
     if cfg.loss.pca_final:
         with torch.no_grad(), qm.modes(act=False):
@@ -115,6 +132,9 @@ def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
                         q.scale.grad = q.scale.grad + w * gs if q.scale.grad is not None else w * gs
                         q.zero_point.grad = q.zero_point.grad + w * gz if q.zero_point.grad is not None else w * gz
                         q.last_error, q.error_grads = None, None
+                f = step_size_factor(cfg.stage1.lr_schedule, step, total_steps)
+                for g, lr in zip(opt.param_groups, base_lr):
+                    g['lr'] = lr * f
                 opt.step()
                 step += 1
                 record_step(history, step, terms, progress)

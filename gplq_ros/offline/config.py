@@ -25,7 +25,7 @@ Version 2 (this one) stores the sub-configs nested; ``CalibConfig.from_dict`` al
 flat version-1 records of older artifacts and reports.
 """
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Optional
 
 from gplq_ros.onboard.settings import Setting, build, config_type, options_of, setting, validate
@@ -66,12 +66,19 @@ class LossConfig:
         validate(self)
 
 
+LR_SCHEDULES = ('cosine', 'constant')
+
+
 @dataclass(frozen=True)
 class Stage1Config:
     """Stage 1 (``offline.calibration``): the activation quantizers' s, z learned on the loss,
     weights FP32 and frozen."""
     epochs: int = setting(1, 'stage-1 epochs over the crops (0: no stage 1, the initial statistics stay)',
                           range=(1, 100), none=0)
+    lr_schedule: str = setting('cosine', 'stage-1 step size over the run: cosine = decays from lr to 0, so the '
+                               'last steps settle instead of leaving the quantizers wherever the last noisy '
+                               'steps put them; constant = lr throughout (version-1 records)',
+                               choices=LR_SCHEDULES)
 
     def __post_init__(self):
         validate(self)
@@ -219,8 +226,9 @@ class CalibConfig:
         """The config ``to_dict`` wrote (version 2), or a flat version-1 record (artifacts and
         reports made before the stages were split: the magic zeros read as stages off)."""
         version = d.get('version')
-        if version == 1:
-            return cls.from_options(strict=False, **{k: v for k, v in d.items() if k != 'version'})
+        if version == 1:    # stage 1 had a constant step size then
+            cfg = cls.from_options(strict=False, **{k: v for k, v in d.items() if k != 'version'})
+            return cfg if cfg.stage1 is None else replace(cfg, stage1=replace(cfg.stage1, lr_schedule='constant'))
         if version != CALIB_VERSION:
             raise ValueError(f'calibration config version {version!r} is not supported (this gplq_ros reads '
                              f'versions 1 and {CALIB_VERSION})')

@@ -206,6 +206,18 @@ class BoundaryMatcher:
 
 
 class Localizer:
+    """GNSS-free localization against one ``PlaceMap`` (steps in the module docstring).
+
+    ``update(descriptor, t, boundary=None)`` takes one frame's VLAD descriptor (and its
+    boundary map, for the refinement) at time ``t`` (the frame's stamp) and returns an
+    ``Estimate``: a fix (the filter's posterior position and covariance, the measurement's
+    yaw) when the measurement was accepted, else the reason there is none. ``update`` is
+    transactional: a frame that raises (ValueError, ``FilterFault``) leaves the filter as it
+    was. ``measure`` is retrieval plus refinement alone, without the filter; ``reset``
+    forgets the track (also done on a clock jump back); ``state``/``restore`` snapshot it.
+    Counters for diagnostics: ``frames``, ``fixes``, ``recheck_restarts``. Use from one
+    thread (the node's worker)."""
+
     def __init__(self, pmap: PlaceMap, cfg: LocalizerConfig = LocalizerConfig()):
         self.map, self.cfg = pmap, cfg
         mc = pmap.config
