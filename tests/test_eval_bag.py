@@ -4,40 +4,25 @@ import json
 
 import numpy as np
 import pytest
+from helpers.bags import CameraBag
 from helpers.cli import run_module
-from rclpy.serialization import serialize_message
-from rosbags.rosbag2 import StoragePlugin, Writer
-from rosbags.typesys import Stores, get_typestore
-from std_msgs.msg import Header
-
-from gplq_ros.onboard.image_codec import numpy_to_image
 
 T0 = 1_700_000_000
 
 
 def test_eval_bag_latency_drops_and_foreign_outputs(tmp_path):
-    ts = get_typestore(Stores.ROS2_JAZZY)
     bag = tmp_path / 'flight'
-    w = Writer(bag, version=8, storage_plugin=StoragePlugin.SQLITE3)
-    w.open()
-    cam = w.add_connection('/cam/image', 'sensor_msgs/msg/Image', typestore=ts)
-    bnd = w.add_connection('/feature_node/boundary_map', 'sensor_msgs/msg/Image', typestore=ts)
-    rgb = np.zeros((48, 64, 3), np.uint8)
+    w = CameraBag(bag)
     lat_ms = []
     for i in range(20):
         stamp_ns = T0 * 10 ** 9 + i * 100_000_000            # 10 Hz
-        h = Header(frame_id='cam')
-        h.stamp.sec, h.stamp.nanosec = divmod(stamp_ns, 10 ** 9)
-        w.write(cam, stamp_ns + 2_000_000, serialize_message(numpy_to_image(rgb, 'rgb8', h)))
+        w.frame(stamp_ns, stamp_ns + 2_000_000)
         if i in (5, 6):
             continue                                         # two frames without output
         latency = 20 + i                                     # ms
         lat_ms.append(latency)
-        w.write(bnd, stamp_ns + latency * 1_000_000,
-                serialize_message(numpy_to_image(np.full((3, 4), 0.5, np.float32), '32FC1', h)))
-    h = Header(frame_id='cam')
-    h.stamp.sec = T0 + 99                                    # an output whose stamp no input had
-    w.write(bnd, (T0 + 3) * 10 ** 9, serialize_message(numpy_to_image(np.zeros((3, 4), np.float32), '32FC1', h)))
+        w.boundary(stamp_ns, stamp_ns + latency * 1_000_000)
+    w.boundary((T0 + 99) * 10 ** 9, (T0 + 3) * 10 ** 9, 0.0)   # an output whose stamp no input had
     w.close()
     res = run_module('gplq_ros.tools.eval_bag', bag, '--out', tmp_path / 'r', '--frames', 2)
     assert res.returncode == 0, res.stderr[-2000:]

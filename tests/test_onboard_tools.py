@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 # run a module as ``python -m`` does, with every import of torch or timm failing
@@ -51,26 +50,13 @@ def test_map_errors_without_torch(tmp_path):
 
 def test_eval_bag_without_torch(tmp_path):
     """A small bag (camera + boundary maps, sqlite3) evaluated end to end."""
-    from rclpy.serialization import serialize_message
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-    from std_msgs.msg import Header
-
-    from gplq_ros.onboard.image_codec import numpy_to_image
-    ts = get_typestore(Stores.ROS2_JAZZY)
+    from helpers.bags import CameraBag
     bag = tmp_path / 'flight'
-    w = Writer(bag, version=8, storage_plugin=StoragePlugin.SQLITE3)
-    w.open()
-    cam = w.add_connection('/cam/image', 'sensor_msgs/msg/Image', typestore=ts)
-    bnd = w.add_connection('/feature_node/boundary_map', 'sensor_msgs/msg/Image', typestore=ts)
+    w = CameraBag(bag)
     for i in range(5):
         stamp_ns = 1_700_000_000 * 10 ** 9 + i * 100_000_000
-        h = Header(frame_id='cam')
-        h.stamp.sec, h.stamp.nanosec = divmod(stamp_ns, 10 ** 9)
-        rgb = np.zeros((48, 64, 3), np.uint8)
-        w.write(cam, stamp_ns + 1_000_000, serialize_message(numpy_to_image(rgb, 'rgb8', h)))
-        w.write(bnd, stamp_ns + 30_000_000,
-                serialize_message(numpy_to_image(np.full((3, 4), 0.5, np.float32), '32FC1', h)))
+        w.frame(stamp_ns, stamp_ns + 1_000_000)
+        w.boundary(stamp_ns, stamp_ns + 30_000_000)
     w.close()
     res = run_without_torch('eval_bag', bag, '--out', tmp_path / 'r', '--frames', 1)
     assert res.returncode == 0, res.stderr[-3000:]

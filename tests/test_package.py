@@ -242,3 +242,14 @@ def test_module_paths_in_docstrings_and_architecture_exist():
                     problems.append(f'docs/architecture.md package map: no module gplq_ros/{package}/{name}.py')
     assert listed > 40       # the map was found and read
     assert not problems, '\n'.join(problems)
+
+
+def test_readme_is_a_front_page_whose_launch_arguments_are_the_bringups():
+    """The README's launch-argument table is generated from ``bringup.description.ARGUMENTS``
+    (one home per setting); the README stays a front page (details in docs/)."""
+    from gplq_ros.bringup.description import argument_table
+    readme = (REPO / 'README.md').read_text()
+    assert argument_table() in readme, 'README.md: replace the launch-argument table with\n' + argument_table()
+    assert len(readme.splitlines()) <= 250
+    for link in re.findall(r'\]\(((?:docs/)?[\w./-]+\.md)', readme):
+        assert (REPO / link).is_file(), link

@@ -13,13 +13,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from gplq_ros.onboard.paths import default_onboard_models
+from gplq_ros.onboard.paths import default_onboard_models, gplq_home
 
 PACKAGE = 'gplq_ros'
 FEATURE_TOPICS = ('boundary_map', 'corner_map', 'corners', 'descriptor')
 
 
 _MODELS = {k: v.replace(os.path.expanduser('~'), '~') for k, v in default_onboard_models().items()}
+
+
+def argument_table() -> str:
+    """The launch arguments as the README's markdown table (the README is checked against it)."""
+    home = str(gplq_home())
+    homes = (home, home.replace(os.path.expanduser('~'), '~'))
+    rows = ['| argument | default | meaning |', '|---|---|---|']
+    for a in ARGUMENTS:
+        default = f'`{a.default}`' if a.default else 'empty'
+        text = a.description
+        for h in homes:     # the same table whatever this machine's GPLQ_HOME
+            text = text.replace(h, '$GPLQ_HOME')
+        rows.append(f'| `{a.name}` | {default} | {text.replace("|", "/")} |')
+    return '\n'.join(rows)
 
 
 @dataclass(frozen=True)
