@@ -41,6 +41,7 @@ setup(
             'gplq_export = gplq_ros.tools.export:main',
             'gplq_bench = gplq_ros.tools.bench:main',
             'gplq_fidelity_onboard = gplq_ros.tools.fidelity_onboard:main',
+            'gplq_georef = gplq_ros.tools.georef:main',
         ],
     },
 )
