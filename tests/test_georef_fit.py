@@ -201,6 +201,9 @@ def test_brighton_beach_real_photos():
     assert all(sim.inliers) and all(nup.inliers), res.report()
     assert sim.rms_m < 3.0 and nup.rms_m < 3.0
     assert abs(sim.rotation_deg) < 1.0                         # the orthophoto is north-up, as stated
+    # matched headings agree with the EXIF yaw (the return leg's within 180 deg: its yaw is flipped)
+    dyaw = [abs(r.yaw_vs_exif_deg) for r in res.registrations if r.ok]
+    assert all(min(d, 180 - d) < 10 for d in dyaw), dyaw
     # photo GSD from EXIF: 2 h tan(hfov / 2) / width, hfov of a 20 mm (35 mm equivalent) lens, 36 mm wide
     photo_gsd = 2 * 40.0 * 18 / 20.0 / 4000
     scale = np.median([r.scale for r in res.registrations if r.ok])

@@ -276,6 +276,7 @@ class Registration:
     matches: int = 0
     scale: float = float('nan')              # orthophoto px per full-resolution photo px, as matched
     heading_deg: float = float('nan')        # angle of the photo's +x axis in the orthophoto, clockwise from +u
+    yaw_vs_exif_deg: Optional[float] = None  # heading_deg - EXIF yaw, wrapped to [-180, 180)
 
 
 class _Ortho:
@@ -340,6 +341,8 @@ def register_photo(ortho: '_Ortho', photo: Photo, scale: float, cfg: GeorefConfi
     reg = Registration(photo.name, True, '', ((float(c[0]) + 0.5) / ortho.f - 0.5, (float(c[1]) + 0.5) / ortho.f - 0.5),
                        n_in, len(good), s,
                        heading)
+    if photo.tag is not None and photo.tag.yaw_deg is not None:
+        reg.yaw_vs_exif_deg = (heading - photo.tag.yaw_deg + 180.0) % 360.0 - 180.0
     ref = expected if expected is not None else scale
     if det <= 0 or not 1 / cfg.scale_tolerance <= s / ref <= cfg.scale_tolerance:
         reg.ok, reg.reason = False, (f'matched scale {s:.4g} is off the expected {ref:.4g} (tolerance '
@@ -490,6 +493,7 @@ class GeorefResult:
         return {'utm_zone': self.zone_text, 'world_model': self.world_model,
                 'photos': [{'name': r.name, 'registered': r.ok, 'reason': r.reason, 'centre_px': r.centre_px,
                             'inliers': r.inliers, 'matches': r.matches, 'scale': r.scale,
+                            'heading_deg': r.heading_deg, 'yaw_vs_exif_deg': r.yaw_vs_exif_deg,
                             'utm': self.utm.get(r.name)} for r in self.registrations],
                 'similarity': fit(self.similarity), 'north_up': fit(self.north_up)}
 
@@ -501,14 +505,17 @@ class GeorefResult:
             if not r.ok:
                 lines.append(f'  {r.name}: not registered: {r.reason}')
         fits = [f for f in (self.similarity, self.north_up) if f is not None]
-        head = f'  {"photo":<16} {"u px":>8} {"v px":>8} {"inliers":>7} ' + ' '.join(
+        head = f'  {"photo":<16} {"u px":>8} {"v px":>8} {"inliers":>7} {"yaw-EXIF":>8} ' + ' '.join(
             f'{f.model + " m":>14}' for f in fits)
         lines.append(head)
         for i, name in enumerate(self.names):
             r = next(x for x in self.registrations if x.name == name)
+            dyaw = f'{r.yaw_vs_exif_deg:+8.1f}' if r.yaw_vs_exif_deg is not None else f'{"-":>8}'
             res = ' '.join(f'{f.residuals_m[i]:>12.2f}{"  " if f.inliers[i] else " *"}' for f in fits)
-            lines.append(f'  {name:<16} {r.centre_px[0]:8.1f} {r.centre_px[1]:8.1f} {r.inliers:7d} {res}')
-        lines.append('  (* outlier: further than outlier_m from the fit; not in the RMS)')
+            lines.append(f'  {name:<16} {r.centre_px[0]:8.1f} {r.centre_px[1]:8.1f} {r.inliers:7d} {dyaw} {res}')
+        lines.append('  (* outlier: further than outlier_m from the fit; not in the RMS. yaw-EXIF: the photo\'s '
+                     'matched heading in the orthophoto minus its EXIF yaw, deg; about 0 for a north-up '
+                     'orthophoto)')
         for f in fits:
             lines.append(f'{f.model}: GSD {f.gsd_m:.5f} m/px, rotation {f.rotation_deg:+.3f} deg, RMS residual '
                          f'{f.rms_m:.2f} m over {sum(f.inliers)} photos')
