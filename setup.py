@@ -27,6 +27,7 @@ setup(
             'feature_node = gplq_ros.nodes.feature_node:main',
             'monitor_node = gplq_ros.nodes.monitor_node:main',
             'flight_sim_node = gplq_ros.nodes.flight_sim_node:main',
+            'photo_camera_node = gplq_ros.nodes.photo_camera_node:main',
             'localizer_node = gplq_ros.nodes.localizer_node:main',
             'gplq_map = gplq_ros.tools.map:main',
             'gplq_up = gplq_ros.tools.up:main',
