@@ -279,10 +279,12 @@ def test_mixed_precision_is_deterministic_and_respects_the_budget(extractor, cro
     assert chosen and sum(qm.linears[n].weight.numel() for n in chosen) / total <= 0.25
     assert all(qm.linears[n].bits == 8 for n in chosen)
     assert curve[-1][1] > curve[0][1]                     # 8-bit layers raise the final-token cosine
-    assert run(0.25, None)[2] == chosen                   # same crops, same choice
     target = (curve[0][1] + curve[-1][1]) / 2
-    _, _, fewer, curve2 = run(0.25, target)               # stops once the target is reached
-    assert fewer == chosen[:len(fewer)] and len(fewer) < len(chosen) and curve2[-1][1] >= target
+    _, sens2, fewer, curve2 = run(0.25, target)           # stops once the target is reached
+    # deterministic: a second run from scratch measures the same sensitivities and takes the
+    # same layers in the same order (a prefix of the first run's choice)
+    assert sens2 == pytest.approx(sens, rel=1e-6) and fewer == chosen[:len(fewer)]
+    assert len(fewer) < len(chosen) and curve2[-1][1] >= target
 
 
 def test_compensation_lowers_block_error_and_round_trips(extractor, crops, images, tmp_path):

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from gplq_ros.onboard import geo
 from gplq_ros.onboard import photos as ph
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_utm_forward_matches_pyproj_and_inverts_geo():
     pyproj = pytest.importorskip('pyproj')
     for lat, lon, zone, north in ((46.8426, -91.9946, 15, True), (-33.87, 151.21, 56, False), (64.1, -21.9, 27, True),
                                   (0.5, 2.9, 31, True)):
-        e, n = ph.wgs84_to_utm(lat, lon, zone, north)
+        e, n = geo.wgs84_to_utm(lat, lon, zone, north)
         ref = pyproj.Transformer.from_crs('EPSG:4326', f'EPSG:{(32600 if north else 32700) + zone}', always_xy=True)
         assert np.allclose((e, n), ref.transform(lon, lat), atol=1e-3), (lat, lon)
         assert np.allclose(utm_to_wgs84(e, n, zone, north), (lat, lon), atol=1e-9)

@@ -244,12 +244,8 @@ class InProcess:
         assert self.spin(30, self.change.service_is_ready)
 
     def spin(self, seconds, until=None) -> bool:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.ex.spin_once(timeout_sec=0.02)
-            if until is not None and until():
-                return True
-        return until() if until is not None else True
+        from helpers.ros import spin_until
+        return spin_until(self.ex, seconds, until, step=0.02)
 
     def transition(self, name: str) -> None:
         from lifecycle_msgs.msg import Transition

@@ -74,6 +74,28 @@ def utm_to_wgs84(easting: float, northing: float, zone: int, north: bool) -> Tup
     return math.degrees(lat), (math.degrees(lon) + 180.0) % 360.0 - 180.0     # zone 60 east of 180 deg wraps
 
 
+def wgs84_to_utm(lat: float, lon: float, zone: int, north: bool) -> Tuple[float, float]:
+    """UTM (easting, northing) in ``zone`` of a WGS-84 latitude/longitude (degrees): Krueger's
+    series to the third order in n (Karney 2011), the inverse of ``geo.utm_to_wgs84``."""
+    a_big, _, _ = _series()
+    n = WGS84_F / (2 - WGS84_F)
+    alpha = (n / 2 - 2 * n ** 2 / 3 + 5 * n ** 3 / 16, 13 * n ** 2 / 48 - 3 * n ** 3 / 5, 61 * n ** 3 / 240)
+    phi = math.radians(lat)
+    dlon = math.radians((lon - (zone * 6 - 183) + 180.0) % 360.0 - 180.0)
+    c = 2 * math.sqrt(n) / (1 + n)
+    t = math.sinh(math.atanh(math.sin(phi)) - c * math.atanh(c * math.sin(phi)))
+    xi_p = math.atan2(t, math.cos(dlon))
+    eta_p = math.atanh(math.sin(dlon) / math.sqrt(1 + t * t))
+    xi = xi_p + sum(a * math.sin(2 * j * xi_p) * math.cosh(2 * j * eta_p) for j, a in enumerate(alpha, 1))
+    eta = eta_p + sum(a * math.cos(2 * j * xi_p) * math.sinh(2 * j * eta_p) for j, a in enumerate(alpha, 1))
+    return 500_000.0 + UTM_K0 * a_big * eta, (0.0 if north else 10_000_000.0) + UTM_K0 * a_big * xi
+
+
+def utm_zone_of(lat: float, lon: float) -> Tuple[int, bool]:
+    """The standard UTM zone (number, north) of a point (no Norway/Svalbard exceptions)."""
+    return int(((lon + 180.0) % 360.0) // 6) + 1, lat >= 0
+
+
 def read_world_file(path: Path, gsd_m: float) -> Tuple[float, float]:
     """UTM (easting, northing) of the top-left pixel corner from a north-up world file
     (.pgw/.tfw/.jgw: pixel width, 0, 0, -pixel height, centre x and y of the top-left pixel);

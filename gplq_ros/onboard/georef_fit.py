@@ -1,5 +1,5 @@
 """Geo-reference an orthophoto that has none from the geotagged photos it was made of
-(numpy + OpenCV; no PIL: the EXIF/XMP reader is here).
+(numpy + OpenCV; photo tags from ``onboard.photos``).
 
 1. **Registration**: each photo, downscaled to about the orthophoto's scale, is matched
    to the orthophoto (SIFT, Lowe's ratio test, RANSAC similarity or homography); the
@@ -9,8 +9,7 @@
    the others use it, times the ratio of relative altitudes where EXIF has them.
    Photos with too few RANSAC inliers, or whose matched scale is far from the expected
    one, are rejected with the reason.
-2. Each photo's GPS (EXIF) goes to UTM (``wgs84_to_utm``: Krueger's series, the inverse
-   of ``geo.utm_to_wgs84``), in the zone of the photos' median longitude unless given.
+2. Each photo's GPS (EXIF) goes to UTM (``geo.wgs84_to_utm``), in the zone of the photos' median longitude unless given.
 3. Two fits from orthophoto pixels (column u, row v; 0, 0 = the centre of the top-left
    pixel, as in world files) to UTM, by least squares on the inliers of a RANSAC over
    photo pairs (``outlier_m``):
@@ -27,8 +26,6 @@ orthophoto errors): a bias common to all photos (consumer GNSS: a few metres) mo
 offset and is invisible in them.
 """
 import math
-import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -36,11 +33,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from gplq_ros.onboard.geo import UTM_K0, WGS84_A, WGS84_F, GeoRef, parse_zone
+from gplq_ros.onboard.geo import GeoRef, parse_zone, utm_zone_of, wgs84_to_utm
+from gplq_ros.onboard.photos import PhotoError, read_photo
 from gplq_ros.onboard.settings import setting, validate
 
 __all__ = ['GeorefError', 'GeorefConfig', 'PhotoTag', 'Photo', 'Registration', 'Fit', 'GeorefResult',
-           'wgs84_to_utm', 'utm_zone_of', 'read_photo_tag', 'load_photo', 'load_photos', 'register_photo',
+           'read_photo_tag', 'load_photo', 'load_photos', 'register_photo',
            'fit_transform', 'fit_georeference', 'world_file_text', 'write_world_file']
 
 PHOTO_EXTS = ('.jpg', '.jpeg')
@@ -49,30 +47,6 @@ PHOTO_EXTS = ('.jpg', '.jpeg')
 class GeorefError(ValueError):
     """Inputs that cannot be geo-referenced (unreadable file, no GPS tag, too few photos
     registered); the message names the file and the reason."""
-
-
-# ---------------------------------------------------------------- WGS-84 -> UTM
-
-def utm_zone_of(lat: float, lon: float) -> Tuple[int, bool]:
-    """The standard UTM zone of a point (no Norway/Svalbard exceptions)."""
-    return int(((lon + 180.0) % 360.0) // 6) + 1, lat >= 0
-
-
-def wgs84_to_utm(lat: float, lon: float, zone: int, north: bool) -> Tuple[float, float]:
-    """UTM (easting, northing) in metres of a WGS-84 point in the given zone (Krueger's
-    series to n^3, Karney 2011; the inverse of ``geo.utm_to_wgs84``)."""
-    n = WGS84_F / (2 - WGS84_F)
-    a_big = WGS84_A / (1 + n) * (1 + n ** 2 / 4 + n ** 4 / 64)
-    alpha = (n / 2 - 2 * n ** 2 / 3 + 5 * n ** 3 / 16, 13 * n ** 2 / 48 - 3 * n ** 3 / 5, 61 * n ** 3 / 240)
-    phi = math.radians(lat)
-    dlon = math.radians((lon - (zone * 6 - 183) + 180.0) % 360.0 - 180.0)
-    c = 2 * math.sqrt(n) / (1 + n)
-    t = math.sinh(math.atanh(math.sin(phi)) - c * math.atanh(c * math.sin(phi)))
-    xi_p = math.atan2(t, math.cos(dlon))
-    eta_p = math.atanh(math.sin(dlon) / math.sqrt(1 + t * t))
-    xi = xi_p + sum(a * math.sin(2 * j * xi_p) * math.cosh(2 * j * eta_p) for j, a in enumerate(alpha, 1))
-    eta = eta_p + sum(a * math.cos(2 * j * xi_p) * math.sinh(2 * j * eta_p) for j, a in enumerate(alpha, 1))
-    return 500_000.0 + UTM_K0 * a_big * eta, (0.0 if north else 10_000_000.0) + UTM_K0 * a_big * xi
 
 
 # ---------------------------------------------------------------- EXIF / XMP
@@ -88,86 +62,16 @@ class PhotoTag:
     height: Optional[int] = None
 
 
-def _tiff_tags(buf: bytes, offset: int, endian: str) -> Dict[int, object]:
-    """The tags of one TIFF IFD: {tag: value} (rationals as floats, tuples when count > 1)."""
-    sizes = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 7: 1, 9: 4, 10: 8}
-    (count,) = struct.unpack_from(endian + 'H', buf, offset)
-    out = {}
-    for i in range(count):
-        tag, typ, n, val = struct.unpack_from(endian + 'HHI4s', buf, offset + 2 + 12 * i)
-        if typ not in sizes:
-            continue
-        size = sizes[typ] * n
-        data = val if size <= 4 else buf[struct.unpack(endian + 'I', val)[0]:][:size]
-        if len(data) < size:
-            continue
-        if typ == 2:
-            out[tag] = data[:size].split(b'\0')[0].decode('latin-1')
-            continue
-        fmt = {1: 'B', 3: 'H', 4: 'I', 5: 'II', 7: 'B', 9: 'i', 10: 'ii'}[typ]
-        vals = struct.unpack_from(endian + fmt * n, data)
-        if typ in (5, 10):
-            vals = tuple(a / b if b else float('nan') for a, b in zip(vals[::2], vals[1::2]))
-        out[tag] = vals[0] if n == 1 else vals
-    return out
-
-
-def _exif_app1(head: bytes) -> Optional[bytes]:
-    """The TIFF block of a JPEG's Exif APP1 segment (None: none)."""
-    if head[:2] != b'\xff\xd8':
-        raise ValueError('not a JPEG file')
-    i = 2
-    while i + 4 <= len(head) and head[i] == 0xFF:
-        marker = head[i + 1]
-        (length,) = struct.unpack_from('>H', head, i + 2)
-        if marker == 0xE1 and head[i + 4:i + 10] == b'Exif\0\0':
-            return head[i + 10:i + 2 + length]
-        if marker in (0xDA, 0xD9):
-            break
-        i += 2 + length
-    return None
-
-
 def read_photo_tag(path: Path) -> PhotoTag:
-    """GPS position, altitude, yaw and focal length of a (DJI) JPEG from its EXIF and XMP;
-    GeorefError naming the file when there is no GPS position."""
-    path = Path(path)
+    """GPS position, relative altitude, yaw (gimbal, else flight) and focal length of a (DJI)
+    JPEG, read by ``onboard.photos.read_photo``; GeorefError naming the file otherwise."""
     try:
-        with open(path, 'rb') as f:
-            head = f.read(256 * 1024)
-        tiff = _exif_app1(head)
-        if tiff is None:
-            raise ValueError('no EXIF block')
-        endian = {b'II': '<', b'MM': '>'}.get(tiff[:2])
-        if endian is None:
-            raise ValueError('EXIF block is not TIFF')
-        ifd0 = _tiff_tags(tiff, struct.unpack_from(endian + 'I', tiff, 4)[0], endian)
-        gps = _tiff_tags(tiff, ifd0[0x8825], endian) if 0x8825 in ifd0 else {}
-        exif = _tiff_tags(tiff, ifd0[0x8769], endian) if 0x8769 in ifd0 else {}
-    except (OSError, ValueError, struct.error, KeyError, IndexError) as e:
-        raise GeorefError(f'photo {path}: EXIF not readable ({e})') from None
-    if not all(k in gps for k in (1, 2, 3, 4)):
-        raise GeorefError(f'photo {path}: no GPS position in its EXIF')
-
-    def dms(v):
-        v = v if isinstance(v, tuple) else (v,)
-        return sum(x / 60 ** i for i, x in enumerate(v))
-    lat = dms(gps[2]) * (-1 if str(gps[1]).upper().startswith('S') else 1)
-    lon = dms(gps[4]) * (-1 if str(gps[3]).upper().startswith('W') else 1)
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180) or not math.isfinite(lat + lon):
-        raise GeorefError(f'photo {path}: GPS position ({lat}, {lon}) is not a latitude/longitude')
-    xmp = {k.decode(): v.decode('latin-1') for k, v in re.findall(rb'drone-dji:(\w+)="([^"]*)"', head)}
-
-    def num(*keys):
-        for k in keys:
-            try:
-                return float(xmp[k])
-            except (KeyError, ValueError):
-                pass
-        return None
-    f35 = exif.get(0xA405)
-    return PhotoTag(lat, lon, num('RelativeAltitude'), num('GimbalYawDegree', 'FlightYawDegree'),
-                    float(f35) if f35 else None, exif.get(0xA002), exif.get(0xA003))
+        meta = read_photo(Path(path))
+    except PhotoError as e:
+        raise GeorefError(str(e)) from None
+    yaw = meta.dji('GimbalYawDegree')
+    yaw = meta.dji('FlightYawDegree') if yaw is None else yaw
+    return PhotoTag(meta.lat, meta.lon, meta.relative_alt_m, yaw, meta.focal_35mm, meta.width, meta.height)
 
 
 # ---------------------------------------------------------------- photos

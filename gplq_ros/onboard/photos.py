@@ -45,7 +45,7 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
-from gplq_ros.onboard.geo import UTM_K0, GeoRef, _series, parse_zone
+from gplq_ros.onboard.geo import GeoRef, parse_zone, wgs84_to_utm
 from gplq_ros.onboard.settings import setting, validate
 
 PHOTO_SUFFIXES = ('.jpg', '.jpeg')
@@ -383,24 +383,6 @@ def load_image(meta: PhotoMeta, width: int) -> np.ndarray:
 
 
 # --- georeference ------------------------------------------------------------------------
-
-def wgs84_to_utm(lat: float, lon: float, zone: int, north: bool) -> Tuple[float, float]:
-    """UTM (easting, northing) in ``zone`` of a WGS-84 latitude/longitude (degrees): Krueger's
-    series to the third order in n (Karney 2011), the inverse of ``geo.utm_to_wgs84``."""
-    a_big, _, _ = _series()
-    f = 1 / 298.257223563
-    n = f / (2 - f)
-    alpha = (n / 2 - 2 * n ** 2 / 3 + 5 * n ** 3 / 16, 13 * n ** 2 / 48 - 3 * n ** 3 / 5, 61 * n ** 3 / 240)
-    phi = math.radians(lat)
-    dlon = math.radians((lon - (zone * 6 - 183) + 180.0) % 360.0 - 180.0)
-    c = 2 * math.sqrt(n) / (1 + n)
-    t = math.sinh(math.atanh(math.sin(phi)) - c * math.atanh(c * math.sin(phi)))
-    xi_p = math.atan2(t, math.cos(dlon))
-    eta_p = math.atanh(math.sin(dlon) / math.sqrt(1 + t * t))
-    xi = xi_p + sum(a * math.sin(2 * j * xi_p) * math.cosh(2 * j * eta_p) for j, a in enumerate(alpha, 1))
-    eta = eta_p + sum(a * math.cos(2 * j * xi_p) * math.sinh(2 * j * eta_p) for j, a in enumerate(alpha, 1))
-    return 500_000.0 + UTM_K0 * a_big * eta, (0.0 if north else 10_000_000.0) + UTM_K0 * a_big * xi
-
 
 def map_xy(georef: GeoRef, lat: float, lon: float) -> Tuple[float, float]:
     """(x east, y north) metres in the map frame of ``georef`` of a latitude/longitude."""

@@ -19,6 +19,17 @@ def qos(reliable: bool, depth: int = 10) -> QoSProfile:
     return QoSProfile(depth=depth, reliability=rel)
 
 
+def spin_until(executor, seconds: float, until=None, step: float = 0.05) -> bool:
+    """Spin ``executor`` for up to ``seconds``; True as soon as ``until()`` is (or at the end
+    when there is no condition)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        executor.spin_once(timeout_sec=step)
+        if until is not None and until():
+            return True
+    return until() if until is not None else True
+
+
 class Harness:
     def __init__(self, name: str):
         self.ctx = rclpy.Context()
@@ -33,12 +44,7 @@ class Harness:
         return got
 
     def spin(self, seconds: float, until=None) -> bool:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.ex.spin_once(timeout_sec=0.05)
-            if until is not None and until():
-                return True
-        return until() if until is not None else True
+        return spin_until(self.ex, seconds, until)
 
     def close(self) -> None:
         self.node.destroy_node()
