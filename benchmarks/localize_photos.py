@@ -160,10 +160,13 @@ def score(rows, truth, reg_truth, pmap: PlaceMap, metas):
         t = float(m.time_s)
         truth_sum.append((t, xy, reg[1] if reg is not None else yaw))     # yaw: the registered heading
         tile_xy = pmap.poses[meas.tile, :2]
+        tm = est.measurement
         f = {'photo': m.path.name, 't_s': t - float(metas[0].time_s), 'truth_xy': xy.tolist(),
              'retrieval_top1_err_m': float(np.hypot(*(tile_xy - xy))),
              'retrieval_err_m': float(np.hypot(*(meas.retrieval_xy - xy))),
              'measurement_err_m': float(np.hypot(*(meas.xy - xy))),
+             'nearest_tile_m': float(np.min(np.hypot(*(pmap.poses[:, :2] - xy).T))),
+             'tracked_measurement_err_m': float(np.hypot(*(tm.xy - xy))) if tm is not None else float('nan'),
              'measurement_refined': bool(np.isfinite(meas.height_m)),
              'ncc': float(meas.ncc), 'score': meas.score, 'margin': meas.margin,
              'measurement_height_m': float(meas.height_m),
@@ -198,6 +201,7 @@ def score(rows, truth, reg_truth, pmap: PlaceMap, metas):
         'fix_2sigma_p50_m': pct([f['fix_2sigma_m'] for f in fx], 50),
         'measurement_within_10m': float(np.mean(merr <= 10)), 'measurement_within_5m': float(np.mean(merr <= 5)),
         'measurement_p50_m': float(np.median(merr)),
+        'frames_within_10m_of_a_tile': int(sum(1 for f in frames if f['nearest_tile_m'] <= 10)),
         'measurement_refined_share': float(np.mean([f['measurement_refined'] for f in frames])),
         'retrieval_top1_within_10m': float(np.mean(top1 <= 10)),
         'retrieval_within_10m': float(np.mean(rerr <= 10)), 'retrieval_p50_m': float(np.median(rerr)),
@@ -233,6 +237,7 @@ ROWS = [('frames', 'frames', '{:d}'), ('fixes', 'fixes', '{:d}'),
         ('  refined (boundary NCC >= min_ncc)', 'measurement_refined_share', '{:.0%}'),
         ('retrieval (top-k cluster) within 10 m', 'retrieval_within_10m', '{:.0%}'),
         ('retrieval top-1 tile within 10 m', 'retrieval_top1_within_10m', '{:.0%}'),
+        ('frames whose GPS is within 10 m of a tile centre', 'frames_within_10m_of_a_tile', '{:d}'),
         ('measurement p50 vs SIFT registration, m', None, None),
         ('engine ms / frame p50', 'engine_ms_p50', '{:.0f}'),
         ('localizer ms / frame p50 (max)', None, None)]
@@ -268,13 +273,15 @@ def markdown(summaries: dict) -> str:
 
 
 def frame_table(frames) -> str:
-    head = (f'{"photo":<13} {"t s":>5} {"top1 m":>7} {"retr m":>7} {"meas m":>7} {"ncc":>5} {"margin":>6} '
+    head = (f'{"photo":<13} {"t s":>5} {"tile m":>6} {"top1 m":>7} {"retr m":>7} {"meas m":>7} {"trk m":>6} '
+            f'{"ncc":>5} {"margin":>6} '
             f'{"h m":>5} {"yaw-reg":>7} {"fix":>5} {"err m":>6} {"2sig m":>6} {"in":>3} reason')
     out = [head]
     for f in frames:
         yaw = f.get('measurement_yaw_err_vs_registration_deg')
-        out.append(f'{f["photo"]:<13} {f["t_s"]:5.0f} {f["retrieval_top1_err_m"]:7.1f} {f["retrieval_err_m"]:7.1f} '
-                   f'{f["measurement_err_m"]:7.1f} {f["ncc"]:5.2f} {f["margin"]:6.3f} '
+        out.append(f'{f["photo"]:<13} {f["t_s"]:5.0f} {f["nearest_tile_m"]:6.1f} {f["retrieval_top1_err_m"]:7.1f} '
+                   f'{f["retrieval_err_m"]:7.1f} {f["measurement_err_m"]:7.1f} {f["tracked_measurement_err_m"]:6.1f} '
+                   f'{f["ncc"]:5.2f} {f["margin"]:6.3f} '
                    f'{f["measurement_height_m"]:5.1f} {"-" if yaw is None else f"{yaw:+.0f}":>7} '
                    f'{"yes" if f["fix"] else "no":>5} {f.get("fix_err_m", float("nan")):6.1f} '
                    f'{f.get("fix_2sigma_m", float("nan")):6.1f} '
@@ -371,8 +378,10 @@ def main():
         if rows is None:
             continue
         summaries[label], per_frame[label] = score(rows, truth, reg_truth, pmap, metas)
-        print(f'\n{label} ({graph.name}, {backends[label]}): per frame (errors vs GPS; yaw-reg: measured yaw minus '
-              'the SIFT-registered heading, refined frames)')
+        print(f'\n{label} ({graph.name}, {backends[label]}): per frame, errors vs GPS (tile: GPS to the nearest tile '
+              'centre; top1/retr: retrieval; meas: single-frame measurement; trk: the filtered run\'s measurement, '
+              'searched around the track; h: refined height; yaw-reg: single-frame yaw minus the SIFT-registered '
+              'heading; err/2sig/in: the fix)')
         print(frame_table(per_frame[label]))
     wall = time.perf_counter() - t_start
     print(f'\n{args.photos} ({len(metas)} photos; a development set), default LocalizerConfig, run {wall:.0f} s\n')
