@@ -136,7 +136,8 @@ def test_photo_messages_encode_fix_pose_and_camera_info():
     from std_msgs.msg import Header
 
     from gplq_ros.onboard.messages import decode_pose
-    from gplq_ros.onboard.photo_messages import UNMEASURED, encode_camera_info, encode_photo_fix, encode_true_pose
+    from gplq_ros.onboard.messages import encode_true_pose
+    from gplq_ros.onboard.photo_messages import UNMEASURED, encode_camera_info, encode_photo_fix
     hdr = Header(frame_id='cam')
     hdr.stamp.sec, hdr.stamp.nanosec = 12, 345
     fix = encode_photo_fix(46.84, -91.99, 198.3, 3.0, 6.0, hdr)

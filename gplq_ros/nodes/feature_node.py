@@ -149,7 +149,7 @@ class FeatureNode(ManagedNode):
         with self._lock:
             info = self.camera_info
         with self.gate:
-            if not self.context.ok() or not self.active:
+            if not self.outputs_allowed:
                 self.skipped += 1     # shutting down or deactivated meanwhile: no outputs
                 return
             self._publish(header, out, boundary, corner_map, info)

@@ -12,10 +12,11 @@ from pathlib import Path
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image
+from std_msgs.msg import Header
 
 from gplq_ros.onboard.flight import DEFAULT_ORTHO, Flight, FlightConfig
 from gplq_ros.onboard.image_codec import numpy_to_image
-from gplq_ros.onboard.messages import yaw_to_quaternion
+from gplq_ros.onboard.messages import encode_true_pose
 from gplq_ros.onboard.paths import default_images_dir
 from gplq_ros.onboard.preprocess import read_rgb
 from gplq_ros.nodes.params import Params, declare_qos
@@ -71,13 +72,9 @@ class FlightSimNode(Node):
         stamp = self.get_clock().now().to_msg()
         img = numpy_to_image(frame, 'rgb8')
         img.header.stamp, img.header.frame_id = stamp, self.frame_id
-        ps = PoseStamped()
-        ps.header.stamp, ps.header.frame_id = stamp, self.map_frame
-        ps.pose.position.x, ps.pose.position.y, ps.pose.position.z = pose.x_m, pose.y_m, pose.z_m
-        q = ps.pose.orientation
-        q.x, q.y, q.z, q.w = yaw_to_quaternion(pose.yaw)
         self.pub_image.publish(img)
-        self.pub_pose.publish(ps)
+        self.pub_pose.publish(encode_true_pose(pose.x_m, pose.y_m, pose.z_m, pose.yaw,
+                                               Header(stamp=stamp, frame_id=self.map_frame)))
         self.sent += 1
 
 

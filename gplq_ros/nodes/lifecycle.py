@@ -83,6 +83,11 @@ class ManagedNode(LifecycleNode):
     def active(self) -> bool:
         return self.state_label == 'active'
 
+    @property
+    def outputs_allowed(self) -> bool:
+        """Whether a worker may publish now (read under ``self.gate``): active, not shutting down."""
+        return self.context.ok() and self.active
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self.configure()

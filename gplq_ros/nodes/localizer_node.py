@@ -164,7 +164,7 @@ class LocalizerNode(ManagedNode):
             self.get_logger().error(f'descriptor rejected: {e}')
             return
         with self.gate:
-            if not self.context.ok() or not self.active:
+            if not self.outputs_allowed:
                 self.skipped += 1       # deactivated meanwhile: no outputs
                 return
             self.last = est

@@ -150,7 +150,7 @@ class MonitorNode(ManagedNode):
         _, rgb, got = item
         metrics = compare(self.reference(rgb), got['boundary'], got['corners'], got.get('descriptor'))
         with self.gate:
-            if not self.context.ok() or not self.active:
+            if not self.outputs_allowed:
                 self.join.skip()     # deactivated meanwhile: the node does no work while inactive
                 return
             self.drift.bounds = self._bounds()

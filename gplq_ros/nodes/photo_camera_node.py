@@ -26,7 +26,8 @@ from sensor_msgs.msg import CameraInfo, Image, NavSatFix
 from std_msgs.msg import Header
 
 from gplq_ros.onboard.image_codec import numpy_to_image
-from gplq_ros.onboard.photo_messages import encode_camera_info, encode_photo_fix, encode_true_pose
+from gplq_ros.onboard.messages import encode_true_pose
+from gplq_ros.onboard.photo_messages import encode_camera_info, encode_photo_fix
 from gplq_ros.onboard.photos import PhotoCameraConfig, PhotoError, PhotoSequence
 from gplq_ros.nodes.params import Params, declare_qos
 from gplq_ros.nodes.run import run_node

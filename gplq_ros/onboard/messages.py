@@ -30,7 +30,7 @@ import math
 
 import cv2
 import numpy as np
-from geometry_msgs.msg import PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from sensor_msgs.msg import CameraInfo, Image, NavSatFix, NavSatStatus, PointCloud2, PointField
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
@@ -76,6 +76,28 @@ def encode_corners(corners_px: np.ndarray, response: np.ndarray, header=None) ->
     return cloud
 
 
+def scale_intrinsics(m: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """A copy of K (3x3) or P (3x4) for the image resized by ``sx`` x ``sy`` about pixel
+    centres: rows 0 and 1 scaled, and ``c' = (c + 0.5) s - 0.5 = c s + (s - 1) / 2``."""
+    m = np.array(m, np.float64)
+    m[0, :] *= sx
+    m[0, 2] += (sx - 1) * 0.5 * m[2, 2]
+    m[1, :] *= sy
+    m[1, 2] += (sy - 1) * 0.5 * m[2, 2]
+    return m
+
+
+def encode_true_pose(x: float, y: float, z: float, yaw: float, header) -> PoseStamped:
+    """A reference pose (geometry_msgs/PoseStamped, e.g. ``~/true_pose``): position and a
+    z-axis quaternion of ``yaw``."""
+    msg = PoseStamped()
+    msg.header = header
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = float(x), float(y), float(z)
+    q = msg.pose.orientation
+    q.x, q.y, q.z, q.w = yaw_to_quaternion(yaw)
+    return msg
+
+
 def scale_camera_info(info, image_hw: Tuple[int, int], map_hw: Tuple[int, int], header=None) -> CameraInfo:
     """The camera's CameraInfo (for images of ``image_hw``) for a map of ``map_hw`` covering
     the whole image: fx, skew, cx (and P's first row) scaled by ``w / W`` about pixel centres
@@ -103,11 +125,7 @@ def scale_camera_info(info, image_hw: Tuple[int, int], map_hw: Tuple[int, int], 
     p = np.array(info.p, np.float64).reshape(3, 4)
     if not p.any():   # monocular cameras may leave P empty: P = [K | 0]
         p[:, :3] = k
-    for m in (k, p):
-        m[0, :] *= sx
-        m[0, 2] += (sx - 1) * 0.5 * m[2, 2]   # (c + 0.5) s - 0.5 = c s + (s - 1) / 2
-        m[1, :] *= sy
-        m[1, 2] += (sy - 1) * 0.5 * m[2, 2]
+    k, p = scale_intrinsics(k, sx, sy), scale_intrinsics(p, sx, sy)
     out = CameraInfo(height=int(mh), width=int(mw), distortion_model=info.distortion_model,
                      d=list(info.d), k=k.ravel().tolist(), r=list(info.r), p=p.ravel().tolist())
     if header is not None:

@@ -1,5 +1,6 @@
-"""Messages of the photo camera (photo_camera_node): CameraInfo, NavSatFix and the
-reference PoseStamped of one photo (ROS message classes only, no rclpy).
+"""Messages of the photo camera (photo_camera_node): CameraInfo and NavSatFix of one photo
+(its reference pose is ``messages.encode_true_pose``, as flight_sim_node's); ROS message
+classes only, no rclpy.
 
 * ``camera_info``: sensor_msgs/CameraInfo of the published image: ``plumb_bob`` with D = 0
   (a photo carries no distortion calibration), K from ``onboard.photos.intrinsics`` scaled
@@ -9,17 +10,16 @@ reference PoseStamped of one photo (ROS message classes only, no rclpy).
   ellipsoid NavSatFix names; NaN when absent), ENU covariance diag(sigma_h^2, sigma_h^2,
   sigma_v^2) from the node's assumed consumer-GNSS sigmas (``COVARIANCE_TYPE_APPROXIMATED``:
   the photo holds no receiver accuracy), ``unmeasured`` for the vertical without altitude.
-* ``~/true_pose``: geometry_msgs/PoseStamped in ``map`` (like flight_sim_node's): x, y from
-  the GNSS position, z = relative altitude, yaw as a z-axis quaternion
-  (``onboard.photos``: yaw = -heading). It is GNSS-derived: a reference with metres of error.
+* ``~/true_pose``: ``messages.encode_true_pose`` (as flight_sim_node's) in ``map``: x, y
+  from the GNSS position, z = relative altitude, yaw (``onboard.photos``: yaw = -heading).
+  It is GNSS-derived: a reference with metres of error.
 """
 import math
 
 import numpy as np
-from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, NavSatFix
 
-from gplq_ros.onboard.messages import encode_fix, yaw_to_quaternion
+from gplq_ros.onboard.messages import encode_fix
 
 UNMEASURED = 1e6
 
@@ -40,13 +40,4 @@ def encode_photo_fix(lat: float, lon: float, alt_m, sigma_h_m: float, sigma_v_m:
     msg = encode_fix(lat, lon, np.eye(2) * sigma_h_m ** 2, sigma_v_m ** 2 if has_alt else UNMEASURED, header)
     msg.altitude = float(alt_m) if has_alt else float('nan')
     msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_APPROXIMATED
-    return msg
-
-
-def encode_true_pose(x: float, y: float, z: float, yaw: float, header) -> PoseStamped:
-    msg = PoseStamped()
-    msg.header = header
-    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = float(x), float(y), float(z)
-    q = msg.pose.orientation
-    q.x, q.y, q.z, q.w = yaw_to_quaternion(yaw)
     return msg

@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 
 from gplq_ros.onboard.geo import GeoRef, parse_zone, wgs84_to_utm
+from gplq_ros.onboard.messages import scale_intrinsics
 from gplq_ros.onboard.settings import setting, validate
 
 PHOTO_SUFFIXES = ('.jpg', '.jpeg')
@@ -354,13 +355,7 @@ def output_size(meta: PhotoMeta, width: int) -> Tuple[int, int]:
 
 def scale_k(k: np.ndarray, src_wh: Tuple[int, int], dst_wh: Tuple[int, int]) -> np.ndarray:
     """K for the image resized from ``src_wh`` to ``dst_wh`` (about pixel centres)."""
-    sx, sy = dst_wh[0] / src_wh[0], dst_wh[1] / src_wh[1]
-    out = np.array(k, np.float64)
-    out[0, :] *= sx
-    out[0, 2] += (sx - 1) * 0.5
-    out[1, :] *= sy
-    out[1, 2] += (sy - 1) * 0.5
-    return out
+    return scale_intrinsics(k, dst_wh[0] / src_wh[0], dst_wh[1] / src_wh[1])
 
 
 def load_image(meta: PhotoMeta, width: int) -> np.ndarray:

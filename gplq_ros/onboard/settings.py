@@ -132,6 +132,10 @@ def settings_of(cls_or_obj) -> Iterator[Setting]:
                       md.get('read_only', True), optional, required)
 
 
+def _flag(name: str) -> str:
+    return '--' + name.replace('_', '-')
+
+
 def _problem(s: Setting, value: Any) -> Optional[str]:
     if value is None:
         return None if s.optional else 'must be set'
@@ -158,14 +162,6 @@ def validate(obj) -> None:
             raise ValueError(f'{type(obj).__name__}.{s.name}={value!r}: {why}')
 
 
-def check_value(cls, name: str, value: Any) -> Optional[str]:
-    """Why ``value`` is not valid for setting ``name`` of ``cls`` (None: it is)."""
-    for s in settings_of(cls):
-        if s.name == name:
-            return _problem(s, value)
-    return f'{cls.__name__} has no setting {name!r}'
-
-
 def check_exclusive(given: Dict[str, Any], *groups: Sequence[str]) -> None:
     """Contradictory options: raise ValueError naming both when options of more than one of
     ``groups`` were given (a value not None). ``groups`` are tuples of option names."""
@@ -173,8 +169,7 @@ def check_exclusive(given: Dict[str, Any], *groups: Sequence[str]) -> None:
     hit = [h for h in hit if h]
     if len(hit) > 1:
         a, b = hit[0][0], hit[1][0]
-        raise ValueError(f'--{a.replace("_", "-")} and --{b.replace("_", "-")} contradict each other: '
-                         'give one of them')
+        raise ValueError(f'{_flag(a)} and {_flag(b)} contradict each other: give one of them')
 
 
 @dataclass(frozen=True)
@@ -189,7 +184,7 @@ class Option:
 
     @property
     def flag(self) -> str:
-        return '--' + self.name.replace('_', '-')
+        return _flag(self.name)
 
 
 def options_of(cls, _prefix: str = '', _path: Tuple[str, ...] = (), _help: str = '') -> List[Option]:
@@ -211,10 +206,6 @@ def options_of(cls, _prefix: str = '', _path: Tuple[str, ...] = (), _help: str =
                 raise ValueError(f'{cls.__name__}: two settings make the option {o.flag}')
             seen.add(o.name)
     return out
-
-
-def _flag(name: str) -> str:
-    return '--' + name.replace('_', '-')
 
 
 def build(cls, values: Dict[str, Any], strict: bool = True):
