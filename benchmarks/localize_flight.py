@@ -16,12 +16,23 @@ pixels; never used in calibration or the vocabulary), ``vegas_high`` = the same 
 mean height, 41-69 m (map built for 40 m), ``atlanta`` = SpaceNet WorldView pan of Atlanta (its
 GeoTIFF: 0.5 m, UTM 16N; held out like vegas), ``atlanta_03`` = the same image taken as 0.3 m
 (the first, mislabelled run: equivalent to flying 67 m over it, errors in units of 0.6 m).
+
+The camera's imperfections (#19), applied to every rendered frame, in this order:
+``--k1 K1 --k2 K2`` a radial lens distortion of the simulated camera (``FlightConfig.k1/k2``,
+plumb_bob; k1 < 0 = barrel); ``--exposure X`` and ``--wb R B`` gains on the 8-bit values
+(exposure on all channels, white balance on red and blue), clipped at 255, then ``--gamma G``
+(``255 (v / 255)^G``); ``--undistort`` undistorts the frame with the flight's K and D before
+the engine, as feature_node does with the camera's CameraInfo (``onboard.undistort``). With
+any of these, the figures also compare each graph's outputs with those of the unmodified
+frames (``agreement``: descriptor cosine, boundary-map NCC per frame; mean and min).
+``--graphs fp32`` runs one graph only; ``--threads`` sets the engine's threads.
 """
 import argparse
 import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -33,6 +44,7 @@ from gplq_ros.onboard.mapbuild import build_map_file
 from gplq_ros.onboard.placemap import MapConfig, PlaceMap
 from gplq_ros.onboard.pipeline import single_thread_blas
 from gplq_ros.onboard.preprocess import read_rgb
+from gplq_ros.onboard.undistort import Undistorter
 
 FLIGHTS = {
     'demo': (default_images_dir() / DEFAULT_ORTHO, 0.1, 40.0),
@@ -43,11 +55,60 @@ FLIGHTS = {
 }
 
 
-def descriptors(engine, flight: Flight, n: int, rate: float):
+def photometric(rgb: np.ndarray, exposure: float = 1.0, wb=(1.0, 1.0), gamma: float = 1.0) -> np.ndarray:
+    """Exposure and white-balance gains on the 8-bit values (clipped), then a gamma."""
+    gains = np.array([exposure * wb[0], exposure, exposure * wb[1]], np.float32)
+    v = np.clip(rgb.astype(np.float32) * gains, 0, 255)
+    if gamma != 1.0:
+        v = 255 * (v / 255) ** gamma
+    return np.round(v).astype(np.uint8)
+
+
+class Camera:
+    """The frames the engine gets: the flight's render, photometric changes, then undistortion."""
+
+    def __init__(self, flight: Flight, args):
+        self.flight, self.args = flight, args
+        self.info = None
+        if args.undistort:
+            c = flight.cfg
+            self.info = SimpleNamespace(width=c.width, height=c.height, k=c.camera_matrix().ravel().tolist(),
+                                        d=list(c.distortion), distortion_model='plumb_bob')
+        self.undistorter = Undistorter()
+        self.undistort_ms = []
+
+    def __call__(self, pose) -> np.ndarray:
+        a = self.args
+        frame = self.flight.render(pose)
+        if (a.exposure, tuple(a.wb), a.gamma) != (1.0, (1.0, 1.0), 1.0):
+            frame = photometric(frame, a.exposure, a.wb, a.gamma)
+        if self.info is not None:
+            t0 = time.perf_counter()
+            frame, _ = self.undistorter(frame, self.info)
+            self.undistort_ms.append(1e3 * (time.perf_counter() - t0))
+        return frame
+
+
+def condition_tag(args) -> str:
+    """'' for unmodified frames (the caches of earlier runs), else the modifications."""
+    parts = [f'k1{args.k1:g}' if args.k1 else '', f'k2{args.k2:g}' if args.k2 else '',
+             'undist' if args.undistort else '', f'ex{args.exposure:g}' if args.exposure != 1 else '',
+             f'wb{args.wb[0]:g}-{args.wb[1]:g}' if tuple(args.wb) != (1.0, 1.0) else '',
+             f'gam{args.gamma:g}' if args.gamma != 1 else '']
+    return ''.join(f'_{p}' for p in parts if p)
+
+
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+def descriptors(engine, flight: Flight, n: int, rate: float, camera=None):
+    camera = camera or flight.render
     out, bnd, truth = [], [], []
     for i in range(n):
         pose = flight.pose(i / rate)
-        o = engine(flight.render(pose))
+        o = engine(camera(pose))
         out.append(o.descriptor)
         bnd.append(o.boundary)
         truth.append((pose.t, np.array([pose.x_m, pose.y_m]), pose.yaw))
@@ -64,6 +125,15 @@ def main():
     ap.add_argument('--heights', type=float, nargs='+', default=[40.0])
     ap.add_argument('--out', type=Path, default=Path('out/localize'))
     ap.add_argument('--set', nargs='*', default=[], help='LocalizerConfig overrides name=value')
+    ap.add_argument('--k1', type=float, default=0.0, help='radial lens distortion k1 of the frames (plumb_bob)')
+    ap.add_argument('--k2', type=float, default=0.0, help='radial lens distortion k2 of the frames')
+    ap.add_argument('--undistort', action='store_true', help='undistort the frames before the engine (as feature_node)')
+    ap.add_argument('--exposure', type=float, default=1.0, help='exposure gain on the 8-bit values')
+    ap.add_argument('--wb', type=float, nargs=2, default=[1.0, 1.0], metavar=('R', 'B'),
+                    help='white-balance gains of red and blue')
+    ap.add_argument('--gamma', type=float, default=1.0, help='gamma applied after the gains')
+    ap.add_argument('--graphs', nargs='+', choices=('fp32', 'w4a8'), default=['fp32', 'w4a8'])
+    ap.add_argument('--threads', type=int, default=2, help='engine threads')
     args = ap.parse_args()
     image, gsd, height = FLIGHTS[args.flight]
     models = default_onboard_models()
@@ -77,25 +147,46 @@ def main():
         print(f'map {map_path}: {pm.meta.n_tiles} tiles in {time.perf_counter() - t0:.0f} s, '
               f'PCA {pm.descriptors.shape[1]} dims explain {pm.meta.pca_explained:.3f}')
     pmap = PlaceMap.load(map_path)
-    flight = Flight(read_rgb(image), FlightConfig(gsd_m=gsd, height_m=height))
+    ortho = read_rgb(image)
+    flight = Flight(ortho, FlightConfig(gsd_m=gsd, height_m=height, k1=args.k1, k2=args.k2))
+    plain = Flight(ortho, FlightConfig(gsd_m=gsd, height_m=height))
+    camera, ctag = Camera(flight, args), condition_tag(args)
 
     def typed(k, v):
         return v.lower() == 'true' if isinstance(getattr(LocalizerConfig(), k), bool) else \
             type(getattr(LocalizerConfig(), k))(v)
     lcfg = replace(LocalizerConfig(), **{k: typed(k, v) for k, v in (s.split('=', 1) for s in args.set)})
     single_thread_blas()        # as localizer_node: one BLAS thread
-    rows = {}
-    for name, graph in (('FP32', models['reference_model']), ('W4A8 (onboard)', models['model'])):
-        cache = args.out / f'frames_{args.flight}_{Path(graph).stem}_{args.frames}.npz'
+    rows, agreement = {}, {}
+    engines = {}
+
+    def frames(graph: str, tag: str, fl: Flight, cam):
+        """The graph's descriptors, boundary maps and true poses on the frames of condition ``tag``
+        (cached in --out)."""
+        cache = args.out / f'frames_{args.flight}_{Path(graph).stem}_{args.frames}_{args.rate:g}hz{tag}.npz'
         if cache.is_file():
             z = np.load(cache)
-            desc, bnd = z['desc'], z['boundary']
-            truth = [(t, xy, yaw) for t, xy, yaw in zip(z['t'], z['xy'], z['yaw'])]
-        else:
-            engine = load(Path(graph), default_vocab())
-            desc, bnd, truth = descriptors(engine, flight, args.frames, args.rate)
-            np.savez(cache, desc=desc, boundary=bnd, t=[t for t, _, _ in truth], xy=[xy for _, xy, _ in truth],
-                     yaw=[y for _, _, y in truth])
+            return z['desc'], z['boundary'], [(t, xy, yaw) for t, xy, yaw in zip(z['t'], z['xy'], z['yaw'])]
+        if graph not in engines:
+            engines[graph] = load(Path(graph), default_vocab(), threads=args.threads)
+        desc, bnd, truth = descriptors(engines[graph], fl, args.frames, args.rate, cam)
+        np.savez(cache, desc=desc, boundary=bnd, t=[t for t, _, _ in truth], xy=[xy for _, xy, _ in truth],
+                 yaw=[y for _, _, y in truth])
+        return desc, bnd, truth
+
+    graphs = {'fp32': ('FP32', models['reference_model']), 'w4a8': ('W4A8 (onboard)', models['model'])}
+    for name, graph in (graphs[g] for g in args.graphs):
+        cache = args.out / f'frames_{args.flight}_{Path(graph).stem}_{args.frames}_{args.rate:g}hz{ctag}.npz'
+        if not cache.is_file() and not Path(graph).is_file():
+            print(f'{name}: {graph} not found (make demo makes it): skipped', flush=True)
+            continue
+        desc, bnd, truth = frames(graph, ctag, flight, camera)
+        if ctag:    # the same graph on the unmodified frames
+            d0, b0, _ = frames(graph, '', plain, None)
+            cos = np.sum(desc * d0, axis=1)
+            nccs = np.array([ncc(x, y) for x, y in zip(bnd, b0)])
+            agreement[name] = {'descriptor_cosine_mean': float(cos.mean()), 'descriptor_cosine_min': float(cos.min()),
+                               'boundary_ncc_mean': float(nccs.mean()), 'boundary_ncc_min': float(nccs.min())}
         loc = Localizer(pmap, lcfg)
         fixes, q_ms = [], []
         for d, b, (t, _, _) in zip(desc, bnd, truth):
@@ -115,8 +206,12 @@ def main():
         s['localizer_ms_p50'] = float(np.median(q_ms))
         s['localizer_ms_p95'] = float(np.percentile(q_ms, 95))
         rows[name] = s
-    print(json.dumps({'flight': args.flight, 'map': pmap.meta.n_tiles, 'localizer': asdict(lcfg), 'rows': rows},
-                     indent=1))
+    frames_info = {'k1': args.k1, 'k2': args.k2, 'undistort': args.undistort, 'exposure': args.exposure,
+                   'wb': list(args.wb), 'gamma': args.gamma}
+    if camera.undistort_ms:
+        frames_info['undistort_ms_p50'] = float(np.median(camera.undistort_ms))
+    print(json.dumps({'flight': args.flight, 'map': pmap.meta.n_tiles, 'frames': frames_info,
+                      'localizer': asdict(lcfg), 'rows': rows, 'agreement': agreement}, indent=1))
 
 
 if __name__ == '__main__':

@@ -6,9 +6,9 @@ Steps (#19, a first real-data figure):
    north-up model; GSD and RMS printed, world file and report written to --out).
 2. Build the place map of the orthophoto with gplq_map's library call (``mapbuild.build_map_file``),
    camera = the photos' published image (640 wide, the photos' aspect: 640x360 for 16:9) with
-   the HFOV of the EXIF intrinsics (``photos.intrinsics``, as photo_camera_node), heights from
-   the photos' RelativeAltitude range (one height when the range is within a factor 1.1, the
-   refinement's height step; else heights 1.1x apart), stride and headings gplq_map's defaults;
+   the HFOV of the EXIF intrinsics and heights from the photos' RelativeAltitude range
+   (``photos.map_camera``, as ``gplq_map --photos``: one height when the range is within a factor
+   1.1, the refinement's height step; else heights 1.1x apart), stride and headings gplq_map's defaults;
    FP32 graph exported at the photos' aspect (``preprocess.resolve_size``: 126x224 for 16:9;
    exported into --out if missing), the VLAD vocabulary of $GPLQ_HOME (built with the offline
    api if missing). The map is cached in --out.
@@ -50,7 +50,7 @@ from gplq_ros.onboard.georef_fit import GeorefConfig, fit_georeference, load_pho
 from gplq_ros.onboard.localize import Localizer, LocalizerConfig, inside_ellipse, largest_sigma, summarize
 from gplq_ros.onboard.mapbuild import build_map_file
 from gplq_ros.onboard.paths import default_vocab, gplq_home
-from gplq_ros.onboard.photos import intrinsics, list_photos, load_image, map_xy, output_size, read_photo, scale_k
+from gplq_ros.onboard.photos import list_photos, load_image, map_camera, map_xy, read_photo
 from gplq_ros.onboard.placemap import MapConfig, PlaceMap
 from gplq_ros.onboard.pipeline import single_thread_blas
 from gplq_ros.onboard.preprocess import resolve_size
@@ -61,15 +61,6 @@ WIDTH = 640          # photo_camera_node's default published width
 
 def wrap_deg(a: float) -> float:
     return (a + 180.0) % 360.0 - 180.0
-
-
-def default_heights(alts) -> list:
-    """Map heights from the photos' RelativeAltitude range (see the module text)."""
-    lo, hi = min(alts), max(alts)
-    if hi / lo <= 1.1:
-        return [round(float(np.median(alts)), 1)]
-    n = int(math.ceil(math.log(hi / lo) / math.log(1.1)))
-    return [round(lo * (hi / lo) ** (i / n), 1) for i in range(n + 1)]
 
 
 def parse_graphs(tokens, fp32: Path, input_hw):
@@ -322,12 +313,12 @@ def main():
     (args.out / 'georef.json').write_text(json.dumps(res.to_dict(), indent=1))
 
     # 2. camera, graph, vocabulary, map
-    size = output_size(m0, WIDTH)
-    k = scale_k(intrinsics(m0), (m0.width, m0.height), size)
-    hfov = math.degrees(2 * math.atan(size[0] / 2 / k[0, 0]))
+    cam = map_camera(metas, WIDTH)                    # the photos' camera and heights, as gplq_map --photos
+    size = (cam.width, cam.height)
+    hfov = cam.hfov_deg
     input_hw = resolve_size(size[1], size[0], 224)
     alts = [m.relative_alt_m for m in metas if m.relative_alt_m is not None]
-    heights = args.heights or (default_heights(alts) if alts else list(DEFAULTS.heights_m))
+    heights = args.heights or list(cam.heights_m or DEFAULTS.heights_m)
     fp32 = args.fp32 or args.out / f'fp32_{input_hw[0]}x{input_hw[1]}.onnx'
     vocab = args.vocabulary or default_vocab()
     ensure_assets(fp32, vocab, input_hw)

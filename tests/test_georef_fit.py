@@ -62,8 +62,9 @@ def test_world_file_round_trip_through_geo_and_gplq_map(tmp_path):
     res = gf.GeorefResult(33, True, [], {}, None, fit, [])
     assert (res.georef().origin_e, res.georef().origin_n) == pytest.approx(corner, abs=1e-9)
     # gplq_map --utm-zone 33N --world-file ortho.jgw --gsd <the printed GSD> gives the same GeoRef
-    args = SimpleNamespace(stride=8.0, headings=8, heights=[40.0], width=640, height=480, hfov=70.0, gsd=fit.gsd_m,
-                           pca_dim=256, utm_zone='33N', utm_origin=None, world_file=path)
+    args = SimpleNamespace(image=tmp_path / 'ortho.jpg', stride=8.0, headings=8, heights=[40.0], width=640, height=480,
+                           hfov=70.0, gsd=fit.gsd_m, pca_dim=256, utm_zone='33N', utm_origin=None, world_file=path,
+                           photos=None, sensor_width_mm=None)
     _, georef = _config(args)
     assert georef == res.georef()
     # the map frame (x east, y north from the top-left corner) lands where the fit puts pixel centres

@@ -130,17 +130,21 @@ def test_localizer_follows_a_track_and_rejects_what_it_must():
             assert ev.min() > 0.01 and np.allclose(e.cov, e.cov.T) and e.measurement.yaw_var > 0
     # a frame that looks like a far place (the drone cannot be there 0.1 s later): rejected, tracking goes on
     far = loc.update(query((180.0, -180.0), yaw[0], 0.0), float(t[-1] + 0.1))
-    assert not far.fix and far.reason in ('jump', 'gate') and far.xy is None
+    assert not far.fix and far.reason == 'conflict' and far.xy is None and loc.track_drops == 0
     nxt = loc.update(query(xy[-1] + np.array([0.8, -0.6]), yaw[-1]), float(t[-1] + 0.2))
     assert nxt.fix and np.hypot(*(nxt.xy - xy[-1] - [0.8, -0.6])) < 5
     # the clock jumps back (a bag replayed from its start): the filter starts over
     back = loc.update(query(xy[0], yaw[0]), 0.0)
     assert not back.fix and back.reason == 'initialising'
-    # too many rejections in a row: lost, then it starts over
-    lost = Localizer(pmap, LocalizerConfig(reset_after=3, init_fixes=1))
-    assert lost.update(query(xy[0], yaw[0]), 0.0).fix
-    reasons = [lost.update(query((190.0, -10.0 - 30 * i), yaw[0], 0.0), 0.1 * (i + 1)).reason for i in range(3)]
-    assert reasons[-1] == 'lost' and lost.x is None
+    # too many rejections in a row (frames that look like two places at once: no evidence): lost
+    lost = Localizer(pmap, LocalizerConfig(reset_after=3, init_fixes=1, min_margin=0.1, max_fix_sigma_m=100.0))
+    assert lost.update(query(xy[0], yaw[0], 0.0), 0.0).fix
+
+    def two_places(i):
+        d = f(30.0, -30.0 - 10 * i, yaw[0]) + f(170.0, -170.0 + 10 * i, yaw[0])
+        return d / np.linalg.norm(d)
+    reasons = [lost.update(two_places(i), 0.1 * (i + 1)).reason for i in range(3)]
+    assert reasons == ['ambiguous', 'ambiguous', 'lost'] and lost.x is None
 
 
 def _same_state(a: dict, b: dict) -> bool:
@@ -211,14 +215,14 @@ def test_localizer_refuses_an_ambiguous_place():
     assert clear.margin > 0.05 and np.hypot(*(clear.xy - [30.0, -50.0])) < 5
 
 
-def _refinement_world(seed=3):
-    """The synthetic map with a smooth random boundary orthomap, and a function that renders a
-    frame's 12x16 boundary map at (xy, yaw, height) from it."""
+def with_boundary(pmap, seed=3):
+    """``pmap`` with a smooth random boundary orthomap (0.5 m/px, 200 m square) and the camera of
+    640x480 px at 70 deg; returns a function that renders a frame's 12x16 boundary map at (xy,
+    yaw, height) from it."""
     import cv2
 
     from gplq_ros.onboard.localize import BoundaryMatcher
     g = cv2.GaussianBlur(np.random.default_rng(seed).uniform(0, 1, (400, 400)).astype(np.float32), (0, 0), 4)
-    pmap = _synthetic_map(_feature_fn())
     pmap.meta.config = dict(pmap.meta.config, boundary_res_m=0.5, width=640, height=480, hfov_deg=70.0)
     pmap.boundary = g
     u, v = BoundaryMatcher(pmap).pattern((12, 16))
@@ -229,7 +233,14 @@ def _refinement_world(seed=3):
         x, y = xy[0] + k * (u * c + v * s_), xy[1] + k * (u * s_ - v * c)
         return cv2.remap(g, (x / 0.5).astype(np.float32)[None], (-y / 0.5).astype(np.float32)[None],
                          cv2.INTER_LINEAR).reshape(12, 16)
-    return pmap, frame
+    return frame
+
+
+def _refinement_world(seed=3):
+    """The synthetic map with a smooth random boundary orthomap, and a function that renders a
+    frame's 12x16 boundary map at (xy, yaw, height) from it."""
+    pmap = _synthetic_map(_feature_fn())
+    return pmap, with_boundary(pmap, seed)
 
 
 def test_boundary_refinement_recovers_position_yaw_and_height():
@@ -241,14 +252,15 @@ def test_boundary_refinement_recovers_position_yaw_and_height():
     pmap, frame = _refinement_world()
     true_xy, true_yaw, true_h = np.array([100.0, -90.0]), 0.7, 43.0
     q = frame(true_xy, true_yaw, true_h)
-    ncc, xy, yaw, h = BoundaryMatcher(pmap).refine(q, true_xy + [5.0, -5.0], true_yaw + math.radians(12), 12.0, 20.0)
-    assert ncc > 0.95 and np.hypot(*(xy - true_xy)) < 0.5 and abs(math.degrees(yaw - true_yaw)) < 3
-    assert abs(h / true_h - 1) < 0.06
-    # through the localizer: the refined measurement has the refinement's covariance
-    loc = Localizer(pmap, LocalizerConfig(refine_sigma_m=1.5))
+    m = BoundaryMatcher(pmap).refine(q, true_xy + [5.0, -5.0], true_yaw + math.radians(12), 12.0, 20.0)
+    assert m.ncc > 0.95 and np.hypot(*(m.xy - true_xy)) < 0.5 and abs(math.degrees(m.yaw - true_yaw)) < 3
+    assert abs(m.height / true_h - 1) < 0.06 and m.edge == ''
+    # through the localizer: the refined measurement's covariance is the match's plus the floor
+    loc = Localizer(pmap, LocalizerConfig(refine_floor_m=1.5))
     d = _feature_fn()(100.0, -90.0, 0.7)
     meas = loc.measure(d, q)
-    assert meas.ncc > 0.95 and np.allclose(meas.cov, 2.25 * np.eye(2)) and np.hypot(*(meas.xy - true_xy)) < 0.5
+    assert meas.ncc > 0.95 and np.hypot(*(meas.xy - true_xy)) < 0.5 and meas.weak == ''
+    assert 1.5 < meas.sigma < 2.0          # the floor (1.5 m) and the sharp peak's 2 m grid quantization
     with pytest.raises(ValueError, match='boundary map shape'):
         loc.measure(d, np.ones(5, np.float32))
     # the feature node's map_resolution: input (camera-sized boundary map) refines alike
@@ -256,34 +268,146 @@ def test_boundary_refinement_recovers_position_yaw_and_height():
     assert np.hypot(*(loc.measure(d, full).xy - true_xy)) < 1.0
 
 
-def test_a_track_on_the_wrong_place_is_rechecked_and_moved():
-    """The filter tracks a wrong place (as after a look-alike at the start); frames whose
-    retrieval and boundary map show the true place: rechecks find it, two in a row restart the
-    filter there, and fixes follow the true track."""
+def test_a_measurement_covariance_comes_from_its_evidence():
+    """Never a constant: the same place seen clearly, through noise, and blurred flat gives
+    three different standard deviations, in that order; a place that repeats within the search
+    (a second peak as good as the best) spreads the covariance over both peaks; a match at the
+    edge of its search is no evidence for a track."""
+    from gplq_ros.onboard.localize import BoundaryMatcher
+    pmap, frame = _refinement_world()
+    loc = Localizer(pmap)
+    d = _feature_fn()(100.0, -90.0, 0.7)
+    true_xy = np.array([100.0, -90.0])
+    q = frame(true_xy, 0.7, 40.0)
+    rng = np.random.default_rng(0)
+    noisy = q + rng.normal(0, 1.5 * q.std(), q.shape).astype(np.float32)
+    m_clean, m_noisy = loc.measure(d, q), loc.measure(d, noisy)
+    assert m_clean.sigma < m_noisy.sigma, (m_clean.sigma, m_noisy.sigma)
+    assert m_clean.ncc_se < m_noisy.ncc_se and np.hypot(*(m_clean.xy - true_xy)) < 1.0
+    # a periodic orthomap (stripes every 8 m along x): position along x ambiguous, along y not
+    stripes = np.tile(np.sin(np.arange(400) * 2 * np.pi / 16.0).astype(np.float32)[None, :], (400, 1))
+    stripes += 0.5 * np.sin(np.arange(400) * 2 * np.pi / 64.0).astype(np.float32)[:, None]
+    pmap.boundary = stripes
+    per = Localizer(pmap)
+    g = BoundaryMatcher(pmap)
+    u, v = g.pattern((12, 16))
+    k = pmap.config.scale(40.0) * pmap.config.gsd_m
+    import cv2
+    x, y = true_xy[0] + k * u, true_xy[1] - k * v
+    qs = cv2.remap(stripes, (x / 0.5).astype(np.float32)[None], (-y / 0.5).astype(np.float32)[None],
+                   cv2.INTER_LINEAR).reshape(12, 16)
+    mp = per.measure(d, qs)
+    ev = np.sqrt(np.linalg.eigvalsh(mp.cov))
+    assert ev[-1] > 3.0 and mp.second_ncc > mp.ncc - 0.05 and mp.weak != '', (mp.cov, mp.ncc, mp.second_ncc)
+    # the best match at the edge of the search (the place lies beyond it)
+    pmap2, frame2 = _refinement_world()
+    edge = Localizer(pmap2, LocalizerConfig(search_radius_m=4.0))
+    far = edge.measure(_feature_fn()(60.0, -60.0, 0.0), frame2(np.array([60.0, -60.0]), 0.0, 40.0))
+    assert np.hypot(*(far.retrieval_xy - [60.0, -60.0])) > 4.5 or far.weak == ''
+    if np.hypot(*(far.retrieval_xy - [60.0, -60.0])) > 4.5:
+        assert 'edge' in far.weak
+
+
+def _wrong_track(loc, wrong, t0=-0.1):
+    """``loc`` tracking ``wrong`` as a confirmed track (as after look-alikes at the start)."""
+    loc.x, loc.P, loc.t = np.array([*wrong, 0.0, 0.0]), np.diag([1.0, 1.0, 0.25, 0.25]), t0
+    loc.last_fix, loc.last_refined = (t0, wrong.copy(), 1.0), (0.0, 40.0)
+    loc.agreeing, loc.confirmed_t = loc.cfg.init_fixes, t0
+
+
+def test_a_wrong_track_is_dropped_within_a_few_frames_and_never_published():
+    """The filter tracks a wrong place 90 m from the truth; every frame's independent measurement
+    (retrieval + refinement) shows the true place, clearly better than the track's search: no
+    fix near the wrong place, the track dropped after drop_after frames, fixes on the true place
+    after init_fixes more; the same with camera-sized boundary maps. A track on the right place is
+    left alone."""
+    import cv2
     pmap, frame = _refinement_world()
     f = _feature_fn()
-    loc = Localizer(pmap, LocalizerConfig(recheck_every=5, recheck_confirm=2, init_fixes=2))
     wrong, true = np.array([150.0, -150.0]), np.array([60.0, -60.0])
-    loc.x, loc.P, loc.t = np.array([*wrong, 0.0, 0.0]), np.diag([1.0, 1.0, 0.25, 0.25]), -0.1
-    loc.last_fix, loc.last_refined = (-0.1, wrong.copy(), 1.0), (0.0, 40.0)
-    est = [loc.update(f(*true, 0.0), 0.1 * i, frame(true, 0.0, 40.0)) for i in range(30)]
-    assert loc.recheck_restarts == 1
-    fixes = [e for e in est if e.fix]
-    assert fixes and all(np.hypot(*(e.xy - true)) < 1.0 for e in fixes[-5:])
-    # the same with camera-sized boundary maps (map_resolution: input): the recheck reads the patch grid too
-    import cv2
-    big = Localizer(pmap, LocalizerConfig(recheck_every=5, recheck_confirm=2, init_fixes=2))
-    big.x, big.P, big.t = np.array([*wrong, 0.0, 0.0]), np.diag([1.0, 1.0, 0.25, 0.25]), -0.1
-    big.last_fix, big.last_refined = (-0.1, wrong.copy(), 1.0), (0.0, 40.0)
-    full = cv2.resize(frame(true, 0.0, 40.0), (640, 480), interpolation=cv2.INTER_NEAREST)
-    for i in range(12):
-        big.update(f(*true, 0.0), 0.1 * i, full)
-    assert big.recheck_restarts == 1
-    # a track on the right place is left alone
-    loc2 = Localizer(pmap, LocalizerConfig(recheck_every=5))
-    for i in range(30):
-        loc2.update(f(*true, 0.0), 0.1 * i, frame(true, 0.0, 40.0))
-    assert loc2.recheck_restarts == 0 and loc2.fixes >= 27
+    for big in (False, True):
+        cfg = LocalizerConfig(drop_after=2, init_fixes=2)
+        loc = Localizer(pmap, cfg)
+        _wrong_track(loc, wrong)
+        q = frame(true, 0.0, 40.0)
+        if big:
+            q = cv2.resize(q, (640, 480), interpolation=cv2.INTER_NEAREST)
+        est = [loc.update(f(*true, 0.0), 0.1 * i, q) for i in range(10)]
+        assert [e.reason for e in est[:2]] == ['conflict', 'conflict'] and loc.track_drops == 1
+        assert not any(e.fix and np.hypot(*(e.xy - true)) > 5.0 for e in est), [e.reason for e in est]
+        first = next(i for i, e in enumerate(est) if e.fix)
+        assert first <= cfg.drop_after + cfg.init_fixes - 1, [e.reason for e in est]
+        assert all(e.fix and np.hypot(*(e.xy - true)) < 2.0 for e in est[first:])
+    ok = Localizer(pmap, LocalizerConfig(init_fixes=2))
+    est = [ok.update(f(*true, 0.0), 0.1 * i, frame(true, 0.0, 40.0)) for i in range(30)]
+    assert ok.track_drops == 0 and sum(e.fix for e in est) >= 28
+
+
+def test_a_track_without_independent_support_stops_giving_fixes():
+    """When the frames' independent measurements no longer support the track (here: the
+    retrieval points 90 m away where the frame does not match, so the independent search is
+    weak), the track's own search keeps it, but fixes stop after confirm_window_s."""
+    pmap, frame = _refinement_world()
+    f = _feature_fn()
+    true = np.array([60.0, -60.0])
+    loc = Localizer(pmap, LocalizerConfig(init_fixes=2, confirm_window_s=1.0, reset_after=1000))
+    est = [loc.update(f(*true, 0.0), 0.1 * i, frame(true, 0.0, 40.0)) for i in range(5)]
+    assert est[-1].fix
+    elsewhere = f(150.0, -150.0, 0.0)
+    est = [loc.update(elsewhere, 0.5 + 0.1 * i, frame(true, 0.0, 40.0)) for i in range(20)]
+    assert all(e.independent.weak for e in est), [e.independent.weak for e in est]
+    fixed = [e.t for e in est if e.fix]
+    assert fixed and max(fixed) <= 0.4 + 1.0 + 1e-9 and est[-1].reason == 'unconfirmed'
+    assert all(np.hypot(*(e.tracked.xy - true)) < 2.0 for e in est)
+
+
+def test_odometry_drives_the_prediction_once_its_rotation_is_known():
+    """Odometry in a frame rotated 30 deg from the map: after 20 m of confirmed track the
+    localizer has fitted the rotation, and its prediction follows the odometry through a turn
+    that a constant-velocity prediction misses. Without odometry it is as before."""
+    from gplq_ros.onboard.localize import OdomPose
+    f = _feature_fn()
+    pmap = _synthetic_map(f)
+    rot = math.radians(30.0)
+    c, s = math.cos(-rot), math.sin(-rot)
+    to_odom = np.array([[c, -s], [s, c]])
+    loc = Localizer(pmap, LocalizerConfig(init_fixes=2))
+    t, xy, yaw = _track(n=80, rate=10.0, v=(4.0, -3.0), start=(40.0, -40.0))     # 8 s, 40 m
+    for tt, p, a in zip(t, xy, yaw):
+        o = to_odom @ (p - xy[0]) + [5.0, 7.0]
+        loc.update(f(*p, a), float(tt), odom=OdomPose(float(o[0]), float(o[1]), float(a - rot)))
+    assert loc.fixes >= 70 and abs(math.degrees(loc._odom_rotation() - rot)) < 3.0
+    # a sharp turn: 2 s later the drone is 8 m north of its last position instead of 10 m further along
+    turned = xy[-1] + np.array([0.0, 8.0])
+    o = to_odom @ (turned - xy[0]) + [5.0, 7.0]
+    t1 = float(t[-1] + 2.0)
+    with_odom = loc._predicted(t1, OdomPose(float(o[0]), float(o[1]), 0.0))
+    cv = loc._predicted(t1, None)
+    p_odom = (with_odom[0] @ loc.x + with_odom[2])[:2]
+    p_cv = (cv[0] @ loc.x + cv[2])[:2]
+    assert np.hypot(*(p_odom - turned)) < 1.5 and np.hypot(*(p_cv - turned)) > 8.0, (p_odom, p_cv, turned)
+    est = loc.update(f(*turned, yaw[-1]), t1, odom=OdomPose(float(o[0]), float(o[1]), 0.0))
+    assert est.fix and np.hypot(*(est.xy - turned)) < 3.0
+    with pytest.raises(ValueError, match='odom'):
+        loc.update(f(*turned, yaw[-1]), t1 + 0.1, odom=(1.0, 2.0, 0.0))
+    with pytest.raises(ValueError, match='OdomPose.x'):
+        OdomPose(float('nan'), 0.0, 0.0)
+
+
+def test_height_input_sets_the_refinement_scale():
+    """With the height above ground the refinement searches heights near it only: the frame at
+    43 m is found at 43 m +-6 %; given a wrong height (30 m) the search stays near 30 m and
+    matches worse; without it, as before (every height of the map's range)."""
+    pmap, frame = _refinement_world()
+    d = _feature_fn()(100.0, -90.0, 0.7)
+    q = frame(np.array([100.0, -90.0]), 0.7, 43.0)
+    loc = Localizer(pmap)
+    right, wrong, free = loc.measure(d, q, height_m=43.0), loc.measure(d, q, height_m=30.0), loc.measure(d, q)
+    assert abs(right.height_m / 43.0 - 1) < 0.06 and right.ncc > 0.95
+    assert abs(wrong.height_m / 30.0 - 1) < 0.2 and wrong.ncc < right.ncc - 0.05
+    assert abs(free.height_m / 43.0 - 1) < 0.06
+    with pytest.raises(ValueError, match='height_m'):
+        loc.update(d, 0.0, q, height_m=-3.0)
 
 
 def test_randomized_pca_matches_the_exact_one():

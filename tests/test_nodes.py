@@ -688,7 +688,13 @@ def test_two_vehicles_in_one_domain_under_their_namespaces(tmp_path, packed_grap
     assert (info.width, info.height) == (16, 12) and info.header.frame_id == 'camera_optical_frame'
     s = 16 / 640
     assert np.allclose(info.k, [500 * s, 0, (319.5 + 0.5) * s - 0.5, 0, 505 * s, (239.5 + 0.5) * s - 0.5, 0, 0, 1])
-    assert list(info.d) == [0.1, -0.05, 0.0, 0.0, 0.0]
+    # uav1's frames were undistorted (feature node and monitor alike): the maps are in the pinhole camera with K
+    assert list(info.d) == [0.0] * 5 and info.distortion_model == 'plumb_bob'
+    und = {st.name: values(st)['undistortion'] for d in diags for st in d.status
+           if st.name.startswith('gplq_ros: uav') and 'undistortion' in values(st)}
+    assert und == {'gplq_ros: uav1/feature_node': 'on (plumb_bob)', 'gplq_ros: uav1/monitor_node': 'on (plumb_bob)',
+                   'gplq_ros: uav2/feature_node': 'no camera_info',
+                   'gplq_ros: uav2/monitor_node': 'no camera_info'}, und
 
 
 def test_localizer_in_the_flight_publishes_poses_a_navigation_stack_can_fuse(

@@ -159,7 +159,8 @@ def test_bringup_definition():
     assert Path(feat.parameters[0]).name == 'feature_node.yaml' and Path(feat.parameters[0]).is_file()
     mon = specs[2]
     # relative names: the monitor reads the feature node of its own namespace
-    assert dict(mon.remappings) == {'image': 'camera/image_raw', 'boundary_map': 'feature_node/boundary_map',
+    assert dict(mon.remappings) == {'image': 'camera/image_raw', 'camera_info': 'camera/camera_info',
+                                    'boundary_map': 'feature_node/boundary_map',
                                     'corners': 'feature_node/corners', 'descriptor': 'feature_node/descriptor'}
     uav = bringup.node_specs({'namespace': 'uav1'})
     assert {s.namespace for s in uav} == {'/uav1'} and '__ns:=/uav1' in bringup.ros_argv(uav[1])

@@ -153,6 +153,8 @@ def test_photo_messages_encode_fix_pose_and_camera_info():
     info = encode_camera_info(np.array([[355.5, 0, 319.5], [0, 355.5, 179.5], [0, 0, 1]]), 640, 360, hdr)
     assert (info.width, info.height, info.distortion_model, list(info.d)) == (640, 360, 'plumb_bob', [0.0] * 5)
     assert np.allclose(np.reshape(info.p, (3, 4))[:, :3], np.reshape(info.k, (3, 3))) and info.header.stamp.sec == 12
+    fish = encode_camera_info(np.eye(3), 640, 360, hdr, d=(0.1, 0.0, 0.0, 0.01), distortion_model='equidistant')
+    assert (fish.distortion_model, list(fish.d)) == ('equidistant', [0.1, 0.0, 0.0, 0.01])
 
 
 def test_config_and_schedule(tmp_path):
@@ -164,6 +166,14 @@ def test_config_and_schedule(tmp_path):
         ph.PhotoCameraConfig(photos='x', utm_zone='15N', utm_origin_e=5e5, utm_origin_n=-1.0)
     with pytest.raises(ValueError, match='yaw_source'):
         ph.PhotoCameraConfig(photos='x', yaw_source='compass')
+    # a ROS double array (a list or array) becomes a tuple
+    assert ph.PhotoCameraConfig(photos='x', distortion=[0.1, 0, 0, 0, 0]).distortion == (0.1, 0.0, 0.0, 0.0, 0.0)
+    fish = ph.PhotoCameraConfig(photos='x', distortion_model='equidistant', distortion=[0.0] * 4)
+    assert fish.distortion == (0.0,) * 4
+    with pytest.raises(ValueError, match=r'distortion=\[0.0, 0.0, 0.0, 0.0, 0.0\]: equidistant takes 4 finite values'):
+        ph.PhotoCameraConfig(photos='x', distortion_model='equidistant')
+    with pytest.raises(ValueError, match='distortion_model'):
+        ph.PhotoCameraConfig(photos='x', distortion_model='fisheye')
     d = tmp_path / 'p'
     d.mkdir()
     for i, (t, sub) in enumerate((('2020:01:02 03:04:05', '0'), ('2020:01:02 03:04:07', '5'),
@@ -238,7 +248,7 @@ def test_photo_camera_node_publishes_one_stamp_per_photo():
     try:
         params = {'photos': str(PHOTOS), 'rate_hz': 20.0, 'max_frames': 3, 'utm_zone': ZONE,
                   'utm_origin_e': ORIGIN[0], 'utm_origin_n': ORIGIN[1], 'qos_reliability': 'reliable',
-                  'qos_depth': 10}
+                  'qos_depth': 10, 'distortion': [-0.1, 0.02, 0.0, 0.0, 0.0]}
         sub = rclpy.create_node('photo_test_sub', context=ctx)
         got = {k: [] for k in ('image', 'info', 'fix', 'pose')}
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -270,6 +280,7 @@ def test_photo_camera_node_publishes_one_stamp_per_photo():
     img, info = got['image'][0], got['info'][0]
     assert (img.encoding, img.width, img.height, img.header.frame_id) == ('rgb8', 640, 360, 'camera_optical_frame')
     assert (info.width, info.height) == (640, 360) and info.k[0] == pytest.approx(20 / 36 * 640)
+    assert (info.distortion_model, list(info.d)) == ('plumb_bob', [-0.1, 0.02, 0.0, 0.0, 0.0])   # the user's D
     metas = [ph.read_photo(p) for p in ph.list_photos(PHOTOS)][:3]
     georef = ph.PhotoCameraConfig(photos='x', utm_zone=ZONE, utm_origin_e=ORIGIN[0], utm_origin_n=ORIGIN[1]).georef
     for m, fix, pose in zip(metas, got['fix'], got['pose']):

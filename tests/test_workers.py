@@ -116,12 +116,13 @@ def test_localizer_status_policy():
 
 # -- one home per setting ----------------------------------------------------------------------------------------
 def _node_settings():
+    from gplq_ros.onboard.aiding import AidingConfig
     from gplq_ros.onboard.drift import DriftBounds
     from gplq_ros.onboard.join import JoinConfig
     from gplq_ros.onboard.localize import LocalizerConfig
     from gplq_ros.onboard.status import MonitorLimits
-    return [('localizer_node', LocalizerConfig), ('localizer_node', JoinConfig), ('monitor_node', DriftBounds),
-            ('monitor_node', MonitorLimits)]
+    return [('localizer_node', LocalizerConfig), ('localizer_node', JoinConfig), ('localizer_node', AidingConfig),
+            ('monitor_node', DriftBounds), ('monitor_node', MonitorLimits)]
 
 
 def test_settings_are_the_parameter_files():
@@ -396,10 +397,121 @@ def test_monitor_deactivated_while_a_check_is_in_the_reference_resumes_after_act
         p.close()
 
 
+def _camera_info(d, model='plumb_bob'):
+    from sensor_msgs.msg import CameraInfo
+    k = [450.0, 0.0, 319.5, 0.0, 450.0, 239.5, 0.0, 0.0, 1.0]
+    return CameraInfo(width=640, height=480, distortion_model=model, d=list(d), k=k,
+                      r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], p=k[:3] + [0.0] + k[3:6] + [0.0] + k[6:] + [0.0])
+
+
+BARREL = [-0.2, 0.05, 0.0, 0.0, 0.0]
+
+
+def test_feature_node_undistorts_with_the_cameras_camera_info(fp32_graph, images):
+    """A camera_info with distortion switches undistortion on (diagnostics ``undistortion``, the
+    same frame gives another boundary map, ~/camera_info with D = 0); an unknown model with
+    non-zero D is refused: the frame is processed as it is, counted, WARN, its ~/camera_info keeps
+    the camera's D; ``undistort`` false turns it off."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from gplq_ros.nodes.feature_node import FeatureNode
+    from gplq_ros.onboard.messages import decode_map
+    p = InProcess(FeatureNode, {'model': str(fp32_graph), 'vocabulary': 'none', 'diagnostics_period': 0.1,
+                                'threads': 1}, remap=['image:=/wk_und/image', 'camera_info:=/wk_und/camera_info'])
+    try:
+        p.transition('configure')
+        out = p.collect(Image, '/feature_node/boundary_map')
+        infos = p.collect(CameraInfo, '/feature_node/camera_info')
+        diags = p.collect(DiagnosticArray, '/diagnostics')
+        cam, cam_info = p.publisher(Image, '/wk_und/image'), p.publisher(CameraInfo, '/wk_und/camera_info')
+        p.transition('activate')
+        assert p.spin(30, lambda: min(x.get_subscription_count() for x in (cam, cam_info)) >= 1)
+        frame = _frames(images, 1)[0]
+        seen = {}
+
+        def step(name, info=None):
+            if info is not None:
+                cam_info.publish(info)
+                assert p.spin(10, lambda: p.node.camera_info is not None and
+                              p.node.camera_info.distortion_model == info.distortion_model)
+            n = len(out)
+            cam.publish(_image(p.node, frame))
+            assert p.spin(30, lambda: len(out) == n + 1), name
+            n_diag = len(diags)
+            assert p.spin(5, lambda: len(diags) > n_diag)
+            seen[name] = (decode_map(out[-1]), _ours(diags, 'feature_node')[-1],
+                          [d.status[0].level for d in diags][-1], infos[-1] if info is not None else None)
+        step('none')
+        step('barrel', _camera_info(BARREL))
+        step('unknown', _camera_info(BARREL, 'my_lens'))
+        p.node.set_parameters([Parameter('undistort', value=False)])
+        step('off', _camera_info(BARREL))
+    finally:
+        p.close()
+    none, barrel, unknown, off = (seen[k] for k in ('none', 'barrel', 'unknown', 'off'))
+    assert none[1]['undistortion'] == 'no camera_info' and none[2] == bytes([0])
+    assert barrel[1]['undistortion'] == 'on (plumb_bob)' and barrel[1]['frames_undistorted'] == '1'
+    assert barrel[2] == bytes([0]), barrel[1]                                    # OK
+    assert np.abs(barrel[0] - none[0]).max() > 0.01                             # the engine saw another image
+    assert (list(barrel[3].d), barrel[3].distortion_model) == ([0.0] * 5, 'plumb_bob')
+    assert unknown[1]['undistortion'].startswith("camera_info.distortion_model='my_lens' with non-zero D")
+    assert unknown[1]['frames_not_undistorted'] == '1' and unknown[2] == bytes([1]), unknown[1]   # WARN
+    assert 'frames not undistorted' in next(s.message for d in diags for s in d.status
+                                            if _ours([d], 'feature_node') and s.level == bytes([1]))
+    np.testing.assert_array_equal(unknown[0], none[0])                          # processed as it is
+    assert (list(unknown[3].d), unknown[3].distortion_model) == (BARREL, 'my_lens')
+    assert off[1]['undistortion'] == 'off' and off[1]['frames_undistorted'] == '1' and off[2] == bytes([0])
+    np.testing.assert_array_equal(off[0], none[0])
+    assert list(off[3].d) == BARREL
+
+
+def test_monitor_undistorts_the_checked_frame_as_the_feature_node_does(fp32_graph, images):
+    """With the camera's camera_info (barrel distortion), the monitor's FP32 reference runs on the
+    undistorted frame: outputs of the same graph on the undistorted frame agree (SSIM > 0.99)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from gplq_ros.nodes.monitor_node import MonitorNode
+    from gplq_ros.onboard.engine import load
+    from gplq_ros.onboard.messages import encode_corners, encode_map
+    from gplq_ros.onboard.undistort import Undistorter
+    frame = _frames(images, 1)[0]
+    und, done = Undistorter()(frame, _camera_info(BARREL))
+    assert done
+    o = load(Path(fp32_graph), threads=1)(und)                       # what the feature node publishes
+    p = InProcess(MonitorNode, {'reference_model': str(fp32_graph), 'vocabulary': 'none', 'check_every_n': 1,
+                                'diagnostics_period': 0.2},
+                  remap=['image:=/wk_mu/image', 'camera_info:=/wk_mu/camera_info',
+                         'boundary_map:=/wk_mu/boundary_map', 'corners:=/wk_mu/corners'])
+    try:
+        p.transition('configure')
+        diags = p.collect(DiagnosticArray, '/diagnostics')
+        cam, info = p.publisher(Image, '/wk_mu/image'), p.publisher(CameraInfo, '/wk_mu/camera_info')
+        bmap, corners = p.publisher(Image, '/wk_mu/boundary_map'), p.publisher(PointCloud2, '/wk_mu/corners')
+        p.transition('activate')
+        assert p.spin(30, lambda: min(x.get_subscription_count() for x in (cam, info, bmap, corners)) >= 1)
+        info.publish(_camera_info(BARREL))
+        assert p.spin(10, lambda: p.node.camera_info is not None)
+        msg = _image(p.node, frame)
+        cam.publish(msg)
+        assert p.spin(10, lambda: p.node.join.waiting(_key(msg)))
+        bmap.publish(encode_map(o.boundary, msg.header))
+        corners.publish(encode_corners(o.corners_px, o.corners.response, msg.header))
+        assert p.spin(60, lambda: p.node.drift.checks == 1), p.node.worker.health()
+        assert p.spin(5, lambda: _ours(diags, 'monitor_node') and
+                      _ours(diags, 'monitor_node')[-1]['undistortion'] == 'on (plumb_bob)')
+        assert p.node.drift.last['boundary_ssim'] > 0.99, p.node.drift.last
+    finally:
+        p.close()
+
+
 @pytest.fixture
 def synthetic_place_map(tmp_path):
-    """A real place map file (synthetic descriptors, as in test_localize) and its vocabulary file."""
-    from test_localize import _feature_fn, _synthetic_map
+    """A real place map file (synthetic descriptors and boundary orthomap, as in test_localize), its
+    vocabulary file, the descriptor function and the frames' boundary-map function."""
+    from test_localize import _feature_fn, _synthetic_map, with_boundary
 
     from gplq_ros.onboard.vocabulary import VocabMeta, Vocabulary
     centers = np.random.default_rng(0).normal(size=(4, 24)).astype(np.float32)
@@ -407,9 +519,10 @@ def synthetic_place_map(tmp_path):
     vocab = Vocabulary(centers, VocabMeta('dinov2_vits14', 'w' * 64, 9, 'value', 224, 4, 0, 100))
     f = _feature_fn()
     pmap = _synthetic_map(f, size_m=100.0, vocab=centers)
+    frame = with_boundary(pmap)
     pmap.save(tmp_path / 'map.safetensors')
     vocab.save(tmp_path / 'vocab.safetensors')
-    return tmp_path / 'map.safetensors', tmp_path / 'vocab.safetensors', f
+    return tmp_path / 'map.safetensors', tmp_path / 'vocab.safetensors', f, frame
 
 
 def test_localizer_node_searches_in_its_worker_and_resumes_after_deactivate(synthetic_place_map):
@@ -423,7 +536,7 @@ def test_localizer_node_searches_in_its_worker_and_resumes_after_deactivate(synt
 
     from gplq_ros.nodes.localizer_node import LocalizerNode
     from gplq_ros.onboard.messages import encode_descriptor, encode_map
-    map_path, vocab_path, f = synthetic_place_map
+    map_path, vocab_path, f, frame = synthetic_place_map
     p = InProcess(LocalizerNode, {'map': str(map_path), 'vocabulary': str(vocab_path), 'init_fixes': 1,
                                   'diagnostics_period': 0.1},
                   remap=['descriptor:=/wk_loc/descriptor', 'boundary_map:=/wk_loc/boundary_map'])
@@ -435,13 +548,14 @@ def test_localizer_node_searches_in_its_worker_and_resumes_after_deactivate(synt
         dpub, bpub = p.publisher(Image, '/wk_loc/descriptor'), p.publisher(Image, '/wk_loc/boundary_map')
         p.transition('activate')
         assert p.spin(30, lambda: dpub.get_subscription_count() >= 1 and bpub.get_subscription_count() >= 1)
-        rng, sent = np.random.default_rng(2), []
+        sent = []
 
         def feed(t):          # boundary map first, descriptor second: joined by stamp
             header = Header(frame_id='camera_optical_frame', stamp=p.node.get_clock().now().to_msg())
             sent.append((header.stamp.sec, header.stamp.nanosec))
-            bpub.publish(encode_map(rng.uniform(0, 1, (12, 16)).astype(np.float32), header))
-            dpub.publish(encode_descriptor(f(40.0 + 0.5 * t, -40.0 - 0.5 * t, 0.3), header))
+            xy = (40.0 + 0.5 * t, -40.0 - 0.5 * t)
+            bpub.publish(encode_map(frame(xy, 0.3, 40.0), header))
+            dpub.publish(encode_descriptor(f(*xy, 0.3), header))
         feed(0)
         assert p.spin(30, lambda: len(poses) == 1)
         loc.hold = True

@@ -66,6 +66,12 @@ ARGUMENTS = (
     Argument('place_map', '', 'place map of the flight area (gplq_map): starts localizer_node, which turns the '
              'feature node\'s descriptor into a pose in map (and a NavSatFix when the map is geo-referenced); '
              'empty: no localizer'),
+    Argument('odom_topic', 'odom', 'nav_msgs/Odometry for localizer_node\'s motion prediction, read when its '
+             'use_odometry is true (params file), relative to the namespace unless it starts with /, e.g. '
+             '/mavros/local_position/odom'),
+    Argument('height_topic', 'height', 'height above ground for localizer_node, read when its use_height is true: '
+             'sensor_msgs/Range (height_type range, e.g. /mavros/rangefinder/rangefinder) or std_msgs/Float64 '
+             '(height_type altitude, e.g. /mavros/global_position/rel_alt)'),
     Argument('use_sim_time', 'false', 'every node takes its time from /clock (true/false), e.g. when replaying '
              'a bag with --clock'),
 )
@@ -98,9 +104,10 @@ def resolve(overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     args.update(overrides or {})
     if args['log_level'] not in ('debug', 'info', 'warn', 'error', 'fatal'):
         raise ValueError(f'launch argument log_level={args["log_level"]!r}: one of debug, info, warn, error, fatal')
-    if not TOPIC.fullmatch(args['camera_topic']):
-        raise ValueError(f'launch argument camera_topic={args["camera_topic"]!r}: not a ROS topic name (letters, '
-                         'digits, _ and / between tokens; a token does not start with a digit)')
+    for name in ('camera_topic', 'odom_topic', 'height_topic'):
+        if not TOPIC.fullmatch(args[name]):
+            raise ValueError(f'launch argument {name}={args[name]!r}: not a ROS topic name (letters, '
+                             'digits, _ and / between tokens; a token does not start with a digit)')
     ns = args['namespace'].strip().strip('/')
     if ns and not TOPIC.fullmatch('/' + ns):
         raise ValueError(f'launch argument namespace={args["namespace"]!r}: not a ROS namespace (e.g. uav1 or '
@@ -196,13 +203,15 @@ def node_specs(args: Dict[str, str]) -> List[NodeSpec]:
     # relative names: the monitor reads the outputs of the feature node of its own namespace
     specs.append(NodeSpec('monitor_node', 'gplq_ros.nodes.monitor_node', 'monitor_node',
                           params('monitor_node', {'reference_model': reference, 'autostart': autostart}),
-                          (('image', cam),) + tuple((t, f'feature_node/{t}') for t in FEATURE_TOPICS
-                                                    if t != 'corner_map'), ros_args, ns))
+                          (('image', cam), ('camera_info', camera_info_topic(cam)))
+                          + tuple((t, f'feature_node/{t}') for t in FEATURE_TOPICS if t != 'corner_map'),
+                          ros_args, ns))
     if args['place_map']:
         specs.append(NodeSpec('localizer_node', 'gplq_ros.nodes.localizer_node', 'localizer_node',
                               params('localizer_node', {'map': args['place_map'], 'autostart': autostart}),
                               (('descriptor', 'feature_node/descriptor'),
-                               ('boundary_map', 'feature_node/boundary_map')), ros_args, ns))
+                               ('boundary_map', 'feature_node/boundary_map'),
+                               ('odom', args['odom_topic']), ('height', args['height_topic'])), ros_args, ns))
     return specs
 
 

@@ -12,7 +12,16 @@ deactivated gives no outputs and is counted as skipped. The inference thread liv
 configure to cleanup: after activate again the node carries on.
 With ``camera_info`` (CameraInfo, optional) from the camera, ``~/camera_info`` carries its
 calibration scaled to the published maps (``onboard.messages.scale_camera_info``; the newest
-camera_info is used, intrinsics being constant). Counters, engine latency, the lifecycle
+camera_info is used, intrinsics being constant). With ``undistort`` (default true) and a
+camera_info whose distortion is non-zero (``plumb_bob``, ``rational_polynomial``) or
+``equidistant``, the inference thread undistorts each frame before the engine
+(``onboard.undistort``: remap tables computed once per calibration), into the pinhole camera
+with the same K; the maps, corners and ``~/camera_info`` are then in that camera (D = 0,
+R = I, P = [K | 0]). A distortion it cannot undo (an unknown model with non-zero D, a
+camera_info of another image size) is logged once, counted in ``frames_not_undistorted``,
+makes the status WARN, and the frame is processed as it is (its ``~/camera_info`` keeps the
+camera's D, which then still describes the maps). ``undistortion`` on ``/diagnostics`` says
+which applies. Counters, engine latency, the lifecycle
 state and the inference thread's health go to ``/diagnostics`` every ``diagnostics_period``
 seconds. A managed node (``nodes.lifecycle``): the model is loaded in on_configure, the
 camera subscribed while active; ``autostart`` (default true) configures and activates it at
@@ -39,6 +48,7 @@ from gplq_ros.onboard.paths import vocabulary_parameter
 from gplq_ros.onboard.slot import SlotWorker
 from gplq_ros.onboard.stats import LatencyWindow
 from gplq_ros.onboard.status import feature_status
+from gplq_ros.onboard.undistort import UndistortError, Undistorter
 
 
 class FeatureNode(ManagedNode):
@@ -66,6 +76,9 @@ class FeatureNode(ManagedNode):
         self.qos_out = declare_qos(p, 'output_qos', 'reliable', 5, 'the published outputs')
         p.declare('map_resolution', 'grid', 'boundary/corner map size: grid = one value per ViT patch, '
                   'input = resized to the camera image', choices=MAP_RESOLUTIONS)
+        p.declare('undistort', True, 'undistort each frame with camera_info before the engine when its distortion '
+                  'is non-zero (plumb_bob, rational_polynomial) or equidistant; the outputs and ~/camera_info are '
+                  'then in the undistorted camera with the same K (D = 0)')
         p.declare('max_input_pixels', MAX_PIXELS_DEFAULT, 'larger camera images are rejected (height*width)',
                   (1, 2 ** 31 - 1))
         self.declare_diagnostics_period(lo=0.1)
@@ -97,6 +110,10 @@ class FeatureNode(ManagedNode):
         self.last_error = ''
         self.camera_info = None
         self.camera_info_error = ''
+        self.undistorter = Undistorter()
+        self.undistorted = self.not_undistorted = 0
+        self.undistortion = 'no camera_info'     # what the last frame got (diagnostics ``undistortion``)
+        self.undistort_refused = ''              # why the last frame was not undistorted ('' = it was not refused)
         self.worker = SlotWorker(self._infer, 'gplq_inference', on_error=self._fail)
         self.slot = self.worker.slot
         self.timer = self.create_timer(p['diagnostics_period'], self.publish_diagnostics)
@@ -142,23 +159,42 @@ class FeatureNode(ManagedNode):
         """Inference thread: engine and publishing failures reach ``_fail`` through the worker.
         A frame whose engine run outlived the active state gives no outputs (``frames_skipped``)."""
         header, rgb = item
+        with self._lock:
+            info = self.camera_info
+        rgb, undistorted = self._undistort(rgb, info)
         t0 = time.perf_counter()
         out = self.engine(rgb)
         self.latency.add(1e3 * (time.perf_counter() - t0))
         boundary, corner_map = output_maps(out, self.params['map_resolution'])
-        with self._lock:
-            info = self.camera_info
         with self.gate:
             if not self.outputs_allowed:
                 self.skipped += 1     # shutting down or deactivated meanwhile: no outputs
                 return
-            self._publish(header, out, boundary, corner_map, info)
+            self._publish(header, out, boundary, corner_map, info, undistorted)
         self.processed += 1
 
-    def _publish(self, header, out, boundary, corner_map, info) -> None:
+    def _undistort(self, rgb, info):
+        """(frame, undistorted) for the engine; records what happened for the diagnostics."""
+        if not self.params['undistort'] or info is None:
+            self.undistortion, self.undistort_refused = 'off' if not self.params['undistort'] else 'no camera_info', ''
+            return rgb, False
+        try:
+            rgb, undistorted = self.undistorter(rgb, info)
+        except UndistortError as e:
+            self.not_undistorted += 1
+            if str(e) != self.undistort_refused:   # logged once per distinct problem
+                self.get_logger().warning(f'frames are processed without undistortion: {e}')
+            self.undistortion = self.undistort_refused = str(e)
+            return rgb, False
+        self.undistorted += undistorted
+        self.undistortion = f'on ({info.distortion_model})' if undistorted else 'not needed (no distortion)'
+        self.undistort_refused = ''
+        return rgb, undistorted
+
+    def _publish(self, header, out, boundary, corner_map, info, undistorted) -> None:
         if info is not None:
             try:
-                self.pub_info.publish(scale_camera_info(info, out.image_hw, boundary.shape, header))
+                self.pub_info.publish(scale_camera_info(info, out.image_hw, boundary.shape, header, undistorted))
                 self.camera_info_error = ''
             except ImageFormatError as e:
                 if str(e) != self.camera_info_error:   # logged once per distinct problem
@@ -188,9 +224,11 @@ class FeatureNode(ManagedNode):
                   'engine_max_ms': lat['max_ms'], 'queue_depth': self.slot.pending, 'model_kind': self.engine.kind,
                   'lifecycle_state': self.state_label,
                   'camera_info': self.camera_info_error or ('received' if self.camera_info is not None else 'none'),
+                  'undistortion': self.undistortion, 'frames_undistorted': self.undistorted,
+                  'frames_not_undistorted': self.not_undistorted,
                   **{f'rejected_{k}': v for k, v in sorted(rejected.items())}, 'last_error': last_error}
-        diag.publish(self, self.pub_diag, feature_status(self.processed, engine_errors, rejected, last_error),
-                     values, self.worker)
+        diag.publish(self, self.pub_diag, feature_status(self.processed, engine_errors, rejected, last_error,
+                                                         self.undistort_refused), values, self.worker)
 
 
 def main(argv=None) -> int:

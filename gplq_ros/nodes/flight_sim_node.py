@@ -3,7 +3,10 @@
 Publishes ``image`` (sensor_msgs/Image, rgb8, ``frame_id`` a camera optical frame, stamp =
 the ROS time of the capture) at ``rate_hz``, and the true window pose on ``~/true_pose``
 (geometry_msgs/PoseStamped, frame ``map`` on the orthophoto, same stamp as the image; see
-``gplq_ros.onboard.flight`` for the convention). Stops after ``max_frames`` if > 0.
+``gplq_ros.onboard.flight`` for the convention) and the camera's calibration on
+``camera_info`` (sensor_msgs/CameraInfo, same header as the image: K from ``hfov_deg``,
+``plumb_bob`` D = k1, k2, 0, 0, 0 of the simulated lens distortion ``k1``, ``k2``; 0 = a
+pinhole). Stops after ``max_frames`` if > 0.
 """
 import sys
 import time
@@ -11,12 +14,13 @@ from pathlib import Path
 
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from gplq_ros.onboard.flight import DEFAULT_ORTHO, Flight, FlightConfig
 from gplq_ros.onboard.image_codec import numpy_to_image
 from gplq_ros.onboard.messages import encode_true_pose
+from gplq_ros.onboard.photo_messages import encode_camera_info
 from gplq_ros.onboard.paths import default_images_dir
 from gplq_ros.onboard.preprocess import read_rgb
 from gplq_ros.nodes.params import Params, declare_qos
@@ -49,14 +53,20 @@ class FlightSimNode(Node):
                                   read_only=True),
             hfov_deg=p.declare('hfov_deg', 70.0, 'horizontal field of view, degrees', (10.0, 170.0),
                                read_only=True),
-            seed=p.declare('seed', 0, 'track phase seed', (0, 2 ** 31 - 1), read_only=True))
-        qos = declare_qos(p, 'qos', 'best_effort', 5, 'the image and pose publishers')
+            seed=p.declare('seed', 0, 'track phase seed', (0, 2 ** 31 - 1), read_only=True),
+            k1=p.declare('k1', 0.0, 'radial lens distortion k1 of the simulated camera (plumb_bob; < 0: barrel; '
+                         '0: pinhole)', (-1.0, 1.0), read_only=True),
+            k2=p.declare('k2', 0.0, 'radial lens distortion k2 of the simulated camera (plumb_bob)', (-1.0, 1.0),
+                         read_only=True))
+        qos = declare_qos(p, 'qos', 'best_effort', 5, 'the image, camera_info and pose publishers')
         path = Path(image) if image else default_images_dir() / DEFAULT_ORTHO
         if not path.is_file():
             raise ValueError(f'parameter image={str(path)!r}: file not found (run gplq_assets)')
         self.flight = Flight(read_rgb(path), cfg)
         self.pub_image = self.create_publisher(Image, 'image', qos)
         self.pub_pose = self.create_publisher(PoseStamped, '~/true_pose', qos)
+        self.pub_info = self.create_publisher(CameraInfo, 'camera_info', qos)
+        self.info = encode_camera_info(cfg.camera_matrix(), cfg.width, cfg.height, d=cfg.distortion)
         self.sent = 0
         self.t0 = time.monotonic()
         self.timer = self.create_timer(1.0 / rate, self.tick)
@@ -73,6 +83,8 @@ class FlightSimNode(Node):
         img = numpy_to_image(frame, 'rgb8')
         img.header.stamp, img.header.frame_id = stamp, self.frame_id
         self.pub_image.publish(img)
+        self.info.header = img.header
+        self.pub_info.publish(self.info)
         self.pub_pose.publish(encode_true_pose(pose.x_m, pose.y_m, pose.z_m, pose.yaw,
                                                Header(stamp=stamp, frame_id=self.map_frame)))
         self.sent += 1

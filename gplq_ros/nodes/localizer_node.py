@@ -32,6 +32,36 @@ filter fault, a localizer-thread failure or a configure failure. The localizer s
 (``top_k`` ... ``recheck_confirm``, ``refine``) are ``onboard.localize.LocalizerConfig``'s
 fields, declared from it. A managed node (``nodes.lifecycle``): the map is loaded in
 on_configure; ``autostart`` default true.
+
+Optional inputs (``onboard.aiding.AidingConfig``, both off by default: then neither topic is
+subscribed and every frame is localized from the camera alone). The callbacks only check a
+message and store it in a stamped buffer; the localizer thread looks the value up at the
+frame's stamp and passes it to ``Localizer.update`` (``odom=``, ``height_m=``):
+
+* ``odom`` (``use_odometry``): nav_msgs/Odometry from VIO or the autopilot (e.g. MAVROS
+  ``local_position/odom``). ``pose.pose`` is the pose of ``child_frame_id`` (the vehicle, any
+  body frame) in ``header.frame_id`` (the odometry frame: REP 103/105 ``odom``, x forward/east,
+  z up; an NED frame must be converted first); only position x, y and the yaw of the
+  orientation are used, interpolated to the frame's stamp between the samples around it
+  (``odom_max_gap_s``; the newest held for at most ``input_max_age_s``). The localizer uses the
+  change of that pose between frames as its motion prediction, rotated into ``map`` by an
+  offset it estimates itself, so neither the odometry frame's heading nor a constant camera
+  mounting yaw needs configuring.
+* ``height`` (``use_height``): height above ground in metres, along the camera's axis (about
+  vertical for a nadir camera): ``height_type: range``: sensor_msgs/Range of a downward
+  rangefinder (``range``; readings outside [``min_range``, ``max_range``], +-inf or NaN
+  refused); ``altitude``: std_msgs/Float64 (e.g. MAVROS ``global_position/rel_alt``; it has no
+  stamp, so its receipt time is used; NaN, inf and values <= 0 refused). The samples within
+  ``input_max_age_s`` of the frame's stamp are interpolated; the localizer narrows the
+  refinement's height search around it.
+
+QoS of both: ``aiding_qos_reliability`` (``best_effort``, which also receives from reliable
+publishers) and ``aiding_qos_depth``. A message refused is logged (at most every 5 s) and
+counted (``odom_rejected``, ``height_rejected``, with the last reason); a frame whose stamp
+finds no usable sample is localized without it and counted (``odom_missing``,
+``height_missing``, with the reason: empty, before, gap, stale), which makes an OK status
+WARN for that period. Further values: ``odom_used``, ``height_used``, ``last_height_m`` (the
+height given to the localizer for the last frame that had one).
 """
 import sys
 import threading
@@ -40,16 +70,19 @@ from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from sensor_msgs.msg import Image, NavSatFix
-from std_msgs.msg import Header
+from nav_msgs.msg import Odometry
+from sensor_msgs.msg import Image, NavSatFix, Range
+from std_msgs.msg import Float64, Header
 
 from gplq_ros.nodes import diag
 from gplq_ros.nodes.lifecycle import ManagedNode
 from gplq_ros.nodes.params import declare_qos
 from gplq_ros.nodes.run import run_node
+from gplq_ros.onboard.aiding import (AidingConfig, HeightBuffer, PoseBuffer, aiding_status, altitude_height,
+                                     odometry_pose, range_height)
 from gplq_ros.onboard.image_codec import ImageFormatError
 from gplq_ros.onboard.join import JoinConfig, StampJoin
-from gplq_ros.onboard.localize import FilterFault, Localizer, LocalizerConfig
+from gplq_ros.onboard.localize import FilterFault, Localizer, LocalizerConfig, OdomPose
 from gplq_ros.onboard.messages import decode_descriptor, decode_map, encode_fix, encode_pose
 from gplq_ros.onboard.paths import vocabulary_parameter
 from gplq_ros.onboard.pipeline import single_thread_blas
@@ -72,13 +105,16 @@ class LocalizerNode(ManagedNode):
         self.map_frame = p.declare('map_frame', 'map', 'frame_id of the published pose', read_only=True)
         p.declare_settings(LocalizerConfig)   # top_k ... recheck_confirm, refine: one home, onboard.localize
         p.declare_settings(JoinConfig)        # pending_stamps
+        p.declare_settings(AidingConfig)      # use_odometry, use_height, ...: the optional inputs, onboard.aiding
         self.unmeasured = p.declare('unmeasured_variance', 1e6, 'variance of the axes the localizer does not '
                                     'measure (z, roll, pitch; NavSatFix up)', (1.0, 1e12), read_only=True)
         p.declare('stale_after_s', 2.0, 'WARN when no descriptor for this long', (0.1, 3600.0))
         self.declare_diagnostics_period()
         self.hardware_id = p.declare('hardware_id', 'gplq_ros', 'hardware_id in /diagnostics', read_only=True)
         self.qos_in = declare_qos(p, 'input_qos', 'reliable', 10, 'the descriptor subscription')
+        self.qos_aid = declare_qos(p, 'aiding_qos', 'best_effort', 10, 'the odom and height subscriptions')
         self.localizer = None
+        self.odom = self.height = None     # the optional inputs' buffers (configure makes the enabled ones)
         self._lock = threading.Lock()
 
     def configure(self) -> None:
@@ -97,13 +133,20 @@ class LocalizerNode(ManagedNode):
         single_thread_blas()      # a few ms of numpy per frame beside the feature node's graph runtime
         self.localizer = Localizer(pmap, cfg)
         self.georef = pmap.georef
-        self.counts = {'ambiguous': 0, 'initialising': 0, 'jump': 0, 'gate': 0, 'lost': 0, 'malformed': 0,
-                       'filter_fault': 0}
+        self.counts = dict.fromkeys(Localizer.REASONS + ('malformed', 'filter_fault'), 0)
         self.join = StampJoin(('descriptor', 'boundary') if cfg.refine else ('descriptor',), p.settings(JoinConfig))
         self.last = None                 # the last Estimate
         self.malformed = self.filter_fault = ''    # since the last status
         self.last_input = None
         self.skipped = 0
+        aid = self.aid = p.settings(AidingConfig)
+        self.odom = PoseBuffer(aid.input_buffer, aid.odom_max_gap_s, aid.input_max_age_s) \
+            if aid.use_odometry else None
+        self.height = HeightBuffer(aid.input_buffer, aid.input_max_age_s) if aid.use_height else None
+        self.rejected = {'odom': 0, 'height': 0}        # messages refused (bad values)
+        self.rejected_last = {'odom': '', 'height': ''}
+        self.missing_seen = {'odom': 0, 'height': 0}    # missing lookups already reported in a status
+        self.last_height = None
         self.query_ms = LatencyWindow(300)
         self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, '~/pose', 10)
         self.pub_fix = self.create_publisher(NavSatFix, '~/fix', 10) if self.georef else None
@@ -120,6 +163,11 @@ class LocalizerNode(ManagedNode):
         if self.params['refine']:
             self.inputs.append(self.create_subscription(Image, 'boundary_map', lambda m: self.on_input(m, 'boundary'),
                                                         self.qos_in))
+        if self.odom is not None:
+            self.inputs.append(self.create_subscription(Odometry, 'odom', self.on_odom, self.qos_aid))
+        if self.height is not None:
+            kind = Range if self.aid.height_type == 'range' else Float64
+            self.inputs.append(self.create_subscription(kind, 'height', self.on_height, self.qos_aid))
 
     def deactivate(self) -> None:
         super().deactivate()
@@ -140,6 +188,53 @@ class LocalizerNode(ManagedNode):
         if got is not None:
             self.worker.slot.put((got['descriptor'], got.get('boundary')))
 
+    def on_odom(self, msg: Odometry) -> None:
+        """Stores the pose (at its stamp) for the localizer thread; a bad message is counted."""
+        try:
+            self.odom.add(*odometry_pose(msg))
+        except ValueError as e:
+            self._rejected('odom', e)
+
+    def on_height(self, msg) -> None:
+        """Stores the height (Range: at its stamp; Float64: at the receipt time); a bad message is
+        counted."""
+        try:
+            if isinstance(msg, Range):
+                self.height.add(*range_height(msg))
+            else:
+                self.height.add(self.now_s(), altitude_height(msg.data))
+        except ValueError as e:
+            self._rejected('height', e)
+
+    def _rejected(self, what: str, e: ValueError) -> None:
+        with self._lock:
+            self.rejected[what] += 1
+            self.rejected_last[what] = str(e)
+        text = f'{what} message refused: {e}'
+        if what == 'odom':      # one throttle per input (rclpy throttles per call site)
+            self.get_logger().warning(text, throttle_duration_sec=5.0)
+        else:
+            self.get_logger().warning(text, throttle_duration_sec=5.0)
+
+    def _aiding(self, t: float) -> dict:
+        """The optional inputs at the frame's stamp ``t``, as ``Localizer.update``'s keywords (only
+        those enabled; None = enabled but nothing usable at ``t``, counted by the buffer)."""
+        kw = {}
+        if self.odom is not None:
+            pose = self.odom.at(t)
+            kw['odom'] = None if pose is None else OdomPose(pose.x, pose.y, pose.yaw)
+            if pose is None:      # one throttle per input: rclpy throttles per call site
+                self.get_logger().warning(f'frame {t:.3f}: no odometry, localized without it: '
+                                          f'{self.odom.last_missing}', throttle_duration_sec=5.0)
+        if self.height is not None:
+            h = kw['height_m'] = self.height.at(t)
+            if h is None:
+                self.get_logger().warning(f'frame {t:.3f}: no height, localized without it: '
+                                          f'{self.height.last_missing}', throttle_duration_sec=5.0)
+            else:
+                self.last_height = h
+        return kw
+
     def _localize(self, item) -> None:
         """Localizer thread: decode, localize, publish. A malformed input and a filter fault are
         counted apart (the filter keeps its state on either); other failures reach ``_fail``."""
@@ -148,8 +243,9 @@ class LocalizerNode(ManagedNode):
         try:
             d = decode_descriptor(msg)
             b = decode_map(boundary_msg) if boundary_msg is not None else None
+            t = stamp.sec + stamp.nanosec * 1e-9
             t0 = time.perf_counter()
-            est = self.localizer.update(d, stamp.sec + stamp.nanosec * 1e-9, b)
+            est = self.localizer.update(d, t, b, **self._aiding(t))
             self.query_ms.add((time.perf_counter() - t0) * 1e3)
         except FilterFault as e:
             with self._lock:
@@ -195,16 +291,36 @@ class LocalizerNode(ManagedNode):
             self.malformed = self.filter_fault = ''
         status = localizer_status(None if last is None else ('' if last.fix else last.reason), idle,
                                   self.params['stale_after_s'], malformed, fault)
+        status, aiding = self.aiding_values(status)
         values = dict(frames=loc.frames, fixes=loc.fixes, fix_rate=loc.fixes / max(loc.frames, 1),
                       last_score=last.measurement.score if last else None,
                       last_margin=last.measurement.margin if last else None,
                       last_ncc=last.measurement.ncc if last else None,
-                      map_tiles=loc.map.meta.n_tiles, recheck_restarts=loc.recheck_restarts,
+                      map_tiles=loc.map.meta.n_tiles, track_drops=loc.track_drops,
                       query_p50_ms=self.query_ms.summary()['p50_ms'],
                       frames_dropped=self.worker.slot.dropped, frames_skipped=self.skipped,
                       lifecycle_state=self.state_label,
-                      **{f'no_fix_{k}': v for k, v in counts.items()})
+                      **{f'no_fix_{k}': v for k, v in counts.items()}, **aiding)
         diag.publish(self, self.pub_diag, status, values, self.worker)
+
+    def aiding_values(self, status):
+        """The diagnostics values of the enabled optional inputs, and the status with them (WARN
+        instead of OK when one was missing for frames since the last status)."""
+        values, new_missing, why = {}, {}, {}
+        for name, buf in (('odom', self.odom), ('height', self.height)):
+            if buf is None:
+                continue
+            missing = buf.missing_total
+            with self._lock:
+                rejected, rejected_last = self.rejected[name], self.rejected_last[name]
+            new_missing[name], why[name] = missing - self.missing_seen[name], buf.last_missing
+            self.missing_seen[name] = missing
+            values.update({f'{name}_used': buf.used, f'{name}_held': buf.held, f'{name}_missing': missing,
+                           f'{name}_missing_last': buf.last_missing, f'{name}_rejected': rejected,
+                           f'{name}_rejected_last': rejected_last, f'{name}_buffered': len(buf)})
+        if self.height is not None:
+            values['last_height_m'] = self.last_height
+        return aiding_status(status, new_missing, why), values
 
 
 def main(argv=None) -> int:

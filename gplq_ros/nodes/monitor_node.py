@@ -16,6 +16,10 @@ declared from them). A managed node (``nodes.lifecycle``): the reference engine 
 on_configure, the inputs subscribed while active; ``autostart`` (default true) configures and
 activates it at startup. The reference thread lives from configure to cleanup; a check whose
 reference run outlived the active state is not counted (``checks_skipped``).
+With ``undistort`` (default true, keep it as feature_node's) and the camera's ``camera_info``
+(newest kept), the kept frame is undistorted exactly as feature_node undistorts it
+(``onboard.undistort``) before the FP32 reference, so that drift compares the same image;
+``undistortion`` on ``/diagnostics`` says which applied.
 """
 import sys
 import threading
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile
-from sensor_msgs.msg import Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Float64MultiArray
 
 from gplq_ros.nodes import diag
@@ -38,6 +42,7 @@ from gplq_ros.onboard.paths import vocabulary_parameter
 from gplq_ros.onboard.slot import SlotWorker
 from gplq_ros.onboard.stats import FlowStats
 from gplq_ros.onboard.status import Level, MonitorLimits, monitor_status
+from gplq_ros.onboard.undistort import UndistortError, Undistorter
 
 
 def _key(stamp):
@@ -60,6 +65,8 @@ class MonitorNode(ManagedNode):
         p.declare('check_every_n', 10, 'run the FP32 reference on every n-th camera frame', (1, 100000))
         p.declare_settings(DriftBounds)       # descriptor_cosine_min, boundary_ssim_min, ..., consecutive
         p.declare_settings(MonitorLimits)     # latency_p95_warn_ms, drop_rate_warn, stale_after_s
+        p.declare('undistort', True, 'undistort the checked frames with camera_info as feature_node does before '
+                  'the FP32 reference (keep it equal to feature_node\'s undistort)')
         p.declare('latency_window', 300, 'outputs in the latency percentiles', (1, 100000), read_only=True)
         self.declare_diagnostics_period('/diagnostics and ~/status messages')
         self.hardware_id = p.declare('hardware_id', 'gplq_ros', 'hardware_id in /diagnostics', read_only=True)
@@ -91,11 +98,15 @@ class MonitorNode(ManagedNode):
         self.worker = SlotWorker(self._check, 'gplq_reference', on_error=self._fail)
         self.timer = self.create_timer(p['diagnostics_period'], self.publish_status)
         self._level = Level.OK
+        self.camera_info = None
+        self.undistorter = Undistorter()
+        self.undistortion = 'no camera_info'
 
     def activate(self) -> None:
         self.last_output = None    # staleness counts from activation, not from before a pause
         self.inputs += [
             self.create_subscription(Image, 'image', self.on_image, self.qos_cam),
+            self.create_subscription(CameraInfo, 'camera_info', self.on_camera_info, self.qos_cam),
             self.create_subscription(Image, 'boundary_map', self.on_boundary, self.qos_out),
             self.create_subscription(PointCloud2, 'corners', lambda m: self.on_output(m, 'corners'), self.qos_out),
             self.create_subscription(Image, 'descriptor', lambda m: self.on_output(m, 'descriptor'), self.qos_out)]
@@ -125,6 +136,10 @@ class MonitorNode(ManagedNode):
             return   # the feature node reports malformed frames; nothing to compare
         self._submit(self.join.frame(key, rgb))
 
+    def on_camera_info(self, msg: CameraInfo) -> None:
+        with self._lock:
+            self.camera_info = msg
+
     def on_boundary(self, msg: Image) -> None:
         self.flow.output(_key(msg.header.stamp), self.now_s())
         self.last_output = self.now_s()
@@ -148,6 +163,16 @@ class MonitorNode(ManagedNode):
         """Reference thread: a failing check (a mismatched output) reaches ``_fail`` through the worker.
         A check whose reference run outlived the active state is not counted (``checks_skipped``)."""
         _, rgb, got = item
+        with self._lock:
+            info = self.camera_info
+        if not self.params['undistort'] or info is None:
+            self.undistortion = 'off' if not self.params['undistort'] else 'no camera_info'
+        else:
+            try:   # as feature_node: a distortion it cannot undo leaves the frame as it is
+                rgb, done = self.undistorter(rgb, info)
+                self.undistortion = f'on ({info.distortion_model})' if done else 'not needed (no distortion)'
+            except UndistortError as e:
+                self.undistortion = str(e)
         metrics = compare(self.reference(rgb), got['boundary'], got['corners'], got.get('descriptor'))
         with self.gate:
             if not self.outputs_allowed:
@@ -182,6 +207,7 @@ class MonitorNode(ManagedNode):
             errors, last_error = self.errors, self.last_error
         values = dict(s, checks_skipped=self.join.skipped, unmatched_outputs=self.flow.matcher.unmatched,
                       check_every_n=p['check_every_n'], reference=str(self.reference.path),
+                      undistortion=self.undistortion,
                       lifecycle_state=self.state_label)
         level, text = diag.publish(self, self.pub_diag, monitor_status(self.drift, s, limits, errors, last_error,
                                                                        idle), values, self.worker)

@@ -5,7 +5,8 @@ header stamp = the ROS time of publication):
 
 * ``image`` (sensor_msgs/Image, rgb8, ``frame_id``), resized to ``width``;
 * ``camera_info`` (sensor_msgs/CameraInfo: K from EXIF FocalLength and ``sensor_width_mm``
-  or FocalLengthIn35mmFilm, scaled to the published size; ``onboard.photo_messages``);
+  or FocalLengthIn35mmFilm, scaled to the published size; the lens distortion the user gave in
+  ``distortion_model`` / ``distortion``, default none; ``onboard.photo_messages``);
 * ``~/fix`` (sensor_msgs/NavSatFix of the photo's GNSS tag, covariance from ``gnss_sigma_m``
   and ``gnss_vertical_sigma_m``);
 * ``~/true_pose`` (geometry_msgs/PoseStamped in ``map_frame``, like flight_sim_node's), only
@@ -100,7 +101,7 @@ class PhotoCameraNode(Node):
         img = numpy_to_image(frame.rgb, 'rgb8')
         img.header.stamp, img.header.frame_id = stamp, self.cfg.frame_id
         h, w = frame.rgb.shape[:2]
-        info = encode_camera_info(self.seq.k, w, h, img.header)
+        info = encode_camera_info(self.seq.k, w, h, img.header, self.cfg.distortion, self.cfg.distortion_model)
         fix = encode_photo_fix(m.lat, m.lon, m.alt_m, self.cfg.gnss_sigma_m, self.cfg.gnss_vertical_sigma_m,
                                img.header)
         self.pub_image.publish(img)

@@ -9,9 +9,19 @@ Pose convention (REP 103, ``map`` frame on the orthophoto): x east = column * gs
 y north = -row * gsd (metres, origin at the orthophoto's top-left pixel), z = height
 above ground from the footprint and the horizontal field of view, yaw = rotation of the
 camera's x axis (image right) from east, counter-clockwise positive.
+
+Camera model: a pinhole with ``FlightConfig.camera_matrix()`` (fx = fy from the horizontal
+field of view, principal point at the image centre), optionally with radial lens distortion
+``k1``, ``k2`` (ROS/OpenCV ``plumb_bob`` with D = k1, k2, 0, 0, 0; k1 < 0 = barrel): the
+frame's pixel (u, v) then shows the ground point of the undistorted pixel that the
+distortion moves to (u, v). ``k1 = k2 = 0`` (default) renders exactly the pinhole frame.
+The window's margin on the orthophoto is the pinhole's; with barrel distortion the frame's
+corners see up to about 20 % further (k1 = -0.15) and may reach the orthophoto's reflected
+border at the track's extremes.
 """
 import math
 from dataclasses import dataclass
+from typing import Tuple
 
 import cv2
 import numpy as np
@@ -30,15 +40,29 @@ class FlightConfig:
     yaw_amp_deg: float = 20.0       # yaw oscillation around the direction of travel
     hfov_deg: float = 70.0          # horizontal field of view of the simulated camera
     seed: int = 0
+    k1: float = 0.0                 # radial lens distortion (plumb_bob k1, k2); 0 = ideal pinhole
+    k2: float = 0.0
 
     def __post_init__(self):
         checks = {'width': 16 <= self.width <= 8192, 'height': 16 <= self.height <= 8192,
                   'gsd_m': 0 < self.gsd_m <= 10, 'speed_mps': 0 <= self.speed_mps <= 100,
                   'height_m': 1 <= self.height_m <= 1000, 'height_amp': 0 <= self.height_amp < 0.9,
-                  'yaw_amp_deg': 0 <= self.yaw_amp_deg <= 180, 'hfov_deg': 10 <= self.hfov_deg <= 170}
+                  'yaw_amp_deg': 0 <= self.yaw_amp_deg <= 180, 'hfov_deg': 10 <= self.hfov_deg <= 170,
+                  'k1': -1 <= self.k1 <= 1, 'k2': -1 <= self.k2 <= 1}
         for k, ok in checks.items():
             if not ok:
                 raise ValueError(f'{k}={getattr(self, k)}: out of range')
+
+    def camera_matrix(self) -> np.ndarray:
+        """K (3x3) of the simulated camera: fx = fy = (width / 2) / tan(hfov / 2), principal
+        point at the image centre ((width - 1) / 2, (height - 1) / 2)."""
+        f = self.width / (2 * math.tan(math.radians(self.hfov_deg) / 2))
+        return np.array([[f, 0, (self.width - 1) / 2], [0, f, (self.height - 1) / 2], [0, 0, 1]])
+
+    @property
+    def distortion(self) -> Tuple[float, ...]:
+        """D of the simulated camera (plumb_bob: k1, k2, t1, t2, k3)."""
+        return (float(self.k1), float(self.k2), 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -71,6 +95,7 @@ class Flight:
         # angular rates so that the mean ground speed is about speed_mps
         track_px = 2 * math.pi * math.hypot(self.ax, self.ay) / math.sqrt(2)
         self.w = 2 * math.pi * cfg.speed_mps / max(track_px * cfg.gsd_m, 1e-9)
+        self.pinhole_uv = distorted_to_pinhole(cfg) if cfg.k1 or cfg.k2 else None
 
     def pose(self, t: float) -> WindowPose:
         c = self.cfg
@@ -89,7 +114,40 @@ class Flight:
         return window_affine(pose.col, pose.row, pose.yaw, pose.scale, self.cfg.width, self.cfg.height)
 
     def render(self, pose: WindowPose) -> np.ndarray:
-        return render_window(self.ortho, pose.col, pose.row, pose.yaw, pose.scale, self.cfg.width, self.cfg.height)
+        """The camera frame at ``pose`` (with the configured lens distortion, if any)."""
+        if self.pinhole_uv is None:
+            return render_window(self.ortho, pose.col, pose.row, pose.yaw, pose.scale, self.cfg.width,
+                                 self.cfg.height)
+        a = self.affine(pose)
+        u, v = self.pinhole_uv
+        mx = (a[0, 0] * u + a[0, 1] * v + a[0, 2]).astype(np.float32)
+        my = (a[1, 0] * u + a[1, 1] * v + a[1, 2]).astype(np.float32)
+        return cv2.remap(self.ortho, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def distorted_to_pinhole(cfg: FlightConfig, iters: int = 20) -> Tuple[np.ndarray, np.ndarray]:
+    """For every pixel (u, v) of the distorted frame, the pinhole pixel whose ray the lens
+    distortion (``cfg.k1``, ``cfg.k2``) images there: r_d = r (1 + k1 r^2 + k2 r^4) inverted by
+    Newton's method on the normalized radius. Raises ValueError when the distortion is not
+    invertible over the frame (it folds over before the image corner)."""
+    k = cfg.camera_matrix()
+    f, cx, cy = k[0, 0], k[0, 2], k[1, 2]
+    v, u = np.mgrid[0:cfg.height, 0:cfg.width].astype(np.float64)
+    x, y = (u - cx) / f, (v - cy) / f
+    rd = np.hypot(x, y)
+    r = rd.copy()
+    for _ in range(iters):
+        g = r * (1 + cfg.k1 * r ** 2 + cfg.k2 * r ** 4) - rd
+        dg = 1 + 3 * cfg.k1 * r ** 2 + 5 * cfg.k2 * r ** 4
+        if (dg <= 0).any():
+            break
+        r = r - g / dg
+    resid = np.abs(r * (1 + cfg.k1 * r ** 2 + cfg.k2 * r ** 4) - rd)
+    if (dg <= 0).any() or not np.isfinite(r).all() or resid.max() > 1e-9:
+        raise ValueError(f'k1={cfg.k1}, k2={cfg.k2}: the distortion is not invertible over the '
+                         f'{cfg.width}x{cfg.height} frame')
+    s = np.divide(r, rd, out=np.ones_like(r), where=rd > 0)
+    return cx + f * x * s, cy + f * y * s
 
 
 def scale_at(height_m: float, width: int, hfov_deg: float, gsd_m: float) -> float:

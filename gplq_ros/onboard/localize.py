@@ -1,5 +1,6 @@
 """GNSS-free position from the place descriptor (numpy only): retrieval in a ``PlaceMap``,
-a position from the top-k tiles, and a constant-velocity Kalman filter with gating.
+a position from the top-k tiles, refined by the boundary map with a covariance from its
+evidence, and a Kalman filter that publishes only what independent measurements support.
 
 Per frame (``Localizer.update``):
 
@@ -12,21 +13,46 @@ Per frame (``Localizer.update``):
    yaw is their weighted circular mean (variance: spread + (360 / headings)^2 / 12).
    **Margin** = best score - best score of a tile outside the cluster: a small margin means
    another place looks as alike, and the frame gives no measurement below ``min_margin``.
-3. **Filter**: state x, y, vx, vy; white-acceleration process noise ``accel_sigma``.
-   It starts after ``init_fixes`` consecutive measurements that agree with each other
-   (each within ``max_speed_mps`` x elapsed time + 3 sigma of the previous one). A
-   measurement farther from the last fix than the drone could fly since, or outside the
-   ``gate_chi2`` innovation gate, is rejected; after ``reset_after`` rejections in a row
-   the filter restarts (lost). A clock jump back restarts it too.
+3. **Refinement** (with the frame's boundary map): ``BoundaryMatcher`` searches position, yaw
+   and height around the retrieval (or around the track's prediction) for the best match of the
+   frame's boundary map with the map's boundary orthomap. Its covariance comes from the match's
+   evidence (``Match``): the score surface's spread within the standard error of a score (a
+   sharp peak: small; a flat ridge or a second peak nearly as good: large), plus
+   ``refine_floor_m``^2. A measurement is *weak* (no evidence for a track) when the match is
+   below ``min_ncc``, its best lies at the edge of the search (position or height), the retrieval
+   margin is below ``min_margin``, or its sigma exceeds ``max_measurement_sigma_m``.
+4. **Filter**: state x, y, vx, vy; white-acceleration process noise ``accel_sigma``, or the
+   odometry's displacement when an odometry pose comes with the frame (its rotation to the
+   map fitted from the track). Integrity first: every frame gets an *independent* measurement
+   (retrieval + refinement around it, never around the track).
 
-A frame yields a fix (``Estimate.fix``) only when its measurement was accepted by the
-running filter: the fix is the filter's posterior position and covariance, the
-measurement's yaw. Otherwise the estimate carries the reason and no position is published.
+   * A track starts from one non-weak independent measurement and gives fixes once
+     ``init_fixes`` of them agreed with it (chi-square gate ``gate_chi2`` and reachable at
+     ``max_speed_mps``); one that does not agree starts a new candidate.
+   * A confirmed track also searches around its prediction (the *tracked* measurement). When
+     the independent measurement agrees, it confirms the track; when a non-weak independent
+     measurement disagrees and matches the frame clearly better than the track's search
+     (``conflict_sigmas`` standard errors), the frame gives no fix (``conflict``), and
+     ``drop_after`` such frames in a row drop the track and start a new one there. When the
+     independent measurement is weak, the tracked one (if not weak and inside the gate)
+     updates the filter.
+   * A fix is published only while an independent measurement agreed with the track within
+     ``confirm_window_s`` (else ``unconfirmed``) and its sigma is at most ``max_fix_sigma_m``
+     (else ``uncertain``). ``reset_after`` rejections in a row lose the track; a clock jump
+     back restarts it.
+
+Without the refinement (``refine`` false or no boundary map) the retrieval measurement is the
+independent measurement, weak only below ``min_margin``.
+
+A frame yields a fix (``Estimate.fix``) only then: the fix is the filter's posterior position and
+covariance, the measurement's yaw. Otherwise the estimate carries the reason and no position is
+published. The height above ground, when given, narrows the refinement's height search to
+``height_tolerance`` around it.
 """
 import copy
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -45,13 +71,15 @@ class LocalizerConfig:
     temperature: float = setting(0.05, 'score softness of the top-k position weights', range=(1e-4, 10.0))
     min_margin: float = setting(0.0, 'no measurement when the best other place scores within this of the best',
                                 range=(0.0, 1.99))
-    sigma_floor_m: float = setting(1.0, 'smallest measurement standard deviation, m', range=(0.01, 1000.0))
-    measurement_scale: float = setting(16.0, 'multiplier on the measurement covariance', range=(0.01, 1000.0))
+    sigma_floor_m: float = setting(1.0, 'smallest retrieval measurement standard deviation, m', range=(0.01, 1000.0))
+    measurement_scale: float = setting(16.0, 'multiplier on the retrieval measurement covariance',
+                                       range=(0.01, 1000.0))
     accel_sigma: float = setting(3.0, 'filter process noise, white acceleration, m/s^2', range=(0.001, 100.0))
     max_speed_mps: float = setting(20.0, 'a fix farther than this speed allows since the last fix is rejected',
                                    range=(0.1, 500.0))
     gate_chi2: float = setting(13.82, 'innovation gate (chi-square, 2 dof)', range=(0.1, 1000.0))
-    init_fixes: int = setting(3, 'consistent measurements to start the filter', range=(1, 100))
+    init_fixes: int = setting(3, 'independent measurements that agree with a motion to start a track',
+                              range=(1, 100))
     reset_after: int = setting(10, 'rejections in a row before the filter restarts', range=(1, 10000))
     refine: bool = setting(True, "refine the retrieved position by matching the frame's boundary map (topic "
                            "boundary_map, same stamp as the descriptor) against the map's boundary orthomap")
@@ -61,17 +89,30 @@ class LocalizerConfig:
                                   range=(0.0, 90.0))
     min_ncc: float = setting(0.3, 'refinement: a weaker boundary-map match keeps the retrieval measurement',
                              range=(-1.0, 1.0))
-    refine_sigma_m: float = setting(2.0, 'refinement: standard deviation of a refined position, m',
+    refine_floor_m: float = setting(1.5, 'refinement: smallest standard deviation of a refined position (map '
+                                    'georeference, relief), added to what the match surface gives, m',
                                     range=(0.01, 100.0))
+    ncc_cells_per_sample: float = setting(4.0, 'refinement: boundary-map cells per independent sample (their '
+                                          'spatial correlation), for the standard error of a match score',
+                                          range=(1.0, 100.0))
     height_ratio_min: float = setting(0.7, 'refinement without a track: lowest height searched, times the lowest '
                                       'map height', range=(0.1, 1.0))
     height_ratio_max: float = setting(1.6, 'refinement without a track: highest height searched, times the highest '
                                       'map height', range=(1.0, 10.0))
-    recheck_every: int = setting(10, 'while tracking, every n-th frame whose retrieval points elsewhere also '
-                                 'searches there (0: never)', range=(0, 10000))
-    recheck_margin: float = setting(0.1, 'a place matching this much better (NCC) than the track is a challenger',
-                                    range=(0.0, 2.0))
-    recheck_confirm: int = setting(2, 'challenger rechecks in a row that restart the filter on it', range=(1, 100))
+    max_measurement_sigma_m: float = setting(6.0, 'an independent measurement with a larger standard deviation '
+                                             'neither starts nor confirms a track, m', range=(0.1, 1000.0))
+    confirm_window_s: float = setting(10.0, 'a track gives fixes only while an independent measurement agreed '
+                                      'with it within this time, s', range=(0.0, 3600.0))
+    drop_after: int = setting(2, 'independent measurements in a row that confidently contradict the track drop '
+                              'it', range=(1, 100))
+    conflict_sigmas: float = setting(2.0, 'an independent match contradicts the track when it scores this many '
+                                     'standard errors better than the track\'s match', range=(0.0, 100.0))
+    max_fix_sigma_m: float = setting(10.0, 'no fix is published with a larger standard deviation, m',
+                                     range=(0.1, 10000.0))
+    odom_sigma_frac: float = setting(0.1, 'odometry input: standard deviation of its displacement per metre '
+                                     'travelled', range=(0.0, 10.0))
+    height_tolerance: float = setting(0.1, 'height input: relative error of the height above ground, for the '
+                                      'refinement\'s height search', range=(0.0, 1.0))
 
     def __post_init__(self):
         validate(self)
@@ -81,6 +122,33 @@ class FilterFault(RuntimeError):
     """The filter failed numerically on a frame (numpy.linalg.LinAlgError, an overflow, a
     non-finite state or covariance); ``Localizer.update`` left the filter as it was before
     the frame. Not a ValueError: a malformed input is one."""
+
+
+@dataclass(frozen=True)
+class OdomPose:
+    """The vehicle's pose in an odometry frame (VIO, the autopilot) at a frame's stamp: x, y in
+    metres, yaw in radians; any odometry frame (its rotation against ``map`` is estimated)."""
+    x: float
+    y: float
+    yaw: float
+
+    def __post_init__(self):
+        for k in ('x', 'y', 'yaw'):
+            if not math.isfinite(getattr(self, k)):
+                raise ValueError(f'OdomPose.{k}={getattr(self, k)!r}: not finite')
+
+
+@dataclass
+class Match:
+    """One boundary-map search: the best candidate and the evidence around it."""
+    ncc: float
+    xy: np.ndarray
+    yaw: float
+    height: float
+    cov: np.ndarray          # (2, 2) position covariance from the score surface (without the floor)
+    se: float                # standard error of a score (NCC) of this frame
+    second: float            # best score farther than two grid steps from the best
+    edge: str                # '' or why the best may lie outside the search: 'position', 'height'
 
 
 @dataclass
@@ -96,6 +164,13 @@ class Measurement:
     height_m: float = float('nan')
     retrieval_xy: Optional[np.ndarray] = None    # the retrieval's position and yaw, before the refinement
     retrieval_yaw: float = float('nan')
+    ncc_se: float = float('nan')                 # standard error of the match score
+    second_ncc: float = float('nan')             # best match score away from the best
+    weak: str = ''           # why it is no evidence for a track ('' = usable): see Localizer.usable
+
+    @property
+    def sigma(self) -> float:
+        return largest_sigma(self.cov)
 
 
 @dataclass
@@ -103,9 +178,11 @@ class Estimate:
     t: float
     measurement: Optional[Measurement]
     fix: bool = False
-    reason: str = ''         # why no fix: 'ambiguous', 'initialising', 'jump', 'gate', 'lost'
+    reason: str = ''         # why no fix: see Localizer (REASONS)
     xy: Optional[np.ndarray] = None
     cov: Optional[np.ndarray] = None
+    tracked: Optional[Measurement] = None        # the measurement searched around the track, when there was one
+    independent: Optional[Measurement] = None    # the frame's independent measurement (retrieval + refinement)
 
 
 def largest_sigma(cov: np.ndarray) -> float:
@@ -131,21 +208,36 @@ def circular_mean(angles: np.ndarray, weights: np.ndarray):
     return mean, float((weights * d ** 2).sum() / weights.sum())
 
 
+def wrap(a: float) -> float:
+    return (a + math.pi) % (2 * math.pi) - math.pi
+
+
 class BoundaryMatcher:
     """Position refinement: the frame's patch-grid boundary map against the map's boundary
     orthomap. A candidate pose (x, y, yaw, height) puts each patch centre of the frame at a
     point of the orthomap (the flight simulator's camera model); its score is the normalized
     cross-correlation of the frame's values with the orthomap's there (bilinear). Coarse
-    search: translations every 2 m within ``radius``, yaws every 10 deg within ``span``,
+    search: translations every ``STEP`` m within ``radius``, yaws every 10 deg within ``span``,
     heights from ``ratios[0]`` x the lowest to ``ratios[1]`` x the highest map height (ratio
-    1.1); fine search around the best: 0.5 m, 2.5 deg, ratio 1.05."""
+    ``HEIGHT_RATIO``) or those given; fine search around the best: 0.5 m, 2.5 deg, heights
+    1.035^(-2..2) (acquisition; tracking: ratio 1.05).
 
-    def __init__(self, pmap: PlaceMap, ratios=(0.7, 1.6)):
+    The evidence (``Match``): a score's standard error ``se`` = (1 - ncc^2) / sqrt(n - 3)
+    (Fisher), n = the grid's cells / ``cells_per_sample`` (neighbouring cells are correlated);
+    each searched position weighs exp(-((best - its best score) / se)^2 / 2), and the weighted
+    spread of the positions is the match's covariance: a sharp, single peak gives the grid's
+    quantization, a flat ridge or a second peak as good as the best a spread over them."""
+
+    STEP = 3.0              # coarse translation step, m (the fine search covers +-STEP / 2)
+    HEIGHT_RATIO = 1.15     # coarse height step without a track (the fine search covers +-7 %)
+
+    def __init__(self, pmap: PlaceMap, ratios=(0.7, 1.6), cells_per_sample: float = 4.0):
         mc = pmap.config
         self.g = np.ascontiguousarray(pmap.boundary, np.float32)
         self.res, self.mc = mc.boundary_res_m, mc
         lo, hi = ratios[0] * min(mc.heights_m), ratios[1] * max(mc.heights_m)
-        self.heights = lo * 1.1 ** np.arange(int(math.log(hi / lo) / math.log(1.1)) + 2)
+        self.heights = lo * self.HEIGHT_RATIO ** np.arange(int(math.log(hi / lo) / math.log(self.HEIGHT_RATIO)) + 2)
+        self.cells_per_sample = cells_per_sample
         self._pattern = {}
 
     def pattern(self, grid_hw):
@@ -156,28 +248,29 @@ class BoundaryMatcher:
             jj, ii = np.meshgrid(np.arange(gw), np.arange(gh))
             u = (jj.ravel() + 0.5) * w / gw - 0.5 - (w - 1) / 2
             v = (ii.ravel() + 0.5) * h / gh - 0.5 - (h - 1) / 2
-            self._pattern[grid_hw] = (u, v)
+            self._pattern[grid_hw] = (u.astype(np.float32), v.astype(np.float32))
         return self._pattern[grid_hw]
 
     def scores(self, q: np.ndarray, xy, offsets: np.ndarray, yaws, heights):
         """NCC of every (yaw, height, offset) candidate: array (len(yaws), len(heights), len(offsets))."""
         u, v = self.pattern(q.shape)
         qn = q.ravel() - q.mean()
-        qn = qn / max(float(np.linalg.norm(qn)), 1e-12)
+        qn = (qn / max(float(np.linalg.norm(qn)), 1e-12)).astype(np.float32)
         yaws, heights = np.asarray(yaws), np.asarray(heights)
         c, s = np.cos(yaws)[:, None, None], np.sin(yaws)[:, None, None]
         m = np.array([self.mc.scale(h) * self.mc.gsd_m for h in heights])[None, :, None]   # metres per camera px
-        # image right = (cos yaw, sin yaw) in map metres, image down = (sin yaw, -cos yaw)
-        ex, ey = m * (u * c + v * s), m * (u * s - v * c)                                 # (Y, H, P)
-        x = xy[0] + offsets[:, 0][None, None, :, None] + ex[:, :, None, :]
-        y = xy[1] + offsets[:, 1][None, None, :, None] + ey[:, :, None, :]
-        n = x.shape[0] * x.shape[1] * x.shape[2]
-        mx = (x / self.res).reshape(n, -1).astype(np.float32)
-        my = (-y / self.res).reshape(n, -1).astype(np.float32)
+        # image right = (cos yaw, sin yaw) in map metres, image down = (sin yaw, -cos yaw); orthomap pixels
+        ex = ((m * (u * c + v * s)) / self.res).astype(np.float32)                         # (Y, H, P)
+        ey = ((m * (u * s - v * c)) / -self.res).astype(np.float32)
+        ox = ((xy[0] + offsets[:, 0]) / self.res).astype(np.float32)
+        oy = ((xy[1] + offsets[:, 1]) / -self.res).astype(np.float32)
+        n = ex.shape[0] * ex.shape[1] * len(offsets)
+        mx = (ox[None, None, :, None] + ex[:, :, None, :]).reshape(n, -1)
+        my = (oy[None, None, :, None] + ey[:, :, None, :]).reshape(n, -1)
         vals = cv2.remap(self.g, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        vals = vals - vals.mean(axis=1, keepdims=True)
-        ncc = (vals @ qn) / np.maximum(np.linalg.norm(vals, axis=1), 1e-12)
-        return ncc.reshape(x.shape[:3])
+        vals -= vals.mean(axis=1, keepdims=True)
+        ncc = (vals @ qn) / np.maximum(np.sqrt(np.einsum('ij,ij->i', vals, vals)), 1e-12)
+        return ncc.reshape(ex.shape[0], ex.shape[1], len(offsets))
 
     @staticmethod
     def _grid(radius: float, step: float) -> np.ndarray:
@@ -185,85 +278,143 @@ class BoundaryMatcher:
         gx, gy = np.meshgrid(r, r)
         return np.stack([gx.ravel(), gy.ravel()], axis=1)
 
+    def standard_error(self, ncc: float, cells: int) -> float:
+        n = max(cells / self.cells_per_sample, 4.0)
+        return max((1.0 - min(ncc, 0.999) ** 2) / math.sqrt(n - 3.0), 1e-3)
+
     def refine(self, q: np.ndarray, xy: np.ndarray, yaw: float, radius: float, span_deg: float,
-               height: Optional[float] = None):
-        """(ncc, xy, yaw, height) of the best candidate. Without ``height`` (acquisition): every
-        height, yaws every 10 deg, then a fine search +-1.5 m, +-5 deg. With ``height`` (tracking:
-        the last fix's): the three heights next to it, yaws every 5 deg, then +-1 m, +-2.5 deg."""
+               height: Optional[float] = None, heights=None) -> Match:
+        """The best candidate around (xy, yaw) and its evidence. Without ``height`` (acquisition):
+        ``heights`` (default every height of the map's range), yaws every 10 deg, then a fine search
+        +-STEP/2, +-5 deg. With ``height`` (tracking: the last fix's): the three heights next to it
+        (ratio 1.1), yaws every 5 deg, then +-1 m, +-2.5 deg."""
         tracking = height is not None
         yaws = yaw + np.radians(np.arange(-span_deg, span_deg + 1e-9, 5.0 if tracking else 10.0))
-        offs = self._grid(radius, 2.0)
-        heights = height * 1.1 ** np.arange(-1, 2) if tracking else self.heights
+        offs = self._grid(radius, self.STEP)
+        if tracking:
+            heights = height * 1.1 ** np.arange(-1, 2)
+        elif heights is None:
+            heights = self.heights
+        heights = np.asarray(heights, float)
         sc = self.scores(q, xy, offs, yaws, heights)
         iy, ih, io = np.unravel_index(int(np.argmax(sc)), sc.shape)
+        # evidence: the score surface over positions (best over yaw and height at each)
+        prof = sc.max(axis=(0, 1)).astype(np.float64)
+        best = float(prof[io])
+        se = self.standard_error(best, q.size)
+        w = np.exp(-0.5 * ((best - prof) / se) ** 2)
+        w /= w.sum()
+        p = offs + xy
+        mean = (w[:, None] * p).sum(axis=0)
+        dev = p - mean
+        cov = (w[:, None, None] * dev[:, :, None] * dev[:, None, :]).sum(axis=0) + self.STEP ** 2 / 12 * np.eye(2)
+        far = np.hypot(*(offs - offs[io]).T) > 2 * self.STEP + 1e-6
+        second = float(prof[far].max()) if far.any() else float('nan')
+        edge = ''
+        if len(offs) > 1 and np.abs(offs[io]).max() >= radius - self.STEP / 2 - 1e-9:
+            edge = 'position'
+        elif not tracking and len(heights) > 2 and ih in (0, len(heights) - 1):
+            edge = 'height'
         xy1, yaw1, h1 = xy + offs[io], yaws[iy], heights[ih]
         yaws = yaw1 + np.radians([-2.5, 0.0, 2.5] if tracking else [-5.0, -2.5, 0.0, 2.5, 5.0])
-        heights = h1 * 1.05 ** np.arange(-1, 2)
-        offs = self._grid(1.0 if tracking else 1.5, 0.5)
+        heights = h1 * (1.05 ** np.arange(-1, 2) if tracking else 1.035 ** np.arange(-2, 3))
+        offs = self._grid(1.0 if tracking else self.STEP / 2, 0.5)
         sc = self.scores(q, xy1, offs, yaws, heights)
         iy, ih, io = np.unravel_index(int(np.argmax(sc)), sc.shape)
-        return float(sc[iy, ih, io]), xy1 + offs[io], float(yaws[iy]), float(heights[ih])
+        return Match(float(sc[iy, ih, io]), xy1 + offs[io], float(yaws[iy]), float(heights[ih]), cov, se, second,
+                     edge)
 
 
 class Localizer:
     """GNSS-free localization against one ``PlaceMap`` (steps in the module docstring).
 
-    ``update(descriptor, t, boundary=None)`` takes one frame's VLAD descriptor (and its
-    boundary map, for the refinement) at time ``t`` (the frame's stamp) and returns an
+    ``update(descriptor, t, boundary=None, odom=None, height_m=None)`` takes one frame's VLAD
+    descriptor (and its boundary map, for the refinement) at time ``t`` (the frame's stamp),
+    optionally the odometry pose and the height above ground at ``t``, and returns an
     ``Estimate``: a fix (the filter's posterior position and covariance, the measurement's
-    yaw) when the measurement was accepted, else the reason there is none. ``update`` is
+    yaw) when the evidence supports one, else the reason there is none. ``update`` is
     transactional: a frame that raises (ValueError, ``FilterFault``) leaves the filter as it
-    was. ``measure`` is retrieval plus refinement alone, without the filter; ``reset``
-    forgets the track (also done on a clock jump back); ``state``/``restore`` snapshot it.
-    Counters for diagnostics: ``frames``, ``fixes``, ``recheck_restarts``. Use from one
+    was. ``measure`` is the independent measurement alone (retrieval plus refinement), without
+    the filter; ``reset`` forgets the track (also done on a clock jump back); ``state``/``restore``
+    snapshot it. Counters for diagnostics: ``frames``, ``fixes``, ``track_drops``. Use from one
     thread (the node's worker)."""
+
+    REASONS = ('weak', 'ambiguous', 'initialising', 'jump', 'gate', 'conflict', 'unconfirmed', 'uncertain', 'lost')
 
     def __init__(self, pmap: PlaceMap, cfg: LocalizerConfig = LocalizerConfig()):
         self.map, self.cfg = pmap, cfg
         mc = pmap.config
         self.grid_var = mc.stride_m ** 2 / 12.0
         self.heading_var = (2 * math.pi / mc.headings) ** 2 / 12.0
-        self.matcher = BoundaryMatcher(pmap, (cfg.height_ratio_min, cfg.height_ratio_max)) if cfg.refine else None
+        self.matcher = BoundaryMatcher(pmap, (cfg.height_ratio_min, cfg.height_ratio_max),
+                                       cfg.ncc_cells_per_sample) if cfg.refine else None
         self.reset()
-        self.fixes = self.frames = self.rejected_total = self.recheck_restarts = 0
+        self.fixes = self.frames = self.rejected_total = self.track_drops = 0
+        self.odom_rot = None                         # (sum dot, sum cross, metres) odometry -> map rotation fit
 
     def reset(self) -> None:
         self.x: Optional[np.ndarray] = None          # (4,) x, y, vx, vy
         self.P: Optional[np.ndarray] = None
         self.t: Optional[float] = None               # time of the filter state
-        self.pending: List[tuple] = []               # (t, Measurement) agreeing candidates for a start
+        self.agreeing = 0                            # independent measurements the track has agreed with
         self.rejected = 0
+        self.conflicts = 0                           # independent measurements in a row contradicting the track
+        self.confirmed_t: Optional[float] = None     # last time an independent measurement agreed with the track
         self.last_fix: Optional[tuple] = None        # (t, xy, sigma)
-        self.last_refined: Optional[tuple] = None    # (yaw, height) of the last refined fix
-        self.since_recheck = 0
-        self.challenger: Optional[tuple] = None      # (t, xy, count) of a better-matching place than the track
+        self.last_refined: Optional[tuple] = None    # (yaw, height) of the last refined measurement in the track
+        self.odom: Optional[OdomPose] = None         # odometry at the filter's time
+        self.odom_fix: Optional[tuple] = None        # (odometry xy, map xy) at the last confirmed measurement
 
     # -- 1 + 2: one frame's measurement ---------------------------------------------------------------
-    def measure(self, descriptor: np.ndarray, boundary: Optional[np.ndarray] = None, prior=None) -> Measurement:
+    def measure(self, descriptor: np.ndarray, boundary: Optional[np.ndarray] = None, prior=None,
+                height_m: Optional[float] = None) -> Measurement:
         """The retrieval measurement; refined with ``boundary`` (the frame's (gh, gw) boundary map)
         when the localizer refines and the match reaches ``min_ncc``. The refinement searches
-        around the retrieval (``search_radius_m``, ``yaw_span_deg``, every height), or, with
-        ``prior`` = (xy, radius, yaw, height) from the running filter, around that."""
+        around the retrieval (``search_radius_m``, ``yaw_span_deg``, every height or those within
+        ``height_tolerance`` of ``height_m``), or, with ``prior`` = (xy, radius, yaw, height) from
+        the running filter, around that. ``weak`` says why it is no evidence for a track."""
         meas = self._retrieve(descriptor)
         meas.retrieval_xy, meas.retrieval_yaw = meas.xy.copy(), meas.yaw
-        if boundary is None or self.matcher is None:
+        if boundary is None or self.matcher is None:          # retrieval only: the margin is the evidence
+            meas.weak = 'ambiguous' if meas.margin < self.cfg.min_margin else ''
             return meas
         b = patch_grid(boundary)
+        cfg = self.cfg
         if prior is None:
-            ncc, xy, yaw, h = self.matcher.refine(b, meas.xy, meas.yaw, self.cfg.search_radius_m,
-                                                  self.cfg.yaw_span_deg)
+            heights = None
+            if height_m is not None:
+                tol = max(cfg.height_tolerance, 0.05)
+                heights = height_m * np.exp(np.linspace(-math.log1p(tol), math.log1p(tol), 3))
+            m = self.matcher.refine(b, meas.xy, meas.yaw, cfg.search_radius_m, cfg.yaw_span_deg, heights=heights)
         else:
             pxy, radius, pyaw, ph = prior
-            ncc, xy, yaw, h = self.matcher.refine(b, pxy, pyaw, radius, min(10.0, self.cfg.yaw_span_deg), ph)
-        meas.ncc = ncc
-        if ncc >= self.cfg.min_ncc:
-            self._refined(meas, xy, yaw, h)
+            m = self.matcher.refine(b, pxy, pyaw, radius, min(10.0, cfg.yaw_span_deg),
+                                    height_m if height_m is not None else ph)
+        meas.ncc, meas.ncc_se, meas.second_ncc = m.ncc, m.se, m.second
+        if m.ncc >= cfg.min_ncc:
+            self._refined(meas, m)
+        meas.weak = self._weakness(meas, m.edge)
         return meas
 
-    def _refined(self, meas: Measurement, xy: np.ndarray, yaw: float, height: float) -> None:
-        """``meas`` takes a refinement's position, yaw and height, with their uncertainties."""
-        meas.xy, meas.yaw, meas.height_m = xy, yaw, height
-        meas.cov = self.cfg.refine_sigma_m ** 2 * np.eye(2)
+    def _weakness(self, meas: Measurement, edge: str = '') -> str:
+        """Why a refined measurement is no evidence for a track ('' = it is): the match below
+        ``min_ncc``, the best match at the edge of its search, a retrieval margin below
+        ``min_margin``, or a standard deviation above ``max_measurement_sigma_m``."""
+        if not np.isfinite(meas.height_m):
+            return 'not refined'
+        if edge:
+            return f'best match at the {edge} edge of the search'
+        if meas.margin < self.cfg.min_margin:
+            return 'ambiguous'
+        if meas.sigma > self.cfg.max_measurement_sigma_m:
+            return f'sigma {meas.sigma:.1f} m'
+        return ''
+
+    def _refined(self, meas: Measurement, m: Match) -> None:
+        """``meas`` takes a refinement's position, yaw and height; its covariance is the match
+        surface's spread plus ``refine_floor_m``^2."""
+        meas.xy, meas.yaw, meas.height_m = m.xy, m.yaw, m.height
+        meas.cov = m.cov + self.cfg.refine_floor_m ** 2 * np.eye(2)
         meas.yaw_var = math.radians(2.5) ** 2
 
     def _retrieve(self, descriptor: np.ndarray) -> Measurement:
@@ -292,59 +443,126 @@ class Localizer:
         return Measurement(xy, cov, yaw, yaw_spread + self.heading_var, float(s[0]), margin, int(idx[0]))
 
     # -- 3: the filter ---------------------------------------------------------------------------------
-    def _predict(self, t: float) -> None:
+    def _odom_rotation(self) -> Optional[float]:
+        """Rotation odometry frame -> map (radians), fitted to the displacements between confirmed
+        measurements, once they add up to 20 m; None before."""
+        if self.odom_rot is None or self.odom_rot[2] < 20.0:
+            return None
+        return math.atan2(self.odom_rot[1], self.odom_rot[0])
+
+    def _predicted(self, t: float, odom: Optional[OdomPose]):
+        """(F, Q, u): the prediction x' = F x + u, P' = F P F^T + Q from the filter's time to ``t``:
+        constant velocity with white acceleration, or, with odometry whose rotation to the map is
+        known, the odometry's displacement (error ``odom_sigma_frac`` per metre)."""
         dt = t - self.t
         f = np.eye(4)
+        u = np.zeros(4)
+        rot = self._odom_rotation()
+        if odom is not None and self.odom is not None and rot is not None:
+            c, s = math.cos(rot), math.sin(rot)
+            d = np.array([[c, -s], [s, c]]) @ np.array([odom.x - self.odom.x, odom.y - self.odom.y])
+            u[:2] = d
+            f[2, 2] = f[3, 3] = 0.0
+            if dt > 1e-6:
+                u[2:] = d / dt
+            var = (self.cfg.odom_sigma_frac * float(np.hypot(*d))) ** 2 + 0.25
+            qm = np.diag([var, var, var / max(dt, 0.1) ** 2, var / max(dt, 0.1) ** 2])
+            return f, qm, u
         f[0, 2] = f[1, 3] = dt
         q1 = self.cfg.accel_sigma ** 2 * np.array([[dt ** 4 / 4, dt ** 3 / 2], [dt ** 3 / 2, dt ** 2]])
         qm = np.zeros((4, 4))
         qm[np.ix_([0, 2], [0, 2])] = q1
         qm[np.ix_([1, 3], [1, 3])] = q1
-        self.x, self.P, self.t = f @ self.x, f @ self.P @ f.T + qm, t
+        return f, qm, u
 
-    def _prior(self, t: float):
+    def _predict(self, t: float, odom: Optional[OdomPose]) -> None:
+        f, qm, u = self._predicted(t, odom)
+        self.x, self.P, self.t = f @ self.x + u, f @ self.P @ f.T + qm, t
+        if odom is not None:
+            self.odom = odom
+
+    def _prior(self, t: float, odom: Optional[OdomPose]):
         """While tracking with refined fixes: the search centre, radius (3 sigma of the predicted
         position + 2 m, at least 4 m, at most search_radius_m), yaw and height of the last fix."""
-        if self.x is None or self.last_refined is None or self.matcher is None:
+        if self.x is None or self.last_refined is None or self.matcher is None or self.agreeing < self.cfg.init_fixes:
             return None
-        dt = max(t - self.t, 0.0)
-        xy = self.x[:2] + self.x[2:] * dt
-        var = float(max(np.linalg.eigvalsh(self.P[:2, :2]))) + float(max(np.linalg.eigvalsh(self.P[2:, 2:]))) * dt ** 2
-        radius = min(max(3 * math.sqrt(var) + 2.0, 4.0), self.cfg.search_radius_m)
+        f, qm, u = self._predicted(t, odom)
+        xy = (f @ self.x + u)[:2]
+        pv = (f @ self.P @ f.T + qm)[:2, :2]
+        radius = min(max(3 * math.sqrt(float(max(np.linalg.eigvalsh(pv)))) + 2.0, 4.0), self.cfg.search_radius_m)
         return xy, radius, self.last_refined[0], self.last_refined[1]
 
-    def _reachable(self, t: float, prev_t: float, prev_xy, prev_sigma: float, meas: Measurement) -> bool:
-        sigma = largest_sigma(meas.cov)
-        reach = self.cfg.max_speed_mps * max(t - prev_t, 0.0) + 3 * (sigma + prev_sigma)
-        return float(np.hypot(*(meas.xy - prev_xy))) <= reach
+    def _chi2(self, t: float, odom: Optional[OdomPose], meas: Measurement) -> float:
+        """Mahalanobis distance squared of ``meas`` from the filter's prediction at ``t``."""
+        f, qm, u = self._predicted(t, odom)
+        innov = meas.xy - (f @ self.x + u)[:2]
+        s = (f @ self.P @ f.T + qm)[:2, :2] + meas.cov
+        return float(innov @ np.linalg.solve(s, innov))
 
-    def _start(self, t: float, meas: Measurement) -> Estimate:
-        if self.pending:
-            pt, pm = self.pending[-1]
-            if not self._reachable(t, pt, pm.xy, largest_sigma(pm.cov), meas):
-                self.pending = []
-        self.pending.append((t, meas))
-        if len(self.pending) < self.cfg.init_fixes:
-            return Estimate(t, meas, reason='initialising')
-        (t0, m0), (t1, m1) = self.pending[0], self.pending[-1]
-        v = (m1.xy - m0.xy) / (t1 - t0) if t1 > t0 else np.zeros(2)
-        self.x = np.concatenate([m1.xy, v])
+    def _reachable(self, t: float, meas: Measurement) -> bool:
+        lt, lxy, lsig = self.last_fix
+        reach = self.cfg.max_speed_mps * max(t - lt, 0.0) + 3 * (meas.sigma + lsig)
+        return float(np.hypot(*(meas.xy - lxy))) <= reach
+
+    def _begin(self, t: float, meas: Measurement, odom: Optional[OdomPose]) -> Estimate:
+        """A candidate track from one independent measurement: position = the measurement, velocity
+        unknown (standard deviation max_speed / 2). It gives fixes once ``init_fixes`` independent
+        measurements agreed with it (``_update``)."""
+        self.reset()
+        self.x = np.concatenate([meas.xy, np.zeros(2)])
         self.P = np.zeros((4, 4))
-        self.P[:2, :2] = m1.cov
+        self.P[:2, :2] = meas.cov
         self.P[2:, 2:] = np.eye(2) * (self.cfg.max_speed_mps / 2) ** 2
-        self.t, self.pending, self.rejected = t, [], 0
-        return self._fix(t, meas)
+        self.t, self.odom, self.agreeing = t, odom, 1
+        self._remember(t, meas, odom)
+        self.last_fix = (t, meas.xy.copy(), meas.sigma)
+        if self.cfg.init_fixes <= 1:
+            self.confirmed_t = t
+            return self._fix(t, meas)
+        return Estimate(t, meas, reason='initialising', independent=meas)
 
-    def _fix(self, t: float, meas: Measurement) -> Estimate:
-        cov = 0.5 * (self.P[:2, :2] + self.P[:2, :2].T)
+    def _remember(self, t: float, meas: Measurement, odom: Optional[OdomPose]) -> None:
+        """A measurement taken into the track: its refined yaw/height for the next search, the
+        last fix for the reach check, and an odometry/map displacement pair for the rotation fit."""
         self.last_refined = (meas.yaw, meas.height_m) if np.isfinite(meas.height_m) else None
-        self.last_fix = (t, self.x[:2].copy(), largest_sigma(cov))
+        self.last_fix = (t, self.x[:2].copy(), largest_sigma(self.P[:2, :2]))
+        if odom is not None and not meas.weak:
+            oxy = np.array([odom.x, odom.y])
+            if self.odom_fix is not None:
+                do, dm = oxy - self.odom_fix[0], self.x[:2] - self.odom_fix[1]
+                if float(np.hypot(*do)) > 1.0:
+                    s = self.odom_rot or (0.0, 0.0, 0.0)
+                    self.odom_rot = (s[0] + float(do @ dm), s[1] + float(do[0] * dm[1] - do[1] * dm[0]),
+                                     s[2] + float(np.hypot(*do)))
+                    self.odom_fix = (oxy, self.x[:2].copy())
+            else:
+                self.odom_fix = (oxy, self.x[:2].copy())
+
+    def _fix(self, t: float, meas: Measurement, tracked: Optional[Measurement] = None,
+             independent: Optional[Measurement] = None) -> Estimate:
+        """The filter's posterior as a fix, when the track is confirmed and certain enough."""
+        cov = 0.5 * (self.P[:2, :2] + self.P[:2, :2].T)
+        sigma = largest_sigma(cov)
+        independent = independent or meas
+        if self.confirmed_t is None or t - self.confirmed_t > self.cfg.confirm_window_s:
+            return Estimate(t, meas, reason='unconfirmed', tracked=tracked, independent=independent)
+        if sigma > self.cfg.max_fix_sigma_m:
+            return Estimate(t, meas, reason='uncertain', tracked=tracked, independent=independent)
         self.fixes += 1
-        return Estimate(t, meas, fix=True, xy=self.x[:2].copy(), cov=cov)
+        return Estimate(t, meas, fix=True, xy=self.x[:2].copy(), cov=cov, tracked=tracked, independent=independent)
+
+    def _correct(self, meas: Measurement) -> None:
+        h_p = self.P[:2]
+        s = h_p[:, :2] + meas.cov
+        innov = meas.xy - self.x[:2]
+        k = np.linalg.solve(s, h_p).T                       # (4, 2) = P H^T S^-1
+        self.x = self.x + k @ innov
+        self.P = self.P - k @ h_p
+        self.P = 0.5 * (self.P + self.P.T)
 
     # the filter's state: everything ``update`` may change (``frames`` counts every frame, failed or not)
-    _STATE = ('x', 'P', 't', 'pending', 'rejected', 'last_fix', 'last_refined', 'since_recheck', 'challenger',
-              'fixes', 'rejected_total', 'recheck_restarts')
+    _STATE = ('x', 'P', 't', 'agreeing', 'rejected', 'conflicts', 'confirmed_t', 'last_fix', 'last_refined', 'odom',
+              'odom_fix', 'odom_rot', 'fixes', 'rejected_total', 'track_drops')
 
     def state(self) -> dict:
         """A deep copy of the filter's state (``restore`` puts it back)."""
@@ -354,17 +572,23 @@ class Localizer:
         for k in self._STATE:
             setattr(self, k, state[k])
 
-    def update(self, descriptor: np.ndarray, t: float, boundary: Optional[np.ndarray] = None) -> Estimate:
+    def update(self, descriptor: np.ndarray, t: float, boundary: Optional[np.ndarray] = None,
+               odom: Optional[OdomPose] = None, height_m: Optional[float] = None) -> Estimate:
         """One frame at time ``t`` (seconds of the node's clock, the frame's stamp), with its
-        boundary map for the refinement (optional). Transactional: when the frame fails (a
-        malformed input raises ValueError, a numerical failure of the filter ``FilterFault``)
-        the filter is left exactly as it was before the frame."""
+        boundary map for the refinement (optional), the odometry pose at ``t`` (optional: the
+        prediction) and the height above ground at ``t`` (optional: the refinement's heights).
+        Transactional: when the frame fails (a malformed input raises ValueError, a numerical
+        failure of the filter ``FilterFault``) the filter is left exactly as it was before."""
         self.frames += 1
         if not np.isfinite(descriptor).all():     # a malformed input, not a jump of the drone
             raise ValueError('descriptor has non-finite values')
+        if height_m is not None and not (math.isfinite(height_m) and height_m > 0):
+            raise ValueError(f'height_m={height_m!r}: must be a positive height above ground')
+        if odom is not None and not isinstance(odom, OdomPose):
+            raise ValueError(f'odom={odom!r}: expected an OdomPose')
         before = self.state()
         try:
-            est = self._update(descriptor, t, boundary)
+            est = self._update(descriptor, t, boundary, odom, height_m)
             if self.x is not None and not (np.isfinite(self.x).all() and np.isfinite(self.P).all()):
                 raise FilterFault(f'non-finite filter state at t={t:.6g} (x={self.x}, P diagonal={np.diag(self.P)})')
         except (np.linalg.LinAlgError, ArithmeticError) as e:   # LinAlgError is a ValueError: still the filter's
@@ -375,74 +599,73 @@ class Localizer:
             raise
         return est
 
-    def _update(self, descriptor: np.ndarray, t: float, boundary: Optional[np.ndarray]) -> Estimate:
+    def _update(self, descriptor: np.ndarray, t: float, boundary: Optional[np.ndarray],
+                odom: Optional[OdomPose], height_m: Optional[float]) -> Estimate:
+        """Every frame gets an independent measurement g (retrieval + refinement around it); a
+        confirmed track also a measurement searched around its prediction (tr). See the module
+        docstring, step 3, for the decisions."""
+        cfg = self.cfg
         if self.t is not None and t < self.t:                 # clock jumped back (bag replayed): start over
             self.reset()
         if boundary is not None:
-            boundary = patch_grid(boundary)                   # once, for the refinement and a recheck
-        prior = self._prior(t)
-        meas = self.measure(descriptor, boundary, prior)
-        if prior is not None and self._recheck(boundary, meas, prior, t):
-            self.reset()
-            self.recheck_restarts += 1
-            return self._start(t, meas)
-        if meas.margin < self.cfg.min_margin:
-            return self._reject(t, meas, 'ambiguous')
+            boundary = patch_grid(boundary)                   # once, for both searches
+        g = self.measure(descriptor, boundary, height_m=height_m)
         if self.x is None:
-            return self._start(t, meas)
-        lt, lxy, lsig = self.last_fix
-        if not self._reachable(t, lt, lxy, lsig, meas):
-            return self._reject(t, meas, 'jump')
-        self._predict(t)
-        h_p = self.P[:2]
-        s = h_p[:, :2] + meas.cov
-        innov = meas.xy - self.x[:2]
-        if float(innov @ np.linalg.solve(s, innov)) > self.cfg.gate_chi2:
-            return self._reject(t, meas, 'gate')
-        k = np.linalg.solve(s, h_p).T                       # (4, 2) = P H^T S^-1
-        self.x = self.x + k @ innov
-        self.P = self.P - k @ h_p
-        self.P = 0.5 * (self.P + self.P.T)
+            if g.weak:
+                return Estimate(t, g, reason='ambiguous' if g.weak == 'ambiguous' else 'weak', independent=g)
+            return self._begin(t, g, odom)
+        if self.agreeing < cfg.init_fixes:                    # a candidate track: independent agreement only
+            if g.weak:
+                return self._reject(t, g, 'ambiguous' if g.weak == 'ambiguous' else 'initialising')
+            if not self._reachable(t, g) or self._chi2(t, odom, g) > cfg.gate_chi2:
+                return self._begin(t, g, odom)
+            self._predict(t, odom)
+            self._correct(g)
+            self.agreeing += 1
+            self._remember(t, g, odom)
+            if self.agreeing < cfg.init_fixes:
+                return Estimate(t, g, reason='initialising', independent=g)
+            self.confirmed_t, self.rejected = t, 0
+            return self._fix(t, g)
+        prior = self._prior(t, odom)
+        tr = self.measure(descriptor, boundary, prior, height_m) if prior is not None and boundary is not None \
+            else None
+        g_agrees = not g.weak and self._reachable(t, g) and self._chi2(t, odom, g) <= cfg.gate_chi2
+        tr_ok = tr is not None and not tr.weak and self._reachable(t, tr) and self._chi2(t, odom, tr) <= cfg.gate_chi2
+        if g_agrees:
+            use = tr if tr_ok and tr.sigma < g.sigma else g
+            self.conflicts = 0
+            self.confirmed_t = t
+            self.agreeing += 1
+        elif not g.weak and not (tr_ok and np.isfinite(tr.ncc) and
+                                 g.ncc < tr.ncc + cfg.conflict_sigmas * max(g.ncc_se, tr.ncc_se)):
+            # an independent measurement elsewhere that explains the frame clearly better than the track
+            self.conflicts += 1
+            if self.conflicts >= cfg.drop_after:
+                self.track_drops += 1
+                est = self._begin(t, g, odom)
+                est.reason = est.reason if est.fix else 'conflict'
+                return est
+            return self._reject(t, g, 'conflict', tr)
+        elif tr_ok:
+            use = tr
+        else:                  # g is weak and the track's own search found nothing it can take
+            reason = 'gate' if tr is not None and not tr.weak else 'ambiguous' if g.weak == 'ambiguous' else 'weak'
+            return self._reject(t, g, reason, tr)
+        self._predict(t, odom)
+        self._correct(use)
         self.rejected = 0
-        return self._fix(t, meas)
+        self._remember(t, use, odom)
+        return self._fix(t, use, tr, g)
 
-    def _recheck(self, boundary, meas: Measurement, prior, t: float) -> bool:
-        """Guard against a track on the wrong place (a look-alike found at the start): every
-        ``recheck_every``-th tracked frame whose retrieval points outside the tracking search,
-        search around the retrieval too; when it matches ``recheck_margin`` better than the
-        track ``recheck_confirm`` times in a row at places the drone could fly between, the
-        measurement becomes that place and the caller restarts the filter on it."""
-        cfg = self.cfg
-        self.since_recheck += 1
-        if not cfg.recheck_every or self.since_recheck < cfg.recheck_every or not np.isfinite(meas.ncc):
-            return False
-        if float(np.hypot(*(meas.retrieval_xy - prior[0]))) <= prior[1]:
-            return False                               # the retrieval agrees with the track: nothing to check
-        self.since_recheck = 0
-        ncc, xy, yaw, h = self.matcher.refine(boundary, meas.retrieval_xy, meas.retrieval_yaw, cfg.search_radius_m,
-                                              cfg.yaw_span_deg)
-        if ncc < meas.ncc + cfg.recheck_margin:
-            self.challenger = None
-            return False
-        ok = self.challenger is not None and \
-            float(np.hypot(*(xy - self.challenger[1]))) <= cfg.max_speed_mps * (t - self.challenger[0]) + \
-            3 * cfg.refine_sigma_m
-        count = self.challenger[2] + 1 if ok else 1
-        self.challenger = (t, xy, count)
-        if count < cfg.recheck_confirm:
-            return False
-        meas.ncc = ncc
-        self._refined(meas, xy, yaw, h)
-        return True
-
-    def _reject(self, t: float, meas: Measurement, reason: str) -> Estimate:
+    def _reject(self, t: float, meas: Measurement, reason: str, tracked: Optional[Measurement] = None) -> Estimate:
         self.rejected_total += 1
         if self.x is not None:
             self.rejected += 1
             if self.rejected >= self.cfg.reset_after:
                 self.reset()
                 reason = 'lost'
-        return Estimate(t, meas, reason=reason)
+        return Estimate(t, meas, reason=reason, tracked=tracked, independent=meas)
 
 
 def inside_ellipse(err: np.ndarray, cov: np.ndarray, k: float = 2.0) -> bool:
@@ -452,9 +675,12 @@ def inside_ellipse(err: np.ndarray, cov: np.ndarray, k: float = 2.0) -> bool:
 
 def summarize(frames: int, fixes: list, truth: list, t0: float) -> dict:
     """Figures of a flight: ``fixes`` [(t, xy, cov, yaw)], ``truth`` [(t, xy, yaw)] paired by time.
-    Correct fix: error <= 5 m; rates over the frames after the first fix."""
+    Rates over the frames after the first fix: ``fix_rate`` (any fix), ``correct_fix_rate``
+    (error <= 5 m); shares of the fixes: within 5 / 10 / 20 m, inside their 2-sigma ellipse,
+    and ``confident_wrong`` (error > 20 m while the 2-sigma of the worst axis is < 10 m: what a
+    navigation stack would fuse with full weight)."""
     by_t = {round(t, 6): (xy, yaw) for t, xy, yaw in truth}
-    err, yerr, inside, times = [], [], [], []
+    err, yerr, inside, times, two_sigma = [], [], [], [], []
     for t, xy, cov, yaw in fixes:
         true = by_t.get(round(t, 6))
         if true is None:
@@ -463,15 +689,23 @@ def summarize(frames: int, fixes: list, truth: list, t0: float) -> dict:
         err.append(float(np.hypot(*e)))
         yerr.append(abs(math.degrees((yaw - true[1] + math.pi) % (2 * math.pi) - math.pi)))
         inside.append(inside_ellipse(e, np.asarray(cov)))
+        two_sigma.append(2 * largest_sigma(np.asarray(cov)))
         times.append(t)
     after = [t for t, _, _ in truth if times and t >= times[0]]
     n_after = max(len(after), 1)
     e = np.array(err) if err else np.array([np.nan])
+    n = max(len(err), 1)
+    wrong = sum(1 for x, s in zip(err, two_sigma) if x > 20.0 and s < 10.0)
     return {'frames': frames, 'fixes': len(err),
             'fix_rate': len(err) / n_after if err else 0.0,
             'correct_fix_rate': float(np.sum(e <= 5.0)) / n_after if err else 0.0,
+            'within_5m': float(np.sum(e <= 5.0)) / n if err else float('nan'),
+            'within_10m': float(np.sum(e <= 10.0)) / n if err else float('nan'),
+            'within_20m': float(np.sum(e <= 20.0)) / n if err else float('nan'),
+            'confident_wrong': wrong, 'confident_wrong_share': wrong / n if err else float('nan'),
             'error_p50_m': float(np.nanpercentile(e, 50)), 'error_p95_m': float(np.nanpercentile(e, 95)),
             'error_max_m': float(np.nanmax(e)),
+            'two_sigma_p50_m': float(np.median(two_sigma)) if two_sigma else float('nan'),
             'yaw_error_p50_deg': float(np.median(yerr)) if yerr else float('nan'),
             'inside_2sigma': float(np.mean(inside)) if inside else float('nan'),
             'time_to_first_fix_s': (times[0] - t0) if times else None}

@@ -7,15 +7,16 @@ from typing import Callable, Optional
 from gplq_ros.onboard.engine import load
 from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
 from gplq_ros.onboard.geo import GeoRef
+from gplq_ros.onboard.geotiff import read_orthophoto
 from gplq_ros.onboard.placemap import MapConfig, MapError, MapMeta, PlaceMap, build_map, vocabulary_id
-from gplq_ros.onboard.preprocess import read_rgb
 from gplq_ros.onboard.vocabulary import Vocabulary
 
 
 def build_map_file(image: Path, out: Path, reference_graph: Path, vocabulary: Path, cfg: MapConfig,
                    georef: Optional[GeoRef] = None, force: bool = False, threads: int = 2,
                    progress: Callable[[int, int], None] = lambda i, n: None) -> PlaceMap:
-    """The map of ``image`` with the FP32 graph's descriptors, saved to ``out``."""
+    """The map of ``image`` (any image OpenCV reads; a TIFF it cannot, through tifffile:
+    ``geotiff.read_orthophoto``) with the FP32 graph's descriptors, saved to ``out``."""
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f'{out} exists; pass --force to overwrite')
@@ -31,6 +32,10 @@ def build_map_file(image: Path, out: Path, reference_graph: Path, vocabulary: Pa
     def describe(img):
         out = engine(img)
         return out.descriptor, out.boundary_full
-    pm = build_map(read_rgb(Path(image)), describe, cfg, meta, progress)
+    try:
+        ortho = read_orthophoto(Path(image))
+    except ValueError as e:              # undecodable pixels: the file and the reason named
+        raise MapError(str(e)) from None
+    pm = build_map(ortho, describe, cfg, meta, progress)
     pm.save(out, force=force)
     return pm

@@ -16,7 +16,9 @@ from a bag by ``rosbags``). ROS message classes only, no rclpy.
 * ``~/camera_info``: sensor_msgs/CameraInfo of the published maps, when the camera
   publishes ``camera_info``: the camera's calibration scaled to the map size
   (``scale_camera_info``), so a map cell (column j, row i) is the ray of the camera pixel
-  ``u = (j + 0.5) W / w - 0.5``, ``v = (i + 0.5) H / h - 0.5`` through the same K, D.
+  ``u = (j + 0.5) W / w - 0.5``, ``v = (i + 0.5) H / h - 0.5`` through the same K, D. When
+  feature_node undistorted the frames (``undistort``, ``onboard.undistort``), the maps are in
+  the undistorted pinhole camera with the camera's K: D = 0 (``plumb_bob``), R = I, P = [K | 0].
 * localizer_node ``~/pose``: geometry_msgs/PoseWithCovarianceStamped in ``map``: x, y, yaw
   (a z-axis quaternion), covariance 6x6 row-major (x, y, z, roll, pitch, yaw) with the
   unmeasured z, roll, pitch at a large given variance; ``~/fix``: sensor_msgs/NavSatFix,
@@ -98,14 +100,17 @@ def encode_true_pose(x: float, y: float, z: float, yaw: float, header) -> PoseSt
     return msg
 
 
-def scale_camera_info(info, image_hw: Tuple[int, int], map_hw: Tuple[int, int], header=None) -> CameraInfo:
+def scale_camera_info(info, image_hw: Tuple[int, int], map_hw: Tuple[int, int], header=None,
+                      undistorted: bool = False) -> CameraInfo:
     """The camera's CameraInfo (for images of ``image_hw``) for a map of ``map_hw`` covering
     the whole image: fx, skew, cx (and P's first row) scaled by ``w / W`` about pixel centres
     (``c' = (c + 0.5) s - 0.5``), fy, cy by ``h / H``; D, R and the distortion model unchanged
-    (distortion acts on normalized coordinates). Note: image_proc's resize scales c without the
-    half-pixel terms (up to half a cell apart on a coarse grid). Raises ImageFormatError naming
-    the field for a CameraInfo that does not describe these images (size, binning, ROI) or an
-    uncalibrated camera (K all zero)."""
+    (distortion acts on normalized coordinates). ``undistorted``: the maps were computed from
+    the frame undistorted into the pinhole camera with the same K (``onboard.undistort``), so
+    they are described by K, D = 0 (``plumb_bob``), R = I and P = [K | 0]. Note: image_proc's
+    resize scales c without the half-pixel terms (up to half a cell apart on a coarse grid).
+    Raises ImageFormatError naming the field for a CameraInfo that does not describe these
+    images (size, binning, ROI) or an uncalibrated camera (K all zero)."""
     h0, w0 = image_hw
     mh, mw = map_hw
     if (int(info.height), int(info.width)) != (h0, w0):
@@ -123,11 +128,14 @@ def scale_camera_info(info, image_hw: Tuple[int, int], map_hw: Tuple[int, int], 
         raise ImageFormatError('camera_info.k', f'fx={k[0, 0]}, fy={k[1, 1]}', 'not a calibrated camera')
     sx, sy = mw / w0, mh / h0
     p = np.array(info.p, np.float64).reshape(3, 4)
-    if not p.any():   # monocular cameras may leave P empty: P = [K | 0]
+    if undistorted or not p.any():   # monocular cameras may leave P empty: P = [K | 0]
+        p = np.zeros((3, 4))
         p[:, :3] = k
     k, p = scale_intrinsics(k, sx, sy), scale_intrinsics(p, sx, sy)
-    out = CameraInfo(height=int(mh), width=int(mw), distortion_model=info.distortion_model,
-                     d=list(info.d), k=k.ravel().tolist(), r=list(info.r), p=p.ravel().tolist())
+    model, d, r = ('plumb_bob', [0.0] * 5, np.eye(3).ravel().tolist()) if undistorted else \
+        (info.distortion_model, list(info.d), list(info.r))
+    out = CameraInfo(height=int(mh), width=int(mw), distortion_model=model, d=d, k=k.ravel().tolist(), r=r,
+                     p=p.ravel().tolist())
     if header is not None:
         out.header = header
     return out

@@ -2,9 +2,11 @@
 (its reference pose is ``messages.encode_true_pose``, as flight_sim_node's); ROS message
 classes only, no rclpy.
 
-* ``camera_info``: sensor_msgs/CameraInfo of the published image: ``plumb_bob`` with D = 0
-  (a photo carries no distortion calibration), K from ``onboard.photos.intrinsics`` scaled
-  to the published size, R = I, P = [K | 0].
+* ``camera_info``: sensor_msgs/CameraInfo of the published image: K from
+  ``onboard.photos.intrinsics`` scaled to the published size, R = I, P = [K | 0], and the
+  distortion the user gave (``PhotoCameraConfig.distortion_model``, ``distortion``; a photo
+  carries no distortion calibration: by default ``plumb_bob`` with D = 0). D acts on
+  normalized coordinates, so the same D holds at any published width.
 * ``~/fix``: sensor_msgs/NavSatFix of the photo's EXIF GNSS tag: latitude, longitude,
   altitude as tagged (EXIF GPSAltitude: for DJI above mean sea level, not the WGS-84
   ellipsoid NavSatFix names; NaN when absent), ENU covariance diag(sigma_h^2, sigma_h^2,
@@ -24,12 +26,16 @@ from gplq_ros.onboard.messages import encode_fix
 UNMEASURED = 1e6
 
 
-def encode_camera_info(k: np.ndarray, width: int, height: int, header=None) -> CameraInfo:
+def encode_camera_info(k: np.ndarray, width: int, height: int, header=None, d=(0.0,) * 5,
+                       distortion_model: str = 'plumb_bob') -> CameraInfo:
+    """A monocular camera's CameraInfo: K, distortion ``d`` of ``distortion_model``, R = I,
+    P = [K | 0]."""
     k = np.asarray(k, np.float64).reshape(3, 3)
     p = np.zeros((3, 4))
     p[:, :3] = k
-    msg = CameraInfo(width=int(width), height=int(height), distortion_model='plumb_bob', d=[0.0] * 5,
-                     k=k.ravel().tolist(), r=np.eye(3).ravel().tolist(), p=p.ravel().tolist())
+    msg = CameraInfo(width=int(width), height=int(height), distortion_model=distortion_model,
+                     d=[float(v) for v in d], k=k.ravel().tolist(), r=np.eye(3).ravel().tolist(),
+                     p=p.ravel().tolist())
     if header is not None:
         msg.header = header
     return msg

@@ -11,8 +11,9 @@ attributes or elements). A missing required tag raises ``PhotoError`` naming the
 the tag. Pixels are decoded as stored (the EXIF Orientation tag is ignored: drone cameras
 write 1, and the DJI angles refer to the sensor as stored).
 
-**Intrinsics** (pinhole, square pixels, principal point at the image centre, no
-distortion: a photo carries no calibration): ``fx = FocalLength / sensor_width_mm * W``
+**Intrinsics** (pinhole, square pixels, principal point at the image centre; a photo
+carries no distortion calibration: the user may give one, ``distortion_model`` and
+``distortion``, published in CameraInfo for feature_node to undistort): ``fx = FocalLength / sensor_width_mm * W``
 when ``sensor_width_mm`` is given (e.g. 6.17 for the 1/2.3" sensor of DJI's FC300
 cameras), otherwise from the 35 mm equivalent, ``fx = FocalLengthIn35mmFilm / 36 * W``
 (the width-based convention of OpenSfM; about 5 % short for a 16:9 crop of a 4:3 sensor,
@@ -51,6 +52,7 @@ from gplq_ros.onboard.settings import setting, validate
 
 PHOTO_SUFFIXES = ('.jpg', '.jpeg')
 YAW_SOURCES = ('gimbal', 'flight')
+DISTORTION_LENGTHS = {'plumb_bob': 5, 'rational_polynomial': 8, 'equidistant': 4}   # D values per model
 DJI_XMP = ('RelativeAltitude', 'AbsoluteAltitude', 'GimbalPitchDegree', 'GimbalYawDegree', 'GimbalRollDegree',
            'FlightYawDegree', 'FlightPitchDegree', 'FlightRollDegree')
 
@@ -86,9 +88,21 @@ class PhotoCameraConfig:
                                            range=(0.01, 1000.0))
     loop: bool = setting(False, 'start over after the last photo')
     max_frames: int = setting(0, 'stop publishing after this many frames (0: never)', range=(0, 10 ** 9))
+    distortion_model: str = setting('plumb_bob', 'lens distortion model published in camera_info',
+                                    choices=tuple(DISTORTION_LENGTHS))
+    distortion: Tuple[float, ...] = setting(
+        help='lens distortion D published in camera_info (a photo carries none: e.g. from a camera calibration at '
+        'any resolution): plumb_bob k1, k2, t1, t2, k3; rational_polynomial 8 values; equidistant k1..k4; '
+        'all zero = none', default_factory=lambda: [0.0] * 5)
 
     def __post_init__(self):
         validate(self)
+        d = tuple(float(v) for v in self.distortion)     # a ROS double array arrives as a list or array
+        object.__setattr__(self, 'distortion', d)
+        want = DISTORTION_LENGTHS[self.distortion_model]
+        if len(d) != want or not all(math.isfinite(v) for v in d):
+            raise ValueError(f'PhotoCameraConfig.distortion={list(d)}: {self.distortion_model} takes {want} '
+                             'finite values')
         if self.utm_zone:
             parse_zone(self.utm_zone)
             if self.utm_origin_e == 0:
@@ -375,6 +389,71 @@ def load_image(meta: PhotoMeta, width: int) -> np.ndarray:
         interp = cv2.INTER_AREA if bgr.shape[1] > w else cv2.INTER_LINEAR
         bgr = cv2.resize(bgr, (w, h), interpolation=interp)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# --- the camera a place map of the flight assumes (gplq_map --photos) ---------------------
+
+HEIGHT_STEP = 1.1      # map heights at most this ratio apart: the boundary matcher's coarse height step
+#                        (onboard.localize.BoundaryMatcher searches heights 1.1x apart)
+
+
+def map_heights(alts) -> List[float]:
+    """Map heights (m, 0.1 m) for a flight flown at heights ``alts`` (e.g. the photos'
+    RelativeAltitude): the median when the range is within a factor ``HEIGHT_STEP``, else
+    heights from the lowest to the highest, equal ratios apart, at most ``HEIGHT_STEP``."""
+    alts = [float(a) for a in alts]
+    if not alts or min(alts) <= 0:
+        raise PhotoError(f'flight heights {alts}: need at least one, all > 0 m')
+    lo, hi = min(alts), max(alts)
+    if hi / lo <= HEIGHT_STEP:
+        return [round(float(np.median(alts)), 1)]
+    n = int(math.ceil(math.log(hi / lo) / math.log(HEIGHT_STEP)))
+    return [round(lo * (hi / lo) ** (i / n), 1) for i in range(n + 1)]
+
+
+@dataclass(frozen=True)
+class MapCamera:
+    """What a place map of a flight's photos assumes: the image photo_camera_node publishes
+    (``width`` wide, the photos' aspect ratio; HFOV from the EXIF intrinsics, ``intrinsics``)
+    and the heights from the photos' RelativeAltitude (``map_heights``; ``heights_m`` is ()
+    when no photo has one)."""
+    width: int
+    height: int
+    hfov_deg: float                               # 3 decimals
+    heights_m: Tuple[float, ...]
+    altitude_range_m: Optional[Tuple[float, float]]
+    n_photos: int
+    n_altitudes: int                              # photos with RelativeAltitude
+    first: PhotoMeta                              # the earliest photo: its size and focal length
+
+    def describe(self) -> str:
+        m = self.first
+        focal = (f'FocalLengthIn35mmFilm {m.focal_35mm:g} mm' if m.focal_35mm else f'FocalLength {m.focal_mm:g} mm')
+        rng = (f'RelativeAltitude {self.altitude_range_m[0]:.1f}..{self.altitude_range_m[1]:.1f} m in '
+               f'{self.n_altitudes} of {self.n_photos} photos' if self.altitude_range_m else
+               f'no RelativeAltitude in the {self.n_photos} photos')
+        return (f'camera {self.width}x{self.height} px, HFOV {self.hfov_deg:.2f} deg ({m.width}x{m.height} photos, '
+                f'EXIF {focal}); {rng}')
+
+
+def map_camera(metas, width: int = 640, sensor_width_mm: float = 0.0) -> MapCamera:
+    """The ``MapCamera`` of the photos ``metas`` (``PhotoMeta``; the earliest by capture
+    time gives the size and intrinsics, as ``PhotoSequence`` does); ``width``: the published
+    width (photo_camera_node's ``width``, 640 by default)."""
+    metas = sorted(metas, key=lambda m: (m.time_s is None, m.time_s or 0.0, m.path.name))
+    if not metas:
+        raise PhotoError('photos: none given')
+    first = metas[0]
+    for m in metas[1:]:
+        if (m.width, m.height) != (first.width, first.height):
+            raise PhotoError(f'{m.path}: {m.width}x{m.height} px, but {first.path.name} is '
+                             f'{first.width}x{first.height}: one camera per flight')
+    size = output_size(first, width)
+    k = scale_k(intrinsics(first, sensor_width_mm), (first.width, first.height), size)
+    hfov = math.degrees(2 * math.atan(size[0] / 2 / k[0, 0]))
+    alts = [m.relative_alt_m for m in metas if m.relative_alt_m is not None]
+    return MapCamera(size[0], size[1], round(hfov, 3), tuple(map_heights(alts)) if alts else (),
+                     (min(alts), max(alts)) if alts else None, len(metas), len(alts), first)
 
 
 # --- georeference ------------------------------------------------------------------------

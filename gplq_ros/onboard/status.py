@@ -32,13 +32,17 @@ class Level(enum.IntEnum):
 Status = Tuple[Level, str]
 
 
-def feature_status(processed: int, engine_errors: int, rejected: Dict[str, int], last_error: str) -> Status:
+def feature_status(processed: int, engine_errors: int, rejected: Dict[str, int], last_error: str,
+                   undistortion_refused: str = '') -> Status:
     """ERROR when the engine failed and never succeeded, WARN after rejected frames or engine
-    errors, else OK."""
+    errors, or while the camera's distortion cannot be undone (``undistortion_refused``: the
+    reason; the frames are processed as they are), else OK."""
     if engine_errors and not processed:
         return Level.ERROR, last_error or 'errors'
     if rejected or engine_errors:
         return Level.WARN, last_error or 'errors'
+    if undistortion_refused:
+        return Level.WARN, f'frames not undistorted: {undistortion_refused}'
     return Level.OK, 'running'
 
 

@@ -4,8 +4,12 @@ Tiles as the drone's nadir camera sees them (``--width`` x ``--height`` px, ``--
 ``--stride`` metres, at each of ``--heights`` (m above ground) and ``--headings`` yaws,
 described by the FP32 reference graph (``--reference-model``) with the feature node's
 vocabulary, PCA-reduced (``onboard.placemap``). Geo-referencing (optional, north-up only):
-``--utm-zone 12N --utm-origin E N`` (UTM of the top-left corner of the top-left pixel) or
-``--utm-zone 12N --world-file ortho.pgw``; the localizer then also publishes NavSatFix.
+a GeoTIFF orthophoto's own tags (WGS 84 / UTM; ``onboard.geotiff``: the GSD too, ``--gsd``
+then only checked), or ``--utm-zone 12N --utm-origin E N`` (UTM of the top-left corner of the
+top-left pixel), or ``--utm-zone 12N --world-file ortho.pgw``; the localizer then also
+publishes NavSatFix. ``--photos DIR`` (the flight's geotagged photos, ``onboard.photos.map_camera``):
+the camera (the image photo_camera_node publishes, HFOV from EXIF) and the heights (the photos'
+RelativeAltitude range) come from them, unless given.
 """
 import argparse
 import sys
@@ -13,31 +17,46 @@ import time
 from pathlib import Path
 
 from gplq_ros.onboard.geo import GeoRef, parse_zone, read_world_file
+from gplq_ros.onboard.geotiff import is_tiff, read_geotiff
 from gplq_ros.onboard.paths import default_onboard_models, default_vocab
 from gplq_ros.onboard.mapbuild import build_map_file
+from gplq_ros.onboard.photos import PhotoCameraConfig, list_photos, map_camera, read_photo
 from gplq_ros.onboard.placemap import MapConfig, MapError
+from gplq_ros.onboard.settings import settings_of
 from gplq_ros.tools.common import cli
 
 DEFAULTS = MapConfig()
+PHOTO_SETTINGS = {s.name: s for s in settings_of(PhotoCameraConfig)}   # photo_camera_node's width, sensor_width_mm
+GSD_TOLERANCE = 0.01          # --gsd may differ from a GeoTIFF's pixel size by this share
 
 
 @cli('gplq_map')
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='gplq_map', description=__doc__.split('\n\n')[0])
-    ap.add_argument('image', type=Path, help='orthophoto (north up)')
+    ap.add_argument('image', type=Path, help='orthophoto (north up): PNG, JPEG or TIFF; a GeoTIFF in WGS 84 / UTM '
+                    'gives the georeference and the GSD')
     ap.add_argument('--out', type=Path, required=True, help='map file (.safetensors; a .json beside it)')
-    ap.add_argument('--gsd', type=float, required=True, help='orthophoto metres per pixel')
+    ap.add_argument('--gsd', type=float, default=None, help='orthophoto metres per pixel (required unless the image '
+                    'is a geo-referenced GeoTIFF; then refused if it differs from the file\'s by more than '
+                    f'{GSD_TOLERANCE * 100:g} %%)')
     ap.add_argument('--reference-model', type=Path, default=None,
                     help=f'FP32 graph (default {default_onboard_models()["reference_model"]})')
     ap.add_argument('--vocabulary', type=Path, default=None, help=f'default {default_vocab()}')
     ap.add_argument('--stride', type=float, default=DEFAULTS.stride_m, help='grid step, m (default %(default)s)')
     ap.add_argument('--headings', type=int, default=DEFAULTS.headings, help='yaws per place (default %(default)s)')
-    ap.add_argument('--heights', type=float, nargs='+', default=list(DEFAULTS.heights_m),
-                    help='camera heights above ground, m (default %(default)s)')
-    ap.add_argument('--width', type=int, default=DEFAULTS.width, help='camera width, px (default %(default)s)')
-    ap.add_argument('--height', type=int, default=DEFAULTS.height, help='camera height, px (default %(default)s)')
-    ap.add_argument('--hfov', type=float, default=DEFAULTS.hfov_deg, help='horizontal field of view, degrees '
-                    '(default %(default)s)')
+    ap.add_argument('--heights', type=float, nargs='+', default=None,
+                    help=f'camera heights above ground, m (default: from --photos, else {list(DEFAULTS.heights_m)})')
+    ap.add_argument('--width', type=int, default=None, help=f'camera width, px (default {DEFAULTS.width}; with '
+                    '--photos the published width, the height following the photos\' aspect)')
+    ap.add_argument('--height', type=int, default=None, help=f'camera height, px (default: from --photos, else '
+                    f'{DEFAULTS.height})')
+    ap.add_argument('--hfov', type=float, default=None, help='horizontal field of view, degrees (default: from '
+                    f'--photos, else {DEFAULTS.hfov_deg})')
+    ap.add_argument('--photos', type=Path, default=None, help='directory of the flight\'s geotagged photos '
+                    '(*.jpg): camera size and HFOV (EXIF) and the heights (DJI RelativeAltitude) unless given')
+    s = PHOTO_SETTINGS['sensor_width_mm']
+    ap.add_argument('--sensor-width-mm', type=float, default=None, help=f'with --photos: {s.help.replace("%", "%%")} '
+                    f'{s.describe_range()} (default {s.default!r}; as photo_camera_node)')
     ap.add_argument('--pca-dim', type=int, default=DEFAULTS.pca_dim, help='descriptor dimensions kept '
                     '(default %(default)s)')
     ap.add_argument('--utm-zone', default=None, help='UTM zone of the orthophoto, e.g. 12N')
@@ -47,10 +66,13 @@ def main(argv=None) -> int:
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--force', action='store_true', help='overwrite --out')
     args = ap.parse_args(argv)
+    notes = []
     try:
-        cfg, georef = _config(args)
+        cfg, georef = _config(args, notes)
     except ValueError as e:      # a field or option out of range, named in the message
         raise MapError(str(e)) from None
+    for line in notes:
+        print(f'gplq_map: {line}', flush=True)
     t0 = time.perf_counter()
     last = [0.0]
 
@@ -60,15 +82,79 @@ def main(argv=None) -> int:
             print(f'gplq_map: {i}/{n} tiles', flush=True)
     pm = build_map_file(args.image, args.out, args.reference_model or Path(default_onboard_models()['reference_model']),
                         args.vocabulary or default_vocab(), cfg, georef, args.force, args.threads, progress)
-    print(f'gplq_map: {pm.meta.n_tiles} tiles ({args.headings} headings, heights {args.heights} m, {args.stride} m '
-          f'grid) of {args.image.name}, PCA {pm.descriptors.shape[1]} dims ({pm.meta.pca_explained:.3f} of the '
-          f'variance){", " + georef.crs if georef else ""} -> {args.out} in {time.perf_counter() - t0:.0f} s')
+    print(f'gplq_map: {pm.meta.n_tiles} tiles ({cfg.headings} headings, heights {list(cfg.heights_m)} m, '
+          f'{cfg.stride_m} m grid) of {args.image.name}, PCA {pm.descriptors.shape[1]} dims '
+          f'({pm.meta.pca_explained:.3f} of the variance){", " + georef.crs if georef else ""} -> {args.out} in '
+          f'{time.perf_counter() - t0:.0f} s')
     return 0
 
 
-def _config(args):
-    cfg = MapConfig(stride_m=args.stride, headings=args.headings, heights_m=tuple(args.heights), width=args.width,
-                    height=args.height, hfov_deg=args.hfov, gsd_m=args.gsd, pca_dim=args.pca_dim)
+def _config(args, notes=None):
+    """(MapConfig, GeoRef or None) from the options; ``notes`` (a list) gets one line per
+    value taken from a file (GeoTIFF, photos) rather than given."""
+    notes = [] if notes is None else notes
+    gsd, georef = _georeference(args, notes)
+    camera = _photo_camera(args)
+    src = {}
+
+    def pick(name, given, from_photos, default):
+        if given is not None:
+            src[name] = 'given'
+            return given
+        if from_photos:
+            src[name] = 'photos'
+            return from_photos
+        src[name] = 'default'
+        return default
+    width = pick('width', args.width, camera and camera.width, DEFAULTS.width)
+    height = pick('height', args.height, camera and camera.height, DEFAULTS.height)
+    hfov = pick('hfov', args.hfov, camera and camera.hfov_deg, DEFAULTS.hfov_deg)
+    heights = pick('heights', args.heights, camera and camera.heights_m, DEFAULTS.heights_m)
+    cfg = MapConfig(stride_m=args.stride, headings=args.headings, heights_m=tuple(heights), width=width,
+                    height=height, hfov_deg=hfov, gsd_m=gsd, pca_dim=args.pca_dim)
+    if camera is not None:
+        notes.append(f'--photos {args.photos}: {camera.describe()}')
+        notes.append(f'map camera {cfg.width}x{cfg.height} px ({src["width"]}/{src["height"]}), HFOV {cfg.hfov_deg:g} '
+                     f'deg ({src["hfov"]}), heights {list(cfg.heights_m)} m ({src["heights"]}'
+                     f'{"" if camera.heights_m or src["heights"] == "given" else ": no RelativeAltitude"})')
+    return cfg, georef
+
+
+def _photo_camera(args):
+    """``photos.MapCamera`` of ``--photos`` (None without)."""
+    if args.photos is None:
+        if args.sensor_width_mm is not None:
+            raise ValueError(f'--sensor-width-mm {args.sensor_width_mm:g} needs --photos')
+        return None
+    s = PHOTO_SETTINGS['sensor_width_mm']
+    sensor = s.default if args.sensor_width_mm is None else args.sensor_width_mm
+    if not s.range[0] <= sensor <= s.range[1]:
+        raise ValueError(f'--sensor-width-mm={sensor!r}: must be in {s.describe_range()}')
+    width = PHOTO_SETTINGS['width'].default if args.width is None else args.width
+    if width < 1:
+        raise ValueError(f'--width={width!r}: must be >= 1')
+    return map_camera([read_photo(p) for p in list_photos(args.photos)], width, sensor)
+
+
+def _georeference(args, notes):
+    """(gsd_m, GeoRef or None): a GeoTIFF's own, or the options'."""
+    image = Path(args.image)
+    given = [o for o, v in (('--utm-zone', args.utm_zone), ('--utm-origin', args.utm_origin),
+                            ('--world-file', args.world_file)) if v]
+    tif = read_geotiff(image) if is_tiff(image) else None
+    if tif is not None and tif.georef is not None:
+        if given:
+            raise ValueError(f'{"/".join(given)} and {image.name}\'s own georeference ({tif.georef.crs}, GeoTIFF '
+                             f'tags): give one of them (the GeoTIFF\'s is used when no option is given)')
+        if args.gsd is not None and abs(args.gsd - tif.gsd_m) > GSD_TOLERANCE * tif.gsd_m:
+            raise ValueError(f'--gsd {args.gsd:g} contradicts {image.name}\'s pixel size {tif.gsd_m:g} m (GeoTIFF '
+                             f'tags; {abs(args.gsd / tif.gsd_m - 1):.1%} off, more than {GSD_TOLERANCE:.0%}): '
+                             'omit --gsd')
+        notes.append(f'georeference and GSD from the GeoTIFF: {tif.describe()}')
+        return tif.gsd_m, tif.georef
+    if args.gsd is None:
+        raise ValueError(f'--gsd (orthophoto metres per pixel) is needed: {image.name} is not a geo-referenced '
+                         'GeoTIFF')
     georef = None
     if args.utm_origin or args.world_file:
         if not args.utm_zone:
@@ -78,7 +164,7 @@ def _config(args):
         georef = GeoRef(zone, north, e, n)
     elif args.utm_zone:
         raise ValueError('--utm-zone without --utm-origin or --world-file')
-    return cfg, georef
+    return args.gsd, georef
 
 
 if __name__ == '__main__':
