@@ -25,6 +25,9 @@ plumb_bob; k1 < 0 = barrel); ``--exposure X`` and ``--wb R B`` gains on the 8-bi
 the engine, as feature_node does with the camera's CameraInfo (``onboard.undistort``). With
 any of these, the figures also compare each graph's outputs with those of the unmodified
 frames (``agreement``: descriptor cosine, boundary-map NCC per frame; mean and min).
+``--normalize`` normalizes every frame last, as feature_node's ``photometric: grayworld`` does,
+and builds the map with ``MapConfig.photometric = 'grayworld'`` (``<map>_norm``; see
+``onboard.photometric``); ``agreement`` then compares with the normalized unmodified frames.
 ``--graphs fp32`` runs one graph only; ``--threads`` sets the engine's threads.
 """
 import argparse
@@ -41,6 +44,7 @@ from gplq_ros.onboard.flight import DEFAULT_ORTHO, Flight, FlightConfig
 from gplq_ros.onboard.localize import Localizer, LocalizerConfig, summarize
 from gplq_ros.onboard.paths import default_images_dir, default_onboard_models, default_vocab, gplq_home
 from gplq_ros.onboard.mapbuild import build_map_file
+from gplq_ros.onboard.photometric import normalize_photometric
 from gplq_ros.onboard.placemap import MapConfig, PlaceMap
 from gplq_ros.onboard.pipeline import single_thread_blas
 from gplq_ros.onboard.preprocess import read_rgb
@@ -86,6 +90,8 @@ class Camera:
             t0 = time.perf_counter()
             frame, _ = self.undistorter(frame, self.info)
             self.undistort_ms.append(1e3 * (time.perf_counter() - t0))
+        if a.normalize:
+            frame = normalize_photometric(frame)
         return frame
 
 
@@ -94,7 +100,7 @@ def condition_tag(args) -> str:
     parts = [f'k1{args.k1:g}' if args.k1 else '', f'k2{args.k2:g}' if args.k2 else '',
              'undist' if args.undistort else '', f'ex{args.exposure:g}' if args.exposure != 1 else '',
              f'wb{args.wb[0]:g}-{args.wb[1]:g}' if tuple(args.wb) != (1.0, 1.0) else '',
-             f'gam{args.gamma:g}' if args.gamma != 1 else '']
+             f'gam{args.gamma:g}' if args.gamma != 1 else '', 'norm' if args.normalize else '']
     return ''.join(f'_{p}' for p in parts if p)
 
 
@@ -132,14 +138,16 @@ def main():
     ap.add_argument('--wb', type=float, nargs=2, default=[1.0, 1.0], metavar=('R', 'B'),
                     help='white-balance gains of red and blue')
     ap.add_argument('--gamma', type=float, default=1.0, help='gamma applied after the gains')
+    ap.add_argument('--normalize', action='store_true', help='normalize frames and map tiles photometrically')
     ap.add_argument('--graphs', nargs='+', choices=('fp32', 'w4a8'), default=['fp32', 'w4a8'])
     ap.add_argument('--threads', type=int, default=2, help='engine threads')
     args = ap.parse_args()
     image, gsd, height = FLIGHTS[args.flight]
     models = default_onboard_models()
-    cfg = MapConfig(stride_m=args.stride, headings=args.headings, heights_m=tuple(args.heights), gsd_m=gsd)
+    cfg = MapConfig(stride_m=args.stride, headings=args.headings, heights_m=tuple(args.heights), gsd_m=gsd,
+                    photometric='grayworld' if args.normalize else 'none')
     tag = f'{image.stem}_g{gsd:g}_s{args.stride:g}_h{args.headings}_z{"-".join(f"{h:g}" for h in args.heights)}'
-    map_path = args.out / f'{tag}.safetensors'
+    map_path = args.out / f'{tag}{"_norm" if args.normalize else ""}.safetensors'
     if not map_path.is_file():
         t0 = time.perf_counter()
         pm = build_map_file(image, map_path, models['reference_model'], default_vocab(), cfg,
@@ -151,6 +159,9 @@ def main():
     flight = Flight(ortho, FlightConfig(gsd_m=gsd, height_m=height, k1=args.k1, k2=args.k2))
     plain = Flight(ortho, FlightConfig(gsd_m=gsd, height_m=height))
     camera, ctag = Camera(flight, args), condition_tag(args)
+    ref_args = SimpleNamespace(k1=0.0, k2=0.0, undistort=False, exposure=1.0, wb=[1.0, 1.0], gamma=1.0,
+                               normalize=args.normalize)     # the unmodified frames (normalized with --normalize)
+    ref_camera, ref_tag = Camera(plain, ref_args), condition_tag(ref_args)
 
     def typed(k, v):
         return v.lower() == 'true' if isinstance(getattr(LocalizerConfig(), k), bool) else \
@@ -181,8 +192,8 @@ def main():
             print(f'{name}: {graph} not found (make demo makes it): skipped', flush=True)
             continue
         desc, bnd, truth = frames(graph, ctag, flight, camera)
-        if ctag:    # the same graph on the unmodified frames
-            d0, b0, _ = frames(graph, '', plain, None)
+        if ctag != ref_tag:    # the same graph on the unmodified frames
+            d0, b0, _ = frames(graph, ref_tag, plain, ref_camera)
             cos = np.sum(desc * d0, axis=1)
             nccs = np.array([ncc(x, y) for x, y in zip(bnd, b0)])
             agreement[name] = {'descriptor_cosine_mean': float(cos.mean()), 'descriptor_cosine_min': float(cos.min()),
@@ -207,7 +218,7 @@ def main():
         s['localizer_ms_p95'] = float(np.percentile(q_ms, 95))
         rows[name] = s
     frames_info = {'k1': args.k1, 'k2': args.k2, 'undistort': args.undistort, 'exposure': args.exposure,
-                   'wb': list(args.wb), 'gamma': args.gamma}
+                   'wb': list(args.wb), 'gamma': args.gamma, 'normalize': args.normalize}
     if camera.undistort_ms:
         frames_info['undistort_ms_p50'] = float(np.median(camera.undistort_ms))
     print(json.dumps({'flight': args.flight, 'map': pmap.meta.n_tiles, 'frames': frames_info,

@@ -11,14 +11,17 @@ the localizer gets it) and descriptor cosine, per photo, then mean / min over th
 1. **Lens**: k1 (plumb_bob, k2 = 0) is estimated from the registrations: the k1 whose undistorted
    keypoints give the most RANSAC homography inliers (2 px in the orthophoto) summed over the photos,
    on a grid of k1 values (``--k1-grid``), matched at ``--fit-width``. The map's view is rendered with
-   the homography of that k1; only photos whose whole footprint lies on the orthophoto are compared.
-   Rows: the photo as it is (what feature_node gets without a CameraInfo D)
-   and the photo undistorted with that k1 (``onboard.undistort``, as feature_node with the D given to
-   photo_camera_node's ``distortion``).
+   the homography of that k1. Photos whose footprint lies at least ``--min-coverage`` on the
+   orthophoto's valid (not white or black) pixels are compared; the boundary NCC is taken over the
+   grid cells wholly on them (the render shows no-data or the repeated border elsewhere), the
+   descriptor over the whole frame. Rows: the photo as it is (what feature_node gets without a
+   CameraInfo D) and the photo undistorted with that k1 (``onboard.undistort``, as feature_node with
+   the D given to photo_camera_node's ``distortion``).
 2. **Exposure / white balance** on the undistorted photo: gains on its 8-bit values (as
-   ``localize_flight.py --exposure/--wb/--gamma``), with and without a per-frame normalization
-   applied to both the photo and the render (gray-world white balance, then mean/std of all
-   channels to 118 / 58).
+   ``localize_flight.py --exposure/--wb/--gamma``), with and without the per-frame normalization
+   ``onboard.photometric`` (feature_node's ``photometric: grayworld``) applied to both the photo
+   and the render (as to a map built with ``MapConfig.photometric = 'grayworld'``; the render's
+   statistics from its pixels on the orthophoto only).
 
     PYTHONPATH=. .venv/bin/python benchmarks/photo_measurement.py \\
         --photos ../shared/datasets/brighton_beach/images \\
@@ -38,6 +41,7 @@ import numpy as np
 
 from gplq_ros.onboard.engine import load
 from gplq_ros.onboard.paths import default_vocab
+from gplq_ros.onboard.photometric import TARGET_MEAN, TARGET_STD, normalize_photometric as normalize
 from gplq_ros.onboard.photos import intrinsics, list_photos, load_image, map_camera, read_photo, scale_k
 from gplq_ros.onboard.preprocess import read_rgb, resolve_size
 from gplq_ros.onboard.undistort import Undistorter
@@ -55,16 +59,19 @@ def photometric(rgb, exposure=1.0, wb=(1.0, 1.0), gamma=1.0):
     return np.round(v).astype(np.uint8)
 
 
-def normalize(rgb, mean=118.0, std=58.0):
-    """Gray-world white balance, then all channels to ``mean`` / ``std``."""
+def normalize_valid(rgb, valid):
+    """``normalize`` with its statistics from the ``valid`` pixels only (a map tile has no no-data)."""
     x = rgb.astype(np.float32)
-    m = x.reshape(-1, 3).mean(0)
+    m = x[valid].mean(0)
     x *= m.mean() / np.maximum(m, 1e-3)
-    x = (x - x.mean()) / max(float(x.std()), 1e-3) * std + mean
+    v = x[valid]
+    x = (x - v.mean()) / max(float(v.std()), 1e-3) * TARGET_STD + TARGET_MEAN
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
-def ncc(a, b):
+def ncc(a, b, mask=None):
+    if mask is not None:
+        a, b = a[mask], b[mask]
     a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
@@ -84,6 +91,7 @@ def main():
     ap.add_argument('--fit-width', type=int, default=1280, help='photo width for the registration')
     ap.add_argument('--k1-grid', type=float, nargs=3, default=[-0.2, 0.1, 0.01], metavar=('LO', 'HI', 'STEP'))
     ap.add_argument('--min-inliers', type=int, default=40)
+    ap.add_argument('--min-coverage', type=float, default=0.6, help='share of the footprint on the orthophoto')
     ap.add_argument('--threads', type=int, default=1)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -101,6 +109,8 @@ def main():
         api.export_fp32(api.load_extractor(), graph, tuple(input_hw))
     engine = load(graph, default_vocab(), threads=args.threads)
     ortho = read_rgb(args.ortho)
+    gray = cv2.cvtColor(ortho, cv2.COLOR_RGB2GRAY)        # no-data: white or black (as onboard.georef_fit)
+    valid = cv2.erode(((gray < 250) & (gray > 5)).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(np.float32)
     sift = cv2.SIFT_create(nfeatures=20000)
     okp, odes = sift.detectAndCompute(cv2.cvtColor(ortho, cv2.COLOR_RGB2GRAY), None)
     oxy = np.float32([k.pt for k in okp])
@@ -137,30 +147,31 @@ def main():
     to_fit = pixel_scale(fit_size, size)
     rows = {}
 
-    def compare(key, frame, render):
+    def compare(key, frame, render, cells):
         o, r = engine(frame), engine(render)
-        rows.setdefault(key, []).append((ncc(o.boundary, r.boundary), float(o.descriptor @ r.descriptor)))
+        rows.setdefault(key, []).append((ncc(o.boundary, r.boundary, cells), float(o.descriptor @ r.descriptor)))
 
     covered = []
     for m in registered:
         h, _ = fit(m.path.name, k1_best)
-        corners = np.float32([[0, 0], [size[0] - 1, 0], [0, size[1] - 1], [size[0] - 1, size[1] - 1]])
-        on_ortho = cv2.perspectiveTransform(corners[None], h @ to_fit)[0]
-        oh, ow = ortho.shape[:2]
-        if on_ortho.min() < 0 or (on_ortho[:, 0] > ow - 1).any() or (on_ortho[:, 1] > oh - 1).any():
-            continue                    # the photo's footprint leaves the orthophoto: no map view to compare
-        covered.append(m.path.name)
+        on = cv2.warpPerspective(valid, h @ to_fit, size,
+                                 flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
+        if on.mean() < args.min_coverage:
+            continue                    # the photo's footprint leaves the orthophoto: too little map view
+        gh, gw = input_hw[0] // 14, input_hw[1] // 14
+        cells = cv2.resize(on, (gw, gh), interpolation=cv2.INTER_AREA) > 0.999
+        covered.append((m.path.name, round(float(on.mean()), 3), int(cells.sum())))
         render = cv2.warpPerspective(ortho, h @ to_fit, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                      borderMode=cv2.BORDER_REFLECT)
         photo = load_image(m, size[0])
         und, _ = undistorter(photo, info)
-        compare('photo as it is', photo, render)
-        compare(f'photo undistorted (k1 {k1_best:g})', und, render)
+        compare('photo as it is', photo, render, cells)
+        compare(f'photo undistorted (k1 {k1_best:g})', und, render, cells)
         for label, (ex, wb, gam) in GAINS.items():
-            compare(f'undistorted, {label}', photometric(und, ex, wb, gam), render)
+            compare(f'undistorted, {label}', photometric(und, ex, wb, gam), render, cells)
             compare(f'undistorted, {label}, both normalized', normalize(photometric(und, ex, wb, gam)),
-                    normalize(render))
-        compare('undistorted, both normalized', normalize(und), normalize(render))
+                    normalize_valid(render, on > 0.5), cells)
+        compare('undistorted, both normalized', normalize(und), normalize_valid(render, on > 0.5), cells)
         if len(covered) == 1:
             cv2.imwrite(str(args.out / f'{m.path.stem}_photo_render.jpg'),
                         cv2.cvtColor(np.hstack([photo, und, render]), cv2.COLOR_RGB2BGR))

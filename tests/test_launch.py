@@ -255,3 +255,77 @@ def test_path_arguments_expand_the_home_directory():
     assert specs['monitor_node'].parameters[1]['reference_model'] == f'{home}/r.onnx'
     assert specs['localizer_node'].parameters[1]['map'] == f'{home}/pm'
     assert description.record_command(args, stamp='x')[:2] == ['--out', f'{home}/bags/gplq_x']
+
+
+PHOTOS = Path(os.environ.get('GPLQ_BRIGHTON_BEACH', REPO.parent / 'shared' / 'datasets' / 'brighton_beach')) / 'images'
+
+
+@needs_launch
+@pytest.mark.skipif(not PHOTOS.is_dir(), reason=f'real DJI photos not here: {PHOTOS} is absent (brighton_beach '
+                    'dataset, ../shared/datasets)')
+def test_ros2_launch_plays_photos_instead_of_the_simulated_flight(tmp_path, fp32_graph, vocab_file):
+    """photos:=DIR (4 real 4000x2250 DJI photos at 2 Hz): photo_camera_node, not flight_sim_node, is the camera on
+    camera_topic and its camera_info; the feature node processes every photo; the bag holds the frames, the
+    outputs, the photos' GNSS on photo_camera_node/fix and (georeference from the params file here) their pose
+    in map on photo_camera_node/true_pose."""
+    from sensor_msgs.msg import CameraInfo
+
+    from gplq_ros.onboard.geo import utm_zone_of, wgs84_to_utm
+    from gplq_ros.onboard.photos import read_photo
+    installed_share_is_this_tree()
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    for p in sorted(PHOTOS.glob('*.JPG'))[:4]:
+        (photos / p.name).symlink_to(p)
+    first = read_photo(sorted(photos.iterdir())[0])
+    zone, north = utm_zone_of(first.lat, first.lon)
+    e, n = wgs84_to_utm(first.lat, first.lon, zone, north)
+    # the map origin (top-left corner) 100 m west and north of the first photo, as a place map's georeference
+    params = params_file(tmp_path / 'params.yaml', feature_node={'vocabulary': str(vocab_file)},
+                         monitor_node={'vocabulary': str(vocab_file)},
+                         photo_camera_node={'rate_hz': 2.0, 'utm_zone': f'{zone}{"N" if north else "S"}',
+                                            'utm_origin_e': e - 100.0, 'utm_origin_n': n + 100.0})
+    bags = tmp_path / 'bags'
+    args = {'photos': str(photos), 'camera_topic': '/drone/cam/image', 'model': str(fp32_graph),
+            'reference_model': str(fp32_graph), 'params_file': str(params), 'record_bag': 'true',
+            'bag_dir': str(bags)}
+    proc = launch(tmp_path, 'launch_photos', *(f'{k}:={v}' for k, v in args.items()))
+    h = Harness('test_launch_photos')
+    outs = h.collect(Image, '/feature_node/boundary_map')
+    infos = h.collect(CameraInfo, '/drone/cam/camera_info', reliable=False)
+    pids = set()
+
+    def flying():
+        pids.update(children(proc.pid))
+        return died(proc, tmp_path / 'launch_photos.log') or len(outs) >= 4
+    try:
+        h.spin(150, flying)
+        h.spin(1.5)
+        names = set(h.node.get_node_names_and_namespaces())
+    finally:
+        h.close()
+        log = stop_launch(proc, pids, tmp_path, 'launch_photos')
+    assert len(outs) == 4, (len(outs), log[-3000:])
+    assert {(nm, '/') for nm in ('photo_camera_node', 'feature_node', 'monitor_node', 'gplq_record')} <= names and \
+        ('flight_sim_node', '/') not in names, names
+    assert infos and (infos[0].width, infos[0].height) == (640, 360), infos[:1]
+    bag = next(bags.iterdir())
+    counts = bag_counts(bag)
+    assert {'/drone/cam/image': 4, '/drone/cam/camera_info': 4, '/photo_camera_node/fix': 4,
+            '/photo_camera_node/true_pose': 4, '/feature_node/boundary_map': 4}.items() <= counts.items(), \
+        (counts, log[-3000:])
+    assert set(counts) <= set(description.record_topics(args)), counts
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+    with AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_JAZZY)) as reader:
+        got = {c.topic: [] for c in reader.connections}
+        for conn, _, raw in reader.messages([c for c in reader.connections if c.topic.startswith('/photo')]):
+            got[conn.topic].append(reader.deserialize(raw, conn.msgtype))
+    fix, pose = got['/photo_camera_node/fix'][0], got['/photo_camera_node/true_pose'][0]
+    assert (fix.latitude, fix.longitude) == (first.lat, first.lon)
+    assert (pose.pose.position.x, pose.pose.position.y) == pytest.approx((100.0, -100.0), abs=1e-6)
+    assert pose.header.stamp == fix.header.stamp and pose.header.frame_id == 'map'
+    from gplq_ros.bringup.bag_report import evaluate
+    s, _ = evaluate(bag, frames=0)
+    assert (s['frames_in'], s['matched'], s['outputs_without_input']) == (4, 4, 0), s
+    shutil.rmtree(bags)

@@ -656,7 +656,7 @@ def test_two_vehicles_in_one_domain_under_their_namespaces(tmp_path, packed_grap
         diags = h.collect(DiagnosticArray, '/diagnostics')
         for ns in sent:
             wait_for_subscribers(h, pubs[ns], 2, seconds=90)
-        assert h.spin(60, lambda: info_pub.get_subscription_count() >= 1)
+        assert h.spin(60, lambda: info_pub.get_subscription_count() >= 2)      # feature node and monitor
         info_pub.publish(camera_info())
         h.spin(0.5)
         for i in range(6):

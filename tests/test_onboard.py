@@ -191,6 +191,56 @@ def test_bringup_definition():
             bringup.node_specs(bad)
 
 
+def test_bringup_plays_photos_instead_of_the_simulated_flight(tmp_path):
+    """photos:=DIR: photo_camera_node (not flight_sim_node) is the camera, on camera_topic and its
+    camera_info, from when feature_node subscribes; with a geo-referenced place_map its georeference is
+    passed on (its ~/true_pose is then in the localizer's map frame); record_bag records its fix and true
+    pose. The default is unchanged."""
+    from helpers.maps import tiny_place_map
+    photos = tmp_path / 'photos'
+    geo = tiny_place_map(tmp_path / 'geo.safetensors', dict(zone=33, north=False, origin_e=400000.0,
+                                                            origin_n=6000000.0))
+    bare = tiny_place_map(tmp_path / 'bare.safetensors')
+    assert [s.name for s in bringup.node_specs({})] == ['flight_sim_node', 'feature_node', 'monitor_node']
+    specs = {s.name: s for s in bringup.node_specs({'photos': str(photos), 'camera_topic': '/drone/cam/image',
+                                                    'place_map': str(geo), 'namespace': 'uav1'})}
+    assert list(specs) == ['photo_camera_node', 'feature_node', 'monitor_node', 'localizer_node']
+    cam = specs['photo_camera_node']
+    assert cam.module == 'gplq_ros.nodes.photo_camera_node' and cam.namespace == '/uav1'
+    assert Path(cam.parameters[0]).name == 'photo_camera_node.yaml' and Path(cam.parameters[0]).is_file()
+    assert dict(cam.remappings) == {'image': '/drone/cam/image', 'camera_info': '/drone/cam/camera_info'}
+    assert cam.parameters[1] == {'photos': str(photos), 'utm_zone': '33S', 'utm_origin_e': 400000.0,
+                                 'utm_origin_n': 6000000.0, 'wait_for_node': 'feature_node', 'use_sim_time': False}
+    assert 'utm_zone:=33S' in bringup.ros_argv(cam) and 'utm_origin_e:=400000.0' in bringup.ros_argv(cam)
+    from gplq_ros.onboard.photos import PhotoCameraConfig     # the node's settings take these values
+    assert PhotoCameraConfig(**{k: v for k, v in cam.parameters[1].items() if k != 'use_sim_time'}).georef.crs == \
+        'EPSG:32733'
+    # use_sim_camera does not matter; no place map, or one without a georeference: no georeference passed on
+    for extra in ({}, {'place_map': str(bare)}, {'use_sim_camera': 'false'}):
+        specs = bringup.node_specs(dict(extra, photos=str(photos)))
+        assert specs[0].name == 'photo_camera_node' and 'flight_sim_node' not in [s.name for s in specs]
+        assert specs[0].parameters[1] == {'photos': str(photos), 'wait_for_node': 'feature_node',
+                                          'use_sim_time': False}
+    assert bringup.node_specs({'photos': '~/p'})[0].parameters[1]['photos'] == str(Path('~/p').expanduser())
+    rec = bringup.record_command({'photos': str(photos), 'record_bag': 'true'}, stamp='x')
+    assert {'/photo_camera_node/fix', '/photo_camera_node/true_pose', '/camera/camera_info',
+            '/camera/image_raw'} <= set(rec) and '/flight_sim_node/true_pose' not in rec
+    # a replayed flight (use_sim_time): gplq_record's receipt times on /clock too
+    assert bringup.record_command({'record_bag': 'true', 'use_sim_time': 'true'}, stamp='x')[-4:] == \
+        ['/diagnostics', '--ros-args', '-p', 'use_sim_time:=true']
+    assert '--ros-args' not in bringup.record_command({'record_bag': 'true'}, stamp='x')
+    with pytest.raises(ValueError, match='place_map=.*not found'):
+        bringup.node_specs({'photos': str(photos), 'place_map': str(tmp_path / 'none.safetensors')})
+
+
+def test_bringup_without_an_ament_index_reads_this_trees_config(monkeypatch):
+    """gplq_up in a shell without AMENT_PREFIX_PATH (ament_index raises EnvironmentError): the
+    parameter files and the DDS profile are this source tree's config/ (it used to fail)."""
+    monkeypatch.delenv('AMENT_PREFIX_PATH', raising=False)
+    assert bringup.config_dir() == REPO / 'config'
+    assert bringup.node_specs({})[1].parameters[0] == str(REPO / 'config' / 'feature_node.yaml')
+
+
 def test_launch_file_and_gplq_up_derive_from_the_bringup():
     """launch/launch_ros cannot be installed here: check the launch file's code instead. It
     must declare exactly bringup.ARGUMENTS and build its nodes only from bringup.node_specs."""

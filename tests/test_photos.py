@@ -317,3 +317,49 @@ def test_node_parameters_match_config_file(tmp_path):
             node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_photo_camera_node_waits_for_the_node_it_is_told_to(tmp_path):
+    """wait_for_node: no photo is published (none lost) until that node subscribes to image; another
+    subscriber does not start it; then every photo is published, the first at once."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from gplq_ros.nodes.photo_camera_node import PhotoCameraNode
+    for i in range(3):
+        write_photo(tmp_path / f'p{i}.jpg', subsec=str(10 + i))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    nodes = []
+    try:
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        node = PhotoCameraNode(context=ctx, parameter_overrides=[
+            Parameter('photos', value=str(tmp_path)), Parameter('rate_hz', value=20.0),
+            Parameter('wait_for_node', value='feature_node'), Parameter('qos_reliability', value='reliable')])
+        other = rclpy.create_node('viewer', context=ctx)
+        nodes += [node, other]
+        seen = []
+        other.create_subscription(Image, '/image', seen.append, qos)
+        ex = SingleThreadedExecutor(context=ctx)
+        for n in nodes:
+            ex.add_node(n)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            ex.spin_once(timeout_sec=0.05)
+        assert seen == [] and node.sent == 0 and node.waiting
+        feat = rclpy.create_node('feature_node', context=ctx)
+        nodes.append(feat)
+        got = []
+        feat.create_subscription(Image, '/image', got.append, qos)
+        ex.add_node(feat)
+        end = time.monotonic() + 10.0
+        while time.monotonic() < end and len(got) < 3:
+            ex.spin_once(timeout_sec=0.05)
+        assert len(got) == 3 and not node.waiting and node.published == 3
+    finally:
+        for n in nodes:
+            n.destroy_node()
+        rclpy.shutdown(context=ctx)

@@ -1,6 +1,7 @@
-"""Lens undistortion (#19): the onboard helper against known distortions, its refusals, the
-published CameraInfo of undistorted maps, the simulated camera's distortion, and
-flight_sim_node's camera_info (real rclpy, in this process)."""
+"""The camera's imperfections (#19). Lens undistortion: the onboard helper against known
+distortions, its refusals, the published CameraInfo of undistorted maps, the simulated
+camera's distortion, flight_sim_node's camera_info (real rclpy, in this process).
+Photometric normalization: what it removes, and that map tiles get it as frames do."""
 import math
 import time
 from types import SimpleNamespace
@@ -218,3 +219,43 @@ def test_flight_sim_node_publishes_its_camera_info(manifest):
     assert (info_.width, info_.height, info_.distortion_model) == (640, 480, 'plumb_bob')
     assert list(info_.d) == [-0.15, 0.02, 0.0, 0.0, 0.0] and info_.header.frame_id == 'camera_optical_frame'
     assert info_.k[0] == pytest.approx(320 / math.tan(math.radians(35))) and info_.k[2] == 319.5
+
+
+def test_photometric_normalization_removes_gains_and_reaches_the_targets(images):
+    """grayworld: equal channel means, mean 118 / std 58; exposure and white-balance gains that clip
+    nothing are removed to about a level; ``none`` is the frame itself; an unknown mode is refused."""
+    from gplq_ros.onboard.photometric import TARGET_MEAN, TARGET_STD, apply_photometric, normalize_photometric
+    rgb = np.ascontiguousarray(images['2019_YELL_2_541000_4977000_image_crop.png'][:480, :640])
+    rgb = (rgb.astype(np.float32) * 0.6 + 40).astype(np.uint8)          # mid tones: the gains below clip nothing
+    n = normalize_photometric(rgb).astype(np.float64)
+    means = n.reshape(-1, 3).mean(0)
+    assert np.allclose(means, means.mean(), atol=1.0) and abs(n.mean() - TARGET_MEAN) < 1.0
+    assert abs(n.std() - TARGET_STD) < 1.0
+    for gains in ((0.7, 0.7, 0.7), (1.2, 1.0, 0.8), (0.9, 1.1, 1.0)):
+        changed = np.clip(rgb * np.array(gains), 0, 255).round().astype(np.uint8)
+        assert np.abs(normalize_photometric(changed).astype(np.float64) - n).mean() < 1.5, gains
+    assert apply_photometric(rgb, 'none') is rgb
+    assert np.array_equal(apply_photometric(rgb, 'grayworld'), n.astype(np.uint8))
+    with pytest.raises(ValueError, match="photometric='auto'"):
+        apply_photometric(rgb, 'auto')
+
+
+def test_map_tiles_are_normalized_as_the_map_config_says(images):
+    """MapConfig.photometric reaches every tile before the graph (and is recorded in the map's
+    config); an unknown value is refused."""
+    from gplq_ros.onboard.placemap import MapConfig, MapMeta, build_map
+    ortho = images['2019_YELL_2_541000_4977000_image_crop.png']
+    seen = {}
+
+    def describe(img):
+        seen.setdefault(mode, []).append(img.mean())
+        return np.ones(16, np.float32), np.zeros(img.shape[:2], np.float32)
+    for mode in ('none', 'grayworld'):
+        cfg = MapConfig(width=64, height=48, gsd_m=0.1, heights_m=(8.0,), stride_m=40.0, headings=2, pca_dim=8,
+                        photometric=mode)
+        pm = build_map(ortho, describe, cfg, MapMeta('b', 'w', 'v', 'g', 's', 'x', [], {}))
+        assert pm.config.photometric == mode
+    assert len(seen['none']) == len(seen['grayworld']) >= 4
+    assert np.allclose(seen['grayworld'], 118.0, atol=2.0) and np.ptp(seen['none']) > 3.0   # clipping: +-2
+    with pytest.raises(ValueError, match='photometric'):
+        MapConfig(photometric='auto')

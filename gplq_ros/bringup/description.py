@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from gplq_ros.onboard.paths import default_onboard_models, gplq_home
+from gplq_ros.onboard.placemap import read_georef
 
 PACKAGE = 'gplq_ros'
 FEATURE_TOPICS = ('boundary_map', 'corner_map', 'corners', 'descriptor')
@@ -55,6 +56,9 @@ ARGUMENTS = (
              'config/<node>.yaml for each node (keys /**/<node> apply under any namespace; a plain <node> key only in '
              'the root namespace)'),
     Argument('use_sim_camera', 'true', 'start flight_sim_node as the camera (true/false)'),
+    Argument('photos', '', 'directory of geotagged JPEG photos (a drone survey) that photo_camera_node plays as the '
+             'camera instead of flight_sim_node, with their GNSS on photo_camera_node/fix and, when place_map is '
+             'geo-referenced, their pose in map on photo_camera_node/true_pose; empty: no photos'),
     Argument('record_bag', 'false', 'record camera, outputs, /diagnostics and status with gplq_record '
              '(true/false)'),
     Argument('bag_dir', 'bags', 'directory for recorded bags (one sub-directory per run)'),
@@ -122,7 +126,7 @@ def resolve(overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return args
 
 
-PATH_ARGUMENTS = ('model', 'reference_model', 'params_file', 'bag_dir', 'place_map')
+PATH_ARGUMENTS = ('model', 'reference_model', 'params_file', 'bag_dir', 'place_map', 'photos')
 TOPIC = re.compile(r'/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*')
 
 
@@ -144,9 +148,9 @@ def config_dir() -> Path:
         d = Path(get_package_share_directory(PACKAGE)) / 'config'
         if d.is_dir():
             return d
-    except (ImportError, LookupError, ValueError):
+    except (ImportError, LookupError, ValueError, OSError):   # OSError: AMENT_PREFIX_PATH not set
         pass
-    return Path(__file__).resolve().parents[1] / 'config'
+    return Path(__file__).resolve().parents[2] / 'config'
 
 
 PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
@@ -179,6 +183,22 @@ def environment(args: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return {PROFILE_VARS[0] if fastdds_major() == 2 else PROFILE_VARS[1]: str(config_dir() / 'fastdds_shm.xml')}
 
 
+def photo_georef(args: Dict[str, str]) -> dict:
+    """photo_camera_node's georeference parameters (``utm_zone``, ``utm_origin_e``,
+    ``utm_origin_n``) from the place map's, so that its ``~/true_pose`` is in the localizer's map
+    frame; {} without a place map or when the map has no georeference."""
+    if not args['place_map']:
+        return {}
+    try:
+        geo = read_georef(Path(args['place_map']))       # the map's metadata only
+    except ValueError as e:
+        raise ValueError(f'launch argument place_map={args["place_map"]!r}: {e}') from None
+    if geo is None:
+        return {}
+    return {'utm_zone': f'{geo.zone}{"N" if geo.north else "S"}', 'utm_origin_e': float(geo.origin_e),
+            'utm_origin_n': float(geo.origin_n)}
+
+
 def node_specs(args: Dict[str, str]) -> List[NodeSpec]:
     args = resolve(args)
     cam = args['camera_topic']
@@ -193,7 +213,13 @@ def node_specs(args: Dict[str, str]) -> List[NodeSpec]:
         return (f, dict(extra, use_sim_time=sim_time))
     ns = args['namespace']
     specs = []
-    if _bool(args, 'use_sim_camera'):
+    if args['photos']:
+        specs.append(NodeSpec('photo_camera_node', 'gplq_ros.nodes.photo_camera_node', 'photo_camera_node',
+                              # the first photo waits for the feature node (it loads its model first)
+                              params('photo_camera_node', dict(photo_georef(args), photos=args['photos'],
+                                                               wait_for_node='feature_node')),
+                              (('image', cam), ('camera_info', camera_info_topic(cam))), ros_args, ns))
+    elif _bool(args, 'use_sim_camera'):
         specs.append(NodeSpec('flight_sim_node', 'gplq_ros.nodes.flight_sim_node', 'flight_sim_node',
                               params('flight_sim_node', {}), (('image', cam),), ros_args, ns))
     specs.append(NodeSpec('feature_node', 'gplq_ros.nodes.feature_node', 'feature_node',
@@ -221,7 +247,9 @@ def record_topics(args: Dict[str, str]) -> List[str]:
         ['monitor_node/status']
     if args['place_map']:
         topics += ['localizer_node/pose', 'localizer_node/fix']
-    if _bool(args, 'use_sim_camera'):
+    if args['photos']:   # true_pose only appears with a georeference; gplq_record subscribes when it does
+        topics += ['photo_camera_node/fix', 'photo_camera_node/true_pose', camera_info_topic(args['camera_topic'])]
+    elif _bool(args, 'use_sim_camera'):
         topics += ['flight_sim_node/true_pose', camera_info_topic(args['camera_topic'])]
     return [qualified(args, t) for t in topics] + ['/diagnostics']
 
@@ -232,7 +260,9 @@ def record_command(args: Dict[str, str], stamp: Optional[str] = None) -> Optiona
     if not _bool(args, 'record_bag'):
         return None
     stamp = stamp or datetime.datetime.now().strftime('%Y%m%d_%H%M%S')
-    return ['--out', os.path.join(args['bag_dir'], f'gplq_{stamp}'), '--topics', *record_topics(args)]
+    # receipt times on the nodes' clock: with a replayed bag's /clock the latencies stay meaningful
+    sim = ['--ros-args', '-p', 'use_sim_time:=true'] if _bool(args, 'use_sim_time') else []
+    return ['--out', os.path.join(args['bag_dir'], f'gplq_{stamp}'), '--topics', *record_topics(args), *sim]
 
 
 def ros_argv(spec: NodeSpec) -> List[str]:

@@ -21,7 +21,9 @@ R = I, P = [K | 0]). A distortion it cannot undo (an unknown model with non-zero
 camera_info of another image size) is logged once, counted in ``frames_not_undistorted``,
 makes the status WARN, and the frame is processed as it is (its ``~/camera_info`` keeps the
 camera's D, which then still describes the maps). ``undistortion`` on ``/diagnostics`` says
-which applies. Counters, engine latency, the lifecycle
+which applies. ``photometric`` (default ``none``; ``grayworld``: ``onboard.photometric``) normalizes
+each frame after undistortion; the place map must have been built with the same setting.
+Counters, engine latency, the lifecycle
 state and the inference thread's health go to ``/diagnostics`` every ``diagnostics_period``
 seconds. A managed node (``nodes.lifecycle``): the model is loaded in on_configure, the
 camera subscribed while active; ``autostart`` (default true) configures and activates it at
@@ -45,6 +47,7 @@ from gplq_ros.onboard.image_codec import MAX_PIXELS_DEFAULT, ImageFormatError, c
 from gplq_ros.onboard.messages import (MAP_RESOLUTIONS, encode_corners, encode_descriptor, encode_map,
                                        output_maps, scale_camera_info)
 from gplq_ros.onboard.paths import vocabulary_parameter
+from gplq_ros.onboard.photometric import PHOTOMETRIC_MODES, apply_photometric
 from gplq_ros.onboard.slot import SlotWorker
 from gplq_ros.onboard.stats import LatencyWindow
 from gplq_ros.onboard.status import feature_status
@@ -79,6 +82,9 @@ class FeatureNode(ManagedNode):
         p.declare('undistort', True, 'undistort each frame with camera_info before the engine when its distortion '
                   'is non-zero (plumb_bob, rational_polynomial) or equidistant; the outputs and ~/camera_info are '
                   'then in the undistorted camera with the same K (D = 0)')
+        p.declare('photometric', 'none', 'photometric normalization of each frame before the engine (grayworld: '
+                  'gray-world white balance + mean/std); the place map must be built with the same',
+                  choices=PHOTOMETRIC_MODES)
         p.declare('max_input_pixels', MAX_PIXELS_DEFAULT, 'larger camera images are rejected (height*width)',
                   (1, 2 ** 31 - 1))
         self.declare_diagnostics_period(lo=0.1)
@@ -162,6 +168,7 @@ class FeatureNode(ManagedNode):
         with self._lock:
             info = self.camera_info
         rgb, undistorted = self._undistort(rgb, info)
+        rgb = apply_photometric(rgb, self.params['photometric'])
         t0 = time.perf_counter()
         out = self.engine(rgb)
         self.latency.add(1e3 * (time.perf_counter() - t0))

@@ -22,14 +22,19 @@ header stamp (the camera frame's stamp):
   (WGS-84) of the position, altitude NaN (not measured), ENU position covariance (east/north
   block from the filter, up = ``unmeasured_variance``), COVARIANCE_TYPE_KNOWN.
 
-No fix (map ambiguous, filter starting, a jump or gate rejection, lost) = no message and a
-counter per reason; a malformed input (``no_fix_malformed``) and a numerical failure of the
+Integrity before availability (``onboard.localize``: covariance from the match's evidence,
+every frame's independent measurement confirms or contradicts the track): no fix (``weak``
+evidence, ``ambiguous`` map, track ``initialising``, a ``jump`` or ``gate`` rejection, a
+``conflict`` with a better independent match, ``unconfirmed`` for ``confirm_window_s``,
+``uncertain`` above ``max_fix_sigma_m``, ``lost``) = no message and a counter per reason
+(``no_fix_<reason>``; ``last_sigma_m`` and ``last_independent`` say what the last frame's
+evidence was); a malformed input (``no_fix_malformed``) and a numerical failure of the
 filter (``no_fix_filter_fault``; the filter keeps its state from before the frame) are
 counted apart. ``/diagnostics`` every ``diagnostics_period`` s (``onboard.status.localizer_status``):
 ``gplq_ros: <node>``, OK while the last descriptor gave a fix, WARN otherwise (with the
 reason) or when no descriptor came for ``stale_after_s``, ERROR on a malformed descriptor, a
 filter fault, a localizer-thread failure or a configure failure. The localizer settings
-(``top_k`` ... ``recheck_confirm``, ``refine``) are ``onboard.localize.LocalizerConfig``'s
+(``top_k`` ... ``height_tolerance``, ``refine``) are ``onboard.localize.LocalizerConfig``'s
 fields, declared from it. A managed node (``nodes.lifecycle``): the map is loaded in
 on_configure; ``autostart`` default true.
 
@@ -103,7 +108,7 @@ class LocalizerNode(ManagedNode):
         p.declare('vocabulary', '', 'the VLAD vocabulary of the feature node (checked against the map); empty: the '
                   '$GPLQ_HOME default', read_only=True)
         self.map_frame = p.declare('map_frame', 'map', 'frame_id of the published pose', read_only=True)
-        p.declare_settings(LocalizerConfig)   # top_k ... recheck_confirm, refine: one home, onboard.localize
+        p.declare_settings(LocalizerConfig)   # top_k ... height_tolerance, refine: one home, onboard.localize
         p.declare_settings(JoinConfig)        # pending_stamps
         p.declare_settings(AidingConfig)      # use_odometry, use_height, ...: the optional inputs, onboard.aiding
         self.unmeasured = p.declare('unmeasured_variance', 1e6, 'variance of the axes the localizer does not '
@@ -296,6 +301,8 @@ class LocalizerNode(ManagedNode):
                       last_score=last.measurement.score if last else None,
                       last_margin=last.measurement.margin if last else None,
                       last_ncc=last.measurement.ncc if last else None,
+                      last_sigma_m=last.measurement.sigma if last else None,
+                      last_independent=(last.independent.weak or 'usable') if last and last.independent else None,
                       map_tiles=loc.map.meta.n_tiles, track_drops=loc.track_drops,
                       query_p50_ms=self.query_ms.summary()['p50_ms'],
                       frames_dropped=self.worker.slot.dropped, frames_skipped=self.skipped,

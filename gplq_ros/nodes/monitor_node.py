@@ -19,7 +19,8 @@ reference run outlived the active state is not counted (``checks_skipped``).
 With ``undistort`` (default true, keep it as feature_node's) and the camera's ``camera_info``
 (newest kept), the kept frame is undistorted exactly as feature_node undistorts it
 (``onboard.undistort``) before the FP32 reference, so that drift compares the same image;
-``undistortion`` on ``/diagnostics`` says which applied.
+``undistortion`` on ``/diagnostics`` says which applied. ``photometric`` (keep it equal to
+feature_node's) normalizes the checked frame as feature_node does.
 """
 import sys
 import threading
@@ -39,6 +40,7 @@ from gplq_ros.onboard.engine import BACKENDS, load
 from gplq_ros.onboard.image_codec import ImageFormatError, image_to_rgb
 from gplq_ros.onboard.messages import DECODERS, encode_status
 from gplq_ros.onboard.paths import vocabulary_parameter
+from gplq_ros.onboard.photometric import PHOTOMETRIC_MODES, apply_photometric
 from gplq_ros.onboard.slot import SlotWorker
 from gplq_ros.onboard.stats import FlowStats
 from gplq_ros.onboard.status import Level, MonitorLimits, monitor_status
@@ -67,6 +69,8 @@ class MonitorNode(ManagedNode):
         p.declare_settings(MonitorLimits)     # latency_p95_warn_ms, drop_rate_warn, stale_after_s
         p.declare('undistort', True, 'undistort the checked frames with camera_info as feature_node does before '
                   'the FP32 reference (keep it equal to feature_node\'s undistort)')
+        p.declare('photometric', 'none', 'photometric normalization of the checked frames as feature_node does '
+                  '(keep it equal to feature_node\'s photometric)', choices=PHOTOMETRIC_MODES)
         p.declare('latency_window', 300, 'outputs in the latency percentiles', (1, 100000), read_only=True)
         self.declare_diagnostics_period('/diagnostics and ~/status messages')
         self.hardware_id = p.declare('hardware_id', 'gplq_ros', 'hardware_id in /diagnostics', read_only=True)
@@ -173,6 +177,7 @@ class MonitorNode(ManagedNode):
                 self.undistortion = f'on ({info.distortion_model})' if done else 'not needed (no distortion)'
             except UndistortError as e:
                 self.undistortion = str(e)
+        rgb = apply_photometric(rgb, self.params['photometric'])
         metrics = compare(self.reference(rgb), got['boundary'], got['corners'], got.get('descriptor'))
         with self.gate:
             if not self.outputs_allowed:

@@ -16,6 +16,8 @@ header stamp = the ROS time of publication):
 ``rate_hz`` > 0 plays the photos at that rate; 0 at their capture times (divided by
 ``time_scale``). The next photo is decoded in the background while one is shown. After the
 last photo it starts over with ``loop``, else stops publishing (as after ``max_frames``).
+With ``wait_for_node`` (the bringup's ``photos:=`` sets feature_node) the first photo waits
+until that node of this namespace subscribes to ``image``.
 """
 import sys
 import time
@@ -54,6 +56,9 @@ class PhotoCameraNode(Node):
         self.published = 0
         self.timer = None
         self.t0 = time.monotonic()
+        self.waiting = bool(cfg.wait_for_node)
+        if self.waiting:
+            self.get_logger().info(f'waiting for {cfg.wait_for_node} to subscribe to {self.pub_image.topic_name}')
         self._arm(0.0)
         tilted = [m.path.name for m in self.seq.metas
                   if m.gimbal_pitch_deg is not None and abs(m.gimbal_pitch_deg + 90) > 10]
@@ -77,7 +82,18 @@ class PhotoCameraNode(Node):
         self.timer = None
         self.get_logger().info(f'{why}: {self.published} frames published; stopped')
 
+    def _subscribed(self) -> bool:
+        """Whether ``wait_for_node`` (in this namespace) subscribes to the image topic."""
+        return any(i.node_name == self.cfg.wait_for_node and i.node_namespace == self.get_namespace()
+                   for i in self.get_subscriptions_info_by_topic(self.pub_image.topic_name))
+
     def tick(self) -> None:
+        if self.waiting:
+            if not self._subscribed():
+                return self._arm(0.1)
+            self.waiting = False
+            self.t0 = time.monotonic()          # the photos' times count from here
+            self.get_logger().info(f'{self.cfg.wait_for_node} subscribed: playing')
         n, count = self.sent, len(self.seq)
         if self.cfg.max_frames and n >= self.cfg.max_frames:
             return self._stop(f'max_frames={self.cfg.max_frames}')

@@ -222,11 +222,13 @@ class BoundaryMatcher:
     ``HEIGHT_RATIO``) or those given; fine search around the best: 0.5 m, 2.5 deg, heights
     1.035^(-2..2) (acquisition; tracking: ratio 1.05).
 
-    The evidence (``Match``): a score's standard error ``se`` = (1 - ncc^2) / sqrt(n - 3)
-    (Fisher), n = the grid's cells / ``cells_per_sample`` (neighbouring cells are correlated);
-    each searched position weighs exp(-((best - its best score) / se)^2 / 2), and the weighted
-    spread of the positions is the match's covariance: a sharp, single peak gives the grid's
-    quantization, a flat ridge or a second peak as good as the best a spread over them."""
+    The evidence (``Match``): n = the grid's cells / ``cells_per_sample`` independent samples
+    (neighbouring cells are correlated); each searched position weighs its likelihood relative
+    to the best under Gaussian residuals, ((1 - best^2) / (1 - r^2))^(n / 2) with r its best score
+    over yaw and height, and the weighted spread of the positions is the match's covariance: a
+    sharp, single peak gives the grid's quantization, a flat ridge or a second peak nearly as good
+    as the best a spread over them. A score's standard error ``se`` = (1 - ncc^2) / sqrt(n - 3)
+    (Fisher) says when another match is clearly better."""
 
     STEP = 3.0              # coarse translation step, m (the fine search covers +-STEP / 2)
     HEIGHT_RATIO = 1.15     # coarse height step without a track (the fine search covers +-7 %)
@@ -283,7 +285,8 @@ class BoundaryMatcher:
         return max((1.0 - min(ncc, 0.999) ** 2) / math.sqrt(n - 3.0), 1e-3)
 
     def refine(self, q: np.ndarray, xy: np.ndarray, yaw: float, radius: float, span_deg: float,
-               height: Optional[float] = None, heights=None) -> Match:
+               height: Optional[float] = None, heights=None, height_bounded: bool = False,
+               height_steps: int = 1) -> Match:
         """The best candidate around (xy, yaw) and its evidence. Without ``height`` (acquisition):
         ``heights`` (default every height of the map's range), yaws every 10 deg, then a fine search
         +-STEP/2, +-5 deg. With ``height`` (tracking: the last fix's): the three heights next to it
@@ -292,7 +295,7 @@ class BoundaryMatcher:
         yaws = yaw + np.radians(np.arange(-span_deg, span_deg + 1e-9, 5.0 if tracking else 10.0))
         offs = self._grid(radius, self.STEP)
         if tracking:
-            heights = height * 1.1 ** np.arange(-1, 2)
+            heights = height * 1.1 ** np.arange(-height_steps, height_steps + 1)
         elif heights is None:
             heights = self.heights
         heights = np.asarray(heights, float)
@@ -302,7 +305,10 @@ class BoundaryMatcher:
         prof = sc.max(axis=(0, 1)).astype(np.float64)
         best = float(prof[io])
         se = self.standard_error(best, q.size)
-        w = np.exp(-0.5 * ((best - prof) / se) ** 2)
+        n_eff = max(q.size / self.cells_per_sample, 4.0)
+        r2 = np.minimum(prof, 0.999) ** 2
+        # relative likelihood of each position under Gaussian residuals with n_eff independent samples
+        w = np.exp(-0.5 * n_eff * np.log(np.maximum(1.0 - r2, 1e-6) / max(1.0 - min(best, 0.999) ** 2, 1e-6)))
         w /= w.sum()
         p = offs + xy
         mean = (w[:, None] * p).sum(axis=0)
@@ -313,7 +319,7 @@ class BoundaryMatcher:
         edge = ''
         if len(offs) > 1 and np.abs(offs[io]).max() >= radius - self.STEP / 2 - 1e-9:
             edge = 'position'
-        elif not tracking and len(heights) > 2 and ih in (0, len(heights) - 1):
+        elif not tracking and not height_bounded and len(heights) > 2 and ih in (0, len(heights) - 1):
             edge = 'height'
         xy1, yaw1, h1 = xy + offs[io], yaws[iy], heights[ih]
         yaws = yaw1 + np.radians([-2.5, 0.0, 2.5] if tracking else [-5.0, -2.5, 0.0, 2.5, 5.0])
@@ -338,6 +344,10 @@ class Localizer:
     the filter; ``reset`` forgets the track (also done on a clock jump back); ``state``/``restore``
     snapshot it. Counters for diagnostics: ``frames``, ``fixes``, ``track_drops``. Use from one
     thread (the node's worker)."""
+
+    # within this time of the filter's state the height changes little: the independent search takes
+    # the three coarse heights around the track's (else every height of the map's range)
+    NEAR_HEIGHT_WITHIN_S = 1.0
 
     REASONS = ('weak', 'ambiguous', 'initialising', 'jump', 'gate', 'conflict', 'unconfirmed', 'uncertain', 'lost')
 
@@ -367,12 +377,15 @@ class Localizer:
 
     # -- 1 + 2: one frame's measurement ---------------------------------------------------------------
     def measure(self, descriptor: np.ndarray, boundary: Optional[np.ndarray] = None, prior=None,
-                height_m: Optional[float] = None) -> Measurement:
+                height_m: Optional[float] = None, near_height: Optional[float] = None) -> Measurement:
         """The retrieval measurement; refined with ``boundary`` (the frame's (gh, gw) boundary map)
         when the localizer refines and the match reaches ``min_ncc``. The refinement searches
-        around the retrieval (``search_radius_m``, ``yaw_span_deg``, every height or those within
-        ``height_tolerance`` of ``height_m``), or, with ``prior`` = (xy, radius, yaw, height) from
-        the running filter, around that. ``weak`` says why it is no evidence for a track."""
+        around the retrieval (``search_radius_m``, ``yaw_span_deg``) at the heights within
+        ``height_tolerance`` of ``height_m`` (the height input), else at the three coarse heights
+        around ``near_height`` (a confirmed track's height: the position stays independent of the
+        track), else at every height of the map's range; or, with ``prior`` = (xy, radius, yaw,
+        height, height steps) from the running filter, around that. ``weak`` says why it is no evidence for a
+        track."""
         meas = self._retrieve(descriptor)
         meas.retrieval_xy, meas.retrieval_yaw = meas.xy.copy(), meas.yaw
         if boundary is None or self.matcher is None:          # retrieval only: the margin is the evidence
@@ -381,15 +394,18 @@ class Localizer:
         b = patch_grid(boundary)
         cfg = self.cfg
         if prior is None:
-            heights = None
+            heights, bounded = None, False
             if height_m is not None:
                 tol = max(cfg.height_tolerance, 0.05)
-                heights = height_m * np.exp(np.linspace(-math.log1p(tol), math.log1p(tol), 3))
-            m = self.matcher.refine(b, meas.xy, meas.yaw, cfg.search_radius_m, cfg.yaw_span_deg, heights=heights)
+                heights, bounded = height_m * np.exp(np.linspace(-math.log1p(tol), math.log1p(tol), 3)), True
+            elif near_height is not None and np.isfinite(near_height):
+                heights = near_height * self.matcher.HEIGHT_RATIO ** np.arange(-1, 2)
+            m = self.matcher.refine(b, meas.xy, meas.yaw, cfg.search_radius_m, cfg.yaw_span_deg, heights=heights,
+                                    height_bounded=bounded)
         else:
-            pxy, radius, pyaw, ph = prior
+            pxy, radius, pyaw, ph, steps = prior
             m = self.matcher.refine(b, pxy, pyaw, radius, min(10.0, cfg.yaw_span_deg),
-                                    height_m if height_m is not None else ph)
+                                    height_m if height_m is not None else ph, height_steps=steps)
         meas.ncc, meas.ncc_se, meas.second_ncc = m.ncc, m.se, m.second
         if m.ncc >= cfg.min_ncc:
             self._refined(meas, m)
@@ -483,14 +499,17 @@ class Localizer:
 
     def _prior(self, t: float, odom: Optional[OdomPose]):
         """While tracking with refined fixes: the search centre, radius (3 sigma of the predicted
-        position + 2 m, at least 4 m, at most search_radius_m), yaw and height of the last fix."""
+        position + 2 m, at least 4 m, at most search_radius_m), yaw and height of the last fix, and
+        the height steps (ratio 1.1) searched either side: 1, or 2 when the filter's state is
+        ``NEAR_HEIGHT_WITHIN_S`` or more old."""
         if self.x is None or self.last_refined is None or self.matcher is None or self.agreeing < self.cfg.init_fixes:
             return None
         f, qm, u = self._predicted(t, odom)
         xy = (f @ self.x + u)[:2]
         pv = (f @ self.P @ f.T + qm)[:2, :2]
         radius = min(max(3 * math.sqrt(float(max(np.linalg.eigvalsh(pv)))) + 2.0, 4.0), self.cfg.search_radius_m)
-        return xy, radius, self.last_refined[0], self.last_refined[1]
+        steps = 1 if t - self.t < self.NEAR_HEIGHT_WITHIN_S else 2
+        return xy, radius, self.last_refined[0], self.last_refined[1], steps
 
     def _chi2(self, t: float, odom: Optional[OdomPose], meas: Measurement) -> float:
         """Mahalanobis distance squared of ``meas`` from the filter's prediction at ``t``."""
@@ -559,6 +578,13 @@ class Localizer:
         self.x = self.x + k @ innov
         self.P = self.P - k @ h_p
         self.P = 0.5 * (self.P + self.P.T)
+        if self.matcher is not None:
+            # errors the boundary match shares from frame to frame (map georeference, relief) do not
+            # average out: the position's variance stays at least refine_floor_m^2 on every axis
+            lam, vec = np.linalg.eigh(self.P[:2, :2])
+            lift = np.maximum(self.cfg.refine_floor_m ** 2 - lam, 0.0)
+            if lift.any():
+                self.P[:2, :2] += (vec * lift) @ vec.T
 
     # the filter's state: everything ``update`` may change (``frames`` counts every frame, failed or not)
     _STATE = ('x', 'P', 't', 'agreeing', 'rejected', 'conflicts', 'confirmed_t', 'last_fix', 'last_refined', 'odom',
@@ -609,7 +635,9 @@ class Localizer:
             self.reset()
         if boundary is not None:
             boundary = patch_grid(boundary)                   # once, for both searches
-        g = self.measure(descriptor, boundary, height_m=height_m)
+        near = self.last_refined[1] if self.last_refined is not None and self.agreeing >= cfg.init_fixes and \
+            t - self.t < self.NEAR_HEIGHT_WITHIN_S else None
+        g = self.measure(descriptor, boundary, height_m=height_m, near_height=near)
         if self.x is None:
             if g.weak:
                 return Estimate(t, g, reason='ambiguous' if g.weak == 'ambiguous' else 'weak', independent=g)

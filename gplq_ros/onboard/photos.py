@@ -88,6 +88,9 @@ class PhotoCameraConfig:
                                            range=(0.01, 1000.0))
     loop: bool = setting(False, 'start over after the last photo')
     max_frames: int = setting(0, 'stop publishing after this many frames (0: never)', range=(0, 10 ** 9))
+    wait_for_node: str = setting('', 'start playing once the node of this name (in this namespace) subscribes to '
+                                 'image, e.g. feature_node (the bringup sets it: no photo is lost while it loads its '
+                                 'model); "" = at once')
     distortion_model: str = setting('plumb_bob', 'lens distortion model published in camera_info',
                                     choices=tuple(DISTORTION_LENGTHS))
     distortion: Tuple[float, ...] = setting(

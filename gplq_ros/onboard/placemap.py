@@ -11,7 +11,9 @@ each with its pose in ``map`` and its place descriptor (numpy + OpenCV; built by
   use one): the FP32 reference graph's VLAD (vocabulary ``vocabulary_sha256``),
   projected by PCA fitted on the map's own tiles to ``pca_dim`` dimensions and
   L2-normalized. A query is projected the same way (``PlaceMap.project``), so a lookup is
-  one (N, pca_dim) x (pca_dim,) product.
+  one (N, pca_dim) x (pca_dim,) product. With ``photometric`` other than ``none`` each tile is
+  normalized (``onboard.photometric``) before the graph; the frames must then be normalized
+  the same way (feature_node's and monitor_node's ``photometric``).
 * **Boundary orthomap**: every tile's boundary map (the FP32 graph's, at camera resolution)
   warped back onto the orthophoto and averaged, at ``boundary_res_m`` metres per pixel: what
   the feature node's boundary map of a frame should look like from anywhere in the map; the
@@ -39,6 +41,7 @@ from gplq_ros.onboard.fileformat import BACKBONE_ID, check_fields, read_versione
 from gplq_ros.onboard.flight import render_window, scale_at, window_affine
 from gplq_ros.onboard.geo import GeoRef
 from gplq_ros.onboard.heads import l2_normalize
+from gplq_ros.onboard.photometric import PHOTOMETRIC_MODES, apply_photometric
 
 FORMAT = 'gplq_ros.place_map'
 VERSION = 1
@@ -59,6 +62,7 @@ class MapConfig:
     gsd_m: float = 0.1               # orthophoto metres per pixel
     pca_dim: int = 256
     boundary_res_m: float = 0.5      # metres per pixel of the map's boundary orthomap
+    photometric: str = 'none'        # tile normalization (onboard.photometric); the frames need the same
 
     def __post_init__(self):
         object.__setattr__(self, 'heights_m', tuple(float(h) for h in self.heights_m))
@@ -67,7 +71,8 @@ class MapConfig:
             ('heights_m', len(self.heights_m) >= 1 and all(1 <= h <= 1000 for h in self.heights_m)),
             ('width', 16 <= self.width <= 8192), ('height', 16 <= self.height <= 8192),
             ('hfov_deg', 10 <= self.hfov_deg <= 170), ('gsd_m', 0 < self.gsd_m <= 100),
-            ('pca_dim', 8 <= self.pca_dim <= 4096), ('boundary_res_m', self.gsd_m <= self.boundary_res_m <= 100)])
+            ('pca_dim', 8 <= self.pca_dim <= 4096), ('boundary_res_m', self.gsd_m <= self.boundary_res_m <= 100),
+            ('photometric', self.photometric in PHOTOMETRIC_MODES)])
 
     def scale(self, height_m: float) -> float:
         return scale_at(height_m, self.width, self.hfov_deg, self.gsd_m)
@@ -205,6 +210,16 @@ class PlaceMap:
         return cls(t['poses'], t['descriptors'], t['pca_mean'], t['pca_basis'], t['boundary'], meta)
 
 
+def read_georef(path: Path) -> Optional[GeoRef]:
+    """The georeference of a place map file, from its metadata only (no tensor is read); None
+    when the map has none."""
+    raw = read_versioned_meta(path, FORMAT, VERSION, 'place map', 'build one with gplq_map', MapError)
+    try:
+        return GeoRef(**raw['georef']) if raw.get('georef') else None
+    except (TypeError, ValueError) as e:
+        raise MapError(f'{path}: malformed georeference in the map metadata ({e})') from None
+
+
 def boundary_shape(image_hw, cfg: MapConfig) -> Tuple[int, int]:
     return (int(math.ceil(image_hw[0] * cfg.gsd_m / cfg.boundary_res_m)),
             int(math.ceil(image_hw[1] * cfg.gsd_m / cfg.boundary_res_m)))
@@ -220,7 +235,7 @@ def build_map(ortho: np.ndarray, describe: Callable[[np.ndarray], Tuple[np.ndarr
     to_map = cfg.gsd_m / cfg.boundary_res_m            # orthophoto pixels -> boundary orthomap pixels
     desc = []
     for i, pose in enumerate(poses):
-        d, b = describe(render_tile(ortho, pose, cfg))
+        d, b = describe(apply_photometric(render_tile(ortho, pose, cfg), cfg.photometric))
         desc.append(np.asarray(d, np.float32))
         a = window_affine(pose[0] / cfg.gsd_m, -pose[1] / cfg.gsd_m, pose[2], cfg.scale(pose[3]), cfg.width,
                           cfg.height) * to_map

@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     user = parse_overrides(args.overrides)            # the user's launch arguments win
     bags = Path(user.get('bag_dir', args.out / 'bags'))
     overrides = dict(models, record_bag='true', bag_dir=str(bags))
-    if 'place_map' not in user:                       # place_map:= (empty) flies without the localizer
+    # place_map:= (empty) flies without the localizer; photos:= of another place need their own map
+    if 'place_map' not in user and not user.get('photos'):
         overrides['place_map'] = str(ensure_demo_map(models['reference_model'], say))
     overrides.update(user)
     stamp = time.strftime('%Y%m%d_%H%M%S')
@@ -85,7 +86,8 @@ def main(argv=None) -> int:
     summary, pics = bag_report.evaluate(bags / f'gplq_{stamp}')
     report = args.out / 'report'
     bag_report.write_report(summary, pics, report)
-    if summary.get('localization', {}).get('true_track'):    # the tracks again, over the flight's orthophoto
+    if summary.get('localization', {}).get('true_track') and not overrides.get('photos'):
+        # the tracks again, over the simulated flight's orthophoto
         bag_report.track_picture(summary['localization'], report / 'track.png',
                                  read_rgb(default_images_dir() / DEFAULT_ORTHO), DEMO_MAP.gsd_m)
     bag_report.print_summary(summary, report)
