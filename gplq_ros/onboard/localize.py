@@ -28,7 +28,10 @@ Per frame (``Localizer.update``):
 
    * A track starts from one non-weak independent measurement and gives fixes once
      ``init_fixes`` of them agreed with it (chi-square gate ``gate_chi2`` and reachable at
-     ``max_speed_mps``); one that does not agree starts a new candidate.
+     ``max_speed_mps``); one that does not agree starts a new candidate. The second gives the
+     velocity; from the third on an agreement counts only when the motion since the track's
+     last update is known to ``max_agreement_sigma_m`` (else it would say nothing: seconds
+     between frames without odometry), and so does a confirmation of a running track.
    * A confirmed track also searches around its prediction (the *tracked* measurement). When
      the independent measurement agrees, it confirms the track; when a non-weak independent
      measurement disagrees and matches the frame clearly better than the track's search
@@ -101,6 +104,10 @@ class LocalizerConfig:
                                       'map height', range=(1.0, 10.0))
     max_measurement_sigma_m: float = setting(6.0, 'an independent measurement with a larger standard deviation '
                                              'neither starts nor confirms a track, m', range=(0.1, 1000.0))
+    max_agreement_sigma_m: float = setting(12.0, 'an independent measurement confirms a track only when the motion '
+                                           'since the track\'s last update is known this well (standard deviation, '
+                                           'm): a vaguer prediction, e.g. seconds between frames without odometry, '
+                                           'agrees with almost anything', range=(0.1, 1000.0))
     confirm_window_s: float = setting(10.0, 'a track gives fixes only while an independent measurement agreed '
                                       'with it within this time, s', range=(0.0, 3600.0))
     drop_after: int = setting(2, 'independent measurements in a row that confidently contradict the track drop '
@@ -511,6 +518,13 @@ class Localizer:
         steps = 1 if t - self.t < self.NEAR_HEIGHT_WITHIN_S else 2
         return xy, radius, self.last_refined[0], self.last_refined[1], steps
 
+    def _motion_sigma(self, t: float, odom: Optional[OdomPose]) -> float:
+        """Standard deviation (worst axis) that the motion from the filter's time to ``t`` adds to
+        the position: how well the track knows where the drone went since its last update."""
+        f, qm, u = self._predicted(t, odom)
+        added = (f @ self.P @ f.T + qm)[:2, :2] - self.P[:2, :2]
+        return math.sqrt(max(float(np.linalg.eigvalsh(0.5 * (added + added.T)).max()), 0.0))
+
     def _chi2(self, t: float, odom: Optional[OdomPose], meas: Measurement) -> float:
         """Mahalanobis distance squared of ``meas`` from the filter's prediction at ``t``."""
         f, qm, u = self._predicted(t, odom)
@@ -645,8 +659,9 @@ class Localizer:
         if self.agreeing < cfg.init_fixes:                    # a candidate track: independent agreement only
             if g.weak:
                 return self._reject(t, g, 'ambiguous' if g.weak == 'ambiguous' else 'initialising')
-            if not self._reachable(t, g) or self._chi2(t, odom, g) > cfg.gate_chi2:
-                return self._begin(t, g, odom)
+            if not self._reachable(t, g) or self._chi2(t, odom, g) > cfg.gate_chi2 or \
+                    (self.agreeing >= 2 and self._motion_sigma(t, odom) > cfg.max_agreement_sigma_m):
+                return self._begin(t, g, odom)      # disagrees, or the agreement would say nothing
             self._predict(t, odom)
             self._correct(g)
             self.agreeing += 1
@@ -663,8 +678,9 @@ class Localizer:
         if g_agrees:
             use = tr if tr_ok and tr.sigma < g.sigma else g
             self.conflicts = 0
-            self.confirmed_t = t
-            self.agreeing += 1
+            if self._motion_sigma(t, odom) <= cfg.max_agreement_sigma_m:
+                self.confirmed_t = t
+                self.agreeing += 1
         elif not g.weak and not (tr_ok and np.isfinite(tr.ncc) and
                                  g.ncc < tr.ncc + cfg.conflict_sigmas * max(g.ncc_se, tr.ncc_se)):
             # an independent measurement elsewhere that explains the frame clearly better than the track
