@@ -46,6 +46,7 @@ import numpy as np
 
 from gplq_ros.onboard.engine import load
 from gplq_ros.onboard.fileformat import sha256_file
+from gplq_ros.onboard.flight import odometry_along
 from gplq_ros.onboard.georef_fit import GeorefConfig, fit_georeference, load_photos, write_world_file
 from gplq_ros.onboard.localize import Localizer, LocalizerConfig, inside_ellipse, largest_sigma, summarize
 from gplq_ros.onboard.mapbuild import build_map_file
@@ -104,7 +105,7 @@ def pct(x, q):
     return float(np.percentile(x, q)) if len(x) else float('nan')
 
 
-def run_graph(label, graph: Path, vocab: Path, metas, size, pmap: PlaceMap, out: Path, threads: int):
+def run_graph(label, graph: Path, vocab: Path, metas, size, pmap: PlaceMap, out: Path, threads: int, odom=None):
     """Per-frame records of one graph over the photos (descriptors cached)."""
     cache = out / f'frames_{graph.stem}_{sha256_file(graph)[:12]}_{len(metas)}_{size[0]}x{size[1]}.npz'
     if cache.is_file():
@@ -130,9 +131,9 @@ def run_graph(label, graph: Path, vocab: Path, metas, size, pmap: PlaceMap, out:
     single_thread_blas()                               # as localizer_node: one BLAS thread
     loc, single = Localizer(pmap, LocalizerConfig()), Localizer(pmap, LocalizerConfig())
     rows = []
-    for m, d, b, ems in zip(metas, desc, bnd, eng_ms):
+    for i, (m, d, b, ems) in enumerate(zip(metas, desc, bnd, eng_ms)):
         t0 = time.perf_counter()
-        est = loc.update(d, float(m.time_s), b)
+        est = loc.update(d, float(m.time_s), b, odom=odom[i] if odom else None)
         loc_ms = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         meas = single.measure(d, b)
@@ -293,6 +294,10 @@ def main():
                     'exported when missing)')
     ap.add_argument('--vocabulary', type=Path, default=None, help=f'default {default_vocab()} (built when missing)')
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--odometry-drift', type=float, default=None, metavar='FRAC',
+                    help='feed the localizer a simulated odometry: the photos\' GPS track in a frame rotated 25 deg, '
+                    'with a random-walk error of FRAC per metre travelled (onboard.flight.odometry_along); default: '
+                    'no odometry')
     ap.add_argument('--out', type=Path, default=Path('out/localize_photos'))
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -365,7 +370,11 @@ def main():
         if not graph.is_file():
             print(f'{label}: {graph} not found: skipped', flush=True)
             continue
-        rows, backends[label] = run_graph(label, graph, vocab, metas, size, pmap, args.out, args.threads)
+        odom = None
+        if args.odometry_drift is not None:      # simulated VIO: the GPS track (map frame) rotated, with drift
+            odom = odometry_along(np.array([xy for xy, _ in truth]), np.array([a for _, a in truth]),
+                                  args.odometry_drift)
+        rows, backends[label] = run_graph(label, graph, vocab, metas, size, pmap, args.out, args.threads, odom)
         if rows is None:
             continue
         summaries[label], per_frame[label] = score(rows, truth, reg_truth, pmap, metas)

@@ -171,3 +171,22 @@ def render_window(ortho: np.ndarray, col: float, row: float, yaw: float, scale: 
     """The camera frame of a nadir camera at window pose (col, row, yaw, scale)."""
     return cv2.warpAffine(ortho, window_affine(col, row, yaw, scale, width, height), (width, height),
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+
+
+def odometry_along(xy: np.ndarray, yaw: np.ndarray, drift_frac: float = 0.05, rotation_deg: float = 25.0,
+                   seed: int = 0) -> list:
+    """A simulated odometry (VIO) along a true track: the poses ``xy`` (N, 2) / ``yaw`` (N,) of
+    the map expressed in an odometry frame rotated by ``rotation_deg`` with its origin at the
+    first pose, plus a random walk: each step's displacement gets a Gaussian error of standard
+    deviation ``drift_frac`` times its length per axis. Returns ``onboard.localize.OdomPose``s
+    (for benchmarks of the localizer's odometry input; a real drone's comes from its VIO)."""
+    from gplq_ros.onboard.localize import OdomPose
+    xy, yaw = np.asarray(xy, float), np.asarray(yaw, float)
+    rng = np.random.default_rng(seed)
+    r = math.radians(rotation_deg)
+    c, s = math.cos(-r), math.sin(-r)
+    rot = np.array([[c, -s], [s, c]])
+    steps = np.diff(xy, axis=0)
+    noisy = steps + rng.normal(0.0, 1.0, steps.shape) * drift_frac * np.hypot(*steps.T)[:, None]
+    track = np.vstack([np.zeros(2), np.cumsum(noisy, axis=0)]) @ rot.T
+    return [OdomPose(float(p[0]), float(p[1]), float(a - r)) for p, a in zip(track, yaw)]
