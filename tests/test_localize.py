@@ -117,9 +117,10 @@ def test_localizer_follows_a_track_and_rejects_what_it_must():
     def query(p, a, noise=0.15):
         d = f(p[0], p[1], a) + rng.normal(0, noise / math.sqrt(96), 96).astype(np.float32)
         return d / np.linalg.norm(d)
-    loc = Localizer(pmap, LocalizerConfig(init_fixes=3))
+    loc = Localizer(pmap, LocalizerConfig(init_fixes=3, init_span_s=1.0))
     est = [loc.update(query(p, a), float(tt)) for tt, p, a in zip(t, xy, yaw)]
-    assert [e.reason for e in est[:2]] == ['initialising', 'initialising'] and est[2].fix
+    # three agreeing measurements are not enough within 1 s (nearly the same view): the first fix at 1.0 s
+    assert all(e.reason == 'initialising' for e in est[:10]) and est[10].fix and est[10].t == pytest.approx(1.0)
     fixes = [(e.t, e.xy, e.cov, e.measurement.yaw) for e in est if e.fix]
     s = summarize(len(t), fixes, list(zip(t, xy, yaw)), 0.0)
     assert s['correct_fix_rate'] >= 0.9 and s['error_p95_m'] <= 5.0, s
@@ -326,7 +327,7 @@ def test_a_wrong_track_is_dropped_within_a_few_frames_and_never_published():
     f = _feature_fn()
     wrong, true = np.array([150.0, -150.0]), np.array([60.0, -60.0])
     for big in (False, True):
-        cfg = LocalizerConfig(drop_after=2, init_fixes=2)
+        cfg = LocalizerConfig(drop_after=2, init_fixes=2, init_span_s=0.3)
         loc = Localizer(pmap, cfg)
         _wrong_track(loc, wrong)
         q = frame(true, 0.0, 40.0)
@@ -335,12 +336,12 @@ def test_a_wrong_track_is_dropped_within_a_few_frames_and_never_published():
         est = [loc.update(f(*true, 0.0), 0.1 * i, q) for i in range(10)]
         assert [e.reason for e in est[:2]] == ['conflict', 'conflict'] and loc.track_drops == 1
         assert not any(e.fix and np.hypot(*(e.xy - true)) > 5.0 for e in est), [e.reason for e in est]
-        first = next(i for i, e in enumerate(est) if e.fix)
-        assert first <= cfg.drop_after + cfg.init_fixes - 1, [e.reason for e in est]
+        first = next(i for i, e in enumerate(est) if e.fix)       # dropped at frame 1, a new track from there
+        assert est[first].t - est[cfg.drop_after - 1].t == pytest.approx(cfg.init_span_s), [e.reason for e in est]
         assert all(e.fix and np.hypot(*(e.xy - true)) < 2.0 for e in est[first:])
     ok = Localizer(pmap, LocalizerConfig(init_fixes=2))
     est = [ok.update(f(*true, 0.0), 0.1 * i, frame(true, 0.0, 40.0)) for i in range(30)]
-    assert ok.track_drops == 0 and sum(e.fix for e in est) >= 28
+    assert ok.track_drops == 0 and all(e.fix for e in est[10:])     # from init_span_s = 1 s on
 
 
 def test_a_track_without_independent_support_stops_giving_fixes():
@@ -351,13 +352,20 @@ def test_a_track_without_independent_support_stops_giving_fixes():
     f = _feature_fn()
     true = np.array([60.0, -60.0])
     loc = Localizer(pmap, LocalizerConfig(init_fixes=2, confirm_window_s=1.0, reset_after=1000))
-    est = [loc.update(f(*true, 0.0), 0.1 * i, frame(true, 0.0, 40.0)) for i in range(5)]
-    assert est[-1].fix
+    est = [loc.update(f(*true, 0.0), 0.1 * i, frame(true, 0.0, 40.0)) for i in range(30)]
+    assert est[-1].fix                                    # confirmed from 0 to 2.9 s
     elsewhere = f(150.0, -150.0, 0.0)
-    est = [loc.update(elsewhere, 0.5 + 0.1 * i, frame(true, 0.0, 40.0)) for i in range(20)]
+    est = [loc.update(elsewhere, 3.0 + 0.1 * i, frame(true, 0.0, 40.0)) for i in range(20)]
     assert all(e.independent.weak for e in est), [e.independent.weak for e in est]
     fixed = [e.t for e in est if e.fix]
-    assert fixed and max(fixed) <= 0.4 + 1.0 + 1e-9 and est[-1].reason == 'unconfirmed'
+    assert fixed and max(fixed) <= 2.9 + 1.0 + 1e-9 and est[-1].reason == 'unconfirmed'
+    # a young track (confirmed over 0.5 s) coasts only that long
+    young = Localizer(pmap, LocalizerConfig(init_fixes=2, init_span_s=0.5, confirm_window_s=10.0,
+                                            reset_after=1000))
+    est = [young.update(f(*true, 0.0), 0.1 * i, frame(true, 0.0, 40.0)) for i in range(6)]
+    assert est[-1].fix and young.confirmed_t - young.start_t == pytest.approx(0.5)
+    est = [young.update(elsewhere, 0.6 + 0.1 * i, frame(true, 0.0, 40.0)) for i in range(20)]
+    assert max(e.t for e in est if e.fix) <= 0.5 + 0.5 + 1e-9 and est[-1].reason == 'unconfirmed'
     assert all(np.hypot(*(e.tracked.xy - true)) < 2.0 for e in est)
 
 

@@ -31,7 +31,9 @@ Per frame (``Localizer.update``):
      ``max_speed_mps``); one that does not agree starts a new candidate. The second gives the
      velocity; from the third on an agreement counts only when the motion since the track's
      last update is known to ``max_agreement_sigma_m`` (else it would say nothing: seconds
-     between frames without odometry), and so does a confirmation of a running track.
+     between frames without odometry), and so does a confirmation of a running track. The
+     measurements that start a track span at least ``init_span_s`` (frames 0.1 s apart see
+     the same view: their agreement is not independent).
    * A confirmed track also searches around its prediction (the *tracked* measurement). When
      the independent measurement agrees, it confirms the track; when a non-weak independent
      measurement disagrees and matches the frame clearly better than the track's search
@@ -40,7 +42,8 @@ Per frame (``Localizer.update``):
      independent measurement is weak, the tracked one (if not weak and inside the gate)
      updates the filter.
    * A fix is published only while an independent measurement agreed with the track within
-     ``confirm_window_s`` (else ``unconfirmed``) and its sigma is at most ``max_fix_sigma_m``
+     ``confirm_window_s``, and no longer than the track's confirmations span (else
+     ``unconfirmed``: a young track cannot coast long) and its sigma is at most ``max_fix_sigma_m``
      (else ``uncertain``). ``reset_after`` rejections in a row lose the track; a clock jump
      back restarts it.
 
@@ -83,6 +86,9 @@ class LocalizerConfig:
     gate_chi2: float = setting(13.82, 'innovation gate (chi-square, 2 dof)', range=(0.1, 1000.0))
     init_fixes: int = setting(3, 'independent measurements that agree with a motion to start a track',
                               range=(1, 100))
+    init_span_s: float = setting(1.0, 'the independent measurements that start a track span at least this long: '
+                                 'consecutive frames at 10 Hz show nearly the same view, their agreement is not '
+                                 'independent evidence', range=(0.0, 3600.0))
     reset_after: int = setting(10, 'rejections in a row before the filter restarts', range=(1, 10000))
     refine: bool = setting(True, "refine the retrieved position by matching the frame's boundary map (topic "
                            "boundary_map, same stamp as the descriptor) against the map's boundary orthomap")
@@ -377,6 +383,7 @@ class Localizer:
         self.rejected = 0
         self.conflicts = 0                           # independent measurements in a row contradicting the track
         self.confirmed_t: Optional[float] = None     # last time an independent measurement agreed with the track
+        self.start_t: Optional[float] = None         # time of the track's first measurement
         self.last_fix: Optional[tuple] = None        # (t, xy, sigma)
         self.last_refined: Optional[tuple] = None    # (yaw, height) of the last refined measurement in the track
         self.odom: Optional[OdomPose] = None         # odometry at the filter's time
@@ -546,7 +553,7 @@ class Localizer:
         self.P = np.zeros((4, 4))
         self.P[:2, :2] = meas.cov
         self.P[2:, 2:] = np.eye(2) * (self.cfg.max_speed_mps / 2) ** 2
-        self.t, self.odom, self.agreeing = t, odom, 1
+        self.t, self.odom, self.agreeing, self.start_t = t, odom, 1, t
         self._remember(t, meas, odom)
         self.last_fix = (t, meas.xy.copy(), meas.sigma)
         if self.cfg.init_fixes <= 1:
@@ -577,7 +584,10 @@ class Localizer:
         cov = 0.5 * (self.P[:2, :2] + self.P[:2, :2].T)
         sigma = largest_sigma(cov)
         independent = independent or meas
-        if self.confirmed_t is None or t - self.confirmed_t > self.cfg.confirm_window_s:
+        # a track coasts without confirmation at most as long as its confirmations span (up to the window)
+        window = min(self.cfg.confirm_window_s, max(self.confirmed_t - self.start_t, self.cfg.init_span_s)) \
+            if self.confirmed_t is not None else 0.0
+        if self.confirmed_t is None or t - self.confirmed_t > window:
             return Estimate(t, meas, reason='unconfirmed', tracked=tracked, independent=independent)
         if sigma > self.cfg.max_fix_sigma_m:
             return Estimate(t, meas, reason='uncertain', tracked=tracked, independent=independent)
@@ -601,7 +611,7 @@ class Localizer:
                 self.P[:2, :2] += (vec * lift) @ vec.T
 
     # the filter's state: everything ``update`` may change (``frames`` counts every frame, failed or not)
-    _STATE = ('x', 'P', 't', 'agreeing', 'rejected', 'conflicts', 'confirmed_t', 'last_fix', 'last_refined', 'odom',
+    _STATE = ('x', 'P', 't', 'agreeing', 'rejected', 'conflicts', 'confirmed_t', 'start_t', 'last_fix', 'last_refined', 'odom',
               'odom_fix', 'odom_rot', 'fixes', 'rejected_total', 'track_drops')
 
     def state(self) -> dict:
@@ -664,9 +674,11 @@ class Localizer:
                 return self._begin(t, g, odom)      # disagrees, or the agreement would say nothing
             self._predict(t, odom)
             self._correct(g)
-            self.agreeing += 1
+            self.agreeing = min(self.agreeing + 1, cfg.init_fixes)
             self._remember(t, g, odom)
-            if self.agreeing < cfg.init_fixes:
+            if self.agreeing < cfg.init_fixes or t - self.start_t < cfg.init_span_s:
+                self.agreeing = min(self.agreeing, cfg.init_fixes - 1) if t - self.start_t < cfg.init_span_s \
+                    else self.agreeing
                 return Estimate(t, g, reason='initialising', independent=g)
             self.confirmed_t, self.rejected = t, 0
             return self._fix(t, g)
