@@ -40,7 +40,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from gplq_ros.onboard.engine import load
-from gplq_ros.onboard.flight import DEFAULT_ORTHO, Flight, FlightConfig
+from gplq_ros.onboard.flight import DEFAULT_ORTHO, Flight, FlightConfig, odometry_along
 from gplq_ros.onboard.localize import Localizer, LocalizerConfig, summarize
 from gplq_ros.onboard.paths import default_images_dir, default_onboard_models, default_vocab, gplq_home
 from gplq_ros.onboard.mapbuild import build_map_file
@@ -141,6 +141,12 @@ def main():
     ap.add_argument('--normalize', action='store_true', help='normalize frames and map tiles photometrically')
     ap.add_argument('--graphs', nargs='+', choices=('fp32', 'w4a8'), default=['fp32', 'w4a8'])
     ap.add_argument('--threads', type=int, default=2, help='engine threads')
+    ap.add_argument('--odometry-drift', type=float, default=None, metavar='FRAC',
+                    help='feed the localizer a simulated odometry: the true track in a frame rotated 25 deg with a '
+                    'random-walk error of FRAC per metre (onboard.flight.odometry_along); default: none')
+    ap.add_argument('--height-input', action='store_true', help='feed the localizer the true height above ground '
+                    '(times 1 + --height-noise x a standard normal), as a rangefinder would')
+    ap.add_argument('--height-noise', type=float, default=0.03, help='relative error of --height-input')
     args = ap.parse_args()
     image, gsd, height = FLIGHTS[args.flight]
     models = default_onboard_models()
@@ -200,9 +206,14 @@ def main():
                                'boundary_ncc_mean': float(nccs.mean()), 'boundary_ncc_min': float(nccs.min())}
         loc = Localizer(pmap, lcfg)
         fixes, q_ms = [], []
-        for d, b, (t, _, _) in zip(desc, bnd, truth):
+        odom = odometry_along(np.array([xy for _, xy, _ in truth]), np.array([a for _, _, a in truth]),
+                              args.odometry_drift) if args.odometry_drift is not None else [None] * len(truth)
+        rng = np.random.default_rng(1)
+        heights = [flight.pose(float(t)).z_m * (1 + args.height_noise * rng.normal()) if args.height_input else None
+                   for t, _, _ in truth]
+        for d, b, (t, _, _), o, h in zip(desc, bnd, truth, odom, heights):
             t0 = time.perf_counter()
-            est = loc.update(d, float(t), b)
+            est = loc.update(d, float(t), b, odom=o, height_m=h)
             q_ms.append((time.perf_counter() - t0) * 1e3)
             if est.fix:
                 fixes.append((float(t), est.xy, est.cov, est.measurement.yaw))
@@ -223,6 +234,25 @@ def main():
         frames_info['undistort_ms_p50'] = float(np.median(camera.undistort_ms))
     print(json.dumps({'flight': args.flight, 'map': pmap.meta.n_tiles, 'frames': frames_info,
                       'localizer': asdict(lcfg), 'rows': rows, 'agreement': agreement}, indent=1))
+    inputs = ' + '.join(x for x in (f'odometry {args.odometry_drift:g}/m' if args.odometry_drift is not None else '',
+                                     'height' if args.height_input else '') if x) or 'frames only'
+    print(f'\n{args.flight}, {args.frames} frames at {args.rate:g} Hz, {inputs}:')
+    for name, r in rows.items():
+        print(table_row(f'{args.flight} {args.rate:g} Hz', name, r))
+
+
+def table_row(flight: str, graph: str, r: dict) -> str:
+    """One markdown row of the report (README / docs/benchmarks.md): fix rate after the first fix,
+    fixes within 5 / 10 / 20 m, error p50 / p95, inside 2 sigma, confident wrong, first fix, localizer
+    ms p50 / p95."""
+    def pc(k):
+        v = r.get(k)
+        return '-' if v is None or v != v else f'{100 * v:.0f} %'
+    err = f'{r["error_p50_m"]:.1f} / {r["error_p95_m"]:.1f}' if r['fixes'] else '-'
+    first = '-' if r['time_to_first_fix_s'] is None else f'{r["time_to_first_fix_s"]:.1f} s'
+    return (f'| {flight} | {graph} | {pc("fix_rate")} | {pc("within_5m")} / {pc("within_10m")} / {pc("within_20m")} | '
+            f'{err} | {pc("inside_2sigma")} | {r["confident_wrong"]} of {r["fixes"]} | {first} | '
+            f'{r["localizer_ms_p50"]:.1f} / {r["localizer_ms_p95"]:.1f} |')
 
 
 if __name__ == '__main__':
