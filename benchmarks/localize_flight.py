@@ -234,8 +234,9 @@ def main():
         frames_info['undistort_ms_p50'] = float(np.median(camera.undistort_ms))
     print(json.dumps({'flight': args.flight, 'map': pmap.meta.n_tiles, 'frames': frames_info,
                       'localizer': asdict(lcfg), 'rows': rows, 'agreement': agreement}, indent=1))
-    inputs = ' + '.join(x for x in (f'odometry {args.odometry_drift:g}/m' if args.odometry_drift is not None else '',
-                                     'height' if args.height_input else '') if x) or 'frames only'
+    parts = (f'odometry {args.odometry_drift:g}/m' if args.odometry_drift is not None else '',
+             'height' if args.height_input else '')
+    inputs = ' + '.join(x for x in parts if x) or 'frames only'
     print(f'\n{args.flight}, {args.frames} frames at {args.rate:g} Hz, {inputs}:')
     for name, r in rows.items():
         print(table_row(f'{args.flight} {args.rate:g} Hz', name, r))

@@ -611,8 +611,8 @@ class Localizer:
                 self.P[:2, :2] += (vec * lift) @ vec.T
 
     # the filter's state: everything ``update`` may change (``frames`` counts every frame, failed or not)
-    _STATE = ('x', 'P', 't', 'agreeing', 'rejected', 'conflicts', 'confirmed_t', 'start_t', 'last_fix', 'last_refined', 'odom',
-              'odom_fix', 'odom_rot', 'fixes', 'rejected_total', 'track_drops')
+    _STATE = ('x', 'P', 't', 'agreeing', 'rejected', 'conflicts', 'confirmed_t', 'start_t', 'last_fix', 'last_refined',
+              'odom', 'odom_fix', 'odom_rot', 'fixes', 'rejected_total', 'track_drops')
 
     def state(self) -> dict:
         """A deep copy of the filter's state (``restore`` puts it back)."""
