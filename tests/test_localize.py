@@ -341,7 +341,7 @@ def test_a_wrong_track_is_dropped_within_a_few_frames_and_never_published():
         assert all(e.fix and np.hypot(*(e.xy - true)) < 2.0 for e in est[first:])
     ok = Localizer(pmap, LocalizerConfig(init_fixes=2))
     est = [ok.update(f(*true, 0.0), 0.1 * i, frame(true, 0.0, 40.0)) for i in range(30)]
-    assert ok.track_drops == 0 and all(e.fix for e in est[10:])     # from init_span_s = 1 s on
+    assert ok.track_drops == 0 and all(e.fix for e in est[20:])     # from init_span_s = 2 s on
 
 
 def test_a_track_without_independent_support_stops_giving_fixes():
@@ -384,7 +384,7 @@ def test_odometry_drives_the_prediction_once_its_rotation_is_known():
     for tt, p, a in zip(t, xy, yaw):
         o = to_odom @ (p - xy[0]) + [5.0, 7.0]
         loc.update(f(*p, a), float(tt), odom=OdomPose(float(o[0]), float(o[1]), float(a - rot)))
-    assert loc.fixes >= 70 and abs(math.degrees(loc._odom_rotation() - rot)) < 3.0
+    assert loc.fixes >= 80 - 10 * loc.cfg.init_span_s - 2 and abs(math.degrees(loc._odom_rotation() - rot)) < 3.0
     # a sharp turn: 2 s later the drone is 8 m north of its last position instead of 10 m further along
     turned = xy[-1] + np.array([0.0, 8.0])
     o = to_odom @ (turned - xy[0]) + [5.0, 7.0]

@@ -86,7 +86,7 @@ class LocalizerConfig:
     gate_chi2: float = setting(13.82, 'innovation gate (chi-square, 2 dof)', range=(0.1, 1000.0))
     init_fixes: int = setting(3, 'independent measurements that agree with a motion to start a track',
                               range=(1, 100))
-    init_span_s: float = setting(1.0, 'the independent measurements that start a track span at least this long: '
+    init_span_s: float = setting(2.0, 'the independent measurements that start a track span at least this long: '
                                  'consecutive frames at 10 Hz show nearly the same view, their agreement is not '
                                  'independent evidence', range=(0.0, 3600.0))
     reset_after: int = setting(10, 'rejections in a row before the filter restarts', range=(1, 10000))
