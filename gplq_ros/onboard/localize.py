@@ -675,6 +675,7 @@ class Localizer:
             self._predict(t, odom)
             self._correct(g)
             self.agreeing = min(self.agreeing + 1, cfg.init_fixes)
+            self.rejected = 0
             self._remember(t, g, odom)
             if self.agreeing < cfg.init_fixes or t - self.start_t < cfg.init_span_s:
                 self.agreeing = min(self.agreeing, cfg.init_fixes - 1) if t - self.start_t < cfg.init_span_s \
