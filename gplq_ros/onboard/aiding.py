@@ -28,7 +28,22 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from gplq_ros.onboard.settings import setting, validate
 from gplq_ros.onboard.status import Level, Status
 
-__all__ = ['AidingConfig', 'HEIGHT_TYPES', 'Pose2D', 'PoseBuffer', 'HeightBuffer', 'yaw_of_quaternion',
+
+@dataclass(frozen=True)
+class OdomPose:
+    """The vehicle's pose in an odometry frame (VIO, the autopilot) at a frame's stamp: x, y in
+    metres, yaw in radians; any odometry frame (its rotation against ``map`` is estimated)."""
+    x: float
+    y: float
+    yaw: float
+
+    def __post_init__(self):
+        for k in ('x', 'y', 'yaw'):
+            if not math.isfinite(getattr(self, k)):
+                raise ValueError(f'OdomPose.{k}={getattr(self, k)!r}: not finite')
+
+
+__all__ = ['OdomPose', 'AidingConfig', 'HEIGHT_TYPES', 'Pose2D', 'PoseBuffer', 'HeightBuffer', 'yaw_of_quaternion',
            'stamp_seconds', 'odometry_pose', 'range_height', 'altitude_height', 'aiding_status', 'wrap_angle']
 
 HEIGHT_TYPES = ('range', 'altitude')

@@ -26,6 +26,8 @@ from typing import Tuple
 import cv2
 import numpy as np
 
+from gplq_ros.onboard.aiding import OdomPose
+
 DEFAULT_ORTHO = '2019_YELL_2_528000_4978000_image_crop2.png'   # NEON 10 cm forest/meadow, 2472x2299 (gplq_assets)
 
 
@@ -178,9 +180,8 @@ def odometry_along(xy: np.ndarray, yaw: np.ndarray, drift_frac: float = 0.05, ro
     """A simulated odometry (VIO) along a true track: the poses ``xy`` (N, 2) / ``yaw`` (N,) of
     the map expressed in an odometry frame rotated by ``rotation_deg`` with its origin at the
     first pose, plus a random walk: each step's displacement gets a Gaussian error of standard
-    deviation ``drift_frac`` times its length per axis. Returns ``onboard.localize.OdomPose``s
+    deviation ``drift_frac`` times its length per axis. Returns ``onboard.aiding.OdomPose``s
     (for benchmarks of the localizer's odometry input; a real drone's comes from its VIO)."""
-    from gplq_ros.onboard.localize import OdomPose
     xy, yaw = np.asarray(xy, float), np.asarray(yaw, float)
     rng = np.random.default_rng(seed)
     r = math.radians(rotation_deg)

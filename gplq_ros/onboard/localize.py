@@ -63,6 +63,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from gplq_ros.onboard.aiding import OdomPose
 from gplq_ros.onboard.placemap import PlaceMap
 from gplq_ros.onboard.settings import setting, validate
 
@@ -135,20 +136,6 @@ class FilterFault(RuntimeError):
     """The filter failed numerically on a frame (numpy.linalg.LinAlgError, an overflow, a
     non-finite state or covariance); ``Localizer.update`` left the filter as it was before
     the frame. Not a ValueError: a malformed input is one."""
-
-
-@dataclass(frozen=True)
-class OdomPose:
-    """The vehicle's pose in an odometry frame (VIO, the autopilot) at a frame's stamp: x, y in
-    metres, yaw in radians; any odometry frame (its rotation against ``map`` is estimated)."""
-    x: float
-    y: float
-    yaw: float
-
-    def __post_init__(self):
-        for k in ('x', 'y', 'yaw'):
-            if not math.isfinite(getattr(self, k)):
-                raise ValueError(f'OdomPose.{k}={getattr(self, k)!r}: not finite')
 
 
 @dataclass
@@ -653,7 +640,7 @@ class Localizer:
                 odom: Optional[OdomPose], height_m: Optional[float]) -> Estimate:
         """Every frame gets an independent measurement g (retrieval + refinement around it); a
         confirmed track also a measurement searched around its prediction (tr). See the module
-        docstring, step 3, for the decisions."""
+        docstring, step 4, for the decisions."""
         cfg = self.cfg
         if self.t is not None and t < self.t:                 # clock jumped back (bag replayed): start over
             self.reset()
