@@ -395,7 +395,7 @@ def test_learned_rounding_lowers_block_error_and_stays_on_the_grid(extractor, cr
     assert qm.linears['blocks.0.mlp.fc1'].soft_weight is None
     w = {n: lin.weight.detach().clone() for n, lin in qm.linears.items()}
     old = {n: lin.codes.clone() for n, lin in qm.linears.items()}
-    rep = refine_rounding(qm, crops, iters=60, lr=0.05, lam=1.0, batch=4)
+    rep = refine_rounding(qm, crops, iters=60, lr=0.05, lam=1.0, batch=2)
     assert qm.current_modes == Modes()
     assert len(rep['before']) == len(rep['after']) == 12
     assert all(a <= b for a, b in zip(rep['after'], rep['before'])), rep
