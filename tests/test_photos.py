@@ -3,7 +3,6 @@ photo_camera_node on real DJI photos (../shared/datasets/brighton_beach, skipped
 absent) and on small synthetic geotagged JPEGs."""
 import math
 import os
-import time
 from pathlib import Path
 
 import cv2
@@ -238,7 +237,7 @@ def test_photo_camera_node_publishes_one_stamp_per_photo():
     from geometry_msgs.msg import PoseStamped
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from helpers.ros import qos, spin_until
     from sensor_msgs.msg import CameraInfo, Image, NavSatFix
 
     from gplq_ros.nodes.photo_camera_node import PhotoCameraNode
@@ -251,21 +250,16 @@ def test_photo_camera_node_publishes_one_stamp_per_photo():
                   'qos_depth': 10, 'distortion': [-0.1, 0.02, 0.0, 0.0, 0.0]}
         sub = rclpy.create_node('photo_test_sub', context=ctx)
         got = {k: [] for k in ('image', 'info', 'fix', 'pose')}
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         for key, typ, topic in (('image', Image, '/image'), ('info', CameraInfo, '/camera_info'),
                                 ('fix', NavSatFix, '/photo_camera_node/fix'),
                                 ('pose', PoseStamped, '/photo_camera_node/true_pose')):
-            sub.create_subscription(typ, topic, got[key].append, qos)
+            sub.create_subscription(typ, topic, got[key].append, qos(True))
         ex = SingleThreadedExecutor(context=ctx)
         ex.add_node(sub)
-        end = time.monotonic() + 3.0     # discovery before the first frame
-        while time.monotonic() < end and sub.count_publishers('/image') == 0:
-            ex.spin_once(timeout_sec=0.05)
+        spin_until(ex, 3.0, lambda: sub.count_publishers('/image') > 0)     # discovery before the first frame
         node = PhotoCameraNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
         ex.add_node(node)
-        end = time.monotonic() + 10.0
-        while time.monotonic() < end and min(len(v) for v in got.values()) < 3:
-            ex.spin_once(timeout_sec=0.05)
+        spin_until(ex, 10.0, lambda: min(len(v) for v in got.values()) >= 3)
     finally:
         for n in (node, sub):
             if n is not None:
@@ -325,7 +319,7 @@ def test_photo_camera_node_waits_for_the_node_it_is_told_to(tmp_path):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from helpers.ros import qos, spin_until
     from sensor_msgs.msg import Image
 
     from gplq_ros.nodes.photo_camera_node import PhotoCameraNode
@@ -335,29 +329,24 @@ def test_photo_camera_node_waits_for_the_node_it_is_told_to(tmp_path):
     rclpy.init(context=ctx)
     nodes = []
     try:
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         node = PhotoCameraNode(context=ctx, parameter_overrides=[
             Parameter('photos', value=str(tmp_path)), Parameter('rate_hz', value=20.0),
             Parameter('wait_for_node', value='feature_node'), Parameter('qos_reliability', value='reliable')])
         other = rclpy.create_node('viewer', context=ctx)
         nodes += [node, other]
         seen = []
-        other.create_subscription(Image, '/image', seen.append, qos)
+        other.create_subscription(Image, '/image', seen.append, qos(True))
         ex = SingleThreadedExecutor(context=ctx)
         for n in nodes:
             ex.add_node(n)
-        end = time.monotonic() + 1.5
-        while time.monotonic() < end:
-            ex.spin_once(timeout_sec=0.05)
+        spin_until(ex, 1.5)
         assert seen == [] and node.sent == 0 and node.waiting
         feat = rclpy.create_node('feature_node', context=ctx)
         nodes.append(feat)
         got = []
-        feat.create_subscription(Image, '/image', got.append, qos)
+        feat.create_subscription(Image, '/image', got.append, qos(True))
         ex.add_node(feat)
-        end = time.monotonic() + 10.0
-        while time.monotonic() < end and len(got) < 3:
-            ex.spin_once(timeout_sec=0.05)
+        spin_until(ex, 10.0, lambda: len(got) >= 3)
         assert len(got) == 3 and not node.waiting and node.published == 3
     finally:
         for n in nodes:

@@ -3,7 +3,6 @@ distortions, its refusals, the published CameraInfo of undistorted maps, the sim
 camera's distortion, flight_sim_node's camera_info (real rclpy, in this process).
 Photometric normalization: what it removes, and that map tiles get it as frames do."""
 import math
-import time
 from types import SimpleNamespace
 
 import cv2
@@ -183,7 +182,7 @@ def test_flight_sim_node_publishes_its_camera_info(manifest):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from helpers.ros import qos, spin_until
     from sensor_msgs.msg import CameraInfo, Image
 
     from gplq_ros.nodes.flight_sim_node import FlightSimNode
@@ -193,9 +192,8 @@ def test_flight_sim_node_publishes_its_camera_info(manifest):
     got = {'image': [], 'info': []}
     try:
         sub = rclpy.create_node('flight_info_sub', context=ctx)
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        sub.create_subscription(Image, '/fs_cam/image', got['image'].append, qos)
-        sub.create_subscription(CameraInfo, '/fs_cam/camera_info', got['info'].append, qos)
+        sub.create_subscription(Image, '/fs_cam/image', got['image'].append, qos(True))
+        sub.create_subscription(CameraInfo, '/fs_cam/camera_info', got['info'].append, qos(True))
         node = FlightSimNode(context=ctx, cli_args=['--ros-args', '-r', 'image:=/fs_cam/image', '-r',
                                                     'camera_info:=/fs_cam/camera_info'],
                              parameter_overrides=[Parameter(k, value=v) for k, v in
@@ -204,9 +202,7 @@ def test_flight_sim_node_publishes_its_camera_info(manifest):
         ex = SingleThreadedExecutor(context=ctx)
         ex.add_node(sub)
         ex.add_node(node)
-        end = time.monotonic() + 15.0
-        while time.monotonic() < end and min(len(v) for v in got.values()) < 2:
-            ex.spin_once(timeout_sec=0.05)
+        spin_until(ex, 15.0, lambda: min(len(v) for v in got.values()) >= 2)
     finally:
         for n in (node, sub):
             if n is not None:
