@@ -492,38 +492,39 @@ class Localizer:
         qm[np.ix_([1, 3], [1, 3])] = q1
         return f, qm, u
 
-    def _predict(self, t: float, odom: Optional[OdomPose]) -> None:
+    def _prediction(self, t: float, odom: Optional[OdomPose]):
+        """(x, P): the filter's state predicted to ``t`` (``_predicted``), once per frame."""
         f, qm, u = self._predicted(t, odom)
-        self.x, self.P, self.t = f @ self.x + u, f @ self.P @ f.T + qm, t
+        return f @ self.x + u, f @ self.P @ f.T + qm
+
+    def _predict(self, t: float, odom: Optional[OdomPose], pred) -> None:
+        """The filter moves to ``t``: its state becomes the prediction ``pred``."""
+        self.x, self.P, self.t = pred[0], pred[1], t
         if odom is not None:
             self.odom = odom
 
-    def _prior(self, t: float, odom: Optional[OdomPose]):
+    def _prior(self, t: float, pred):
         """While tracking with refined fixes: the search centre, radius (3 sigma of the predicted
         position + 2 m, at least 4 m, at most search_radius_m), yaw and height of the last fix, and
         the height steps (ratio 1.1) searched either side: 1, or 2 when the filter's state is
         ``NEAR_HEIGHT_WITHIN_S`` or more old."""
         if self.x is None or self.last_refined is None or self.matcher is None or self.agreeing < self.cfg.init_fixes:
             return None
-        f, qm, u = self._predicted(t, odom)
-        xy = (f @ self.x + u)[:2]
-        pv = (f @ self.P @ f.T + qm)[:2, :2]
+        xy, pv = pred[0][:2], pred[1][:2, :2]
         radius = min(max(3 * math.sqrt(float(max(np.linalg.eigvalsh(pv)))) + 2.0, 4.0), self.cfg.search_radius_m)
         steps = 1 if t - self.t < self.NEAR_HEIGHT_WITHIN_S else 2
         return xy, radius, self.last_refined[0], self.last_refined[1], steps
 
-    def _motion_sigma(self, t: float, odom: Optional[OdomPose]) -> float:
-        """Standard deviation (worst axis) that the motion from the filter's time to ``t`` adds to
-        the position: how well the track knows where the drone went since its last update."""
-        f, qm, u = self._predicted(t, odom)
-        added = (f @ self.P @ f.T + qm)[:2, :2] - self.P[:2, :2]
+    def _motion_sigma(self, pred) -> float:
+        """Standard deviation (worst axis) that the motion to the prediction ``pred`` adds to the
+        position: how well the track knows where the drone went since its last update."""
+        added = pred[1][:2, :2] - self.P[:2, :2]
         return math.sqrt(max(float(np.linalg.eigvalsh(0.5 * (added + added.T)).max()), 0.0))
 
-    def _chi2(self, t: float, odom: Optional[OdomPose], meas: Measurement) -> float:
-        """Mahalanobis distance squared of ``meas`` from the filter's prediction at ``t``."""
-        f, qm, u = self._predicted(t, odom)
-        innov = meas.xy - (f @ self.x + u)[:2]
-        s = (f @ self.P @ f.T + qm)[:2, :2] + meas.cov
+    def _chi2(self, pred, meas: Measurement) -> float:
+        """Mahalanobis distance squared of ``meas`` from the filter's prediction ``pred``."""
+        innov = meas.xy - pred[0][:2]
+        s = pred[1][:2, :2] + meas.cov
         return float(innov @ np.linalg.solve(s, innov))
 
     def _reachable(self, t: float, meas: Measurement) -> bool:
@@ -542,7 +543,6 @@ class Localizer:
         self.P[2:, 2:] = np.eye(2) * (self.cfg.max_speed_mps / 2) ** 2
         self.t, self.odom, self.agreeing, self.start_t = t, odom, 1, t
         self._remember(t, meas, odom)
-        self.last_fix = (t, meas.xy.copy(), meas.sigma)
         if self.cfg.init_fixes <= 1:
             self.confirmed_t = t
             return self._fix(t, meas)
@@ -653,32 +653,32 @@ class Localizer:
             if g.weak:
                 return Estimate(t, g, reason='ambiguous' if g.weak == 'ambiguous' else 'weak', independent=g)
             return self._begin(t, g, odom)
+        pred = self._prediction(t, odom)                      # the filter's state at t, for every check below
         if self.agreeing < cfg.init_fixes:                    # a candidate track: independent agreement only
             if g.weak:
                 return self._reject(t, g, 'ambiguous' if g.weak == 'ambiguous' else 'initialising')
-            if not self._reachable(t, g) or self._chi2(t, odom, g) > cfg.gate_chi2 or \
-                    (self.agreeing >= 2 and self._motion_sigma(t, odom) > cfg.max_agreement_sigma_m):
+            if not self._reachable(t, g) or self._chi2(pred, g) > cfg.gate_chi2 or \
+                    (self.agreeing >= 2 and self._motion_sigma(pred) > cfg.max_agreement_sigma_m):
                 return self._begin(t, g, odom)      # disagrees, or the agreement would say nothing
-            self._predict(t, odom)
+            self._predict(t, odom, pred)
             self._correct(g)
-            self.agreeing = min(self.agreeing + 1, cfg.init_fixes)
+            young = t - self.start_t < cfg.init_span_s          # not yet init_span_s of evidence: not the last one
+            self.agreeing = min(self.agreeing + 1, cfg.init_fixes - 1 if young else cfg.init_fixes)
             self.rejected = 0
             self._remember(t, g, odom)
-            if self.agreeing < cfg.init_fixes or t - self.start_t < cfg.init_span_s:
-                self.agreeing = min(self.agreeing, cfg.init_fixes - 1) if t - self.start_t < cfg.init_span_s \
-                    else self.agreeing
+            if self.agreeing < cfg.init_fixes:
                 return Estimate(t, g, reason='initialising', independent=g)
             self.confirmed_t, self.rejected = t, 0
             return self._fix(t, g)
-        prior = self._prior(t, odom)
+        prior = self._prior(t, pred)
         tr = self.measure(descriptor, boundary, prior, height_m) if prior is not None and boundary is not None \
             else None
-        g_agrees = not g.weak and self._reachable(t, g) and self._chi2(t, odom, g) <= cfg.gate_chi2
-        tr_ok = tr is not None and not tr.weak and self._reachable(t, tr) and self._chi2(t, odom, tr) <= cfg.gate_chi2
+        g_agrees = not g.weak and self._reachable(t, g) and self._chi2(pred, g) <= cfg.gate_chi2
+        tr_ok = tr is not None and not tr.weak and self._reachable(t, tr) and self._chi2(pred, tr) <= cfg.gate_chi2
         if g_agrees:
             use = tr if tr_ok and tr.sigma < g.sigma else g
             self.conflicts = 0
-            if self._motion_sigma(t, odom) <= cfg.max_agreement_sigma_m:
+            if self._motion_sigma(pred) <= cfg.max_agreement_sigma_m:
                 self.confirmed_t = t
                 self.agreeing += 1
         elif not g.weak and not (tr_ok and np.isfinite(tr.ncc) and
@@ -696,7 +696,7 @@ class Localizer:
         else:                  # g is weak and the track's own search found nothing it can take
             reason = 'gate' if tr is not None and not tr.weak else 'ambiguous' if g.weak == 'ambiguous' else 'weak'
             return self._reject(t, g, reason, tr)
-        self._predict(t, odom)
+        self._predict(t, odom, pred)
         self._correct(use)
         self.rejected = 0
         self._remember(t, use, odom)
