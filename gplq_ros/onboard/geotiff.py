@@ -51,7 +51,8 @@ import tifffile
 
 from gplq_ros.onboard.geo import GeoRef, utm_zone_of
 
-__all__ = ['GeoTiff', 'GeoTiffError', 'read_geotiff', 'read_orthophoto', 'TIFF_SUFFIXES', 'is_tiff']
+__all__ = ['GeoTiff', 'GeoTiffError', 'read_geotiff', 'read_orthophoto', 'check_8bit', 'TIFF_SUFFIXES',
+           'is_tiff']
 
 TIFF_SUFFIXES = ('.tif', '.tiff')
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
@@ -266,8 +267,16 @@ def read_orthophoto(path) -> np.ndarray:
             arr = np.repeat(arr[..., None], 3, axis=-1)
         if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
             raise GeoTiffError(f'{path}: image of shape {arr.shape} (axes {axes}): expected grey, RGB or RGBA')
-    if arr.dtype != np.uint8:
-        raise ValueError(f'{path}: {arr.dtype} samples (values {arr.min()}..{arr.max()}); gplq_map takes 8-bit '
-                         'images, as the camera gives: convert it first (e.g. gdal_translate -ot Byte -scale LOW HIGH '
-                         '0 255, with LOW/HIGH the range to keep)')
+    check_8bit(path, arr.dtype, arr)
     return np.ascontiguousarray(arr[..., :3])
+
+
+def check_8bit(path, dtype, values: Optional[np.ndarray] = None) -> None:
+    """ValueError unless the samples are uint8 (``values``, when given, have their range named):
+    the refusal of ``read_orthophoto``, shared with the windowed reader (``orthosource``), which
+    knows the sample type from the tags before it decodes any pixel."""
+    if np.dtype(dtype) != np.uint8:
+        seen = '' if values is None else f' (values {values.min()}..{values.max()})'
+        raise ValueError(f'{path}: {np.dtype(dtype)} samples{seen}; gplq_map takes 8-bit images, as the camera gives: '
+                         'convert it first (e.g. gdal_translate -ot Byte -scale LOW HIGH 0 255, with LOW/HIGH the '
+                         'range to keep)')

@@ -64,7 +64,7 @@ import cv2
 import numpy as np
 
 from gplq_ros.onboard.aiding import OdomPose
-from gplq_ros.onboard.placemap import PlaceMap
+from gplq_ros.onboard.mapstore import WholeMap
 from gplq_ros.onboard.settings import setting, validate
 
 
@@ -233,9 +233,9 @@ class BoundaryMatcher:
     STEP = 3.0              # coarse translation step, m (the fine search covers +-STEP / 2)
     HEIGHT_RATIO = 1.15     # coarse height step without a track (the fine search covers +-7 %)
 
-    def __init__(self, pmap: PlaceMap, ratios=(0.7, 1.6), cells_per_sample: float = 4.0):
+    def __init__(self, pmap, ratios=(0.7, 1.6), cells_per_sample: float = 4.0):
         mc = pmap.config
-        self.g = np.ascontiguousarray(pmap.boundary, np.float32)
+        self.map = pmap if hasattr(pmap, 'boundary_window') else WholeMap(pmap)
         self.res, self.mc = mc.boundary_res_m, mc
         lo, hi = ratios[0] * min(mc.heights_m), ratios[1] * max(mc.heights_m)
         self.heights = lo * self.HEIGHT_RATIO ** np.arange(int(math.log(hi / lo) / math.log(self.HEIGHT_RATIO)) + 2)
@@ -269,7 +269,12 @@ class BoundaryMatcher:
         n = ex.shape[0] * ex.shape[1] * len(offsets)
         mx = (ox[None, None, :, None] + ex[:, :, None, :]).reshape(n, -1)
         my = (oy[None, None, :, None] + ey[:, :, None, :]).reshape(n, -1)
-        vals = cv2.remap(self.g, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # the orthomap around the candidates (a sharded map loads only the shards they fall in)
+        g, r0, c0 = self.map.boundary_window(int(math.floor(my.min())) - 2, int(math.floor(mx.min())) - 2,
+                                             int(math.ceil(my.max())) + 3, int(math.ceil(mx.max())) + 3)
+        if r0 or c0:
+            mx, my = mx - np.float32(c0), my - np.float32(r0)
+        vals = cv2.remap(g, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         vals -= vals.mean(axis=1, keepdims=True)
         ncc = (vals @ qn) / np.maximum(np.sqrt(np.einsum('ij,ij->i', vals, vals)), 1e-12)
         return ncc.reshape(ex.shape[0], ex.shape[1], len(offsets))
@@ -351,8 +356,8 @@ class Localizer:
 
     REASONS = ('weak', 'ambiguous', 'initialising', 'jump', 'gate', 'conflict', 'unconfirmed', 'uncertain', 'lost')
 
-    def __init__(self, pmap: PlaceMap, cfg: LocalizerConfig = LocalizerConfig()):
-        self.map, self.cfg = pmap, cfg
+    def __init__(self, pmap, cfg: LocalizerConfig = LocalizerConfig()):
+        self.map, self.cfg = (pmap if hasattr(pmap, 'search') else WholeMap(pmap)), cfg
         mc = pmap.config
         self.grid_var = mc.stride_m ** 2 / 12.0
         self.heading_var = (2 * math.pi / mc.headings) ** 2 / 12.0
@@ -387,7 +392,8 @@ class Localizer:
         track), else at every height of the map's range; or, with ``prior`` = (xy, radius, yaw,
         height, height steps) from the running filter, around that. ``weak`` says why it is no evidence for a
         track."""
-        meas = self._retrieve(descriptor)
+        near = None if prior is None else (prior[0], prior[1] + self.cfg.cluster_radius_m + self.map.config.stride_m)
+        meas = self._retrieve(descriptor, near)
         meas.retrieval_xy, meas.retrieval_yaw = meas.xy.copy(), meas.yaw
         if boundary is None or self.matcher is None:          # retrieval only: the margin is the evidence
             meas.weak = 'ambiguous' if meas.margin < self.cfg.min_margin else ''
@@ -434,17 +440,19 @@ class Localizer:
         meas.cov = m.cov + self.cfg.refine_floor_m ** 2 * np.eye(2)
         meas.yaw_var = math.radians(2.5) ** 2
 
-    def _retrieve(self, descriptor: np.ndarray) -> Measurement:
+    def _retrieve(self, descriptor: np.ndarray, near=None) -> Measurement:
+        """The top-k tiles over the whole map (``near`` None: the map's global search) or among
+        the tiles within ``near`` = (xy, radius) (the tracking search: a spatial index, only
+        the shards there), and the measurement they give (module doc, steps 1-2)."""
         cfg, m = self.cfg, self.map
         q = m.project(descriptor)
-        scores = m.descriptors @ q
-        k = min(cfg.top_k, len(scores))
-        idx = np.argpartition(-scores, k - 1)[:k]
-        idx = idx[np.argsort(-scores[idx], kind='stable')]
-        s, pos = scores[idx].astype(np.float64), m.poses[idx]
+        idx, scores = m.search(q, cfg.top_k, near)
+        if not len(idx):                    # the prediction left the map: the global search
+            idx, scores = m.search(q, cfg.top_k)
+        s, pos = np.asarray(scores, np.float64), m.poses[idx]
         d = np.hypot(*(pos[:, :2] - pos[0, :2]).T)
         near = d <= cfg.cluster_radius_m
-        far = scores[idx[~near]] if (~near).any() else None
+        far = s[~near] if (~near).any() else None
         if far is None:     # every top-k tile is the same place: the margin is at least the k-th gap
             margin = float(s[0] - s[-1])
         else:

@@ -1,41 +1,50 @@
-"""gplq_map's library call: a place map (``onboard.placemap``) of an orthophoto file, described
-by the FP32 reference graph on the onboard engine. A module of its own so that the localizer,
-which only reads maps, does not load the graph runtime."""
+"""gplq_map's library call: a place map of orthophoto(s), described by the FP32 reference
+graph on the onboard engine, built in shards (``onboard.mapshards``: in this process or on Ray)
+and written as one ``PlaceMap`` file (``.safetensors``) or a sharded map folder
+(``onboard.mapstore``). A module of its own so that the localizer, which only reads maps, does
+not load the graph runtime."""
+import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
-from gplq_ros.onboard.engine import load
-from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
 from gplq_ros.onboard.geo import GeoRef
-from gplq_ros.onboard.geotiff import read_orthophoto
-from gplq_ros.onboard.placemap import MapConfig, MapError, MapMeta, PlaceMap, build_map, vocabulary_id
-from gplq_ros.onboard.vocabulary import Vocabulary
+from gplq_ros.onboard.mapshards import BuildConfig, BuildResult, build_sharded
+from gplq_ros.onboard.placemap import MapConfig, PlaceMap
 
 
-def build_map_file(image: Path, out: Path, reference_graph: Path, vocabulary: Path, cfg: MapConfig,
-                   georef: Optional[GeoRef] = None, force: bool = False, threads: int = 2,
-                   progress: Callable[[int, int], None] = lambda i, n: None) -> PlaceMap:
-    """The map of ``image`` (any image OpenCV reads; a TIFF it cannot, through tifffile:
-    ``geotiff.read_orthophoto``) with the FP32 graph's descriptors, saved to ``out``."""
+def is_single_file(out: Path) -> bool:
+    """A ``.safetensors`` output is one map file; anything else a sharded map folder."""
+    return Path(out).suffix == '.safetensors'
+
+
+def build_map_file(image: Union[Path, Sequence[Path]], out: Path, reference_graph: Path, vocabulary: Path,
+                   cfg: MapConfig, georef: Optional[GeoRef] = None, force: bool = False, threads: int = 2,
+                   progress: Callable[[int, int], None] = lambda i, n: None, build: Optional[BuildConfig] = None,
+                   print_fn: Callable[[str], None] = lambda s: None, keep_build: bool = False) -> Union[PlaceMap,
+                                                                                                        BuildResult]:
+    """The map of ``image`` (one orthophoto: any image OpenCV reads, or a TIFF read windowed
+    through ``orthosource``; or several geo-referenced ones: a mosaic) with the FP32 graph's
+    descriptors, saved to ``out``: a ``PlaceMap`` file (returned) when ``out`` ends in
+    ``.safetensors``, else a sharded map folder (the ``BuildResult`` returned). ``build``: shards
+    and workers (default: in this process with ``threads`` threads). The build folder
+    ``<out>.build`` (resumable units) is removed once the map is written, unless ``keep_build``."""
+    from gplq_ros.onboard.mapstore import MANIFEST, write_sharded
     out = Path(out)
-    if out.exists() and not force:
+    single = is_single_file(out)
+    if (out.exists() if single else (out / MANIFEST).exists()) and not force:
         raise FileExistsError(f'{out} exists; pass --force to overwrite')
-    engine = load(Path(reference_graph), Path(vocabulary), threads=threads)
-    if engine.kind != 'fp32':
-        raise MapError(f'reference graph {reference_graph}: kind={engine.kind!r}; a map is built with the FP32 graph')
-    vocab = Vocabulary.load(Path(vocabulary))
-    meta = MapMeta(backbone=BACKBONE_ID, weights_sha256=engine.meta['weights_sha256'],
-                   vocabulary_sha256=vocabulary_id(vocab.centers), reference_graph=Path(reference_graph).name,
-                   source_image=Path(image).name, source_sha256=sha256_file(image), image_hw=[], config={},
-                   georef=georef.to_dict() if georef else None)
-
-    def describe(img):
-        out = engine(img)
-        return out.descriptor, out.boundary_full
-    try:
-        ortho = read_orthophoto(Path(image))
-    except ValueError as e:              # undecodable pixels: the file and the reason named
-        raise MapError(str(e)) from None
-    pm = build_map(ortho, describe, cfg, meta, progress)
-    pm.save(out, force=force)
-    return pm
+    images = [Path(image)] if isinstance(image, (str, Path)) else [Path(p) for p in image]
+    spec = [{'path': str(p), 'gsd_m': cfg.gsd_m, 'georef': georef.to_dict() if georef else None} for p in images]
+    build = build or BuildConfig(workers=0, threads=threads)
+    res = build_sharded(spec, out, Path(reference_graph), Path(vocabulary), cfg, build, force=force,
+                        print_fn=print_fn, progress=progress)
+    if single:
+        pm = res.placemap()
+        pm.save(out, force=force)
+        result = pm
+    else:
+        write_sharded(res, out, force=force)
+        result = res
+    if not keep_build:
+        shutil.rmtree(out.with_name(out.name + '.build'), ignore_errors=True)
+    return result

@@ -40,10 +40,11 @@ from safetensors.numpy import load_file, save_file
 from gplq_ros.onboard.fileformat import BACKBONE_ID, check_fields, read_versioned_meta
 from gplq_ros.onboard.flight import render_window, scale_at, window_affine
 from gplq_ros.onboard.geo import GeoRef
-from gplq_ros.onboard.heads import l2_normalize
+from gplq_ros.onboard.heads import l2_normalize, upsample
 from gplq_ros.onboard.photometric import PHOTOMETRIC_MODES, apply_photometric
 
 FORMAT = 'gplq_ros.place_map'
+EXACT_PCA_MAX = 4096      # fit_pca: exact up to this many rows, randomized beyond
 VERSION = 1
 
 
@@ -63,6 +64,7 @@ class MapConfig:
     pca_dim: int = 256
     boundary_res_m: float = 0.5      # metres per pixel of the map's boundary orthomap
     photometric: str = 'none'        # tile normalization (onboard.photometric); the frames need the same
+    pca_sample: int = 4096           # the PCA is fitted on at most this many tiles, evenly spread (pca_sample_ids)
 
     def __post_init__(self):
         object.__setattr__(self, 'heights_m', tuple(float(h) for h in self.heights_m))
@@ -72,7 +74,7 @@ class MapConfig:
             ('width', 16 <= self.width <= 8192), ('height', 16 <= self.height <= 8192),
             ('hfov_deg', 10 <= self.hfov_deg <= 170), ('gsd_m', 0 < self.gsd_m <= 100),
             ('pca_dim', 8 <= self.pca_dim <= 4096), ('boundary_res_m', self.gsd_m <= self.boundary_res_m <= 100),
-            ('photometric', self.photometric in PHOTOMETRIC_MODES)])
+            ('photometric', self.photometric in PHOTOMETRIC_MODES), ('pca_sample', 16 <= self.pca_sample <= 10 ** 7)])
 
     def scale(self, height_m: float) -> float:
         return scale_at(height_m, self.width, self.hfov_deg, self.gsd_m)
@@ -101,11 +103,24 @@ def vocabulary_id(centers: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(centers, np.float32).tobytes()).hexdigest()
 
 
+def footprint_radius_m(cfg: MapConfig, height_m: float) -> float:
+    """Radius of the circle a camera at ``height_m`` sees at any yaw (half its diagonal), metres."""
+    return 0.5 * math.hypot(cfg.width, cfg.height) * cfg.scale(height_m) * cfg.gsd_m
+
+
+def pca_sample_ids(n: int, sample: int) -> np.ndarray:
+    """The tiles (ascending ids of ``tile_poses``) the PCA is fitted on: all of them when there
+    are at most ``sample``, else ``sample`` spread evenly over the list (so over every shard,
+    height and heading)."""
+    if n <= sample:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, sample)).astype(np.int64))
+
+
 def tile_poses(image_hw: Tuple[int, int], cfg: MapConfig) -> np.ndarray:
     """(N, 4) [x, y, yaw, height] of the map's tiles (see the module doc)."""
     h, w = image_hw
-    smax = cfg.scale(max(cfg.heights_m))
-    margin = 0.5 * math.hypot(cfg.width, cfg.height) * smax * cfg.gsd_m      # metres
+    margin = footprint_radius_m(cfg, max(cfg.heights_m))
     xs = np.arange(margin, w * cfg.gsd_m - margin + 1e-9, cfg.stride_m)
     ys = np.arange(margin, h * cfg.gsd_m - margin + 1e-9, cfg.stride_m)
     if not len(xs) or not len(ys):
@@ -115,33 +130,60 @@ def tile_poses(image_hw: Tuple[int, int], cfg: MapConfig) -> np.ndarray:
     return np.array([(x, -y, yaw, z) for z in cfg.heights_m for y in ys for x in xs for yaw in yaws], np.float64)
 
 
-def render_tile(ortho: np.ndarray, pose: np.ndarray, cfg: MapConfig) -> np.ndarray:
+def tile_origin(pose: np.ndarray, cfg: MapConfig) -> Tuple[int, int, int]:
+    """(row0, col0, size): the square of orthophoto pixels a tile is rendered from (its footprint
+    and 2 pixels more), clipped at the raster's top-left corner."""
+    x, y, _, z = pose
+    r = footprint_radius_m(cfg, z) / cfg.gsd_m + 2.0
+    return max(int(math.floor(-y / cfg.gsd_m - r)), 0), max(int(math.floor(x / cfg.gsd_m - r)), 0), \
+        int(math.ceil(2 * r)) + 2
+
+
+def render_tile(ortho: np.ndarray, pose: np.ndarray, cfg: MapConfig, origin: Tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The camera frame of tile ``pose`` from ``ortho`` (a raster whose pixel [0, 0] is the
+    orthophoto's pixel ``origin``: a window of it). Rendered from the tile's own square
+    (``tile_origin``), so the frame is the same to the bit whichever window holds it."""
     x, y, yaw, z = pose
-    return render_window(ortho, x / cfg.gsd_m, -y / cfg.gsd_m, yaw, cfg.scale(z), cfg.width, cfg.height)
+    r0, c0, n = tile_origin(pose, cfg)
+    view = ortho[r0 - origin[0]:r0 - origin[0] + n, c0 - origin[1]:c0 - origin[1] + n]
+    return render_window(view, x / cfg.gsd_m - c0, -y / cfg.gsd_m - r0, yaw, cfg.scale(z), cfg.width, cfg.height)
 
 
 def fit_pca(desc: np.ndarray, dim: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, float]:
     """Mean (D,), basis (P, D) of the top ``dim`` principal directions, explained variance share.
 
-    Randomized (Halko et al. 2011: Gaussian sketch of dim + 16 columns, 3 power iterations):
-    a full SVD of a 13,000 x 12,288 matrix ran for over 20 minutes here; this takes seconds."""
+    Up to ``EXACT_PCA_MAX`` rows exact (eigen-decomposition of the rows' Gram matrix in float64;
+    4,096 rows of 12,288 take a few seconds); beyond, randomized (Halko et al. 2011: Gaussian
+    sketch of dim + 16 columns, 3 power iterations: a full SVD of a 13,000 x 12,288 matrix ran
+    for over 20 minutes here). A component's sign is arbitrary: each one's largest coordinate is
+    made positive, so that maps of the same tiles described in other processes agree."""
     x = np.asarray(desc, np.float32)
     n, d = x.shape
     p = min(dim, n - 1)
     if p < 1:
         raise MapError(f'{n} tiles: a map needs at least 2')
-    mean = x.mean(axis=0)
-    xc = x - mean
-    k = min(p + 16, n, d)
-    y = xc @ np.random.default_rng(seed).standard_normal((d, k)).astype(np.float32)
-    for _ in range(3):
-        y, _ = np.linalg.qr(y)
-        y = xc @ (xc.T @ y)
-    q, _ = np.linalg.qr(y)
-    _, sv, vt = np.linalg.svd(q.T @ xc, full_matrices=False)
-    total = float(np.square(xc, dtype=np.float64).sum())
-    explained = float((sv[:p].astype(np.float64) ** 2).sum() / max(total, 1e-30))
-    return mean.astype(np.float32), vt[:p].astype(np.float32), explained
+    mean = x.mean(axis=0, dtype=np.float64)
+    total = float(np.square(x - mean.astype(np.float32), dtype=np.float64).sum())
+    if n <= EXACT_PCA_MAX:
+        xc = x.astype(np.float64) - mean
+        lam, u = np.linalg.eigh(xc @ xc.T)
+        top = np.argsort(-lam, kind='stable')[:p]
+        lam = np.maximum(lam[top], 1e-30)
+        vt = (u[:, top].T @ xc) / np.sqrt(lam)[:, None]
+        explained = float(lam.sum() / max(total, 1e-30))
+    else:
+        xc = x - mean.astype(np.float32)
+        k = min(p + 16, n, d)
+        y = xc @ np.random.default_rng(seed).standard_normal((d, k)).astype(np.float32)
+        for _ in range(3):
+            y, _ = np.linalg.qr(y)
+            y = xc @ (xc.T @ y)
+        q, _ = np.linalg.qr(y)
+        _, sv, vt = np.linalg.svd(q.T @ xc, full_matrices=False)
+        vt = vt[:p]
+        explained = float((sv[:p].astype(np.float64) ** 2).sum() / max(total, 1e-30))
+    vt = vt * np.where(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
+    return mean.astype(np.float32), vt.astype(np.float32), explained
 
 
 @dataclass
@@ -227,16 +269,19 @@ def boundary_shape(image_hw, cfg: MapConfig) -> Tuple[int, int]:
 
 def build_map(ortho: np.ndarray, describe: Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]], cfg: MapConfig,
               meta: MapMeta, progress: Callable[[int, int], None] = lambda i, n: None) -> PlaceMap:
-    """Render every tile, describe it with ``describe`` (image -> (D,) VLAD, (H, W) boundary map
-    at image resolution), fit the PCA, average the boundary maps on the orthophoto."""
+    """Render every tile, describe it with ``describe`` (image -> (D,) VLAD, (gh, gw) boundary map
+    on the patch grid, upsampled to the image like the feature node's), fit the PCA on the
+    ``pca_sample_ids`` tiles, average the boundary maps on the orthophoto. In one process;
+    ``onboard.mapshards`` builds the same map in shards."""
     poses = tile_poses(ortho.shape[:2], cfg)
     rows, cols = boundary_shape(ortho.shape[:2], cfg)
     acc, cnt = np.zeros((rows, cols), np.float64), np.zeros((rows, cols), np.float64)
     to_map = cfg.gsd_m / cfg.boundary_res_m            # orthophoto pixels -> boundary orthomap pixels
     desc = []
     for i, pose in enumerate(poses):
-        d, b = describe(apply_photometric(render_tile(ortho, pose, cfg), cfg.photometric))
+        d, grid = describe(apply_photometric(render_tile(ortho, pose, cfg), cfg.photometric))
         desc.append(np.asarray(d, np.float32))
+        b = upsample(np.asarray(grid, np.float32), (cfg.height, cfg.width))
         a = window_affine(pose[0] / cfg.gsd_m, -pose[1] / cfg.gsd_m, pose[2], cfg.scale(pose[3]), cfg.width,
                           cfg.height) * to_map
         w = cv2.warpAffine(np.asarray(b, np.float32), a, (cols, rows), flags=cv2.INTER_LINEAR,
@@ -247,7 +292,7 @@ def build_map(ortho: np.ndarray, describe: Callable[[np.ndarray], Tuple[np.ndarr
         progress(i + 1, len(poses))
     desc = np.stack(desc)
     boundary = np.where(cnt > 0, acc / np.maximum(cnt, 1), 0.0).astype(np.float32)
-    mean, basis, explained = fit_pca(desc, cfg.pca_dim)
+    mean, basis, explained = fit_pca(desc[pca_sample_ids(len(desc), cfg.pca_sample)], cfg.pca_dim)
     meta.n_tiles, meta.pca_explained, meta.image_hw = len(poses), explained, list(ortho.shape[:2])
     meta.config = asdict(cfg)
     proj = l2_normalize((desc - mean) @ basis.T)

@@ -1,0 +1,325 @@
+"""Mission-sized place maps: a folder of shards searched through a compressed index and
+loaded around the position under a memory budget (numpy; FAISS for the global index).
+
+Layout of a sharded map folder (``FORMAT`` version ``VERSION``; written by ``write_sharded``
+from ``mapshards.build_sharded``):
+
+* ``map.json``: the ``MapMeta`` (as a one-file ``PlaceMap``'s), the shard grid (``shard_m``, the
+  boundary orthomap's ``core_px`` per shard and its whole size) and every shard: its key, file,
+  rows of the tile list, checksum, the weights and vocabulary it was made with.
+* ``pca.safetensors``: the PCA mean and basis (fitted once on a sample over all shards).
+* ``poses.npy``: (N, 4) float64 x, y, yaw, height of every tile, in shard order; always in
+  memory (32 bytes a tile): the spatial index (``TileGrid``) and the global search's positions.
+* ``descriptors.f16``: (N, P) float16 unit descriptors, raw rows; the global search re-ranks its
+  candidates exactly from it with positioned reads (``mapindex.DescriptorRows``: no memory map,
+  so the pages read do not stay in the process).
+* ``index.faiss`` (+ ``.json``): the compressed global index over all descriptors (``mapindex``).
+* ``shards/<key>.safetensors``: the shard's descriptors (float16) and its square of the boundary
+  orthomap (float16), loaded when the localizer needs them and released least recently used
+  first when the loaded shards would exceed the budget.
+
+``ShardedMap`` and ``PlaceMap`` (one file, everything in memory) answer the localizer the same
+questions: ``search(q, k, near=None)`` (global, or only the tiles within a radius of a
+position), ``boundary_window`` (the boundary orthomap around a position), ``poses``,
+``project``, ``config``, ``georef``. ``open_map`` opens either."""
+import json
+import os
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
+from gplq_ros.onboard.geo import GeoRef
+from gplq_ros.onboard.heads import l2_normalize
+from gplq_ros.onboard.placemap import MapConfig, MapError, MapMeta, PlaceMap, vocabulary_id
+
+FORMAT = 'gplq_ros.sharded_place_map'
+VERSION = 1
+MANIFEST = 'map.json'
+
+
+class TileGrid:
+    """Spatial index over tile positions: tiles bucketed in square cells of ``cell_m``; ``near``
+    returns the tiles within a radius by visiting only the cells the circle touches."""
+
+    def __init__(self, xy: np.ndarray, cell_m: float):
+        self.cell = float(cell_m)
+        xy = np.asarray(xy, np.float64)
+        c = np.floor(xy / self.cell).astype(np.int64)
+        self.c0 = c.min(axis=0) if len(c) else np.zeros(2, np.int64)
+        c -= self.c0
+        self.shape = tuple(int(v) + 1 for v in (c.max(axis=0) if len(c) else (0, 0)))
+        flat = c[:, 1] * self.shape[0] + c[:, 0]
+        self.order = np.argsort(flat, kind='stable')
+        self.starts = np.searchsorted(flat[self.order], np.arange(self.shape[0] * self.shape[1] + 1))
+        self.xy = xy
+
+    def near(self, xy, radius: float) -> np.ndarray:
+        """Ids (ascending) of the tiles within ``radius`` metres of ``xy``."""
+        lo = np.floor((np.asarray(xy) - radius) / self.cell).astype(np.int64) - self.c0
+        hi = np.floor((np.asarray(xy) + radius) / self.cell).astype(np.int64) - self.c0
+        lo, hi = np.maximum(lo, 0), np.minimum(hi, np.array(self.shape) - 1)
+        if (hi < lo).any():
+            return np.zeros(0, np.int64)
+        parts = [self.order[self.starts[cy * self.shape[0] + lo[0]]:self.starts[cy * self.shape[0] + hi[0] + 1]]
+                 for cy in range(lo[1], hi[1] + 1)]
+        ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        d2 = np.square(self.xy[ids] - np.asarray(xy)).sum(axis=1)
+        return np.sort(ids[d2 <= radius * radius])
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest scores, best first (ties: lower position first)."""
+    k = min(k, len(scores))
+    idx = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    return idx[np.argsort(-scores[idx], kind='stable')]
+
+
+# -- the one-file map answers the same questions ---------------------------------------------------------------
+class WholeMap:
+    """A ``PlaceMap`` (one file, all in memory) behind the interface the localizer uses."""
+
+    def __init__(self, pmap: PlaceMap, cell_m: float = 32.0):
+        self.pmap, self.poses, self.meta = pmap, pmap.poses, pmap.meta
+        self.grid = TileGrid(pmap.poses[:, :2], cell_m)
+        self.stats = {'shards_loaded': 0, 'shards_released': 0}
+
+    config = property(lambda self: self.pmap.config)
+    georef = property(lambda self: self.pmap.georef)
+    boundary_hw = property(lambda self: self.pmap.boundary.shape)
+
+    def project(self, descriptor):
+        return self.pmap.project(descriptor)
+
+    def check_vocabulary(self, centers, source='vocabulary'):
+        self.pmap.check_vocabulary(centers, source)
+
+    def search(self, q: np.ndarray, k: int, near: Optional[Tuple[np.ndarray, float]] = None):
+        """(ids, scores) of the ``k`` best tiles for the unit query ``q``: over the whole map
+        (exact: one matrix-vector product), or over the tiles within ``near`` = (xy, radius)."""
+        if near is None:
+            scores = self.pmap.descriptors @ q
+            idx = top_k(scores, k)
+            return idx, scores[idx]
+        ids = self.grid.near(*near)
+        scores = self.pmap.descriptors[ids] @ q
+        idx = top_k(scores, k)
+        return ids[idx], scores[idx]
+
+    def boundary_window(self, r0: int, c0: int, r1: int, c1: int):
+        """(array, row0, col0): the boundary orthomap's pixels holding rows r0..r1, cols c0..c1
+        (here the whole orthomap)."""
+        return self.pmap.boundary, 0, 0
+
+    def resident_bytes(self) -> int:
+        p = self.pmap
+        return int(p.poses.nbytes + p.descriptors.nbytes + p.boundary.nbytes + p.pca_basis.nbytes)
+
+
+# -- writing a sharded map -------------------------------------------------------------------------------------
+def write_sharded(result, out: Path, index_cfg=None, force: bool = False) -> Path:
+    """Write ``mapshards.BuildResult`` as a sharded map folder ``out`` (module doc), with its
+    global index (``mapindex.build_index``, ``index_cfg`` or the default)."""
+    from gplq_ros.onboard import mapindex
+    out = Path(out)
+    if (out / MANIFEST).exists() and not force:
+        raise FileExistsError(f'{out} holds a map; pass --force to overwrite')
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'shards').mkdir(exist_ok=True)
+    m = result.meta
+    stamp = {'weights_sha256': m.weights_sha256, 'vocabulary_sha256': m.vocabulary_sha256}
+    shards = []
+    for k, rows in result.shards.items():
+        name = f'x{k[0]:04d}_y{k[1]:04d}'
+        path = out / 'shards' / f'{name}.safetensors'
+        save_file({'descriptors': np.ascontiguousarray(result.descriptors[rows], np.float16),
+                   'boundary': np.ascontiguousarray(result.boundary[k], np.float16)}, str(path),
+                  metadata={'gplq_ros': json.dumps({**stamp, 'key': list(k)})})
+        a = int(rows[0]) if len(rows) else (shards[-1]['rows'][1] if shards else 0)
+        shards.append({'key': [int(k[0]), int(k[1])], 'file': f'shards/{name}.safetensors',
+                       'rows': [a, a + len(rows)], 'sha256': sha256_file(path), **stamp})
+    save_file({'mean': result.pca_mean, 'basis': result.pca_basis}, str(out / 'pca.safetensors'))
+    np.save(out / 'poses.npy', np.ascontiguousarray(result.poses, np.float64))
+    mapindex.write_descriptor_rows(out / 'descriptors.f16', result.descriptors)
+    cfg = index_cfg or mapindex.IndexConfig()
+    index = mapindex.build_index(result.descriptors, cfg)
+    mapindex.save_index(index, out / 'index.faiss', cfg)
+    manifest = {'format': FORMAT, 'version': VERSION, 'meta': asdict(m),
+                'shard_m': result.core_px * m.config['boundary_res_m'], 'core_px': result.core_px,
+                'boundary_hw': [int(v) for v in result.boundary_hw], 'n_tiles': int(len(result.poses)),
+                'pca_dim': int(result.pca_basis.shape[0]), 'shards': shards,
+                'index': {'file': 'index.faiss', 'config': asdict(cfg)},
+                'build': {k: v for k, v in result.stats.items()}}
+    tmp = out / (MANIFEST + '.tmp')
+    tmp.write_text(json.dumps(manifest, indent=1) + '\n')
+    os.replace(tmp, out / MANIFEST)
+    return out
+
+
+# -- reading a sharded map -------------------------------------------------------------------------------------
+class ShardedMap:
+    """A sharded map folder (module doc), searched and loaded under ``memory_mb``: the poses, the
+    PCA and the global index always in memory (refused when they alone exceed the budget), shards
+    (descriptors and boundary orthomap) loaded when a search or a boundary window needs them and
+    released least recently used first. ``stats``: shards loaded / released, bytes resident."""
+
+    def __init__(self, path: Path, memory_mb: float = 512.0, weights_sha256: Optional[str] = None,
+                 cell_m: float = 32.0):
+        from gplq_ros.onboard import mapindex
+        self.path = Path(path)
+        try:
+            man = json.loads((self.path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise MapError(f'sharded place map not found: {self.path / MANIFEST} (build one with gplq_map)') from None
+        except ValueError as e:
+            raise MapError(f'{self.path / MANIFEST}: not JSON ({e})') from None
+        if man.get('format') != FORMAT or man.get('version') != VERSION:
+            raise MapError(f'{self.path}: format {man.get("format")!r} version {man.get("version")!r}; this reader '
+                           f'takes {FORMAT!r} version {VERSION}')
+        try:
+            self.meta = MapMeta(**man['meta'])
+            MapConfig(**self.meta.config)
+        except (TypeError, ValueError) as e:
+            raise MapError(f'{self.path}: malformed map metadata ({e})') from None
+        if self.meta.backbone != BACKBONE_ID or (weights_sha256 and self.meta.weights_sha256 != weights_sha256):
+            raise MapError(f'{self.path}: built with {self.meta.backbone} weights {self.meta.weights_sha256[:12]}..., '
+                           f'the graph uses {str(weights_sha256)[:12]}...')
+        self.man = man
+        for s in man['shards']:
+            for k in ('weights_sha256', 'vocabulary_sha256'):
+                if s[k] != getattr(self.meta, k):
+                    raise MapError(f'{self.path / s["file"]}: {k} {s[k][:12]}... differs from the map\'s '
+                                   f'{getattr(self.meta, k)[:12]}...: shards of other weights or vocabulary')
+        self.core_px, self.boundary_hw = int(man['core_px']), tuple(man['boundary_hw'])
+        pca = load_file(str(self.path / 'pca.safetensors'))
+        self.pca_mean, self.pca_basis = pca['mean'], pca['basis']
+        self.poses = np.load(self.path / 'poses.npy')
+        n, p = len(self.poses), self.pca_basis.shape[0]
+        if n != man['n_tiles'] or self.poses.shape != (n, 4):
+            raise MapError(f'{self.path}: poses.npy holds {self.poses.shape}, the manifest {man["n_tiles"]} tiles')
+        self.rows = mapindex.DescriptorRows(self.path / 'descriptors.f16', n, p)
+        index, icfg = mapindex.load_index(self.path / man['index']['file'])
+        self.index = mapindex.GlobalIndex(index, self.rows, icfg)
+        self.grid = TileGrid(self.poses[:, :2], cell_m)
+        self.shard_of = np.zeros(n, np.int32)
+        self.keys = []
+        for i, s in enumerate(man['shards']):
+            a, b = s['rows']
+            self.shard_of[a:b] = i
+            self.keys.append(tuple(s['key']))
+        self.key_index = {k: i for i, k in enumerate(self.keys)}
+        self.budget = int(memory_mb * 2 ** 20)
+        self.fixed_bytes = int(self.poses.nbytes + self.pca_basis.nbytes + self.pca_mean.nbytes +
+                               mapindex.index_bytes(index) + self.grid.order.nbytes + self.grid.starts.nbytes +
+                               self.shard_of.nbytes)
+        if self.fixed_bytes > self.budget:
+            raise MapError(f'map_memory_mb={memory_mb:g}: the map\'s poses, PCA and global index alone take '
+                           f'{self.fixed_bytes / 2 ** 20:.0f} MB; give a larger budget')
+        self.loaded: 'OrderedDict[int, Dict[str, np.ndarray]]' = OrderedDict()
+        self.loaded_bytes = 0
+        self.stats = {'shards_loaded': 0, 'shards_released': 0, 'over_budget': 0}
+
+    # the same questions as WholeMap
+    @property
+    def config(self) -> MapConfig:
+        return MapConfig(**self.meta.config)
+
+    @property
+    def georef(self) -> Optional[GeoRef]:
+        return GeoRef(**self.meta.georef) if self.meta.georef else None
+
+    def project(self, descriptor: np.ndarray) -> np.ndarray:
+        d = np.asarray(descriptor, np.float32)
+        if d.shape[-1] != self.pca_mean.shape[0]:
+            raise MapError(f'descriptor length {d.shape[-1]}: this map takes {self.pca_mean.shape[0]}')
+        return l2_normalize((d - self.pca_mean) @ self.pca_basis.T)
+
+    def check_vocabulary(self, centers: np.ndarray, source='vocabulary') -> None:
+        vid = vocabulary_id(centers)
+        if vid != self.meta.vocabulary_sha256:
+            raise MapError(f'{source}: vocabulary {vid[:12]}... is not the one the map was built with '
+                           f'({self.meta.vocabulary_sha256[:12]}...); build the map again with gplq_map')
+
+    def search(self, q: np.ndarray, k: int, near: Optional[Tuple[np.ndarray, float]] = None):
+        """(ids, scores) of the ``k`` best tiles: globally through the index (candidates re-ranked
+        exactly), or exactly over the tiles within ``near`` = (xy, radius) from their shards."""
+        if near is None:
+            return self.index.search(np.asarray(q, np.float32), k)
+        ids = self.grid.near(*near)
+        if not len(ids):
+            return ids, np.zeros(0, np.float32)
+        which = self.shard_of[ids]
+        scores = np.empty(len(ids), np.float32)
+        needed = [int(i) for i in np.unique(which)]
+        for i in needed:
+            sel = which == i
+            a = self.man['shards'][i]['rows'][0]
+            d = self._shard(i, keep=needed)['descriptors'][ids[sel] - a]
+            scores[sel] = d.astype(np.float32) @ q
+        idx = top_k(scores, k)
+        return ids[idx], scores[idx]
+
+    def boundary_window(self, r0: int, c0: int, r1: int, c1: int):
+        """(array, row0, col0): the boundary orthomap's rows r0..r1-1, cols c0..c1-1 clipped to the
+        map, assembled from the shards that hold them (zero where no shard is)."""
+        bh, bw = self.boundary_hw
+        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, bh), min(c1, bw)
+        if r1 <= r0 or c1 <= c0:
+            return np.zeros((1, 1), np.float32), 0, 0
+        out = np.zeros((r1 - r0, c1 - c0), np.float32)
+        cp = self.core_px
+        keys = [(kx, ky) for ky in range(r0 // cp, (r1 - 1) // cp + 1) for kx in range(c0 // cp, (c1 - 1) // cp + 1)]
+        needed = [self.key_index[k] for k in keys if k in self.key_index]
+        for i in needed:
+            kx, ky = self.keys[i]
+            core = self._shard(i, keep=needed)['boundary']
+            sr0, sc0 = ky * cp, kx * cp
+            ir0, ic0 = max(r0, sr0), max(c0, sc0)
+            ir1, ic1 = min(r1, sr0 + core.shape[0]), min(c1, sc0 + core.shape[1])
+            if ir0 < ir1 and ic0 < ic1:
+                out[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = core[ir0 - sr0:ir1 - sr0, ic0 - sc0:ic1 - sc0]
+        return out, r0, c0
+
+    def resident_bytes(self) -> int:
+        return self.fixed_bytes + self.loaded_bytes
+
+    def _shard(self, i: int, keep=()) -> Dict[str, np.ndarray]:
+        """Shard ``i``'s tensors, loaded if needed; others released (least recently used first,
+        never one in ``keep``) until the loaded shards fit the budget."""
+        if i in self.loaded:
+            self.loaded.move_to_end(i)
+            return self.loaded[i]
+        s = self.man['shards'][i]
+        path = self.path / s['file']
+        try:
+            t = load_file(str(path))
+        except (OSError, ValueError) as e:
+            raise MapError(f'{path}: cannot read shard ({e})') from None
+        a, b = s['rows']
+        if t['descriptors'].shape != (b - a, self.pca_basis.shape[0]) or t['boundary'].ndim != 2:
+            raise MapError(f'{path}: tensor shapes do not match the manifest ({b - a} tiles)')
+        t['boundary'] = t['boundary'].astype(np.float32)
+        size = sum(v.nbytes for v in t.values())
+        while self.loaded and self.fixed_bytes + self.loaded_bytes + size > self.budget:
+            victim = next((j for j in self.loaded if j not in keep), None)
+            if victim is None:
+                self.stats['over_budget'] += 1      # one search needs more shards than the budget holds
+                break
+            self.loaded_bytes -= sum(v.nbytes for v in self.loaded.pop(victim).values())
+            self.stats['shards_released'] += 1
+        self.loaded[i] = t
+        self.loaded_bytes += size
+        self.stats['shards_loaded'] += 1
+        return t
+
+
+def open_map(path: Path, memory_mb: float = 512.0, weights_sha256: Optional[str] = None):
+    """A map file (``PlaceMap``, wrapped in ``WholeMap``) or a sharded map folder (``ShardedMap``)."""
+    path = Path(path)
+    if path.is_dir():
+        return ShardedMap(path, memory_mb, weights_sha256)
+    return WholeMap(PlaceMap.load(path, weights_sha256))
