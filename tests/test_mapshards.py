@@ -70,7 +70,7 @@ def _same_map(a, b, atol=2e-3):
 def test_sharded_build_on_ray_equals_the_single_process_map(ray_build, reference):
     res, out, lines = ray_build
     assert res.stats['shards'] == 9 and res.stats['workers'] == 2 and res.stats['computed_tiles'] == 128, res.stats
-    assert any('128 tiles in 9 shards' in l and '2 Ray workers' in l for l in lines), lines
+    assert any('128 tiles in 9 shards' in line and '2 Ray workers' in line for line in lines), lines
     assert 'PCA fitted on 40 of 128 tiles' in res.meta.notes[0]
     _same_map(res.placemap(), reference)
 
@@ -121,14 +121,13 @@ def test_memory_budget_releases_shards(ray_build, tmp_path):
         ShardedMap(folder, memory_mb=0.001)
 
 
-def test_shards_of_other_weights_or_vocabulary_are_refused(ray_build, small_ortho, fp32_graph, vocab_file,
-                                                          tmp_path):
+def test_shards_of_other_weights_or_vocabulary_are_refused(ray_build, small_ortho, fp32_graph, vocab_file, tmp_path):
     from safetensors.numpy import load_file, save_file
     from gplq_ros.onboard.mapstore import MANIFEST, ShardedMap, write_sharded
     res, _, _ = ray_build
     folder = write_sharded(res, tmp_path / 'folder')
     man = json.loads((folder / MANIFEST).read_text())
-    man['shards'][4]['vocabulary_sha256'] = 'f' * 64
+    next(e for e in man['shards'] if e['key'] == [1, 1])['vocabulary_sha256'] = 'f' * 64
     (folder / MANIFEST).write_text(json.dumps(man))
     with pytest.raises(MapError, match=r'x0001_y0001.safetensors: vocabulary_sha256 ffffffffffff.*other weights or '):
         ShardedMap(folder)
@@ -143,7 +142,7 @@ def test_shards_of_other_weights_or_vocabulary_are_refused(ray_build, small_orth
                                                               'vocabulary_sha256': 'v'})})
     with pytest.raises(MapError, match=r'weights_sha256 eeeeeeeeeeee.*is not this build'):
         build_sharded(spec, out, Path(fp32_graph), Path(vocab_file), cfg, BuildConfig(shard_m=SHARD_M))
-    with pytest.raises(MapError, match='holds a build of other inputs \\(config, shard_m differ\\)'):
+    with pytest.raises(MapError, match='holds a build of other inputs \\(config, n_tiles, shard_m differ\\)'):
         build_sharded(spec, out, Path(fp32_graph), Path(vocab_file), CFG, BuildConfig(shard_m=10.0))
 
 

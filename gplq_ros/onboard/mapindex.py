@@ -22,6 +22,11 @@ Index kinds (``IndexConfig.kind``):
 * ``hnsw_sq8``: HNSW graph of ``hnsw_m`` links a node over 8-bit scalar-quantized codes
   (P + 8 hnsw_m bytes a tile; no inverted lists, slow to build).
 
+Why half the lists by default (``nprobe`` = 0): on the synthetic 10^6-tile extension of the
+real maps (``benchmarks/map_index.py``) a query's 24 nearest tiles spread over many lists
+(weak neighbour structure: the 24th neighbour's cosine is ~0.45), so recall@24 >= 0.98 needed
+about half the lists at 10^5 and 10^6 tiles; with 4-bit fast-scan codes that is still a few ms.
+
 Every inverted-file index stores an int64 id per tile besides its code. Kinds that need
 training (all but ``flat``) are trained on a deterministic sample of at most
 ``max_train`` rows. Search-time fields (``nprobe``, ``ef_search``, ``candidates``) may differ
@@ -74,7 +79,7 @@ class IndexConfig:
     nlist: int = 0             # inverted lists; 0 = auto_nlist(N)
     m: int = 128               # PQ sub-vectors (ivf_pq, ivf_pqfs); must divide P
     nbits: int = 0             # bits a PQ sub-code; 0 = the kind's: 8 for ivf_pq, 4 for ivf_pqfs (its only)
-    nprobe: int = 256          # lists visited a query (search time)
+    nprobe: int = 0            # lists visited a query (search time); 0 = half of them (see module doc)
     hnsw_m: int = 32           # HNSW links a node
     ef_construction: int = 64  # HNSW build beam
     ef_search: int = 128       # HNSW search beam (search time)
@@ -86,7 +91,7 @@ class IndexConfig:
             ('kind', self.kind in INDEX_KINDS), ('nlist', 0 <= self.nlist <= 1 << 20),
             ('m', 1 <= self.m <= 256),
             ('nbits', self.nbits in {'ivf_pq': (0, 8), 'ivf_pqfs': (0, 4)}.get(self.kind, (self.nbits,))),
-            ('nprobe', 1 <= self.nprobe <= 1 << 20), ('hnsw_m', 4 <= self.hnsw_m <= 128),
+            ('nprobe', 0 <= self.nprobe <= 1 << 20), ('hnsw_m', 4 <= self.hnsw_m <= 128),
             ('ef_construction', 8 <= self.ef_construction <= 4096), ('ef_search', 1 <= self.ef_search <= 1 << 16),
             ('candidates', 1 <= self.candidates <= 1000), ('max_train', 256 <= self.max_train <= 10_000_000)])
 
@@ -314,12 +319,13 @@ class GlobalIndex:
             raise ValueError(f'rows file is {rows.n} x {rows.p}, the index {index.n} x {index.p}')
         self.built, self.rows, self.cfg = index, rows, cfg
         faiss = _faiss()
+        self.nprobe = 0         # lists visited (inverted-file kinds)
         if cfg.kind == 'hnsw_sq8':
             self._params = faiss.SearchParametersHNSW()
             self._params.efSearch = cfg.ef_search
         elif cfg.kind.startswith('ivf'):
             self._params = faiss.SearchParametersIVF()
-            self._params.nprobe = cfg.nprobe
+            self._params.nprobe = self.nprobe = min(cfg.nprobe or max(1, index.index.nlist // 2), index.index.nlist)
         else:
             self._params = None
 

@@ -384,6 +384,7 @@ def build_sharded(spec: Sequence[dict], out: Path, graph: Path, vocabulary: Path
               'reference_graph_sha256': sha256_file(graph),
               'sources': [{'name': Path(s['path']).name, 'sha256': sha256_file(Path(s['path'])),
                            'gsd_m': s.get('gsd_m')} for s in spec], 'n_tiles': int(len(poses))}
+    inputs = json.loads(json.dumps(inputs))           # as plan.json holds it (tuples -> lists)
     bdir = out.with_name(out.name + '.build')
     if bdir.exists():
         try:

@@ -121,6 +121,22 @@ class WholeMap:
 
 
 # -- writing a sharded map -------------------------------------------------------------------------------------
+EXACT_INDEX_MAX = 20_000      # up to this many tiles the global index is exact (float32, 1 KB a tile at P = 256)
+
+
+def default_index_config(n: int, p: int):
+    """The global index of a map of ``n`` tiles of ``p`` dims: exact (``flat``) for small maps,
+    else ``mapindex.IndexConfig``'s default kind with PQ sub-vectors that divide ``p``."""
+    from gplq_ros.onboard import mapindex
+    if n <= EXACT_INDEX_MAX:
+        return mapindex.IndexConfig(kind='flat')
+    d = mapindex.IndexConfig()
+    m = d.m
+    while p % m:
+        m //= 2
+    return mapindex.IndexConfig(m=max(m, 1))
+
+
 def write_sharded(result, out: Path, index_cfg=None, force: bool = False) -> Path:
     """Write ``mapshards.BuildResult`` as a sharded map folder ``out`` (module doc), with its
     global index (``mapindex.build_index``, ``index_cfg`` or the default)."""
@@ -145,9 +161,9 @@ def write_sharded(result, out: Path, index_cfg=None, force: bool = False) -> Pat
     save_file({'mean': result.pca_mean, 'basis': result.pca_basis}, str(out / 'pca.safetensors'))
     np.save(out / 'poses.npy', np.ascontiguousarray(result.poses, np.float64))
     mapindex.write_descriptor_rows(out / 'descriptors.f16', result.descriptors)
-    cfg = index_cfg or mapindex.IndexConfig()
+    cfg = index_cfg or default_index_config(*result.descriptors.shape)
     index = mapindex.build_index(result.descriptors, cfg)
-    mapindex.save_index(index, out / 'index.faiss', cfg)
+    mapindex.save_index(index, out / 'index.faiss')
     manifest = {'format': FORMAT, 'version': VERSION, 'meta': asdict(m),
                 'shard_m': result.core_px * m.config['boundary_res_m'], 'core_px': result.core_px,
                 'boundary_hw': [int(v) for v in result.boundary_hw], 'n_tiles': int(len(result.poses)),
@@ -202,8 +218,8 @@ class ShardedMap:
         if n != man['n_tiles'] or self.poses.shape != (n, 4):
             raise MapError(f'{self.path}: poses.npy holds {self.poses.shape}, the manifest {man["n_tiles"]} tiles')
         self.rows = mapindex.DescriptorRows(self.path / 'descriptors.f16', n, p)
-        index, icfg = mapindex.load_index(self.path / man['index']['file'])
-        self.index = mapindex.GlobalIndex(index, self.rows, icfg)
+        index = mapindex.load_index(self.path / man['index']['file'])
+        self.index = mapindex.GlobalIndex(index, self.rows)
         self.grid = TileGrid(self.poses[:, :2], cell_m)
         self.shard_of = np.zeros(n, np.int32)
         self.keys = []
