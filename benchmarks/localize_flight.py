@@ -141,6 +141,12 @@ def main():
     ap.add_argument('--normalize', action='store_true', help='normalize frames and map tiles photometrically')
     ap.add_argument('--graphs', nargs='+', choices=('fp32', 'w4a8'), default=['fp32', 'w4a8'])
     ap.add_argument('--threads', type=int, default=2, help='engine threads')
+    ap.add_argument('--sharded', type=float, default=None, metavar='SHARD_M',
+                    help='localize in the map cut into shards of SHARD_M metres (a sharded map folder beside it: '
+                    'global index, shards loaded under --map-memory-mb) instead of the one-file map')
+    ap.add_argument('--index', default=None, help='with --sharded: the global index kind (default: exact for small '
+                    'maps; e.g. ivf_pqfs, the compressed one of mission maps)')
+    ap.add_argument('--map-memory-mb', type=float, default=512.0)
     ap.add_argument('--odometry-drift', type=float, default=None, metavar='FRAC',
                     help='feed the localizer a simulated odometry: the true track in a frame rotated 25 deg with a '
                     'random-walk error of FRAC per metre (onboard.flight.odometry_along); default: none')
@@ -161,6 +167,20 @@ def main():
         print(f'map {map_path}: {pm.meta.n_tiles} tiles in {time.perf_counter() - t0:.0f} s, '
               f'PCA {pm.descriptors.shape[1]} dims explain {pm.meta.pca_explained:.3f}')
     pmap = PlaceMap.load(map_path)
+    map_form = 'one file'
+    if args.sharded is not None:
+        from gplq_ros.onboard import mapindex
+        from gplq_ros.onboard.mapstore import ShardedMap, default_index_config, shard_placemap, write_sharded
+        res = shard_placemap(pmap, args.sharded)
+        icfg = default_index_config(*res.descriptors.shape)
+        if args.index:
+            icfg = replace(mapindex.IndexConfig(), kind=args.index,
+                           m=default_index_config(10 ** 9, res.descriptors.shape[1]).m)
+        folder = map_path.with_name(f'{map_path.stem}_shard{args.sharded:g}_{icfg.kind}')
+        if not (folder / 'map.json').is_file():
+            write_sharded(res, folder, icfg, force=True)
+        pmap = ShardedMap(folder, args.map_memory_mb)
+        map_form = f'sharded {args.sharded:g} m, {icfg.kind} index, {len(pmap.keys)} shards'
     ortho = read_rgb(image)
     flight = Flight(ortho, FlightConfig(gsd_m=gsd, height_m=height, k1=args.k1, k2=args.k2))
     plain = Flight(ortho, FlightConfig(gsd_m=gsd, height_m=height))
@@ -232,12 +252,15 @@ def main():
                    'wb': list(args.wb), 'gamma': args.gamma, 'normalize': args.normalize}
     if camera.undistort_ms:
         frames_info['undistort_ms_p50'] = float(np.median(camera.undistort_ms))
-    print(json.dumps({'flight': args.flight, 'map': pmap.meta.n_tiles, 'frames': frames_info,
+    if hasattr(pmap, 'stats'):
+        frames_info['map_stats'] = dict(pmap.stats, resident_mb=pmap.resident_bytes() / 2 ** 20)
+    print(json.dumps({'flight': args.flight, 'map': pmap.meta.n_tiles, 'map_form': map_form, 'frames': frames_info,
                       'localizer': asdict(lcfg), 'rows': rows, 'agreement': agreement}, indent=1))
     parts = (f'odometry {args.odometry_drift:g}/m' if args.odometry_drift is not None else '',
              'height' if args.height_input else '')
     inputs = ' + '.join(x for x in parts if x) or 'frames only'
-    print(f'\n{args.flight}, {args.frames} frames at {args.rate:g} Hz, {inputs}:')
+    print(f'\n{args.flight}, {args.frames} frames at {args.rate:g} Hz, {inputs}, map {map_form}, near_search '
+          f'{lcfg.near_search}:')
     for name, r in rows.items():
         print(table_row(f'{args.flight} {args.rate:g} Hz', name, r))
 

@@ -91,7 +91,8 @@ from gplq_ros.onboard.localize import FilterFault, Localizer, LocalizerConfig, O
 from gplq_ros.onboard.messages import decode_descriptor, decode_map, encode_fix, encode_pose
 from gplq_ros.onboard.paths import vocabulary_parameter
 from gplq_ros.onboard.pipeline import single_thread_blas
-from gplq_ros.onboard.placemap import MapError, PlaceMap
+from gplq_ros.onboard.mapstore import MapLoadConfig, ShardedMap, open_map
+from gplq_ros.onboard.placemap import MapError
 from gplq_ros.onboard.slot import SlotWorker
 from gplq_ros.onboard.stats import LatencyWindow
 from gplq_ros.onboard.status import localizer_status
@@ -104,12 +105,14 @@ class LocalizerNode(ManagedNode):
 
     def declare(self) -> None:
         p = self.params
-        p.declare('map', '', 'place map (gplq_map); required', read_only=True)
+        p.declare('map', '', 'place map (gplq_map): a .safetensors file or a sharded map folder; required',
+                  read_only=True)
         p.declare('vocabulary', '', 'the VLAD vocabulary of the feature node (checked against the map); empty: the '
                   '$GPLQ_HOME default', read_only=True)
         self.map_frame = p.declare('map_frame', 'map', 'frame_id of the published pose', read_only=True)
         p.declare_settings(LocalizerConfig)   # top_k ... height_tolerance, refine: one home, onboard.localize
         p.declare_settings(JoinConfig)        # pending_stamps
+        p.declare_settings(MapLoadConfig)     # map_memory_mb, map_cell_m: onboard.mapstore
         p.declare_settings(AidingConfig)      # use_odometry, use_height, ...: the optional inputs, onboard.aiding
         self.unmeasured = p.declare('unmeasured_variance', 1e6, 'variance of the axes the localizer does not '
                                     'measure (z, roll, pitch; NavSatFix up)', (1.0, 1e12), read_only=True)
@@ -126,7 +129,7 @@ class LocalizerNode(ManagedNode):
         p = self.params
         if not p['map']:
             raise ValueError('parameter map is empty: set it to a place map from gplq_map')
-        pmap = PlaceMap.load(Path(p['map']))
+        pmap = open_map(Path(p['map']), p.settings(MapLoadConfig))
         vocab_path = vocabulary_parameter(p['vocabulary'] or '')
         if vocab_path is None:
             raise ValueError('parameter vocabulary="none": the localizer needs the descriptor\'s vocabulary')
@@ -136,6 +139,9 @@ class LocalizerNode(ManagedNode):
             raise MapError(f'parameter map={p["map"]!r}: built for other backbone weights than the vocabulary')
         cfg = p.settings(LocalizerConfig)
         single_thread_blas()      # a few ms of numpy per frame beside the feature node's graph runtime
+        if isinstance(pmap, ShardedMap):
+            import faiss          # its global search too: one thread
+            faiss.omp_set_num_threads(1)
         self.localizer = Localizer(pmap, cfg)
         self.georef = pmap.georef
         self.counts = dict.fromkeys(Localizer.REASONS + ('malformed', 'filter_fault'), 0)
@@ -304,6 +310,9 @@ class LocalizerNode(ManagedNode):
                       last_sigma_m=last.measurement.sigma if last else None,
                       last_independent=(last.independent.weak or 'usable') if last and last.independent else None,
                       map_tiles=loc.map.meta.n_tiles, track_drops=loc.track_drops,
+                      map_resident_mb=loc.map.resident_bytes() / 2 ** 20,
+                      map_shards_loaded=loc.map.stats['shards_loaded'],
+                      map_shards_released=loc.map.stats['shards_released'],
                       query_p50_ms=self.query_ms.summary()['p50_ms'],
                       frames_dropped=self.worker.slot.dropped, frames_skipped=self.skipped,
                       lifecycle_state=self.state_label,

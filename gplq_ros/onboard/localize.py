@@ -93,6 +93,10 @@ class LocalizerConfig:
     reset_after: int = setting(10, 'rejections in a row before the filter restarts', range=(1, 10000))
     refine: bool = setting(True, "refine the retrieved position by matching the frame's boundary map (topic "
                            "boundary_map, same stamp as the descriptor) against the map's boundary orthomap")
+    near_search: bool = setting(True, "tracking: the tracked measurement's retrieval scores only the tiles near "
+                                "the filter's prediction (a spatial index; a sharded map loads only the shards "
+                                "there); false: the whole map, as before #20. The independent measurement always "
+                                "searches the whole map")
     search_radius_m: float = setting(12.0, 'refinement: translations searched around the retrieved position, m',
                                      range=(0.5, 100.0))
     yaw_span_deg: float = setting(20.0, 'refinement: yaws searched around the retrieved yaw, degrees',
@@ -392,7 +396,8 @@ class Localizer:
         track), else at every height of the map's range; or, with ``prior`` = (xy, radius, yaw,
         height, height steps) from the running filter, around that. ``weak`` says why it is no evidence for a
         track."""
-        near = None if prior is None else (prior[0], prior[1] + self.cfg.cluster_radius_m + self.map.config.stride_m)
+        near = None if prior is None or not self.cfg.near_search else \
+            (prior[0], prior[1] + self.cfg.cluster_radius_m + self.map.config.stride_m)
         meas = self._retrieve(descriptor, near)
         meas.retrieval_xy, meas.retrieval_yaw = meas.xy.copy(), meas.yaw
         if boundary is None or self.matcher is None:          # retrieval only: the margin is the evidence

@@ -25,7 +25,7 @@ position), ``boundary_window`` (the boundary orthomap around a position), ``pose
 import json
 import os
 from collections import OrderedDict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -36,6 +36,22 @@ from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
 from gplq_ros.onboard.geo import GeoRef
 from gplq_ros.onboard.heads import l2_normalize
 from gplq_ros.onboard.placemap import MapConfig, MapError, MapMeta, PlaceMap, vocabulary_id
+from gplq_ros.onboard.settings import setting, validate
+
+
+@dataclass(frozen=True)
+class MapLoadConfig:
+    """How the localizer holds its map (``onboard.settings``: localizer_node declares one ROS
+    parameter per field)."""
+    map_memory_mb: float = setting(512.0, 'a sharded map (gplq_map --out FOLDER): memory for its poses, index and '
+                                   'the shards loaded around the position, MB; shards are released least recently '
+                                   'used first (a one-file map is loaded whole)', range=(1.0, 1e6))
+    map_cell_m: float = setting(32.0, 'cell of the spatial index over tile positions (tracking search), m',
+                                range=(1.0, 10000.0))
+
+    def __post_init__(self):
+        validate(self)
+
 
 FORMAT = 'gplq_ros.sharded_place_map'
 VERSION = 1
@@ -174,6 +190,30 @@ def write_sharded(result, out: Path, index_cfg=None, force: bool = False) -> Pat
     tmp.write_text(json.dumps(manifest, indent=1) + '\n')
     os.replace(tmp, out / MANIFEST)
     return out
+
+
+def shard_placemap(pmap: PlaceMap, shard_m: float = 500.0):
+    """A one-file map cut into shards (``mapshards.BuildResult``, for ``write_sharded``): the same
+    tiles, descriptors and boundary orthomap, without describing anything again."""
+    from gplq_ros.onboard.mapshards import BuildResult, plan_shards
+    cfg = pmap.config
+    core = shard_m / cfg.boundary_res_m
+    if abs(core - round(core)) > 1e-6:
+        raise MapError(f'shard_m={shard_m:g} is not a multiple of boundary_res_m={cfg.boundary_res_m:g}')
+    core = int(round(core))
+    bh, bw = pmap.boundary.shape
+    tiles = plan_shards(pmap.poses, shard_m)
+    keys = sorted({(kx, ky) for ky in range(-(-bh // core)) for kx in range(-(-bw // core))} | set(tiles),
+                  key=lambda k: (k[1], k[0]))
+    order = np.concatenate([tiles[k] for k in keys if k in tiles])
+    rows, start = {}, 0
+    for k in keys:
+        n = len(tiles.get(k, ()))
+        rows[k] = np.arange(start, start + n)
+        start += n
+    cores = {k: pmap.boundary[k[1] * core:(k[1] + 1) * core, k[0] * core:(k[0] + 1) * core] for k in keys}
+    return BuildResult(pmap.poses[order], rows, pmap.descriptors[order], pmap.pca_mean, pmap.pca_basis, cores,
+                       (bh, bw), core, pmap.meta, {'from': 'one-file map'}, order)
 
 
 # -- reading a sharded map -------------------------------------------------------------------------------------
@@ -333,9 +373,9 @@ class ShardedMap:
         return t
 
 
-def open_map(path: Path, memory_mb: float = 512.0, weights_sha256: Optional[str] = None):
+def open_map(path: Path, cfg: MapLoadConfig = MapLoadConfig(), weights_sha256: Optional[str] = None):
     """A map file (``PlaceMap``, wrapped in ``WholeMap``) or a sharded map folder (``ShardedMap``)."""
     path = Path(path)
     if path.is_dir():
-        return ShardedMap(path, memory_mb, weights_sha256)
-    return WholeMap(PlaceMap.load(path, weights_sha256))
+        return ShardedMap(path, cfg.map_memory_mb, weights_sha256, cfg.map_cell_m)
+    return WholeMap(PlaceMap.load(path, weights_sha256), cfg.map_cell_m)
