@@ -186,3 +186,33 @@ def test_an_interrupted_build_resumes(small_ortho, fp32_graph, vocab_file, refer
     assert not bdir.exists()
     from gplq_ros.onboard.placemap import PlaceMap
     _same_map(PlaceMap.load(out), reference)
+
+
+def test_localizer_estimates_equal_in_the_sharded_map(ray_build, small_ortho, fp32_graph, vocab_file, tmp_path):
+    """Frames between the grid's tiles, along a line: the localizer on the sharded folder (global
+    index, tracking search near the prediction, orthomap windows from the shards) gives the
+    estimates it gives on the one-file map, to the float16 storage's centimetres."""
+    from gplq_ros.onboard.engine import load
+    from gplq_ros.onboard.localize import Localizer, LocalizerConfig
+    from gplq_ros.onboard.mapstore import ShardedMap, WholeMap, write_sharded
+    from gplq_ros.onboard.placemap import render_tile
+    res, _, _ = ray_build
+    folder = write_sharded(res, tmp_path / 'folder')
+    sm = ShardedMap(folder)
+    cfg = LocalizerConfig(init_span_s=1.0, search_radius_m=6.0, cluster_radius_m=6.0)
+    whole, sharded = Localizer(WholeMap(res.placemap()), cfg), Localizer(sm, cfg)
+    engine = load(Path(fp32_graph), Path(vocab_file), threads=1)
+    seen = []
+    for i in range(16):
+        pose = np.array([16.0 + 2.0 * i, -20.0 - 1.0 * i, 0.15, 12.0])
+        out = engine(render_tile(small_ortho[1], pose, CFG))
+        a = whole.update(out.descriptor, 0.5 * i, out.boundary)
+        b = sharded.update(out.descriptor, 0.5 * i, out.boundary)
+        assert (a.fix, a.reason) == (b.fix, b.reason), i
+        # the sharded map keeps descriptors and orthomap as float16: centimetres at most
+        assert np.allclose(a.measurement.xy, b.measurement.xy, atol=0.05)
+        if a.fix:
+            assert np.allclose(a.xy, b.xy, atol=0.05) and np.allclose(a.cov, b.cov, rtol=0.02, atol=0.02)
+        seen.append(a.fix)
+    assert sum(seen) >= 8, seen
+    assert sm.stats['shards_loaded'] >= 3

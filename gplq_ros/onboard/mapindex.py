@@ -22,10 +22,12 @@ Index kinds (``IndexConfig.kind``):
 * ``hnsw_sq8``: HNSW graph of ``hnsw_m`` links a node over 8-bit scalar-quantized codes
   (P + 8 hnsw_m bytes a tile; no inverted lists, slow to build).
 
-Why half the lists by default (``nprobe`` = 0): on the synthetic 10^6-tile extension of the
-real maps (``benchmarks/map_index.py``) a query's 24 nearest tiles spread over many lists
-(weak neighbour structure: the 24th neighbour's cosine is ~0.45), so recall@24 >= 0.98 needed
-about half the lists at 10^5 and 10^6 tiles; with 4-bit fast-scan codes that is still a few ms.
+Why three quarters of the lists and 8 x k candidates by default (``nprobe`` = 0): on the
+synthetic 10^6-tile extension of the real maps (``benchmarks/map_index.py``,
+``benchmarks/map_scale.py``) a query's 24 nearest tiles spread over many lists (weak neighbour
+structure: the 24th neighbour's cosine is ~0.45). Half the lists and 4 x k candidates gave
+recall@24 0.979-0.990 over runs of 200-500 queries (on the edge of 0.98); three quarters and 8 x k
+gave 0.993 (500 queries) at a p95 of 8 ms, one thread (all lists: 0.996, 10 ms).
 
 Every inverted-file index stores an int64 id per tile besides its code. Kinds that need
 training (all but ``flat``) are trained on a deterministic sample of at most
@@ -79,11 +81,11 @@ class IndexConfig:
     nlist: int = 0             # inverted lists; 0 = auto_nlist(N)
     m: int = 128               # PQ sub-vectors (ivf_pq, ivf_pqfs); must divide P
     nbits: int = 0             # bits a PQ sub-code; 0 = the kind's: 8 for ivf_pq, 4 for ivf_pqfs (its only)
-    nprobe: int = 0            # lists visited a query (search time); 0 = half of them (see module doc)
+    nprobe: int = 0            # lists visited a query (search time); 0 = three quarters of them (module doc)
     hnsw_m: int = 32           # HNSW links a node
     ef_construction: int = 64  # HNSW build beam
     ef_search: int = 128       # HNSW search beam (search time)
-    candidates: int = 4        # k' = candidates x k ids re-ranked exactly (search time)
+    candidates: int = 8        # k' = candidates x k ids re-ranked exactly (search time)
     max_train: int = 100_000   # rows sampled to train the quantizers
 
     def __post_init__(self):
@@ -325,7 +327,7 @@ class GlobalIndex:
             self._params.efSearch = cfg.ef_search
         elif cfg.kind.startswith('ivf'):
             self._params = faiss.SearchParametersIVF()
-            self._params.nprobe = self.nprobe = min(cfg.nprobe or max(1, index.index.nlist // 2), index.index.nlist)
+            self._params.nprobe = self.nprobe = min(cfg.nprobe or max(1, 3 * index.index.nlist // 4), index.index.nlist)
         else:
             self._params = None
 

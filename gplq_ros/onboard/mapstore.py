@@ -25,7 +25,7 @@ position), ``boundary_window`` (the boundary orthomap around a position), ``pose
 import json
 import os
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -259,7 +259,9 @@ class ShardedMap:
             raise MapError(f'{self.path}: poses.npy holds {self.poses.shape}, the manifest {man["n_tiles"]} tiles')
         self.rows = mapindex.DescriptorRows(self.path / 'descriptors.f16', n, p)
         index = mapindex.load_index(self.path / man['index']['file'])
-        self.index = mapindex.GlobalIndex(index, self.rows)
+        # searched with this version's search-time settings (nprobe, candidates: mapindex's module doc)
+        search = {k: getattr(mapindex.IndexConfig(), k) for k in mapindex.SEARCH_FIELDS}
+        self.index = mapindex.GlobalIndex(index, self.rows, replace(index.cfg, **search))
         self.grid = TileGrid(self.poses[:, :2], cell_m)
         self.shard_of = np.zeros(n, np.int32)
         self.keys = []

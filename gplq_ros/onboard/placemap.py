@@ -253,9 +253,15 @@ class PlaceMap:
 
 
 def read_georef(path: Path) -> Optional[GeoRef]:
-    """The georeference of a place map file, from its metadata only (no tensor is read); None
-    when the map has none."""
-    raw = read_versioned_meta(path, FORMAT, VERSION, 'place map', 'build one with gplq_map', MapError)
+    """The georeference of a place map file or sharded map folder, from its metadata only (no
+    tensor is read); None when the map has none."""
+    if Path(path).is_dir():
+        try:
+            raw = json.loads((Path(path) / 'map.json').read_text())['meta']
+        except (OSError, ValueError, KeyError) as e:
+            raise MapError(f'{path}: not a sharded place map folder ({e})') from None
+    else:
+        raw = read_versioned_meta(path, FORMAT, VERSION, 'place map', 'build one with gplq_map', MapError)
     try:
         return GeoRef(**raw['georef']) if raw.get('georef') else None
     except (TypeError, ValueError) as e:
