@@ -289,10 +289,11 @@ def test_ros2_launch_plays_photos_instead_of_the_simulated_flight(tmp_path, fp32
     args = {'photos': str(photos), 'camera_topic': '/drone/cam/image', 'model': str(fp32_graph),
             'reference_model': str(fp32_graph), 'params_file': str(params), 'record_bag': 'true',
             'bag_dir': str(bags)}
-    proc = launch(tmp_path, 'launch_photos', *(f'{k}:={v}' for k, v in args.items()))
+    # subscribed before the launch: 4 photos at 2 Hz are over in 2 s, a late subscriber misses the first ones
     h = Harness('test_launch_photos')
     outs = h.collect(Image, '/feature_node/boundary_map')
     infos = h.collect(CameraInfo, '/drone/cam/camera_info', reliable=False)
+    proc = launch(tmp_path, 'launch_photos', *(f'{k}:={v}' for k, v in args.items()))
     pids = set()
 
     def flying():

@@ -58,14 +58,17 @@ def test_zone_and_world_file_parsing(tmp_path):
 
 def test_map_tiles_are_the_frames_the_flight_renders(images):
     """A tile at a flight pose's (x, y, yaw, height) is that flight frame: the map and the
-    simulated camera share one pose convention."""
+    simulated camera share one pose convention. (A tile is rendered from its own square of the
+    orthophoto, so that shards give the same tiles: OpenCV's fixed-point sampling positions may
+    then round differently, by one grey level in a few pixels.)"""
     ortho = images['2019_YELL_2_541000_4977000_image_crop.png']
     flight = Flight(ortho, FlightConfig(width=160, height=120, height_m=12.0, gsd_m=0.1))
     cfg = MapConfig(width=160, height=120, gsd_m=0.1, heights_m=(12.0,), stride_m=4.0)
     for t in (0.0, 7.3, 21.0):
         p = flight.pose(t)
-        tile = render_tile(ortho, np.array([p.x_m, p.y_m, p.yaw, p.z_m]), cfg)
-        assert np.array_equal(tile, flight.render(p))
+        tile = render_tile(ortho, np.array([p.x_m, p.y_m, p.yaw, p.z_m]), cfg).astype(int)
+        diff = np.abs(tile - flight.render(p))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
     poses = tile_poses(ortho.shape[:2], cfg)
     h, w = ortho.shape[:2]
     half = 0.5 * math.hypot(160, 120) * cfg.scale(12.0) * 0.1

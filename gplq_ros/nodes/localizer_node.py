@@ -91,6 +91,7 @@ from gplq_ros.onboard.localize import FilterFault, Localizer, LocalizerConfig, O
 from gplq_ros.onboard.messages import decode_descriptor, decode_map, encode_fix, encode_pose
 from gplq_ros.onboard.paths import vocabulary_parameter
 from gplq_ros.onboard.pipeline import single_thread_blas
+from gplq_ros.onboard import mapindex
 from gplq_ros.onboard.mapstore import MapLoadConfig, ShardedMap, open_map
 from gplq_ros.onboard.placemap import MapError
 from gplq_ros.onboard.slot import SlotWorker
@@ -140,8 +141,7 @@ class LocalizerNode(ManagedNode):
         cfg = p.settings(LocalizerConfig)
         single_thread_blas()      # a few ms of numpy per frame beside the feature node's graph runtime
         if isinstance(pmap, ShardedMap):
-            import faiss          # its global search too: one thread
-            faiss.omp_set_num_threads(1)
+            mapindex.set_threads(1)      # its global search too: one thread
         self.localizer = Localizer(pmap, cfg)
         self.georef = pmap.georef
         self.counts = dict.fromkeys(Localizer.REASONS + ('malformed', 'filter_fault'), 0)

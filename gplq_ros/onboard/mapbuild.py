@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 from gplq_ros.onboard.geo import GeoRef
-from gplq_ros.onboard.mapshards import BuildConfig, BuildResult, build_sharded
+from gplq_ros.onboard.mapshards import BuildConfig, build_sharded
+from gplq_ros.onboard.mapstore import MANIFEST, BuildResult, write_sharded
 from gplq_ros.onboard.placemap import MapConfig, PlaceMap
 
 
@@ -28,7 +29,6 @@ def build_map_file(image: Union[Path, Sequence[Path]], out: Path, reference_grap
     ``.safetensors``, else a sharded map folder (the ``BuildResult`` returned). ``build``: shards
     and workers (default: in this process with ``threads`` threads). The build folder
     ``<out>.build`` (resumable units) is removed once the map is written, unless ``keep_build``."""
-    from gplq_ros.onboard.mapstore import MANIFEST, write_sharded
     out = Path(out)
     single = is_single_file(out)
     if (out.exists() if single else (out / MANIFEST).exists()) and not force:

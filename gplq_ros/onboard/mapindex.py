@@ -74,6 +74,11 @@ def _faiss():
     return faiss
 
 
+def set_threads(n: int) -> None:
+    """FAISS's OpenMP threads for searches in this process (the localizer node: 1)."""
+    _faiss().omp_set_num_threads(n)
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """How a map's descriptors are indexed and searched (defaults: ``benchmarks/map_index.py``)."""

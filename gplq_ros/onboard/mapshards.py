@@ -31,6 +31,7 @@ actors of ``threads`` intra-op threads each, on a local Ray started here (``ray_
 or on a running cluster (``ray_address`` = 'auto' or 'HOST:PORT' from ``ray start --head``). Each
 worker needs this package, and read access to the graph, the vocabulary and the orthophotos at the
 same paths (a shared file system); only the driver writes."""
+import hashlib
 import json
 import math
 import os
@@ -42,14 +43,21 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+import onnx
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
+from gplq_ros.onboard.engine import graph_meta, load
 from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
 from gplq_ros.onboard.flight import window_affine
+from gplq_ros.onboard.geo import GeoRef
 from gplq_ros.onboard.heads import l2_normalize, upsample
+from gplq_ros.onboard.mapstore import BuildResult, key_name, plan_shards
+from gplq_ros.onboard.orthosource import Mosaic, open_source
 from gplq_ros.onboard.photometric import apply_photometric
-from gplq_ros.onboard.placemap import (MapConfig, MapError, MapMeta, PlaceMap, boundary_shape, fit_pca,
-                                       footprint_radius_m, pca_sample_ids, render_tile, tile_poses, vocabulary_id)
+from gplq_ros.onboard.placemap import (MapConfig, MapError, MapMeta, boundary_shape, fit_pca, footprint_radius_m,
+                                       pca_sample_ids, render_tile, tile_poses, vocabulary_id)
+from gplq_ros.onboard.vocabulary import Vocabulary
 
 PLAN_VERSION = 1
 
@@ -70,30 +78,9 @@ class BuildConfig:
 
 
 # -- the plan: which tiles, which shard ------------------------------------------------------------------------
-def shard_keys(poses: np.ndarray, shard_m: float) -> np.ndarray:
-    """(N, 2) int (ix, iy) shard of each tile: column east, row south from the map's origin."""
-    return np.stack([np.floor(poses[:, 0] / shard_m), np.floor(-poses[:, 1] / shard_m)], axis=1).astype(np.int64)
-
-
-def key_name(key) -> str:
-    return f'x{int(key[0]):04d}_y{int(key[1]):04d}'
-
-
-def plan_shards(poses: np.ndarray, shard_m: float) -> Dict[Tuple[int, int], np.ndarray]:
-    """Shard -> the tile ids (rows of ``poses``, ascending) whose centre lies in it, shards in
-    row-major order (north to south, west to east)."""
-    keys = shard_keys(poses, shard_m)
-    out = {}
-    for k in sorted(set(map(tuple, keys.tolist())), key=lambda k: (k[1], k[0])):
-        out[k] = np.flatnonzero((keys[:, 0] == k[0]) & (keys[:, 1] == k[1]))
-    return out
-
-
 def open_sources(spec: Sequence[dict]):
     """The orthophoto of a build: ``spec`` = [{'path', 'gsd_m', 'georef' (GeoRef dict or None)}],
     one ``orthosource`` source, or a ``Mosaic`` of several."""
-    from gplq_ros.onboard.geo import GeoRef
-    from gplq_ros.onboard.orthosource import Mosaic, open_source
     srcs = [open_source(s['path'], s.get('gsd_m'), GeoRef(**s['georef']) if s.get('georef') else None) for s in spec]
     return srcs[0] if len(srcs) == 1 else Mosaic(srcs)
 
@@ -135,7 +122,6 @@ class ShardWorker:
     a Ray actor."""
 
     def __init__(self, spec: Sequence[dict], graph: str, vocabulary: str, threads: int = 1):
-        from gplq_ros.onboard.engine import load           # the graph runtime: only where maps are built
         self.engine = load(Path(graph), Path(vocabulary), threads=threads)
         if self.engine.kind != 'fp32':
             raise MapError(f'reference graph {graph}: kind={self.engine.kind!r}; a map is built with the FP32 graph')
@@ -233,7 +219,7 @@ class _RayRunner:
 
     def __init__(self, spec, graph, vocab, build: BuildConfig, prog: 'Progress'):
         try:
-            import ray
+            import ray  # optional: only a build with workers > 0 needs it
         except ImportError:
             raise MapError('workers > 0 needs Ray: pip install ray (or workers=0 to build in this process)') from None
         self.ray = ray
@@ -325,34 +311,8 @@ def _save(path: Path, tensors: Dict[str, np.ndarray], meta: dict) -> None:
 
 
 def _read_meta(path: Path) -> dict:
-    from safetensors import safe_open
     with safe_open(str(path), framework='numpy') as f:
         return json.loads(f.metadata()['gplq_ros'])
-
-
-@dataclass
-class BuildResult:
-    poses: np.ndarray                       # (N, 4) in shard order (shards row-major, tiles ascending)
-    shards: Dict[Tuple[int, int], np.ndarray]   # shard -> rows of ``poses`` (none: a shard of orthomap only)
-    descriptors: np.ndarray                 # (N, P) float32 unit
-    pca_mean: np.ndarray
-    pca_basis: np.ndarray
-    boundary: Dict[Tuple[int, int], np.ndarray]   # shard -> its core of the boundary orthomap (float32)
-    boundary_hw: Tuple[int, int]            # the whole boundary orthomap's size
-    core_px: int                            # side of a shard's core, boundary orthomap pixels
-    meta: MapMeta
-    stats: dict                             # tiles computed / reused, seconds per phase, workers
-    order: np.ndarray                       # (N,) the single-process (``tile_poses``) index of each row
-
-    def placemap(self) -> PlaceMap:
-        """The map as one ``PlaceMap`` (tiles in the single-process order: ``tile_poses``)."""
-        order = np.argsort(self.order)
-        rows, cols = self.boundary_hw
-        full = np.zeros((rows, cols), np.float32)
-        for k, core in self.boundary.items():
-            r0, c0 = k[1] * self.core_px, k[0] * self.core_px
-            full[r0:r0 + core.shape[0], c0:c0 + core.shape[1]] = core
-        return PlaceMap(self.poses[order], self.descriptors[order], self.pca_mean, self.pca_basis, full, self.meta)
 
 
 def build_sharded(spec: Sequence[dict], out: Path, graph: Path, vocabulary: Path, cfg: MapConfig,
@@ -362,7 +322,6 @@ def build_sharded(spec: Sequence[dict], out: Path, graph: Path, vocabulary: Path
     """Build the map of the orthophoto(s) ``spec`` (``orthosource.open_sources``) in shards;
     units are written to ``<out>.build/`` as they finish and reused by a rerun (module doc).
     Returns the finished map's parts (``BuildResult``); the caller writes the map file(s)."""
-    from gplq_ros.onboard.vocabulary import Vocabulary
     out = Path(out)
     res = cfg.boundary_res_m
     core_px = build.shard_m / res
@@ -520,14 +479,11 @@ def build_sharded(spec: Sequence[dict], out: Path, graph: Path, vocabulary: Path
 
 
 def sha_of(items: List[str]) -> str:
-    import hashlib
     return hashlib.sha256('\n'.join(items).encode()).hexdigest()
 
 
 def _graph_weights(graph: Path) -> str:
     """The weights checksum the FP32 graph records (its metadata), without creating a session."""
-    import onnx
-    from gplq_ros.onboard.engine import graph_meta
     meta = graph_meta(onnx.load(str(graph), load_external_data=False))
     if not meta or 'weights_sha256' not in meta:
         raise MapError(f'reference graph {graph}: no gplq_ros metadata with the weights checksum (export it with '

@@ -32,10 +32,9 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from gplq_ros.onboard import mapindex
 from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
-from gplq_ros.onboard.geo import GeoRef
-from gplq_ros.onboard.heads import l2_normalize
-from gplq_ros.onboard.placemap import MapConfig, MapError, MapMeta, PlaceMap, vocabulary_id
+from gplq_ros.onboard.placemap import MapConfig, MapError, MapIdentity, MapMeta, PlaceMap
 from gplq_ros.onboard.settings import setting, validate
 
 
@@ -95,6 +94,51 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return idx[np.argsort(-scores[idx], kind='stable')]
 
 
+# -- the shard grid and a built map (onboard.mapshards builds it) ---------------------------------------------
+def shard_keys(poses: np.ndarray, shard_m: float) -> np.ndarray:
+    """(N, 2) int (ix, iy) shard of each tile: column east, row south from the map's origin."""
+    return np.stack([np.floor(poses[:, 0] / shard_m), np.floor(-poses[:, 1] / shard_m)], axis=1).astype(np.int64)
+
+
+def key_name(key) -> str:
+    return f'x{int(key[0]):04d}_y{int(key[1]):04d}'
+
+
+def plan_shards(poses: np.ndarray, shard_m: float) -> Dict[Tuple[int, int], np.ndarray]:
+    """Shard -> the tile ids (rows of ``poses``, ascending) whose centre lies in it, shards in
+    row-major order (north to south, west to east)."""
+    keys = shard_keys(poses, shard_m)
+    out = {}
+    for k in sorted(set(map(tuple, keys.tolist())), key=lambda k: (k[1], k[0])):
+        out[k] = np.flatnonzero((keys[:, 0] == k[0]) & (keys[:, 1] == k[1]))
+    return out
+
+
+@dataclass
+class BuildResult:
+    poses: np.ndarray                       # (N, 4) in shard order (shards row-major, tiles ascending)
+    shards: Dict[Tuple[int, int], np.ndarray]   # shard -> rows of ``poses`` (none: a shard of orthomap only)
+    descriptors: np.ndarray                 # (N, P) float32 unit
+    pca_mean: np.ndarray
+    pca_basis: np.ndarray
+    boundary: Dict[Tuple[int, int], np.ndarray]   # shard -> its core of the boundary orthomap (float32)
+    boundary_hw: Tuple[int, int]            # the whole boundary orthomap's size
+    core_px: int                            # side of a shard's core, boundary orthomap pixels
+    meta: MapMeta
+    stats: dict                             # tiles computed / reused, seconds per phase, workers
+    order: np.ndarray                       # (N,) the single-process (``tile_poses``) index of each row
+
+    def placemap(self) -> PlaceMap:
+        """The map as one ``PlaceMap`` (tiles in the single-process order: ``tile_poses``)."""
+        order = np.argsort(self.order)
+        rows, cols = self.boundary_hw
+        full = np.zeros((rows, cols), np.float32)
+        for k, core in self.boundary.items():
+            r0, c0 = k[1] * self.core_px, k[0] * self.core_px
+            full[r0:r0 + core.shape[0], c0:c0 + core.shape[1]] = core
+        return PlaceMap(self.poses[order], self.descriptors[order], self.pca_mean, self.pca_basis, full, self.meta)
+
+
 # -- the one-file map answers the same questions ---------------------------------------------------------------
 class WholeMap:
     """A ``PlaceMap`` (one file, all in memory) behind the interface the localizer uses."""
@@ -143,7 +187,6 @@ EXACT_INDEX_MAX = 20_000      # up to this many tiles the global index is exact 
 def default_index_config(n: int, p: int):
     """The global index of a map of ``n`` tiles of ``p`` dims: exact (``flat``) for small maps,
     else ``mapindex.IndexConfig``'s default kind with PQ sub-vectors that divide ``p``."""
-    from gplq_ros.onboard import mapindex
     if n <= EXACT_INDEX_MAX:
         return mapindex.IndexConfig(kind='flat')
     d = mapindex.IndexConfig()
@@ -156,7 +199,6 @@ def default_index_config(n: int, p: int):
 def write_sharded(result, out: Path, index_cfg=None, force: bool = False) -> Path:
     """Write ``mapshards.BuildResult`` as a sharded map folder ``out`` (module doc), with its
     global index (``mapindex.build_index``, ``index_cfg`` or the default)."""
-    from gplq_ros.onboard import mapindex
     out = Path(out)
     if (out / MANIFEST).exists() and not force:
         raise FileExistsError(f'{out} holds a map; pass --force to overwrite')
@@ -195,7 +237,6 @@ def write_sharded(result, out: Path, index_cfg=None, force: bool = False) -> Pat
 def shard_placemap(pmap: PlaceMap, shard_m: float = 500.0):
     """A one-file map cut into shards (``mapshards.BuildResult``, for ``write_sharded``): the same
     tiles, descriptors and boundary orthomap, without describing anything again."""
-    from gplq_ros.onboard.mapshards import BuildResult, plan_shards
     cfg = pmap.config
     core = shard_m / cfg.boundary_res_m
     if abs(core - round(core)) > 1e-6:
@@ -217,7 +258,7 @@ def shard_placemap(pmap: PlaceMap, shard_m: float = 500.0):
 
 
 # -- reading a sharded map -------------------------------------------------------------------------------------
-class ShardedMap:
+class ShardedMap(MapIdentity):
     """A sharded map folder (module doc), searched and loaded under ``memory_mb``: the poses, the
     PCA and the global index always in memory (refused when they alone exceed the budget), shards
     (descriptors and boundary orthomap) loaded when a search or a boundary window needs them and
@@ -225,7 +266,6 @@ class ShardedMap:
 
     def __init__(self, path: Path, memory_mb: float = 512.0, weights_sha256: Optional[str] = None,
                  cell_m: float = 32.0):
-        from gplq_ros.onboard import mapindex
         self.path = Path(path)
         try:
             man = json.loads((self.path / MANIFEST).read_text())
@@ -281,27 +321,7 @@ class ShardedMap:
         self.loaded_bytes = 0
         self.stats = {'shards_loaded': 0, 'shards_released': 0, 'over_budget': 0}
 
-    # the same questions as WholeMap
-    @property
-    def config(self) -> MapConfig:
-        return MapConfig(**self.meta.config)
-
-    @property
-    def georef(self) -> Optional[GeoRef]:
-        return GeoRef(**self.meta.georef) if self.meta.georef else None
-
-    def project(self, descriptor: np.ndarray) -> np.ndarray:
-        d = np.asarray(descriptor, np.float32)
-        if d.shape[-1] != self.pca_mean.shape[0]:
-            raise MapError(f'descriptor length {d.shape[-1]}: this map takes {self.pca_mean.shape[0]}')
-        return l2_normalize((d - self.pca_mean) @ self.pca_basis.T)
-
-    def check_vocabulary(self, centers: np.ndarray, source='vocabulary') -> None:
-        vid = vocabulary_id(centers)
-        if vid != self.meta.vocabulary_sha256:
-            raise MapError(f'{source}: vocabulary {vid[:12]}... is not the one the map was built with '
-                           f'({self.meta.vocabulary_sha256[:12]}...); build the map again with gplq_map')
-
+    # config, georef, project, check_vocabulary: MapIdentity (as a one-file map)
     def search(self, q: np.ndarray, k: int, near: Optional[Tuple[np.ndarray, float]] = None):
         """(ids, scores) of the ``k`` best tiles: globally through the index (candidates re-ranked
         exactly), or exactly over the tiles within ``near`` = (xy, radius) from their shards."""

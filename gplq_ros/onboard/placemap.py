@@ -186,14 +186,12 @@ def fit_pca(desc: np.ndarray, dim: int, seed: int = 0) -> Tuple[np.ndarray, np.n
     return mean.astype(np.float32), vt.astype(np.float32), explained
 
 
-@dataclass
-class PlaceMap:
-    poses: np.ndarray            # (N, 4) x, y, yaw, height
-    descriptors: np.ndarray      # (N, P) unit, PCA-projected
-    pca_mean: np.ndarray         # (D,)
-    pca_basis: np.ndarray        # (P, D)
-    boundary: np.ndarray         # (rows, cols) boundary orthomap, boundary_res_m per pixel, row 0 = y 0 (north edge)
-    meta: MapMeta
+class MapIdentity:
+    """What a place map says of itself (a one-file ``PlaceMap`` and a sharded
+    ``mapstore.ShardedMap``): needs ``meta``, ``pca_mean``, ``pca_basis``."""
+    meta: 'MapMeta'
+    pca_mean: np.ndarray
+    pca_basis: np.ndarray
 
     @property
     def config(self) -> MapConfig:
@@ -215,6 +213,16 @@ class PlaceMap:
         if vid != self.meta.vocabulary_sha256:
             raise MapError(f'{source}: vocabulary {vid[:12]}... is not the one the map was built with '
                            f'({self.meta.vocabulary_sha256[:12]}...); build the map again with gplq_map')
+
+
+@dataclass
+class PlaceMap(MapIdentity):
+    poses: np.ndarray            # (N, 4) x, y, yaw, height
+    descriptors: np.ndarray      # (N, P) unit, PCA-projected
+    pca_mean: np.ndarray         # (D,)
+    pca_basis: np.ndarray        # (P, D)
+    boundary: np.ndarray         # (rows, cols) boundary orthomap, boundary_res_m per pixel, row 0 = y 0 (north edge)
+    meta: MapMeta
 
     def save(self, path: Path, force: bool = False) -> None:
         path = Path(path)
