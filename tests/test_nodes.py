@@ -699,17 +699,23 @@ def test_two_vehicles_in_one_domain_under_their_namespaces(tmp_path, packed_grap
 
 def test_localizer_in_the_flight_publishes_poses_a_navigation_stack_can_fuse(
         tmp_path, packed_graph, fp32_graph, vocab_file, place_map):
-    """gplq_up with the simulated flight and place_map: localizer_node publishes poses in map
+    """gplq_up with the simulated flight and place_map (the map as a sharded folder: 100 m shards,
+    the compressed global index, a budget of 64 MB): localizer_node publishes poses in map
     with the camera frames' stamps, a covariance that marks the unmeasured axes, NavSatFix at
-    the geo-referenced position, diagnostics; the recorded bag's evaluation pairs the poses
-    with the true ones."""
+    the geo-referenced position, diagnostics (shards loaded); the recorded bag's evaluation pairs
+    the poses with the true ones."""
     from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
     from sensor_msgs.msg import NavSatFix
 
+    from gplq_ros.onboard.mapindex import IndexConfig
+    from gplq_ros.onboard.mapstore import shard_placemap, write_sharded
     from gplq_ros.onboard.placemap import PlaceMap
+    pm = PlaceMap.load(place_map)
+    place_map = write_sharded(shard_placemap(pm, 100.0), tmp_path / 'map', IndexConfig(kind='ivf_pqfs'))
     params = params_file(tmp_path / 'params.yaml', feature_node={'vocabulary': str(vocab_file)},
                          monitor_node={'vocabulary': str(vocab_file)},
-                         localizer_node={'vocabulary': str(vocab_file), 'diagnostics_period': 0.5})
+                         localizer_node={'vocabulary': str(vocab_file), 'diagnostics_period': 0.5,
+                                         'map_memory_mb': 64.0})
     bags = tmp_path / 'bags'
     up = start([sys.executable, '-m', 'gplq_ros.tools.up', f'model:={packed_graph}', f'reference_model:={fp32_graph}',
                 f'params_file:={params}', f'place_map:={place_map}', 'record_bag:=true', f'bag_dir:={bags}'],
@@ -739,7 +745,7 @@ def test_localizer_in_the_flight_publishes_poses_a_navigation_stack_can_fuse(
     # a coarse map (16 m grid, 4 headings) and the boundary-map refinement: measured p50 0.6 m, p95 2.2 m
     err = np.array(err)
     assert np.median(err) < 2.5 and np.mean(err <= 5) >= 0.85, np.percentile(err, [50, 95])
-    geo = PlaceMap.load(place_map).georef
+    geo = pm.georef
     by_key = {key(m): m for m in poses}
     # a NavSatFix for every pose (the last pose's fix may be cut off by the shutdown: compare up to the last fix)
     last = max(key(f) for f in fixes)
@@ -752,7 +758,8 @@ def test_localizer_in_the_flight_publishes_poses_a_navigation_stack_can_fuse(
     loc = statuses(diags, 'gplq_ros: localizer_node')
     assert loc and any(Level.of(s) == Level.OK for s in loc)
     v = values(loc[-1])
-    assert int(v['fixes']) >= 100 and int(v['map_tiles']) == len(PlaceMap.load(place_map).poses)
+    assert int(v['fixes']) >= 100 and int(v['map_tiles']) == len(pm.poses)
+    assert int(v['map_shards_loaded']) >= 1 and 0 < float(v['map_resident_mb']) <= 64.0
     res = run_module('gplq_ros.tools.eval_bag', next(bags.iterdir()), '--out', tmp_path / 'report')
     assert res.returncode == 0, res.stderr[-3000:]
     s = json.loads((tmp_path / 'report' / 'summary.json').read_text())['localization']
