@@ -25,7 +25,6 @@ graph names, next to it), checks that it is the artifact the graph was exported 
 """
 import importlib.util
 import json
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -92,21 +91,19 @@ class _OrtRunner:
 
 
 class _OpenVinoRunner:
-    def __init__(self, source: bytes, threads: int, precision: str, path: Path):
+    def __init__(self, source: bytes, threads: int, precision: str, path: Path, pin: bool = True):
         try:
             import openvino  # optional: only this backend needs it
         except ImportError:
             raise EngineError('backend=openvino: the openvino package is not installed '
                               '(pip install openvino, or use backend=onnxruntime)') from None
         core = openvino.Core()
-        # OpenVINO pins its threads to the first cores: two engines of 1 thread each (2 map-build workers, or
-        # feature_node beside monitor_node on a larger board) then share one core (measured: 35 ms a frame each
-        # instead of 16.7 at 168x224, 2 cores). Pinned only when the engine has every core.
-        pin = threads >= (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)
+        config = {'INFERENCE_NUM_THREADS': threads, 'NUM_STREAMS': 1, 'PERFORMANCE_HINT': 'LATENCY',
+                  'INFERENCE_PRECISION_HINT': precision}
+        if not pin:                      # else OpenVINO's own default
+            config['ENABLE_CPU_PINNING'] = False
         try:
-            compiled = core.compile_model(core.read_model(model=source), 'CPU', {
-                'INFERENCE_NUM_THREADS': threads, 'NUM_STREAMS': 1, 'PERFORMANCE_HINT': 'LATENCY',
-                'INFERENCE_PRECISION_HINT': precision, 'ENABLE_CPU_PINNING': pin})
+            compiled = core.compile_model(core.read_model(model=source), 'CPU', config)
         except Exception as e:  # OpenVINO raises its own types for graphs it cannot read
             raise EngineError(f'{path}: openvino cannot load it ({str(e)[:300]})') from None
         self.request = compiled.create_infer_request()
@@ -132,12 +129,15 @@ class Engine:
     and warmed up ``warmup`` times; every refusal is an ``EngineError`` naming the setting.
     ``meta`` is the graph's metadata, ``cfg`` the ``PipelineConfig`` it was exported with,
     ``description`` the backend and device. Call it from one thread at a time (the OpenVINO
-    backend keeps a single infer request).
+    backend keeps a single infer request). ``pin_threads``: OpenVINO pins its threads to the
+    first cores (its default, kept for the nodes); several engines of fewer threads than cores
+    in one machine (gplq_map's workers) then share the same cores: measured 35 ms a frame each
+    for two 1-thread engines instead of 16.7 unpinned (168x224, 2 cores), so they pass False.
     """
 
     def __init__(self, path: Path, threads: int = 2, providers: Optional[Sequence[str]] = None,
                  centers: Optional[np.ndarray] = None, warmup: int = 2, artifact: Optional[Path] = None,
-                 backend: str = 'auto', precision: str = 'f32'):
+                 backend: str = 'auto', precision: str = 'f32', pin_threads: bool = True):
         path = Path(path)
         if not path.is_file():
             raise EngineError(f'model file not found: {path}')
@@ -183,7 +183,7 @@ class Engine:
         if self.backend == 'openvino':
             source = source if isinstance(source, bytes) else model.SerializeToString()
             del model
-            self.runner = _OpenVinoRunner(source, threads, precision, path)
+            self.runner = _OpenVinoRunner(source, threads, precision, path, pin_threads)
         else:
             del model
             self.runner = _OrtRunner(source, threads, wanted, disabled, path)

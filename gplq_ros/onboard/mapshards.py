@@ -122,7 +122,8 @@ class ShardWorker:
     a Ray actor."""
 
     def __init__(self, spec: Sequence[dict], graph: str, vocabulary: str, threads: int = 1):
-        self.engine = load(Path(graph), Path(vocabulary), threads=threads)
+        # unpinned: workers on one machine would share the first cores (onboard.engine.Engine)
+        self.engine = load(Path(graph), Path(vocabulary), threads=threads, pin_threads=False)
         if self.engine.kind != 'fp32':
             raise MapError(f'reference graph {graph}: kind={self.engine.kind!r}; a map is built with the FP32 graph')
         self.source = open_sources(spec)

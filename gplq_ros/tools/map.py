@@ -103,7 +103,7 @@ def main(argv=None) -> int:
                          args.vocabulary or default_vocab(), cfg, georef, args.force, threads, build=build,
                          print_fn=lambda line: print(f'gplq_map: {line}', flush=True), keep_build=args.keep_build)
     print(f'gplq_map: {res.meta.n_tiles} tiles ({cfg.headings} headings, heights {list(cfg.heights_m)} m, '
-          f'{cfg.stride_m} m grid) of {res.meta.source_image}, PCA {cfg.pca_dim} dims '
+          f'{cfg.stride_m} m grid) of {res.meta.source_image}, PCA {res.pca_basis.shape[0]} dims '
           f'({res.meta.pca_explained:.3f} of the variance){", " + georef.crs if georef else ""} -> {args.out} in '
           f'{time.perf_counter() - t0:.0f} s')
     return 0
