@@ -41,7 +41,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import onnx
 from safetensors import safe_open
@@ -49,14 +48,13 @@ from safetensors.numpy import load_file, save_file
 
 from gplq_ros.onboard.engine import graph_meta, load
 from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
-from gplq_ros.onboard.flight import window_affine
 from gplq_ros.onboard.geo import GeoRef
-from gplq_ros.onboard.heads import l2_normalize, upsample
-from gplq_ros.onboard.mapstore import BuildResult, key_name, plan_shards
+from gplq_ros.onboard.heads import l2_normalize
+from gplq_ros.onboard.mapstore import BuildResult, key_name, plan_shards, shard_rows
 from gplq_ros.onboard.orthosource import Mosaic, open_source
 from gplq_ros.onboard.photometric import apply_photometric
-from gplq_ros.onboard.placemap import (MapConfig, MapError, MapMeta, boundary_shape, fit_pca, footprint_radius_m,
-                                       pca_sample_ids, render_tile, tile_poses, vocabulary_id)
+from gplq_ros.onboard.placemap import (MapConfig, MapError, MapMeta, accumulate_boundary, boundary_shape, fit_pca,
+                                       footprint_radius_m, pca_sample_ids, render_tile, tile_poses, vocabulary_id)
 from gplq_ros.onboard.vocabulary import Vocabulary
 
 PLAN_VERSION = 1
@@ -167,7 +165,6 @@ class ShardWorker:
         res = cfg.boundary_res_m
         r0, c0, rows, cols = _window(poses, cfg, res, 2)
         acc, cnt = np.zeros((rows, cols), np.float64), np.zeros((rows, cols), np.float32)
-        to_map = cfg.gsd_m / res
         raw = []
         done = 0
         for i, tile in self._tiles(poses, cfg) if len(cached) < len(poses) else enumerate([None] * len(poses)):
@@ -180,15 +177,7 @@ class ShardWorker:
                 if done % 16 == 0:
                     self._count(16)
             raw.append(np.asarray(d, np.float32))
-            b = upsample(np.asarray(grid, np.float32), (cfg.height, cfg.width))
-            x, y, yaw, z = poses[i]
-            a = window_affine(x / cfg.gsd_m, -y / cfg.gsd_m, yaw, cfg.scale(z), cfg.width, cfg.height) * to_map
-            a[:, 2] -= (c0, r0)
-            w = cv2.warpAffine(b, a, (cols, rows), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                               borderValue=np.nan)
-            ok = np.isfinite(w)
-            acc[ok] += w[ok]
-            cnt[ok] += 1
+            accumulate_boundary(acc, cnt, grid, poses[i], cfg, (r0, c0))
         self._count(done % 16)
         desc = l2_normalize((np.stack(raw) - mean) @ basis.T).astype(np.float32)
         return {'descriptors': desc, 'acc': acc, 'cnt': cnt, 'origin': np.array([r0, c0], np.int64)}
@@ -471,12 +460,8 @@ def build_sharded(spec: Sequence[dict], out: Path, graph: Path, vocabulary: Path
                    pca_explained=explained,
                    notes=[f'PCA fitted on {len(sample)} of {len(poses)} tiles, evenly spread over all shards '
                           f'(placemap.pca_sample_ids)'])
-    shard_rows, start = {}, 0
-    for k in sorted(keys, key=lambda k: (k[1], k[0])):        # shards without tiles hold orthomap only
-        n = len(shards.get(k, ()))
-        shard_rows[k] = np.arange(start, start + n)
-        start += n
-    return BuildResult(poses[order], shard_rows, desc, mean, basis, cores, (bh, bw), core_px, meta, stats, order)
+    rows = shard_rows(sorted(keys, key=lambda k: (k[1], k[0])), shards)    # orthomap-only shards: no tiles
+    return BuildResult(poses[order], rows, desc, mean, basis, cores, (bh, bw), core_px, meta, stats, order)
 
 
 def sha_of(items: List[str]) -> str:

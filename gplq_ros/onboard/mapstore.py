@@ -114,6 +114,17 @@ def plan_shards(poses: np.ndarray, shard_m: float) -> Dict[Tuple[int, int], np.n
     return out
 
 
+def shard_rows(keys, tiles) -> Dict[Tuple[int, int], np.ndarray]:
+    """Shard -> its rows of the map's tile list, the shards' tiles (``tiles``: shard -> tile ids)
+    one after another in ``keys`` order; a key without tiles (orthomap only) gets none."""
+    rows, start = {}, 0
+    for k in keys:
+        n = len(tiles.get(k, ()))
+        rows[k] = np.arange(start, start + n)
+        start += n
+    return rows
+
+
 @dataclass
 class BuildResult:
     poses: np.ndarray                       # (N, 4) in shard order (shards row-major, tiles ascending)
@@ -247,11 +258,7 @@ def shard_placemap(pmap: PlaceMap, shard_m: float = 500.0):
     keys = sorted({(kx, ky) for ky in range(-(-bh // core)) for kx in range(-(-bw // core))} | set(tiles),
                   key=lambda k: (k[1], k[0]))
     order = np.concatenate([tiles[k] for k in keys if k in tiles])
-    rows, start = {}, 0
-    for k in keys:
-        n = len(tiles.get(k, ()))
-        rows[k] = np.arange(start, start + n)
-        start += n
+    rows = shard_rows(keys, tiles)
     cores = {k: pmap.boundary[k[1] * core:(k[1] + 1) * core, k[0] * core:(k[0] + 1) * core] for k in keys}
     return BuildResult(pmap.poses[order], rows, pmap.descriptors[order], pmap.pca_mean, pmap.pca_basis, cores,
                        (bh, bw), core, pmap.meta, {'from': 'one-file map'}, order)

@@ -281,6 +281,22 @@ def boundary_shape(image_hw, cfg: MapConfig) -> Tuple[int, int]:
             int(math.ceil(image_hw[1] * cfg.gsd_m / cfg.boundary_res_m)))
 
 
+def accumulate_boundary(acc: np.ndarray, cnt: np.ndarray, grid: np.ndarray, pose: np.ndarray, cfg: MapConfig,
+                        origin: Tuple[int, int] = (0, 0)) -> None:
+    """Add a tile's boundary map (its (gh, gw) patch grid, upsampled to the camera image as the
+    feature node does) to the sums ``acc`` and counts ``cnt`` of the boundary orthomap pixels it
+    covers; ``acc``/``cnt`` hold the orthomap from pixel ``origin`` (row, col) on."""
+    b = upsample(np.asarray(grid, np.float32), (cfg.height, cfg.width))
+    a = window_affine(pose[0] / cfg.gsd_m, -pose[1] / cfg.gsd_m, pose[2], cfg.scale(pose[3]), cfg.width,
+                      cfg.height) * (cfg.gsd_m / cfg.boundary_res_m)   # orthophoto -> orthomap pixels
+    a[:, 2] -= (origin[1], origin[0])
+    w = cv2.warpAffine(b, a, (acc.shape[1], acc.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=np.nan)
+    ok = np.isfinite(w)
+    acc[ok] += w[ok]
+    cnt[ok] += 1
+
+
 def build_map(ortho: np.ndarray, describe: Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]], cfg: MapConfig,
               meta: MapMeta, progress: Callable[[int, int], None] = lambda i, n: None) -> PlaceMap:
     """Render every tile, describe it with ``describe`` (image -> (D,) VLAD, (gh, gw) boundary map
@@ -290,19 +306,11 @@ def build_map(ortho: np.ndarray, describe: Callable[[np.ndarray], Tuple[np.ndarr
     poses = tile_poses(ortho.shape[:2], cfg)
     rows, cols = boundary_shape(ortho.shape[:2], cfg)
     acc, cnt = np.zeros((rows, cols), np.float64), np.zeros((rows, cols), np.float64)
-    to_map = cfg.gsd_m / cfg.boundary_res_m            # orthophoto pixels -> boundary orthomap pixels
     desc = []
     for i, pose in enumerate(poses):
         d, grid = describe(apply_photometric(render_tile(ortho, pose, cfg), cfg.photometric))
         desc.append(np.asarray(d, np.float32))
-        b = upsample(np.asarray(grid, np.float32), (cfg.height, cfg.width))
-        a = window_affine(pose[0] / cfg.gsd_m, -pose[1] / cfg.gsd_m, pose[2], cfg.scale(pose[3]), cfg.width,
-                          cfg.height) * to_map
-        w = cv2.warpAffine(np.asarray(b, np.float32), a, (cols, rows), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
-        ok = np.isfinite(w)
-        acc[ok] += w[ok]
-        cnt[ok] += 1
+        accumulate_boundary(acc, cnt, grid, pose, cfg)
         progress(i + 1, len(poses))
     desc = np.stack(desc)
     boundary = np.where(cnt > 0, acc / np.maximum(cnt, 1), 0.0).astype(np.float32)
