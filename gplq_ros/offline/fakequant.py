@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from gplq_ros.offline.backbone import DinoV2Extractor, build_vit, load_strict
+from gplq_ros.offline.grids import Grid
 from gplq_ros.offline.quantized import QuantDinoV2
 from gplq_ros.onboard.fileformat import BACKBONE_ID
-from gplq_ros.onboard.packing import pack_int4
+from gplq_ros.onboard.packing import pack_int4, pack_uint4, unpack_uint4
 from gplq_ros.offline.spec import QuantSpec
-from gplq_ros.onboard.artifact import ArtifactError, layer_codes, load_artifact
+from gplq_ros.onboard.artifact import ArtifactError, layer_codes, layer_int8, load_artifact
 
 
 def _fp_state(qm: QuantDinoV2) -> Dict[str, torch.Tensor]:
@@ -26,6 +27,9 @@ def _fp_state(qm: QuantDinoV2) -> Dict[str, torch.Tensor]:
 
 def export_tensors(qm: QuantDinoV2) -> Tuple[Dict[str, np.ndarray], dict]:
     tensors = {f'fp/{k}': v.detach().float().cpu().numpy() for k, v in _fp_state(qm).items()}
+    for name, lin in qm.linears.items():   # bias correction (weight_ptq.correct_biases) folded into the bias
+        if lin.weight_q is not None and lin.bias_delta is not None:
+            tensors[f'fp/{name}.bias'] = (lin.bias + lin.bias_delta).detach().float().cpu().numpy()
     if qm.extractor.rotation is not None:  # the fp/ tensors are the rotated ones (offline.rotation)
         tensors['r/rotation'] = qm.extractor.rotation.float().cpu().numpy()
     layers = {}
@@ -39,6 +43,12 @@ def export_tensors(qm: QuantDinoV2) -> Tuple[Dict[str, np.ndarray], dict]:
             tensors[f'w/{name}.int8'] = codes.astype(np.int8)
         tensors[f'w/{name}.scales'] = lin.scales.detach().float().cpu().numpy()
         layers[name] = {'bits': lin.bits, 'group_size': lin.group_size, 'shape': list(codes.shape)}
+        if lin.grid is not None and lin.grid.kind == 'multiplier':
+            tensors[f'w/{name}.mult'] = pack_uint4(lin.grid.mult.cpu().numpy())
+            layers[name].update(grid='multiplier', grid_group=lin.grid.group)
+        elif lin.grid is not None:
+            tensors[f'w/{name}.codebook'] = lin.grid.levels.cpu().numpy().astype(np.int8)
+            layers[name].update(grid='codebook')
     acts = {}
     for key, q in qm.quantizers.items():
         s, z = q.qparams()
@@ -82,7 +92,16 @@ def fakequant_from_tensors(tensors: Dict[str, np.ndarray], meta: dict, path: Pat
         lin = qm.linears[name]
         codes = layer_codes(tensors, name, info['shape'])
         scales = torch.from_numpy(tensors[f'w/{name}.scales'].copy())
-        lin.set_quantized(torch.from_numpy(codes.copy()), scales, info['bits'], info['group_size'])
+        grid = None
+        if info.get('grid', 'uniform') != 'uniform':
+            layer_int8(tensors, name, info)        # refuses grid tensors that do not fit the layer
+            if info['grid'] == 'multiplier':
+                n = info['shape'][0] * (info['shape'][1] // info['grid_group'])
+                mult = unpack_uint4(tensors[f'w/{name}.mult'], n).reshape(info['shape'][0], -1)
+                grid = Grid('multiplier', torch.from_numpy(mult.astype(np.int16)), info['grid_group'])
+            else:
+                grid = Grid('codebook', levels=torch.from_numpy(tensors[f'w/{name}.codebook'].astype(np.int16)))
+        lin.set_quantized(torch.from_numpy(codes.copy()), scales, info['bits'], info['group_size'], grid)
         with torch.no_grad():
             lin.weight.copy_(lin.weight_q)
     for q in qm.quantizers.values():

@@ -68,6 +68,9 @@ def qat(qm, crops: Sequence[torch.Tensor], cfg: CalibConfig, steps: int, lr: flo
     names = [n for n, lin in qm.linears.items() if lin.weight_q is not None and n not in qm.spec.exclude]
     if any(qm.linears[n].group_size for n in names):
         raise ValueError('qat: per-output-channel weights only (group_size=None)')
+    gridded = [n for n in names if qm.linears[n].grid is not None]
+    if gridded:
+        raise ValueError(f'qat: uniform weight grids only; {gridded[0]} has a {qm.linears[gridded[0]].grid.kind} grid')
     dev = model_device(qm)
     lsq = {n: LsqWeight(qm.linears[n]).to(dev) for n in names}
     weights = [qm.linears[n].weight for n in names]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gplq_ros.offline.grids import Grid
 from gplq_ros.offline.primitives import ActQuantizer, dequantize_weight
 from gplq_ros.offline.rotation import ones_preserving_orthogonal, rotate_vit_
 from gplq_ros.offline.spec import QuantSpec
@@ -46,15 +47,27 @@ class QLinear(nn.Module):
         self.register_buffer('weight_q', None, persistent=False)
         self.register_buffer('codes', None, persistent=False)
         self.register_buffer('scales', None, persistent=False)
+        # bias correction (offline.weight_ptq.correct_biases): added to the bias with the quantized weights
+        self.register_buffer('bias_delta', None, persistent=False)
         self.bits: Optional[int] = None
         self.group_size: Optional[int] = None
+        self.grid: Optional[Grid] = None              # a 4-bit 'multiplier' / 'codebook' grid (offline.grids)
         self.weight_enabled = False
         self.soft_weight: Optional[nn.Module] = None  # offline.rounding: learnable rounding, while refined
 
     def set_quantized(self, codes: torch.Tensor, scales: torch.Tensor, bits: int,
-                      group_size: Optional[int]):
-        self.codes, self.scales, self.bits, self.group_size = codes, scales, bits, group_size
-        self.weight_q = dequantize_weight(codes, scales, group_size).to(self.weight.dtype)
+                      group_size: Optional[int], grid: Optional[Grid] = None):
+        if grid is not None and (bits != 4 or group_size is not None or scales.shape[1] != 1):
+            raise ValueError(f'{self.name}: a {grid.kind} grid needs 4-bit codes and per-output-channel scales, '
+                             f'got bits={bits}, group_size={group_size}, scales {tuple(scales.shape)}')
+        self.codes, self.scales, self.bits, self.group_size, self.grid = codes, scales, bits, group_size, grid
+        self.weight_q = self.values(codes).to(self.weight.dtype)
+
+    def values(self, codes: torch.Tensor) -> torch.Tensor:
+        """The dequantized weights that ``codes`` stand for with this layer's scales and grid."""
+        if self.grid is None:
+            return dequantize_weight(codes, self.scales, self.group_size)
+        return self.grid.int8_values(codes) * self.scales.float()
 
     def forward(self, x):
         x = self.in_quant(x)
@@ -64,7 +77,10 @@ class QLinear(nn.Module):
         elif self.weight_enabled and self.weight_q is not None:
             # exact W_q when no gradient is wanted; STE form (value W_q up to rounding) otherwise
             w = w + (self.weight_q - w).detach() if w.requires_grad else self.weight_q
-        return F.linear(x, w, self.bias)
+        bias = self.bias
+        if self.weight_enabled and self.bias_delta is not None:
+            bias = bias + self.bias_delta
+        return F.linear(x, w, bias)
 
 
 class QAttention(nn.Module):

@@ -33,31 +33,32 @@ ZETA, GAMMA = 1.1, -0.1
 
 
 class SoftRounding(nn.Module):
-    """The learnable rounding of one quantized Linear (per-channel or grouped scales)."""
+    """The learnable rounding of one quantized Linear, on its grid (``QLinear.values``):
+    uniform per-channel or grouped scales, a 'multiplier' grid (per-weight step s_c * k_g) or
+    a 'codebook' grid (neighbouring levels, unevenly spaced)."""
 
     def __init__(self, lin, start: float = 0.9):
         super().__init__()
         w = lin.weight.detach().float()
-        out_f, in_f = w.shape
-        groups = lin.scales.shape[1]
-        s = lin.scales.float().repeat_interleave(in_f // groups, dim=1) if groups > 1 else lin.scales.float()
-        self.register_buffer('s', s.expand(out_f, in_f).contiguous())
-        # each weight chooses between lo and lo + 1, the pair that holds its stage-2 code and
-        # lies towards w / s (floor and ceil of w / s where the code is one of them); the
-        # soft rounding starts at that code (h = start or 1 - start)
-        ratio = w / self.s
-        code = lin.codes.float()
-        up = code > ratio
-        self.register_buffer('lo', torch.where(up, code - 1, code))
-        h0 = torch.where(up, torch.full_like(code, start), torch.full_like(code, 1 - start))
-        self.v = nn.Parameter(-torch.log((ZETA - GAMMA) / (h0 - GAMMA) - 1))
         self.qmin, self.qmax = weight_qrange(lin.bits)
+        code = lin.codes.long()
+        # each weight chooses between lo and lo + 1, the pair that holds its stage-2 code and
+        # lies towards w (the code's value above w: the lower neighbour); the soft rounding
+        # starts at that code (h = start or 1 - start)
+        up = lin.values(code).float() > w
+        lo = torch.where(up, code - 1, code)
+        self.register_buffer('lo', lo.float())
+        base = lin.values(lo.clamp(self.qmin, self.qmax)).float()
+        self.register_buffer('base', base)
+        self.register_buffer('step', lin.values((lo + 1).clamp(self.qmin, self.qmax)).float() - base)
+        h0 = torch.where(up, torch.full_like(w, start), torch.full_like(w, 1 - start))
+        self.v = nn.Parameter(-torch.log((ZETA - GAMMA) / (h0 - GAMMA) - 1))
 
     def h(self) -> torch.Tensor:
         return torch.clamp(torch.sigmoid(self.v) * (ZETA - GAMMA) + GAMMA, 0, 1)
 
     def forward(self) -> torch.Tensor:
-        return self.s * torch.clamp(self.lo + self.h(), self.qmin, self.qmax)
+        return self.base + self.h() * self.step
 
     def rounding_penalty(self, beta: float) -> torch.Tensor:
         return (1 - (2 * self.h() - 1).abs().pow(beta)).mean()
@@ -143,12 +144,12 @@ def refine_rounding(qm, crops: Sequence[torch.Tensor], iters: int, lr: float = 0
             undecided = float(np.mean([r.undecided() for r in rounders.values()])) if rounders else 0.0
             for nm, r in rounders.items():
                 lin = qm.linears[nm]
-                lin.set_quantized(r.codes(), lin.scales, lin.bits, lin.group_size)
+                lin.set_quantized(r.codes(), lin.scales, lin.bits, lin.group_size, lin.grid)
             after = _relative_error(blk, q_in, fp_out, batch)
             if after > before:  # never worse on the crops than stage 2 left it
                 for nm in names:
                     lin = qm.linears[nm]
-                    lin.set_quantized(old[nm], lin.scales, lin.bits, lin.group_size)
+                    lin.set_quantized(old[nm], lin.scales, lin.bits, lin.group_size, lin.grid)
                 after = before
             changed = sum(float((qm.linears[nm].codes != old[nm]).sum()) for nm in names)
             total = sum(qm.linears[nm].weight.numel() for nm in names) or 1

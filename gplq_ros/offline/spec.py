@@ -13,7 +13,9 @@ ATTN_KINDS = ('q', 'k', 'v', 'attn')
 ROTATIONS = ('none', 'orthogonal')          # offline.rotation
 GRANULARITIES = ('tensor', 'channel')
 GROUP_SIZES = (16, 32, 64, 128, 384)
-WEIGHT_CLIPS = ('mse', 'minmax')
+WEIGHT_CLIPS = ('mse', 'minmax', 'hessian')
+WEIGHT_GRIDS = ('uniform', 'multiplier', 'codebook')   # offline.grids
+GRID_GROUPS = (16, 32, 64, 128)
 WEIGHT_METHODS = ('gptq', 'rtn')
 
 
@@ -41,7 +43,15 @@ class QuantSpec:
                                              'tensor at >= 8 bits, channel below)', choices=GRANULARITIES)
     group_size: Optional[int] = setting(None, 'weight scales per group of input channels; 0 = per output channel '
                                         '(the int8-kernel form)', choices=GROUP_SIZES, none=0)
-    weight_clip: str = setting('mse', 'weight scale clipping', choices=WEIGHT_CLIPS)
+    weight_clip: str = setting('mse', 'weight scale clipping: mse = per row/group the clip ratio with the least '
+                               'squared rounding error; minmax = no clipping; hessian = GPTQ run for several clip '
+                               'ratios (and the mse scales), per output channel the result with the least '
+                               'Hessian-weighted output error (never more than minmax or mse)', choices=WEIGHT_CLIPS)
+    weight_grid: str = setting('uniform', '4-bit grid of the per-output-channel weights (offline.grids): uniform = '
+                               's * q; multiplier = s * k_g * q with an integer k_g in [1, 15] per group of '
+                               'grid_group inputs; codebook = s * L[q] with 16 int8 levels per output channel; all '
+                               'decode into int8 weights (same graph, same kernels)', choices=WEIGHT_GRIDS)
+    grid_group: int = setting(32, "input channels per multiplier of weight_grid='multiplier'", choices=GRID_GROUPS)
     weight_method: str = setting('gptq', 'weight rounding', choices=WEIGHT_METHODS)
     act_order: bool = setting(False, 'GPTQ quantizes the columns of the most active inputs first (per-output-channel '
                               'weights only)')
@@ -67,6 +77,9 @@ class QuantSpec:
         validate(self)
         if not isinstance(self.rotation_seed, int):
             raise ValueError(f'QuantSpec.rotation_seed={self.rotation_seed!r}: must be an integer')
+        if self.weight_grid != 'uniform' and (self.weight_bits != 4 or self.group_size is not None):
+            raise ValueError(f'QuantSpec.weight_grid={self.weight_grid!r}: needs weight_bits=4 and per-output-channel '
+                             f'scales, got weight_bits={self.weight_bits}, group_size={self.group_size}')
         if self.act_order and self.group_size is not None:
             raise ValueError(f'QuantSpec.act_order=True: needs per-output-channel weights, not '
                              f'group_size={self.group_size}')

@@ -4,13 +4,17 @@ Scales: symmetric, per output channel or per group, clip ratio by MSE search
 (``offline.primitives.weight_scales``). Rounding: round-to-nearest ('rtn') or GPTQ
 ('gptq': column-by-column rounding that pushes each column's error onto the columns
 not yet quantized through the inverse Hessian ``H = X^T X`` of the layer's quantized
-inputs; scales stay the MSE-searched ones).
+inputs; scales stay the MSE-searched ones). With ``weight_clip='hessian'`` or a 4-bit
+'multiplier' / 'codebook' grid (``offline.grids``), ``search_layer`` runs GPTQ for several
+clip ratios and keeps per output channel the result with the least Hessian-weighted error.
+``correct_biases``: closed-form bias correction after the weights are final.
 """
 from dataclasses import replace
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
+from gplq_ros.offline.grids import candidates
 from gplq_ros.offline.primitives import weight_codes, weight_qrange, weight_scales
 from gplq_ros.offline.spec import QuantSpec
 
@@ -36,22 +40,30 @@ def collect_hessians(qm, batches: Iterable[torch.Tensor]) -> Dict[str, torch.Ten
     return hs
 
 
-@torch.no_grad()
-def gptq_codes(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, bits: int,
-               group_size: Optional[int], damp: float = 0.01, block: int = 128) -> torch.Tensor:
-    """GPTQ rounding of w (out, in) with fixed scales (out, n_groups)."""
-    qmin, qmax = weight_qrange(bits)
-    w = w.double().clone()
+def _inverse_hessian(h: torch.Tensor, damp: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(upper Cholesky factor of the damped inverse Hessian, dead-input mask)."""
     h = h.double().clone()
-    n = w.shape[1]
+    n = h.shape[0]
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
-    w[:, dead] = 0
     h += damp * torch.mean(torch.diag(h)) * torch.eye(n, dtype=h.dtype, device=h.device)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    gs = group_size or n
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True), dead
+
+
+@torch.no_grad()
+def gptq(w: torch.Tensor, hinv: torch.Tensor, step: Optional[torch.Tensor] = None, qrange=(-8, 7),
+         levels: Optional[torch.Tensor] = None, block: int = 128) -> Tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ on w (out, n) with the inverse-Hessian factor ``hinv``: column by column, the
+    column's rounding error is pushed onto the columns not yet quantized. Each column is
+    rounded to the uniform grid of ``step`` (out, n) per-weight steps (codes in ``qrange``),
+    or to the nearest of each row's ``levels`` (out, L) (codes: level index + qrange[0]).
+    Returns (int8 codes, dequantized values) (out, n)."""
+    w = w.double().clone()
+    n = w.shape[1]
+    qmin, qmax = qrange
     codes = torch.zeros_like(w, dtype=torch.int8)
-    s_col = scales.double().repeat_interleave(gs, dim=1) if scales.shape[1] > 1 else scales.double().expand(-1, n)
+    values = torch.zeros_like(w)
+    lv = levels.double() if levels is not None else None
     for i1 in range(0, n, block):
         i2 = min(i1 + block, n)
         w1 = w[:, i1:i2].clone()
@@ -59,18 +71,107 @@ def gptq_codes(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, bits: int
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = w1[:, i]
-            s = s_col[:, i1 + i]
-            c = torch.clamp(torch.round(col / s), qmin, qmax)
+            if lv is None:
+                s = step[:, i1 + i].double()
+                c = torch.clamp(torch.round(col / s), qmin, qmax)
+                q = c * s
+            else:
+                idx = (col[:, None] - lv).abs().argmin(1)
+                c = idx.double() + qmin
+                q = lv.gather(1, idx[:, None])[:, 0]
             codes[:, i1 + i] = c.to(torch.int8)
-            e = (col - c * s) / hinv1[i, i]
+            values[:, i1 + i] = q
+            e = (col - q) / hinv1[i, i]
             w1[:, i:] -= e[:, None] @ hinv1[i, i:][None, :]
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return codes
+    return codes, values
+
+
+@torch.no_grad()
+def gptq_codes(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, bits: int,
+               group_size: Optional[int], damp: float = 0.01, block: int = 128) -> torch.Tensor:
+    """GPTQ rounding of w (out, in) with fixed scales (out, n_groups) on the uniform grid."""
+    hinv, dead = _inverse_hessian(h, damp)
+    w = w.double().clone()
+    w[:, dead] = 0
+    n = w.shape[1]
+    gs = group_size or n
+    step = scales.double().repeat_interleave(gs, dim=1) if scales.shape[1] > 1 else scales.double().expand(-1, n)
+    return gptq(w, hinv, step, weight_qrange(bits), block=block)[0]
+
+
+def hessian_error(w: torch.Tensor, wq: torch.Tensor, h: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per output channel ``(wq - w) H (wq - w)^T``: the squared output error the layer's
+    weights cause on the calibration inputs (H = sum X^T X); plain squared error without H."""
+    d = (wq.double() - w.double())
+    return (d @ h.double() * d).sum(1) if h is not None else (d * d).sum(1)
+
+
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
+
+
+def search_layer(w: torch.Tensor, h: Optional[torch.Tensor], bits: int, spec: QuantSpec):
+    """Per-output-channel weights of one layer chosen by Hessian-weighted error: candidates
+    (uniform grid: the mse scales and ``CLIP_RATIOS`` of max|w|; multiplier/codebook grid:
+    ``offline.grids.candidates`` per ratio) are each rounded by GPTQ (``h`` given and
+    ``weight_method='gptq'``, with act-order if set) or to nearest, and each output channel
+    keeps the candidate with the smallest ``hessian_error``. Minmax (ratio 1) is always a
+    candidate, so no channel ends worse than without clipping. Returns (codes, scales
+    (out, 1), grid or None, per-channel error of the choice, per-channel error of minmax)."""
+    w = w.float()
+    out_f, n = w.shape
+    kind = spec.weight_grid if bits == 4 else 'uniform'
+    hd = torch.diag(h).float() if h is not None else torch.ones(n)
+    d = (hd / hd.mean().clamp_min(1e-30)).clamp_min(1e-6)
+    qmin, qmax = weight_qrange(bits)
+    amax = w.abs().amax(1, keepdim=True).clamp_min(1e-12)
+    if kind == 'uniform':
+        cands = [(amax * r / qmax, None) for r in CLIP_RATIOS] + [(weight_scales(w, bits, None, 'mse'), None)]
+    else:
+        cands = candidates(w, d, kind, CLIP_RATIOS, spec.grid_group)
+    use_gptq = spec.weight_method == 'gptq' and h is not None
+    if use_gptq:
+        perm = torch.argsort(torch.diag(h), descending=True) if spec.act_order else torch.arange(n)
+        inv = torch.argsort(perm)
+        hinv, dead = _inverse_hessian(h[perm][:, perm], spec.gptq_damp)
+        wp = w[:, perm].double()
+        wp[:, dead] = 0
+    results = []
+    for scales, grid in cands:
+        if grid is None:
+            step, levels = scales.double().expand(-1, n), None
+        elif grid.kind == 'multiplier':
+            step, levels = (grid.mult.repeat_interleave(grid.group, dim=1).double() * scales.double()), None
+        else:
+            step, levels = None, grid.levels.double() * scales.double()
+        if use_gptq:
+            codes, values = gptq(wp, hinv, None if step is None else step[:, perm], (qmin, qmax), levels)
+            codes, values = codes[:, inv], values[:, inv]
+        elif levels is None:
+            codes = torch.clamp(torch.round(w.double() / step), qmin, qmax)
+            values = codes * step
+            codes = codes.to(torch.int8)
+        else:
+            idx = (w.double()[..., None] - levels[:, None, :]).abs().argmin(-1)
+            codes, values = (idx + qmin).to(torch.int8), levels.gather(1, idx)
+        results.append((codes, values, hessian_error(w, values, h)))
+    errs = torch.stack([r[2] for r in results])
+    best = errs.argmin(0)
+    rows = torch.arange(out_f)
+    codes = torch.stack([r[0] for r in results])[best, rows]
+    scales = torch.stack([c[0].reshape(-1) for c in cands])[best, rows][:, None].float()
+    grid = cands[0][1].rows(best, [c[1] for c in cands]) if kind != 'uniform' else None
+    minmax = errs[0] if kind == 'uniform' else None
+    return codes, scales, grid, errs[best, rows], minmax
 
 
 def quantize_layer(lin, bits: int, spec: QuantSpec, h: Optional[torch.Tensor]) -> None:
     w = lin.weight.detach().float()
+    if spec.weight_clip == 'hessian' or (spec.weight_grid != 'uniform' and bits == 4):
+        codes, scales, grid, _, _ = search_layer(w, h, bits, spec)
+        lin.set_quantized(codes, scales, bits, None, grid)
+        return
     scales = weight_scales(w, bits, spec.group_size, spec.weight_clip)
     if spec.weight_method == 'gptq' and h is not None and spec.act_order:
         # act-order: columns with the largest Hessian diagonal (most active inputs) first, so
@@ -82,6 +183,44 @@ def quantize_layer(lin, bits: int, spec: QuantSpec, h: Optional[torch.Tensor]) -
     else:
         codes = weight_codes(w, scales, bits, spec.group_size)
     lin.set_quantized(codes, scales.float(), bits, spec.group_size)
+
+
+@torch.no_grad()
+def correct_biases(qm, batches: Iterable[torch.Tensor]) -> Dict[str, float]:
+    """Closed-form bias correction of every quantized Linear: the mean output error over the
+    calibration tokens, ``E[W x] - E[W_q Q(x)] = W E[x] - W_q E[Q(x)]`` (x the layer's input in
+    the quantized model, Q its activation quantizer), is added to the bias (``bias_delta``;
+    folded into the artifact's bias), so the layer's output error has zero mean on those
+    tokens. One pass over ``batches`` with activations and weights quantized. Returns per
+    layer ||delta|| / ||bias||."""
+    sums: Dict[str, list] = {}
+    hooks = []
+    for name, lin in qm.linears.items():
+        if lin.weight_q is None:
+            continue
+
+        def hook(mod, inp, out, name=name):
+            x = inp[0].reshape(-1, inp[0].shape[-1]).double()
+            xq = out.reshape(-1, out.shape[-1]).double()
+            s = sums.setdefault(name, [0, 0.0, 0.0])
+            s[0] += x.shape[0]
+            s[1] = s[1] + x.sum(0)
+            s[2] = s[2] + xq.sum(0)
+        hooks.append(lin.in_quant.register_forward_hook(hook))
+    try:
+        with qm.modes(act=True, weight=True):
+            for x in batches:
+                qm.block_tokens(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    report = {}
+    for name, (count, sx, sxq) in sums.items():
+        lin = qm.linears[name]
+        delta = lin.weight.double() @ (sx / count) - lin.weight_q.double() @ (sxq / count)
+        lin.bias_delta = delta.to(lin.weight.dtype)
+        report[name] = float(delta.norm() / lin.bias.double().norm().clamp_min(1e-12))
+    return report
 
 
 def basin_drift(qm) -> Dict[str, float]:

@@ -21,7 +21,8 @@ Runtime.
 GPLQ graphs exported packed (the default of ``gplq_export --model``) hold no int8 weight
 codes: the engine reads them from the artifact (``artifact=``, by default the file the
 graph names, next to it), checks that it is the artifact the graph was exported from
-(checksum), unpacks the 4-bit codes to int8 and hands ORT the completed graph in memory.
+(checksum), decodes the 4-bit codes into int8 weights (``artifact.layer_int8``) and
+hands ORT the completed graph in memory.
 """
 import importlib.util
 import json
@@ -34,7 +35,7 @@ import onnxruntime as ort
 
 from onnx import numpy_helper
 
-from gplq_ros.onboard.artifact import PACKED_PREFIX, ArtifactError, layer_codes, load_artifact
+from gplq_ros.onboard.artifact import PACKED_PREFIX, ArtifactError, layer_int8, load_artifact
 from gplq_ros.onboard.fileformat import check_versioned
 from gplq_ros.onboard.pipeline import Outputs, PipelineConfig, run_heads, single_thread_blas
 from gplq_ros.onboard.preprocess import prepare
@@ -229,7 +230,10 @@ def _fill_packed(model, meta: dict, artifact: Path) -> None:
         raise EngineError(f'artifact={artifact}: checksum {ameta["checksum"][:12]}... is not the one this graph '
                           f'was exported from ({str(meta.get("artifact_checksum"))[:12]}...); export it again')
     for name in meta['packed_layers']:
-        codes = layer_codes(tensors, name, ameta['layers'][name]['shape'])
+        try:
+            codes = layer_int8(tensors, name, ameta['layers'][name])
+        except ArtifactError as e:
+            raise EngineError(f'artifact={artifact}: {e}') from None
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(codes.T),
                                                                PACKED_PREFIX + name))
 

@@ -30,15 +30,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def check_versioned(meta: dict, fmt: str, version: int, source, error: Type[Exception]) -> dict:
-    """``meta`` if its format and version are the ones this gplq_ros reads, else ``error``."""
-    if meta.get('format') != fmt or meta.get('version') != version:
+def check_versioned(meta: dict, fmt: str, version, source, error: Type[Exception]) -> dict:
+    """``meta`` if its format and version are the ones this gplq_ros reads (``version``: one
+    version or a tuple of them), else ``error``."""
+    versions = tuple(version) if isinstance(version, (tuple, list)) else (version,)
+    if meta.get('format') != fmt or meta.get('version') not in versions:
+        said = ' or '.join(str(v) for v in versions)
         raise error(f'{source}: format={meta.get("format")!r} version={meta.get("version")!r} is not '
-                    f'supported (this gplq_ros reads {fmt!r} version {version})')
+                    f'supported (this gplq_ros reads {fmt!r} version {said})')
     return meta
 
 
-def read_versioned_meta(path: Path, fmt: str, version: int, what: str, hint: str,
+def read_versioned_meta(path: Path, fmt: str, version, what: str, hint: str,
                         error: Type[Exception]) -> dict:
     """The JSON under safetensors header key ``gplq_ros``, checked for format and version."""
     path = Path(path)

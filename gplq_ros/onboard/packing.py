@@ -27,3 +27,24 @@ def unpack_int4(packed: np.ndarray, count: int) -> np.ndarray:
     out[0::2] = np.where(lo > 7, lo - 16, lo)
     out[1::2] = np.where(hi > 7, hi - 16, hi)
     return out[:count]
+
+
+def pack_uint4(values: np.ndarray) -> np.ndarray:
+    """Unsigned values in [0, 15] (any shape) -> flat uint8 of ceil(n/2) bytes, little nibble first."""
+    v = np.asarray(values).reshape(-1)
+    if v.size and (v.min() < 0 or v.max() > 15):
+        raise ValueError(f'uint4 values must lie in [0, 15], got [{v.min()}, {v.max()}]')
+    u = v.astype(np.uint8)
+    if u.size % 2:
+        u = np.concatenate([u, np.zeros(1, np.uint8)])
+    return (u[0::2] | (u[1::2] << 4)).astype(np.uint8)
+
+
+def unpack_uint4(packed: np.ndarray, count: int) -> np.ndarray:
+    """flat uint8 -> the first ``count`` unsigned values in [0, 15] (uint8)."""
+    p = np.asarray(packed, np.uint8).reshape(-1)
+    if count > 2 * p.size or count < 0:
+        raise ValueError(f'cannot unpack {count} values from {p.size} bytes')
+    out = np.empty(2 * p.size, np.uint8)
+    out[0::2], out[1::2] = p & 0xF, p >> 4
+    return out[:count]
