@@ -14,7 +14,11 @@ def test_calibrate_report_and_fidelity(tmp_path, manifest, vocab):
     res = run('gplq_ros.tools.calibrate', '--bits', 'w4a4', '--crops', 4, '--batch', 2, '--gptq-crops', 4,
               '--out', out, '--report-vocab', vocab_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert 'stage 1 w4a4 gplq' in res.stderr            # the progress bar with the loss
+    # a progress line for every stage: start and end, with the loss where there is one
+    for stage in ('stage 1: 1/2 steps', 'stage 1: 2/2 steps', 'Hessians: 2/2 batches', 'weights: 48/48 layers',
+                  'held-out report: 3/3 images'):
+        assert f'gplq_calibrate w4a4 gplq: {stage}' in res.stderr, res.stderr[-2000:]
+    assert '(loss ' in res.stderr
     assert out.is_file() and out.with_suffix('.report.png').is_file()
     report = json.loads(out.with_suffix('.report.json').read_text())
     m = report['metrics']

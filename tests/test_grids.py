@@ -11,8 +11,7 @@ from gplq_ros.offline.data import make_crops
 from gplq_ros.offline.fakequant import export_tensors, fakequant_model
 from gplq_ros.offline.quantized import QuantDinoV2
 from gplq_ros.offline.spec import QuantSpec
-from gplq_ros.offline.weight_ptq import (correct_biases, hessian_error, quantize_layer,
-                                        search_layer, stage2)
+from gplq_ros.offline.weight_ptq import correct_biases, hessian_error, quantize_layer, search_layer, stage2
 from gplq_ros.onboard.artifact import ArtifactError, layer_int8, load_artifact, save_artifact
 from gplq_ros.onboard.packing import pack_int4, pack_uint4
 
@@ -181,3 +180,24 @@ def test_mixed_grid_artifact_round_trips_and_exports_exactly(extractor, crops, i
                   dict(meta, layers={k: {kk: vv for kk, vv in v.items() if kk not in ('grid', 'grid_group')}
                                      for k, v in meta['layers'].items()}))
     assert load_artifact(bad)[1]['version'] == 1
+
+
+@pytest.mark.parametrize('kind', ['multiplier', 'codebook'])
+def test_learned_rounding_moves_between_neighbours_of_the_grid(kind):
+    from gplq_ros.offline.primitives import ActQuantizer
+    from gplq_ros.offline.quantized import QLinear
+    from gplq_ros.offline.rounding import SoftRounding
+    w, h = layer_problem(1)
+    lin = QLinear(torch.nn.Linear(128, 48), ActQuantizer(8, name='x'), 'blocks.0.mlp.fc1')
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    codes, scales, grid, _, _ = search_layer(w, h, 4, QuantSpec(weight_grid=kind, grid_group=16))
+    lin.set_quantized(codes, scales, 4, None, grid)
+    r = SoftRounding(lin)
+    assert torch.equal(r.codes(), lin.codes)            # starts at the GPTQ codes
+    assert bool(((r() - lin.weight_q).abs() <= 0.1 * r.step.abs() + 1e-6).all())
+    with torch.no_grad():
+        r.v.fill_(10.0)                                   # every weight rounds up: its upper neighbour
+    up = r.codes()
+    torch.testing.assert_close(r(), lin.values(up))
+    assert bool(((up.long() - r.lo.long() == 1) | (up.long() == 7)).all())

@@ -1,4 +1,5 @@
 """Quantizer math, packing and validated configs (no model)."""
+import json
 import math
 from dataclasses import replace
 import typing
@@ -251,8 +252,8 @@ def test_contradicting_calibrate_options_are_refused_naming_both(argv, named, ca
 
 
 # CalibConfig version 1 (one flat dataclass; magic zeros for the stages off) as artifacts and
-# reports made before the stages were split store it: offline.api.ONBOARD_CALIBRATION (the
-# cached default artifact ``make demo`` reuses), ONBOARD_CALIBRATION_CUDA and the default
+# reports made before the stages were split store it: offline.api.BEST_CALIBRATION (the
+# cached 'best' artifact ``make demo --calibration best`` reuses), BEST_CALIBRATION_CUDA and the default
 V1_COMMON = {'method': 'gplq', 'epochs': 1, 'crops': 256, 'batch': 4, 'lr': 0.01, 'init': 'minmax', 'init_crops': 32,
              'alpha': 'depth', 'beta': 1.0, 'lambda_corner': 0.1, 'lambda_edge': 0.05, 'lambda_reg': 0.01,
              'edge_threshold': 0.5, 'corner_top_k': 20, 'pca_final': False, 'pca_variance': 0.6, 'gptq_crops': 64,
@@ -262,18 +263,27 @@ V1_COMMON = {'method': 'gplq', 'epochs': 1, 'crops': 256, 'batch': 4, 'lr': 0.01
              'rounding_lambda': 1.0, 'qat_steps': 0, 'qat_lr': 1e-05, 'compensation_rank': 0, 'compensation_crops': 32,
              'version': 1}
 V1_ONBOARD = dict(V1_COMMON, max_8bit_fraction=0.25, rounding_iters=400, rounding_crops=64, rounding_batch=4)
+# the 'fast' onboard recipe (#21) its artifact file name stands for (onboard.paths.ONBOARD_ARTIFACTS)
+FAST_RECORD = json.loads(
+    '{"crops": 64, "augment": false, "budget_s": 300.0, "batch": 4, "seed": 0, "device": "cpu", "init": '
+    '"minmax", "init_crops": 32, "lr": 0.01, "gamma_align": 0.8, "align_batches": 2, "loss": {"alpha": '
+    '"depth", "beta": 1.0, "lambda_corner": 0.1, "lambda_edge": 0.05, "lambda_reg": 0.01, "edge_threshold": '
+    '0.5, "corner_top_k": 20, "pca_final": false, "pca_variance": 0.6}, "stage1": {"epochs": 1, "lr_schedule":'
+    ' "cosine"}, "weights": {"gptq_crops": 64, "eps_basin": 0.1, "enforce_basin": false, "bias_correction": '
+    'false, "bias_crops": 32}, "mixed_precision": {"max_8bit_fraction": 0.25, "target_cosine": null, '
+    '"sensitivity_crops": 8, "objective": "outputs"}, "rounding": {"iters": 100, "crops": 32, "batch": 4, '
+    '"lr": 0.05, "lambda_": 1.0}, "qat": null, "compensation": null, "version": 2}')
 V1_ONBOARD_CUDA = dict(V1_ONBOARD, device='cuda', rounding_iters=2000, rounding_crops=128, rounding_batch=32)
 
 
 def test_calibration_config_versions():
     """Version-1 records read as the same calibration; version 2 round-trips through JSON;
     other versions are refused by name."""
-    import json
 
-    from gplq_ros.offline.api import ONBOARD_CALIBRATION, ONBOARD_CALIBRATION_CUDA
+    from gplq_ros.offline.api import BEST_CALIBRATION, BEST_CALIBRATION_CUDA, ONBOARD_CALIBRATION
     constant = Stage1Config(lr_schedule='constant')   # version 1 had no step decay
-    assert CalibConfig.from_dict(V1_ONBOARD) == replace(ONBOARD_CALIBRATION, stage1=constant)
-    assert CalibConfig.from_dict(V1_ONBOARD_CUDA) == replace(ONBOARD_CALIBRATION_CUDA, stage1=constant)
+    assert CalibConfig.from_dict(V1_ONBOARD) == replace(BEST_CALIBRATION, stage1=constant)
+    assert CalibConfig.from_dict(V1_ONBOARD_CUDA) == replace(BEST_CALIBRATION_CUDA, stage1=constant)
     assert CalibConfig.from_dict(V1_COMMON) == CalibConfig(stage1=constant)
     minmax_qat = CalibConfig.from_dict(dict(V1_COMMON, method='minmax', qat_steps=128, compensation_rank=16))
     assert minmax_qat == CalibConfig(stage1=None, qat=QATConfig(steps=128), compensation=CompensationConfig(rank=16))
@@ -287,12 +297,21 @@ def test_calibration_config_versions():
         CalibConfig.from_dict(dict(full.to_dict(), version=3))
 
 
-def test_default_onboard_artifact_is_still_found_by_its_path():
-    """The cached default artifact is keyed by its file name only (ensure_onboard_models
-    reuses any file there): the name and the calibration it stands for are unchanged."""
-    from gplq_ros.offline.api import ONBOARD_CALIBRATION, ONBOARD_SPEC
+def test_default_onboard_artifacts_are_still_found_by_their_paths():
+    """A cached onboard artifact is keyed by its file name only (ensure_onboard_models
+    reuses any file there): each recipe's name and the calibration it stands for are
+    unchanged. Changing a recipe means a new file name in onboard.paths.ONBOARD_ARTIFACTS
+    (and the record here), so an artifact of the old recipe is never taken for the new."""
+    from gplq_ros.offline.api import BEST_CALIBRATION, BEST_SPEC, ONBOARD_RECIPES
     from gplq_ros.onboard.paths import default_onboard_artifact
-    assert default_onboard_artifact().name == 'w4a8_gplq_rot_qk_ao_mp25_round.safetensors'
-    assert ONBOARD_CALIBRATION.method == 'gplq' and ONBOARD_SPEC.tag == 'w4a8'
+    assert default_onboard_artifact('best').name == 'w4a8_gplq_rot_qk_ao_mp25_round.safetensors'
+    assert default_onboard_artifact().name == 'w4a8_gplq_rot_qk_mult32_mp25out_fast.safetensors'
+    assert BEST_CALIBRATION.method == 'gplq' and BEST_SPEC.tag == 'w4a8'
     constant = Stage1Config(lr_schedule='constant')
-    assert CalibConfig.from_dict(V1_ONBOARD) == replace(ONBOARD_CALIBRATION, stage1=constant)
+    assert CalibConfig.from_dict(V1_ONBOARD) == replace(BEST_CALIBRATION, stage1=constant)
+    assert ONBOARD_RECIPES['best'].spec == BEST_SPEC and ONBOARD_RECIPES['best'].cpu == BEST_CALIBRATION
+    fast = ONBOARD_RECIPES['fast']
+    assert fast.spec.to_dict() == dict(BEST_SPEC.to_dict(), weight_grid='multiplier', grid_group=32)
+    assert fast.cpu.to_dict() == FAST_RECORD
+    with pytest.raises(ValueError, match="recipe='slow': one of"):
+        default_onboard_artifact('slow')

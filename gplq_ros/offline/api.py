@@ -37,7 +37,7 @@ from gplq_ros.offline.compensation import fit_compensation
 from gplq_ros.offline.qat import qat
 from gplq_ros.offline.rounding import refine_rounding
 from gplq_ros.offline.config import CalibConfig, MixedPrecisionConfig, RoundingConfig
-from gplq_ros.offline.data import (CROP_POLICY, default_calibration_images, default_heldout, list_images,
+from gplq_ros.offline.data import (CROP_POLICY, DRONE_POLICY, default_calibration_images, default_heldout, list_images,
                                    load_images, make_crops, random_views)
 from gplq_ros.offline.fakequant import export_tensors, fakequant_model
 from gplq_ros.offline.evaluation import METRICS, evaluate
@@ -46,19 +46,20 @@ from gplq_ros.offline.quantized import QuantDinoV2
 from gplq_ros.offline.report import heldout_pictures, write_report_png
 from gplq_ros.offline.spec import QuantSpec
 from gplq_ros.offline.mixed_precision import choose_8bit, layer_sensitivity
-from gplq_ros.offline.weight_ptq import basin_drift, collect_hessians, quantize_layer, stage2
+from gplq_ros.offline.progress import Budget, ProgressFn, ProgressLog
+from gplq_ros.offline.weight_ptq import basin_drift, collect_hessians, correct_biases, quantize_layer, stage2
 from gplq_ros.onboard.artifact import read_meta, save_artifact
 from gplq_ros.onboard.engine import graph_meta, load as load_engine
 from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
-from gplq_ros.onboard.paths import (default_onboard_artifact, default_onboard_models, default_vocab, default_weights,
-                                    gplq_home)
+from gplq_ros.onboard.paths import (ONBOARD_ARTIFACTS, default_onboard_artifact, default_onboard_models, default_vocab,
+                                    default_weights, gplq_home)
 from gplq_ros.onboard.pipeline import PipelineConfig
 from gplq_ros.onboard.preprocess import ONBOARD_INPUT_HW, prepare
 from gplq_ros.onboard.vocabulary import VocabMeta, Vocabulary, spherical_kmeans
 
 __all__ = ['Artifact', 'Calibrated', 'CalibrationJob', 'calibrate', 'calibrate_to_file', 'evaluate',
            'fidelity_report', 'export', 'export_fp32', 'ensure_onboard_models', 'build_vocabulary',
-           'vocabulary_to_file', 'check_vocabulary', 'load_extractor', 'load_engine', 'make_crops']
+           'vocabulary_to_file', 'check_vocabulary', 'load_extractor', 'load_engine', 'make_crops', 'ProgressLog']
 
 
 @dataclass
@@ -95,27 +96,31 @@ def resolve_device(name: str) -> str:
 
 
 def calibrate(extractor, spec: QuantSpec, config: CalibConfig, crops: Sequence[torch.Tensor],
-              progress: Optional[Callable[[int, dict], None]] = None) -> Calibrated:
+              progress: Optional[ProgressFn] = None, budget: Optional[Budget] = None) -> Calibrated:
     """GPLQ on ``extractor`` (left untouched): stage 1 (activations, weights FP32), stage 2
     (weights), then the basin drift and gradient alignment. ``crops``: normalized
-    (1, 3, h, w) tensors (``make_crops``)."""
+    (1, 3, h, w) tensors (``make_crops``). ``progress(stage, done, total, info)`` hears every
+    stage (``offline.progress.ProgressLog`` prints it); ``budget`` (default: one of
+    ``config.budget_s`` from now) shortens stage 1 and the learned rounding to fit."""
     torch.manual_seed(config.seed)
+    budget = budget or Budget(config.budget_s)
     qm = QuantDinoV2(extractor, spec).to(resolve_device(config.device))
     t0 = time.perf_counter()
-    history = stage1(qm, crops, config, progress)
+    history = stage1(qm, crops, config, progress, budget)
     t1 = time.perf_counter()
     wc, mp, rc, qc, cc = config.weights, config.mixed_precision, config.rounding, config.qat, config.compensation
-    hs = collect_hessians(qm, batches_of(crops[:wc.gptq_crops], config.batch, device=model_device(qm))) \
+    hs = collect_hessians(qm, batches_of(crops[:wc.gptq_crops], config.batch, device=model_device(qm)), progress) \
         if spec.weight_method == 'gptq' else None
-    basin = stage2(qm, spec, hs, wc.eps_basin, wc.enforce_basin)
+    basin = stage2(qm, spec, hs, wc.eps_basin, wc.enforce_basin, progress)
     applied = basin.pop('spec')
     mixed = {}
     if mp is not None and spec.weight_bits < 8:
         xs = list(batches_of(crops[:mp.sensitivity_crops], config.batch, device=model_device(qm)))
-        sens = layer_sensitivity(qm, xs)
+        keys = PipelineConfig().keys if mp.objective == 'outputs' else None
+        sens = layer_sensitivity(qm, xs, progress, keys)
         chosen, curve = choose_8bit(qm, xs, sens, mp.max_8bit_fraction, mp.target_cosine,
                                     lambda name, bits: quantize_layer(qm.linears[name], bits, applied,
-                                                                      (hs or {}).get(name)))
+                                                                      (hs or {}).get(name)), keys)
         applied = replace(applied, keep_8bit=sorted(set(applied.keep_8bit) | set(chosen)))
         mixed = {'sensitivity': sens, 'chosen': chosen, 'curve': curve}
     qat_history = {}
@@ -123,7 +128,11 @@ def calibrate(extractor, spec: QuantSpec, config: CalibConfig, crops: Sequence[t
         qat_history = qat(qm, crops, config, qc.steps, qc.lr, progress)
     rounding = {}
     if rc is not None and spec.weight_bits < 8:
-        rounding = refine_rounding(qm, crops[:rc.crops], rc.iters, rc.lr, rc.lambda_, rc.batch, seed=config.seed)
+        rounding = refine_rounding(qm, crops[:rc.crops], rc.iters, rc.lr, rc.lambda_, rc.batch, seed=config.seed,
+                                   progress=progress, budget=budget, reserve_s=RESERVE_S)
+    bias = {}
+    if wc.bias_correction:
+        bias = correct_biases(qm, batches_of(crops[:wc.bias_crops], config.batch, device=model_device(qm)))
     if mixed or qat_history or rounding:   # the weights changed after stage 2's drift
         basin['drift'] = basin_drift(qm)
     compensation = {}
@@ -138,7 +147,7 @@ def calibrate(extractor, spec: QuantSpec, config: CalibConfig, crops: Sequence[t
     qm.cpu().set_modes(act=True, weight=True, comp=True)  # evaluation, report and export run on the CPU
     qm.compensation = {i: tuple(t.cpu() for t in c) for i, c in qm.compensation.items()}
     results = {'history': history, 'basin': basin, 'alignment': align, 'mixed_precision': mixed,
-               'rounding': rounding, 'compensation': compensation, 'qat': qat_history,
+               'rounding': rounding, 'compensation': compensation, 'qat': qat_history, 'bias_correction': bias,
                'timing_s': {'stage1': round(t1 - t0, 1), 'stage2': round(t2 - t1, 1),
                             'alignment': round(time.perf_counter() - t2, 1)}}
     return Calibrated(qm, applied, config, results)
@@ -181,7 +190,15 @@ def report_vocabulary(path: Optional[Path], weights_sha256: str) -> Tuple[Option
     return None, {m: why for m in DESCRIPTOR_METRICS}
 
 
-def calibrate_to_file(job: CalibrationJob, progress: Optional[Callable[[int, dict], None]] = None) -> dict:
+# what each calibration stage counts in its progress lines (offline.progress.ProgressLog)
+PROGRESS_UNITS = {'Hessians': 'batches', 'weights': 'layers', 'layer sensitivity': 'layers',
+                  'held-out report': 'images'}
+# seconds of a budgeted calibration kept after the learned rounding for what follows (bias
+# correction, alignment, held-out report, saving; measured on 2 cores: about 40 s)
+RESERVE_S = 45.0
+
+
+def calibrate_to_file(job: CalibrationJob, progress: Optional[ProgressFn] = None) -> dict:
     """The whole job; returns the report (also written next to the artifact as
     ``<name>.report.json``, with ``<name>.report.png`` and held-out pictures)."""
     out = job.artifact_path
@@ -191,13 +208,14 @@ def calibrate_to_file(job: CalibrationJob, progress: Optional[Callable[[int, dic
         raise FileNotFoundError(f'--report-vocab {job.report_vocab}: file not found')
     spec, cfg = job.spec, job.config
     t_start = time.perf_counter()
+    budget = Budget(cfg.budget_s)
     paths = list_images(job.images) if job.images else default_calibration_images()
     ext = load_extractor(job.weights)
-    crops = make_crops(load_images(paths), cfg.crops, cfg.seed)
+    crops = make_crops(load_images(paths), cfg.crops, cfg.seed, augment=cfg.augment)
     data = {'images': [{'name': p.name, 'sha256': sha256_file(p)} for p in paths],
-            'crops': cfg.crops, 'seed': cfg.seed, 'crop_policy': CROP_POLICY}
+            'crops': cfg.crops, 'seed': cfg.seed, 'crop_policy': DRONE_POLICY if cfg.augment else CROP_POLICY}
     data['fingerprint'] = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-    cal = calibrate(ext, spec, cfg, crops, progress)
+    cal = calibrate(ext, spec, cfg, crops, progress, budget)
     fidelity, pictures = {'summary': {}}, []
     absent = {m: 'not measured (--no-report)' for m in HELDOUT_METRICS}
     if job.report:
@@ -205,14 +223,18 @@ def calibrate_to_file(job: CalibrationJob, progress: Optional[Callable[[int, dic
         images = dict(zip([p.name for p in held], load_images(held)))
         centers, absent = report_vocabulary(job.report_vocab, ext.weights_sha256)
         whole = {}
-        fidelity = evaluate(ext, cal.model, images, PipelineConfig(long_side=224), centers, views=4, whole=whole)
+        fidelity = evaluate(ext, cal.model, images, PipelineConfig(long_side=224), centers, views=4, whole=whole,
+                            progress=progress)
+        if progress:
+            progress('held-out report', len(images), len(images), {})
         pictures = heldout_pictures(images, whole, out.parent / (out.stem + '_report'))
     wall = time.perf_counter() - t_start
     res = cal.results
     metrics = {'heldout': fidelity['summary'], 'heldout_absent': absent, 'basin': res['basin'],
                'gradient_alignment': res['alignment'],
                'mixed_precision': res['mixed_precision'], 'rounding': res['rounding'],
-               'compensation': res['compensation'],
+               'compensation': res['compensation'], 'bias_correction': res['bias_correction'],
+               'budget_s': cfg.budget_s,
                'qat': {'steps': len(res['qat']['total']), 'wall_s': round(res['qat']['wall_s'][0], 1),
                        'loss_first': res['qat']['total'][0], 'loss_last': res['qat']['total'][-1]}
                if res['qat'] else {},
@@ -259,29 +281,66 @@ def export_fp32(extractor, out: Path, input_hw: Tuple[int, int] = ONBOARD_INPUT_
 # 4 bits; the rotated residual stream and the int8 q.k^T attention (float attention x V)
 # were chosen on the held-out tiles of the calibration sources (gplq_fidelity) and on
 # OpenVINO speed, then measured on unseen sources (docs/benchmarks.md).
+# 'fast' (the default, #21): 4-bit codes on the multiplier grid (offline.grids; decoded into
+# int8 weights), GPTQ with the Hessian-weighted clip search, 8-bit layers chosen by the
+# cosine of both graph outputs, within a 5-minute budget on 2 CPU cores (recipe chosen by
+# measured held-out fidelity per minute of calibration: docs/benchmarks.md).
 ONBOARD_SPEC = QuantSpec(weight_bits=4, act_bits=8, group_size=None, act_order=True, rotation='orthogonal',
-                         attention='qk_int8')
-# learned rounding (offline.rounding) within a CPU budget (about 12 of the ~20 minutes on 2 cores);
-# with CUDA the budget measured best here (2,000 steps of 32 crops per block: about 5 minutes on an H100)
-ONBOARD_CALIBRATION = CalibConfig(mixed_precision=MixedPrecisionConfig(max_8bit_fraction=0.25),
-                                  rounding=RoundingConfig(iters=400, batch=4, crops=64))
-ONBOARD_CALIBRATION_CUDA = replace(ONBOARD_CALIBRATION, device='cuda',
+                         attention='qk_int8', weight_grid='multiplier', grid_group=32)
+ONBOARD_CALIBRATION = CalibConfig(crops=64, budget_s=300.0,
+                                  mixed_precision=MixedPrecisionConfig(max_8bit_fraction=0.25, sensitivity_crops=8,
+                                                                       objective='outputs'),
+                                  rounding=RoundingConfig(iters=100, batch=4, crops=32))
+# with CUDA: the same recipe with the learned rounding measured best here (2,000 steps of 32 crops)
+ONBOARD_CALIBRATION_CUDA = replace(ONBOARD_CALIBRATION, device='cuda', crops=256, budget_s=None,
                                    rounding=RoundingConfig(iters=2000, batch=32, crops=128))
+# 'best' (the default before #21, one option away: --calibration best): uniform per-channel
+# grid, 256 stage-1 crops, learned rounding 400 steps per block (about 20 minutes on 2 cores)
+BEST_SPEC = QuantSpec(weight_bits=4, act_bits=8, group_size=None, act_order=True, rotation='orthogonal',
+                      attention='qk_int8')
+BEST_CALIBRATION = CalibConfig(mixed_precision=MixedPrecisionConfig(max_8bit_fraction=0.25),
+                               rounding=RoundingConfig(iters=400, batch=4, crops=64))
+BEST_CALIBRATION_CUDA = replace(BEST_CALIBRATION, device='cuda',
+                                rounding=RoundingConfig(iters=2000, batch=32, crops=128))
 
 
-def ensure_onboard_models(log: Callable[[str], None] = print) -> Dict[str, str]:
-    """The default W4A8 artifact (calibrated if missing) and both onboard graphs (exported
-    if missing or not made from that artifact), where the bringup looks for them."""
+@dataclass(frozen=True)
+class OnboardRecipe:
+    """A calibration ``make demo`` can make the onboard artifact with (``--calibration``)."""
+    spec: QuantSpec
+    cpu: CalibConfig
+    cuda: CalibConfig
+    about: str          # what it is and how long it takes, for the log
+
+
+ONBOARD_RECIPES = {
+    'fast': OnboardRecipe(ONBOARD_SPEC, ONBOARD_CALIBRATION, ONBOARD_CALIBRATION_CUDA,
+                          '4-bit multiplier grid, Hessian clip search, 25 % 8-bit, learned rounding within a '
+                          '5-minute budget on 2 CPU cores'),
+    'best': OnboardRecipe(BEST_SPEC, BEST_CALIBRATION, BEST_CALIBRATION_CUDA,
+                          'uniform 4-bit grid, 25 % 8-bit, learned rounding 400 steps per block: about 20 minutes '
+                          'on 2 CPU cores'),
+}
+assert set(ONBOARD_RECIPES) == set(ONBOARD_ARTIFACTS)
+
+
+def ensure_onboard_models(log: Callable[[str], None] = print, recipe: str = 'fast',
+                          progress: Optional[ProgressFn] = None) -> Dict[str, str]:
+    """The W4A8 artifact of ``recipe`` (``ONBOARD_RECIPES``; calibrated if missing, with
+    ``progress`` lines, by default ``ProgressLog``) and both onboard graphs (exported if
+    missing or not made from that artifact), where the bringup looks for them."""
+    if recipe not in ONBOARD_RECIPES:
+        raise ValueError(f'recipe={recipe!r}: one of {sorted(ONBOARD_RECIPES)}')
     models = default_onboard_models()
     graph_path, fp32_path = Path(models['model']), Path(models['reference_model'])
-    art = default_onboard_artifact()
+    art = default_onboard_artifact(recipe)
     if not art.is_file():
+        r = ONBOARD_RECIPES[recipe]
         cuda = torch.cuda.is_available()
-        cfg = ONBOARD_CALIBRATION_CUDA if cuda else ONBOARD_CALIBRATION
-        log(f'calibrating {art} (W4A8, rotated, int8 q.k, per-output-channel weights, act-order, 25 % 8-bit, '
-            f'learned rounding {cfg.rounding.iters} steps per block on {cfg.device}; '
-            + ('minutes)' if cuda else 'about 20 minutes on 2 cores)'))
-        calibrate_to_file(CalibrationJob(ONBOARD_SPEC, cfg, out=art))
+        cfg = r.cuda if cuda else r.cpu
+        log(f'calibrating {art} ({recipe}: {r.about}' + ('; on CUDA)' if cuda else ')'))
+        calibrate_to_file(CalibrationJob(r.spec, cfg, out=art),
+                          progress or ProgressLog(f'calibration ({recipe})', units=PROGRESS_UNITS))
     checksum = read_meta(art)['checksum']
     stale = True
     if graph_path.is_file():

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from gplq_ros.offline.progress import Budget
 from gplq_ros.offline.config import CalibConfig
 from gplq_ros.offline.losses import GPLQLoss, as_grid
 
@@ -69,13 +70,14 @@ def quantizer_param_groups(quantizers, lr: float) -> List[dict]:
 
 
 def record_step(history: Dict[str, list], step: int, terms: Dict[str, torch.Tensor],
-                progress: Optional[Callable] = None) -> None:
-    """Append one step's loss terms to ``history`` and report them to ``progress``."""
+                progress: Optional[Callable] = None, stage: str = 'stage 1', total: int = 0) -> None:
+    """Append one step's loss terms to ``history`` and report them to ``progress``
+    (``progress(stage, step, total, {'total': loss})``)."""
     values = {k: float(v.detach()) for k, v in terms.items()}
+    if progress:
+        progress(stage, step, max(total, step), {'loss': values['total']} if 'total' in values else {})
     for k, v in values.items():
         history.setdefault(k, []).append(v)
-    if progress:
-        progress(step, values)
 
 
 def step_size_factor(schedule: str, step: int, total: int) -> float:
@@ -92,8 +94,11 @@ def step_size_factor(schedule: str, step: int, total: int) -> float:
 
 
 def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
-           progress: Optional[Callable] = None) -> Dict[str, list]:
-    """Calibrate activation quantizers in place; returns the per-step loss history."""
+           progress: Optional[Callable] = None, budget: Optional[Budget] = None) -> Dict[str, list]:
+    """Calibrate activation quantizers in place; returns the per-step loss history. With a
+    ``budget``, the planned steps are cut, after two measured steps, to those that fit in
+    half of it (the step size schedule then runs over the steps that are taken;
+    ``history['budget']`` says planned and taken)."""
     init_quantizers(qm, inputs[:cfg.init_crops], cfg.init, cfg.batch)
     history: Dict[str, list] = {}
     if cfg.stage1 is None:
@@ -110,10 +115,15 @@ def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
             fp = qm.block_tokens(torch.cat(inputs[:cfg.init_crops]).to(model_device(qm)))
         history['pca_components'] = [loss_fn.fit_pca(fp[-1])]
     step = 0
+    planned = total_steps
     t0 = time.perf_counter()
     with _learning(quantizers), qm.modes(act=True, weight=False):
         for _ in range(cfg.stage1.epochs):
             for x in batches_of(inputs, cfg.batch, rng.permutation(len(inputs)), model_device(qm)):
+                if step >= total_steps:
+                    break
+                if budget is not None and step == 2:
+                    total_steps = budget.fit(planned, (time.perf_counter() - t0) / 2, share=0.5, minimum=2)
                 with torch.no_grad(), qm.modes(act=False):
                     fp = [as_grid(t, grid) for t in qm.block_tokens(x)]
                 for q in quantizers:
@@ -137,6 +147,8 @@ def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
                     g['lr'] = lr * f
                 opt.step()
                 step += 1
-                record_step(history, step, terms, progress)
+                record_step(history, step, terms, progress, 'stage 1', total_steps)
     history['wall_s'] = [time.perf_counter() - t0]
+    if budget is not None:
+        history['budget'] = [planned, step]
     return history

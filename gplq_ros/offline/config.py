@@ -67,6 +67,7 @@ class LossConfig:
 
 
 LR_SCHEDULES = ('cosine', 'constant')
+MP_OBJECTIVES = ('final', 'outputs')
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ class WeightsConfig:
     gptq_crops: int = setting(64, 'crops for the GPTQ Hessians', range=(1, INF))
     eps_basin: float = setting(0.1, 'basin bound on ||Wq - W|| / ||W|| per layer', range=(1e-6, INF))
     enforce_basin: bool = setting(False, 'layers drifting > eps_basin get 8-bit weights')
+    bias_correction: bool = setting(False, 'closed-form bias correction of every quantized Linear after the weights '
+                                    'are final: the mean output error on the calibration crops is added to its '
+                                    'bias (offline.weight_ptq.correct_biases)')
+    bias_crops: int = setting(32, 'crops for the bias correction', range=(1, INF))
 
     def __post_init__(self):
         validate(self)
@@ -106,6 +111,9 @@ class MixedPrecisionConfig:
     target_cosine: Optional[float] = setting(None, 'mixed precision: stop adding 8-bit Linears once the '
                                              'calibration crops reach this final-token cosine', range=(1e-6, 1.0))
     sensitivity_crops: int = setting(16, 'crops for the layer sensitivity', range=(1, INF))
+    objective: str = setting('final', "what the sensitivity and target_cosine measure: final = the final block's "
+                             "tokens' cosine to FP32; outputs = the mean cosine of the graph's two outputs, the "
+                             "heads' tokens and the place descriptor's VLAD features", choices=MP_OBJECTIVES)
 
     def __post_init__(self):
         validate(self)
@@ -158,6 +166,12 @@ class CalibConfig:
     or 'percentile'); it names the default artifact (``<tag>_<method>.safetensors``).
     """
     crops: int = setting(256, 'random calibration crops (224 px)', range=(1, 100_000))
+    augment: bool = setting(False, 'calibration crops as a drone sees the ground (offline.data.DRONE_POLICY): any '
+                            'heading, 0.6-1.6x scale, brightness/contrast/gamma/saturation jitter, slight blur')
+    budget_s: Optional[float] = setting(None, 'time budget of the calibration in seconds (None: none): stage 1 '
+                                        'takes at most half of it and the learned rounding what is left after '
+                                        'the fixed stages; each stage says when the budget shortened it',
+                                        range=(1.0, INF))
     batch: int = setting(4, 'crops per step', range=(1, 256))
     seed: int = setting(0, 'crops and data order')
     device: str = setting('cpu', 'torch device for calibration', choices=DEVICES)

@@ -4,6 +4,7 @@ held-out sets (numpy + OpenCV)."""
 from pathlib import Path
 from typing import Dict, List
 
+import cv2
 import numpy as np
 import torch
 
@@ -60,14 +61,50 @@ def random_views(image: np.ndarray, n: int, rng: np.random.Generator,
     return views
 
 
-def make_crops(images, n: int, seed: int, size=224) -> List[torch.Tensor]:
-    """n random square crops (``CROP_POLICY``), taken round-robin over the images, each
-    resized to ``size`` (int: size x size, or (h, w)), as normalized (1, 3, h, w) tensors."""
+def drone_view(image: np.ndarray, rng: np.random.Generator, min_frac: float = 0.3, max_frac: float = 0.7,
+               scale=(0.6, 1.6)) -> np.ndarray:
+    """One square crop as a drone camera sees the ground (``DRONE_POLICY``): a side of
+    ``min_frac``-``max_frac`` of the short side times a scale factor (another height), turned
+    to any heading (rotated about its centre, cut from inside the rotated window so no border
+    shows), mirrored half of the time, then photometric jitter: brightness, contrast, gamma,
+    saturation, and a slight blur a third of the time (motion, focus)."""
+    h, w = image.shape[:2]
+    side = int(min(h, w) * rng.uniform(min_frac, max_frac) * rng.uniform(*scale))
+    angle = float(rng.uniform(0, 360))
+    rad = np.deg2rad(angle % 90)
+    outer = min(int(np.ceil(side * (np.cos(rad) + np.sin(rad)))) + 2, min(h, w))
+    side = min(side, int(outer / (np.cos(rad) + np.sin(rad))) - 1)
+    y, x = rng.integers(0, h - outer + 1), rng.integers(0, w - outer + 1)
+    win = np.ascontiguousarray(image[y:y + outer, x:x + outer])
+    m = cv2.getRotationMatrix2D((outer / 2, outer / 2), angle, 1.0)
+    rot = cv2.warpAffine(win, m, (outer, outer), flags=cv2.INTER_LINEAR)
+    o = (outer - side) // 2
+    v = rot[o:o + side, o:o + side].astype(np.float32) / 255.0
+    if rng.random() < 0.5:
+        v = v[:, ::-1]
+    v = v * rng.uniform(0.8, 1.2)                                        # brightness (exposure)
+    v = (v - v.mean()) * rng.uniform(0.7, 1.3) + v.mean()                # contrast (haze, sun)
+    grey = v.mean(-1, keepdims=True)
+    v = grey + (v - grey) * rng.uniform(0.6, 1.3)                        # saturation
+    v = np.clip(v, 0, 1) ** rng.uniform(0.7, 1.4)                        # gamma (camera response)
+    if rng.random() < 1 / 3:
+        v = cv2.GaussianBlur(v, (0, 0), rng.uniform(0.5, 1.2))
+    return np.ascontiguousarray(np.clip(v * 255 + 0.5, 0, 255).astype(np.uint8))
+
+
+DRONE_POLICY = CROP_POLICY + '; drone: any heading, 0.6-1.6x scale, brightness/contrast/gamma/saturation, blur 1/3'
+
+
+def make_crops(images, n: int, seed: int, size=224, augment: bool = False) -> List[torch.Tensor]:
+    """n random square crops (``CROP_POLICY``, or ``DRONE_POLICY`` with ``augment``), taken
+    round-robin over the images, each resized to ``size`` (int: size x size, or (h, w)), as
+    normalized (1, 3, h, w) tensors."""
     rng = np.random.default_rng(seed)
     hw = (size, size) if isinstance(size, int) else tuple(size)
     out = []
     for i in range(n):
-        view = random_views(images[i % len(images)], 1, rng)[0]
+        img = images[i % len(images)]
+        view = drone_view(img, rng) if augment else random_views(img, 1, rng)[0]
         out.append(torch.from_numpy(prepare(view, size=hw).tensor))
     return out
 

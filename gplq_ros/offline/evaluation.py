@@ -46,12 +46,14 @@ def compare(ext, qm, image: np.ndarray, cfg: PipelineConfig, centers) -> Dict[st
 
 
 def evaluate(ext, qm, images: Dict[str, np.ndarray], cfg: PipelineConfig, centers,
-             views: int = 4, seed: int = 1, whole: Dict[str, dict] = None) -> Dict[str, object]:
+             views: int = 4, seed: int = 1, whole: Dict[str, dict] = None, progress=None) -> Dict[str, object]:
     """Metrics over every view; ``whole``, if given, receives each whole image's full
     ``compare`` result (FP32 and quantized outputs included) for pictures."""
     rng = np.random.default_rng(seed)
     rows, fp_desc, q_desc = [], [], []
-    for name, img in images.items():
+    for i, (name, img) in enumerate(images.items()):
+        if progress:
+            progress('held-out report', i, len(images), {})
         for v, view in enumerate([img] + random_views(img, views, rng)):
             r = compare(ext, qm, view, cfg, centers)
             if v == 0 and whole is not None:

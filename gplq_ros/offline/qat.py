@@ -100,7 +100,7 @@ def qat(qm, crops: Sequence[torch.Tensor], cfg: CalibConfig, steps: int, lr: flo
                 terms['total'].backward()
                 opt.step()
                 step += 1
-                record_step(history, step, terms, progress)
+                record_step(history, step, terms, progress, 'QAT', steps)
                 if step >= steps:
                     break
     for (n, m), w0 in zip(lsq.items(), original):

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 def write_report_png(path: Path, results: dict, fidelity: dict, spec: QuantSpec) -> None:
     fig, ax = plt.subplots(2, 2, figsize=(13, 8))
-    hist = {k: v for k, v in results['history'].items() if k not in ('wall_s', 'pca_components')}
+    hist = {k: v for k, v in results['history'].items() if k not in ('wall_s', 'pca_components', 'budget')}
     for k, v in hist.items():
         ax[0, 0].plot(v, label=k)
     ax[0, 0].set_yscale('log')

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from gplq_ros.offline.calibration import model_device
+from gplq_ros.offline.progress import Budget
 from gplq_ros.offline.primitives import weight_qrange
 
 ZETA, GAMMA = 1.1, -0.1
@@ -99,11 +100,14 @@ def _relative_error(blk, xs: torch.Tensor, ys: torch.Tensor, batch: int) -> floa
 
 def refine_rounding(qm, crops: Sequence[torch.Tensor], iters: int, lr: float = 0.05, lam: float = 1.0,
                     batch: int = 8, warmup: float = 0.2, beta=(20.0, 2.0), seed: int = 0,
-                    progress: Optional[Callable[[int, dict], None]] = None) -> Dict[str, object]:
+                    progress: Optional[Callable[[str, int, int, dict], None]] = None,
+                    budget: Optional[Budget] = None, reserve_s: float = 0.0) -> Dict[str, object]:
     """Re-choose the codes of every quantized block Linear of ``qm`` (after stage 2, and after
     any mixed-precision choice) on ``crops`` (normalized (1, 3, h, w) tensors). Returns per
     block the relative output error before and after, the fraction of weights whose code
-    changed, the undecided fraction before the final hard rounding, and the wall time."""
+    changed, the undecided fraction before the final hard rounding, the steps per block and
+    the wall time. With a ``budget``, each block's steps are cut to what fits in the time left
+    (less ``reserve_s`` for later stages), at the pace measured so far."""
     dev = model_device(qm)
     x = torch.cat(list(crops)).to(dev)
     rng = np.random.default_rng(seed)
@@ -115,7 +119,13 @@ def refine_rounding(qm, crops: Sequence[torch.Tensor], iters: int, lr: float = 0
     with qm.modes(act=True, weight=True, comp=False):
         q_in = _batched(qm.extractor.embed, x, batch)
     n = len(x)
+    report['iters'] = []
+    spent_iters, spent_s = 0, 0.0
     for bi, blk in enumerate(blocks):
+        todo = len(blocks) - bi
+        n_iters = iters
+        if budget is not None and spent_iters:
+            n_iters = budget.fit(todo * iters, spent_s / spent_iters, reserve_s=reserve_s, minimum=todo) // todo
         with qm.modes(act=False, weight=False, comp=False):
             fp_out = _batched(blk, fp_in, batch)
         names = [nm for nm, lin in qm.linears.items()
@@ -126,21 +136,33 @@ def refine_rounding(qm, crops: Sequence[torch.Tensor], iters: int, lr: float = 0
             before = _relative_error(blk, q_in, fp_out, batch)
             old = {nm: qm.linears[nm].codes.clone() for nm in names}
             opt = torch.optim.Adam([r.v for r in rounders.values()], lr=lr)
-            start = int(warmup * iters)
+            start = int(warmup * n_iters)
+            t_block = time.perf_counter()
             with soft_weights(qm.linears, rounders):
-                for it in range(iters):
+                for it in range(n_iters):
+                    if budget is not None and bi == 0 and it == 10:     # the pace, before most of block 0
+                        pace = (time.perf_counter() - t_block) / 10
+                        n_iters = max(10, budget.fit(len(blocks) * iters, pace, reserve_s=reserve_s,
+                                                     minimum=len(blocks)) // len(blocks))
+                        start = int(warmup * n_iters)
+                    if it >= n_iters:
+                        break
                     idx = torch.as_tensor(rng.choice(n, size=min(batch, n), replace=False), device=dev)
                     rec = ((blk(q_in[idx]) - fp_out[idx]) ** 2).mean() / power
                     loss = rec
                     if it >= start:
-                        frac = (it - start) / max(1, iters - start)
+                        frac = (it - start) / max(1, n_iters - start)
                         b = beta[0] + (beta[1] - beta[0]) * frac
                         loss = rec + lam * torch.stack([r.rounding_penalty(b) for r in rounders.values()]).mean()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    if progress and (it + 1) % 100 == 0:
-                        progress(it + 1, {'block': bi, 'rec': float(rec.detach()), 'loss': float(loss.detach())})
+                    if progress:
+                        progress('learned rounding', spent_iters + it + 1, spent_iters + todo * n_iters,
+                                 {'block': bi, 'rec': float(rec.detach())})
+            spent_iters += n_iters
+            spent_s += time.perf_counter() - t_block
+            report['iters'].append(n_iters)
             undecided = float(np.mean([r.undecided() for r in rounders.values()])) if rounders else 0.0
             for nm, r in rounders.items():
                 lin = qm.linears[nm]

@@ -20,7 +20,7 @@ from gplq_ros.offline.spec import QuantSpec
 
 
 @torch.no_grad()
-def collect_hessians(qm, batches: Iterable[torch.Tensor]) -> Dict[str, torch.Tensor]:
+def collect_hessians(qm, batches: Iterable[torch.Tensor], progress=None) -> Dict[str, torch.Tensor]:
     """H = sum X^T X of every quantized Linear's (activation-quantized) input."""
     hs: Dict[str, torch.Tensor] = {}
     hooks = []
@@ -32,8 +32,11 @@ def collect_hessians(qm, batches: Iterable[torch.Tensor]) -> Dict[str, torch.Ten
         hooks.append(lin.in_quant.register_forward_hook(hook))
     try:
         with qm.modes(act=True, weight=False):
-            for x in batches:
+            batches = list(batches)
+            for i, x in enumerate(batches):
                 qm.block_tokens(x)
+                if progress:
+                    progress('Hessians', i + 1, len(batches), {})
     finally:
         for h in hooks:
             h.remove()
@@ -239,16 +242,18 @@ def basin_drift(qm) -> Dict[str, float]:
 
 
 def stage2(qm, spec: QuantSpec, hessians: Optional[Dict[str, torch.Tensor]],
-           eps_basin: float = 0.1, enforce_basin: bool = False) -> Dict[str, object]:
+           eps_basin: float = 0.1, enforce_basin: bool = False, progress=None) -> Dict[str, object]:
     """Quantize every block Linear; with ``enforce_basin`` re-quantize layers whose
     relative drift exceeds ``eps_basin`` at 8 bits (listed in the result). ``spec`` is not
     changed: the result's ``spec`` is the one that was applied (``keep_8bit`` extended by
     the enforced layers). The quantized weights are used once ``qm.set_modes(weight=True)``."""
-    for name, lin in qm.linears.items():
+    for i, (name, lin) in enumerate(qm.linears.items()):
         if name in spec.exclude:
             continue
         bits = 8 if name in spec.keep_8bit else spec.weight_bits
         quantize_layer(lin, bits, spec, (hessians or {}).get(name))
+        if progress:
+            progress('weights', i + 1, len(qm.linears), {})
     drift = basin_drift(qm)
     over = [n for n, d in drift.items() if n != 'overall' and d > eps_basin]
     kept = []

@@ -27,12 +27,18 @@ def default_vocab() -> Path:
     return gplq_home() / 'vocab' / 'vlad_k32.safetensors'
 
 
-def default_onboard_artifact() -> Path:
-    """The W4A8 artifact ``gplq_flight_demo`` calibrates once (``offline.api.ONBOARD_SPEC``:
-    rotated residual stream, int8 q.k^T attention, per-output-channel weights, GPTQ
-    act-order, the most sensitive 25 % of the Linear weights at 8 bits, learned rounding:
-    ``offline.api.ONBOARD_CALIBRATION``)."""
-    return gplq_home() / 'onboard' / 'w4a8_gplq_rot_qk_ao_mp25_round.safetensors'
+# the artifact file of each ``offline.api.ONBOARD_RECIPES`` entry (a cached file is reused by name)
+ONBOARD_ARTIFACTS = {'fast': 'w4a8_gplq_rot_qk_mult32_mp25out_fast.safetensors',
+                     'best': 'w4a8_gplq_rot_qk_ao_mp25_round.safetensors'}
+
+
+def default_onboard_artifact(recipe: str = 'fast') -> Path:
+    """The W4A8 artifact ``gplq_flight_demo`` calibrates once with ``recipe``
+    (``offline.api.ONBOARD_RECIPES``: 'fast', the default, within 5 minutes on 2 CPU cores;
+    'best', the slower one)."""
+    if recipe not in ONBOARD_ARTIFACTS:
+        raise ValueError(f'recipe={recipe!r}: one of {sorted(ONBOARD_ARTIFACTS)}')
+    return gplq_home() / 'onboard' / ONBOARD_ARTIFACTS[recipe]
 
 
 def default_onboard_models() -> Dict[str, str]:

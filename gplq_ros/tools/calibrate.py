@@ -9,14 +9,12 @@ the fields of ``QuantSpec`` and ``CalibConfig`` and of its per-stage sub-configs
 ``--bits wXaY`` and ``--method``; options that contradict each other are refused.
 """
 import argparse
-import math
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from gplq_ros.offline.api import CalibrationJob, calibrate_to_file
+from gplq_ros.offline.api import PROGRESS_UNITS, CalibrationJob, calibrate_to_file
 from gplq_ros.offline.config import CalibConfig
+from gplq_ros.offline.progress import ProgressLog
 from gplq_ros.offline.spec import QuantSpec
 from gplq_ros.tools.common import add_config_arguments, cli, config_from_args
 
@@ -47,12 +45,8 @@ def main(argv=None) -> int:
     if job.artifact_path.exists() and not args.force:
         print(f'gplq_calibrate: {job.artifact_path} exists; pass --force to overwrite it', file=sys.stderr)
         return 1
-    steps = cfg.stage1.epochs * math.ceil(cfg.crops / cfg.batch) if cfg.stage1 else 0
-    with tqdm(total=steps, desc=f'stage 1 {spec.tag} {cfg.method}', unit='step', disable=steps == 0) as bar:
-        def progress(step, terms):
-            bar.update(1)
-            bar.set_postfix({k: f'{v:.4g}' for k, v in terms.items() if k in ('total', 'mimic', 'corner', 'edge')})
-        r = calibrate_to_file(job, progress)
+    log = ProgressLog(f'gplq_calibrate {spec.tag} {cfg.method}', units=PROGRESS_UNITS)
+    r = calibrate_to_file(job, log)
     m = r['metrics']
     al, basin = m['gradient_alignment'], m['basin']
     if al['overall'] < cfg.gamma_align or al['below_gamma']:

@@ -1,8 +1,9 @@
 """gplq_flight_demo: the full onboard job on this machine.
 
-1. a W4A8 GPLQ artifact (rotated residual stream, int8 q.k attention, per-output-channel weights; GPTQ act-order and
-   the most sensitive 25 % of the Linear weights at 8 bits, learned rounding: ``offline.api.ONBOARD_SPEC``,
-   ``ONBOARD_CALIBRATION``) in $GPLQ_HOME/onboard, calibrated if none is cached (about 20 minutes on 2 cores);
+1. a W4A8 GPLQ artifact (rotated residual stream, int8 q.k attention, 4-bit codes decoding into per-output-channel
+   int8 weights, the most sensitive 25 % of the Linear weights at 8 bits: ``offline.api.ONBOARD_RECIPES``) in
+   $GPLQ_HOME/onboard, calibrated if none is cached: ``--calibration fast`` (default) within 5 minutes on 2 cores,
+   ``--calibration best`` about 20 minutes; a progress line per stage with the time left;
 2. the onboard graphs for 640x480 cameras: the packed GPLQ graph and the FP32 reference,
    exported if missing or stale (``offline.api.ensure_onboard_models``);
 3. the place map of the flight's orthophoto (``DEMO_MAP``, gplq_map's library call with the FP32
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from gplq_ros.bringup import bag_report
 from gplq_ros.bringup.processes import commands, parse_overrides, start, stop, stoppable_by_signals, watch
-from gplq_ros.offline.api import ensure_onboard_models
+from gplq_ros.offline.api import ONBOARD_RECIPES, ensure_onboard_models
 from gplq_ros.onboard.flight import DEFAULT_ORTHO
 from gplq_ros.onboard.paths import default_images_dir, default_vocab, gplq_home
 from gplq_ros.onboard.mapbuild import build_map_file
@@ -56,12 +57,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='gplq_flight_demo', description=__doc__.split('\n\n')[0])
     ap.add_argument('--out', type=Path, default=Path('out/flight'))
     ap.add_argument('--duration', type=float, default=30.0, help='seconds of simulated flight')
+    ap.add_argument('--calibration', choices=sorted(ONBOARD_RECIPES), default='fast',
+                    help='the W4A8 artifact\'s recipe, if it has to be calibrated: ' +
+                    '; '.join(f'{k}: {r.about}' for k, r in ONBOARD_RECIPES.items()))
     ap.add_argument('overrides', nargs='*', help='extra launch arguments name:=value (see gplq_up)')
     args = ap.parse_args(argv)
 
     def say(text):
         print(f'gplq_flight_demo: {text}', flush=True)
-    models = ensure_onboard_models(say)
+    models = ensure_onboard_models(say, args.calibration)
     user = parse_overrides(args.overrides)            # the user's launch arguments win
     bags = Path(user.get('bag_dir', args.out / 'bags'))
     overrides = dict(models, record_bag='true', bag_dir=str(bags))
