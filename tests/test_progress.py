@@ -51,3 +51,14 @@ def test_the_default_calibration_has_a_budget_its_stages_respect():
     from gplq_ros.offline.api import ONBOARD_CALIBRATION, RESERVE_S
     assert ONBOARD_CALIBRATION.budget_s is not None and ONBOARD_CALIBRATION.budget_s <= 300
     assert RESERVE_S < ONBOARD_CALIBRATION.budget_s / 2
+
+
+def test_a_note_is_always_written():
+    clock, lines = Clock(), []
+    log = ProgressLog('cal', every=10, emit=lines.append, clock=clock)
+    log('stage 1', 1, 64)
+    clock.t = 2
+    log('stage 1', 2, 64)
+    assert len(lines) == 1
+    log('stage 1', 2, 40, {'note': 'budget_s=300: 40 of 64 steps fit'})
+    assert lines[-1] == 'cal: stage 1: 2/40 steps, 2 s, ~1 min 16 s left (note budget_s=300: 40 of 64 steps fit)'

@@ -271,8 +271,8 @@ FAST_RECORD = json.loads(
     '0.5, "corner_top_k": 20, "pca_final": false, "pca_variance": 0.6}, "stage1": {"epochs": 1, "lr_schedule":'
     ' "cosine"}, "weights": {"gptq_crops": 64, "eps_basin": 0.1, "enforce_basin": false, "bias_correction": '
     'false, "bias_crops": 32}, "mixed_precision": {"max_8bit_fraction": 0.25, "target_cosine": null, '
-    '"sensitivity_crops": 8, "objective": "outputs"}, "rounding": {"iters": 100, "crops": 32, "batch": 4, '
-    '"lr": 0.05, "lambda_": 1.0}, "qat": null, "compensation": null, "version": 2}')
+    '"sensitivity_crops": 8, "objective": "outputs"}, "rounding": null, "qat": null, "compensation": null, '
+    '"version": 2}')
 V1_ONBOARD_CUDA = dict(V1_ONBOARD, device='cuda', rounding_iters=2000, rounding_crops=128, rounding_batch=32)
 
 

@@ -283,17 +283,16 @@ def export_fp32(extractor, out: Path, input_hw: Tuple[int, int] = ONBOARD_INPUT_
 # OpenVINO speed, then measured on unseen sources (docs/benchmarks.md).
 # 'fast' (the default, #21): 4-bit codes on the multiplier grid (offline.grids; decoded into
 # int8 weights), GPTQ with the Hessian-weighted clip search, 8-bit layers chosen by the
-# cosine of both graph outputs, within a 5-minute budget on 2 CPU cores (recipe chosen by
-# measured held-out fidelity per minute of calibration: docs/benchmarks.md).
+# cosine of both graph outputs, 64 stage-1 crops, within a 5-minute budget on 2 CPU cores
+# (recipe chosen by measured held-out fidelity per minute of calibration: docs/benchmarks.md).
 ONBOARD_SPEC = QuantSpec(weight_bits=4, act_bits=8, group_size=None, act_order=True, rotation='orthogonal',
                          attention='qk_int8', weight_grid='multiplier', grid_group=32)
+# No learned rounding: 100 steps per block alone took over 5 minutes here (docs/benchmarks.md).
 ONBOARD_CALIBRATION = CalibConfig(crops=64, budget_s=300.0,
                                   mixed_precision=MixedPrecisionConfig(max_8bit_fraction=0.25, sensitivity_crops=8,
-                                                                       objective='outputs'),
-                                  rounding=RoundingConfig(iters=100, batch=4, crops=32))
-# with CUDA: the same recipe with the learned rounding measured best here (2,000 steps of 32 crops)
-ONBOARD_CALIBRATION_CUDA = replace(ONBOARD_CALIBRATION, device='cuda', crops=256, budget_s=None,
-                                   rounding=RoundingConfig(iters=2000, batch=32, crops=128))
+                                                                       objective='outputs'))
+# with CUDA: the same recipe on the GPU (not measured there yet)
+ONBOARD_CALIBRATION_CUDA = replace(ONBOARD_CALIBRATION, device='cuda')
 # 'best' (the default before #21, one option away: --calibration best): uniform per-channel
 # grid, 256 stage-1 crops, learned rounding 400 steps per block (about 20 minutes on 2 cores)
 BEST_SPEC = QuantSpec(weight_bits=4, act_bits=8, group_size=None, act_order=True, rotation='orthogonal',
@@ -315,8 +314,8 @@ class OnboardRecipe:
 
 ONBOARD_RECIPES = {
     'fast': OnboardRecipe(ONBOARD_SPEC, ONBOARD_CALIBRATION, ONBOARD_CALIBRATION_CUDA,
-                          '4-bit multiplier grid, Hessian clip search, 25 % 8-bit, learned rounding within a '
-                          '5-minute budget on 2 CPU cores'),
+                          '4-bit multiplier grid, Hessian clip search, 25 % 8-bit chosen by both outputs: within '
+                          'a 5-minute budget, about 2-3 minutes on 2 CPU cores'),
     'best': OnboardRecipe(BEST_SPEC, BEST_CALIBRATION, BEST_CALIBRATION_CUDA,
                           'uniform 4-bit grid, 25 % 8-bit, learned rounding 400 steps per block: about 20 minutes '
                           'on 2 CPU cores'),
@@ -327,7 +326,7 @@ assert set(ONBOARD_RECIPES) == set(ONBOARD_ARTIFACTS)
 def ensure_onboard_models(log: Callable[[str], None] = print, recipe: str = 'fast',
                           progress: Optional[ProgressFn] = None) -> Dict[str, str]:
     """The W4A8 artifact of ``recipe`` (``ONBOARD_RECIPES``; calibrated if missing, with
-    ``progress`` lines, by default ``ProgressLog``) and both onboard graphs (exported if
+    ``progress`` lines, by default a ``ProgressLog`` writing to ``log``) and both onboard graphs (exported if
     missing or not made from that artifact), where the bringup looks for them."""
     if recipe not in ONBOARD_RECIPES:
         raise ValueError(f'recipe={recipe!r}: one of {sorted(ONBOARD_RECIPES)}')
@@ -340,7 +339,7 @@ def ensure_onboard_models(log: Callable[[str], None] = print, recipe: str = 'fas
         cfg = r.cuda if cuda else r.cpu
         log(f'calibrating {art} ({recipe}: {r.about}' + ('; on CUDA)' if cuda else ')'))
         calibrate_to_file(CalibrationJob(r.spec, cfg, out=art),
-                          progress or ProgressLog(f'calibration ({recipe})', units=PROGRESS_UNITS))
+                          progress or ProgressLog(f'calibration ({recipe})', emit=log, units=PROGRESS_UNITS))
     checksum = read_meta(art)['checksum']
     stale = True
     if graph_path.is_file():

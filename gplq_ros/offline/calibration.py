@@ -124,6 +124,9 @@ def stage1(qm, inputs: List[torch.Tensor], cfg: CalibConfig,
                     break
                 if budget is not None and step == 2:
                     total_steps = budget.fit(planned, (time.perf_counter() - t0) / 2, share=0.5, minimum=2)
+                    if total_steps < planned and progress:
+                        progress('stage 1', step, total_steps,
+                                 {'note': f'budget_s={budget.seconds:g}: {total_steps} of {planned} steps fit'})
                 with torch.no_grad(), qm.modes(act=False):
                     fp = [as_grid(t, grid) for t in qm.block_tokens(x)]
                 for q in quantizers:

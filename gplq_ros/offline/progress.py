@@ -3,7 +3,8 @@
 Every calibration stage reports ``progress(stage, done, total, info)``; ``ProgressLog``
 turns the calls into one line per stage at its start, then at most one every ``every``
 seconds and one at its end, each with the time spent and the time left at the stage's
-pace so far::
+pace so far (a call whose ``info`` has a ``note``, e.g. that the budget shortened the stage,
+is always written)::
 
     gplq_calibrate w4a8 gplq: stage 1: 12/64 steps, 25 s, ~1 min 48 s left (total 0.0123)
 
@@ -41,11 +42,11 @@ class ProgressLog:
 
     def __call__(self, stage: str, done: int, total: int, info: Optional[dict] = None) -> None:
         now = self.clock()
-        if stage not in self._start or done <= self._done[stage]:    # a new stage, or the stage again
+        if stage not in self._start or done < self._done[stage]:     # a new stage, or the stage again
             self._start[stage], self._last[stage] = (now, done), -float('inf')
         self._done[stage] = done
         end = done >= total
-        if not end and now - self._last[stage] < self.every:
+        if not end and now - self._last[stage] < self.every and 'note' not in (info or {}):
             return
         self._last[stage] = now
         t0, d0 = self._start[stage]

@@ -145,6 +145,9 @@ def refine_rounding(qm, crops: Sequence[torch.Tensor], iters: int, lr: float = 0
                         n_iters = max(10, budget.fit(len(blocks) * iters, pace, reserve_s=reserve_s,
                                                      minimum=len(blocks)) // len(blocks))
                         start = int(warmup * n_iters)
+                        if n_iters < iters and progress:
+                            progress('learned rounding', it, len(blocks) * n_iters,
+                                     {'note': f'budget_s={budget.seconds:g}: {n_iters} of {iters} steps per block fit'})
                     if it >= n_iters:
                         break
                     idx = torch.as_tensor(rng.choice(n, size=min(batch, n), replace=False), device=dev)

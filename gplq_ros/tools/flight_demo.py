@@ -22,6 +22,7 @@ from pathlib import Path
 from gplq_ros.bringup import bag_report
 from gplq_ros.bringup.processes import commands, parse_overrides, start, stop, stoppable_by_signals, watch
 from gplq_ros.offline.api import ONBOARD_RECIPES, ensure_onboard_models
+from gplq_ros.offline.progress import ProgressLog
 from gplq_ros.onboard.flight import DEFAULT_ORTHO
 from gplq_ros.onboard.paths import default_images_dir, default_vocab, gplq_home
 from gplq_ros.onboard.mapbuild import build_map_file
@@ -41,12 +42,10 @@ def ensure_demo_map(reference_model: str, log) -> Path:
         return path
     log(f'building the place map of {DEFAULT_ORTHO} ({DEMO_MAP.stride_m:g} m grid, {DEMO_MAP.headings} headings, '
         f'heights {DEMO_MAP.heights_m} m) with {Path(reference_model).name}')
-    last = [0.0]
+    lines = ProgressLog(every=10, emit=log, units={'place map': 'tiles'})
 
     def progress(i, n):
-        if time.perf_counter() - last[0] > 30 or i == n:
-            last[0] = time.perf_counter()
-            log(f'place map: {i}/{n} tiles')
+        lines('place map', i, n)
     build_map_file(default_images_dir() / DEFAULT_ORTHO, path, Path(reference_model), default_vocab(), DEMO_MAP,
                    progress=progress)
     return path
