@@ -265,12 +265,12 @@ V1_COMMON = {'method': 'gplq', 'epochs': 1, 'crops': 256, 'batch': 4, 'lr': 0.01
 V1_ONBOARD = dict(V1_COMMON, max_8bit_fraction=0.25, rounding_iters=400, rounding_crops=64, rounding_batch=4)
 # the 'fast' onboard recipe (#21) its artifact file name stands for (onboard.paths.ONBOARD_ARTIFACTS)
 FAST_RECORD = json.loads(
-    '{"crops": 64, "augment": false, "budget_s": 300.0, "batch": 4, "seed": 0, "device": "cpu", "init": '
+    '{"crops": 64, "augment": true, "budget_s": 300.0, "batch": 4, "seed": 0, "device": "cpu", "init": '
     '"minmax", "init_crops": 32, "lr": 0.01, "gamma_align": 0.8, "align_batches": 2, "loss": {"alpha": '
     '"depth", "beta": 1.0, "lambda_corner": 0.1, "lambda_edge": 0.05, "lambda_reg": 0.01, "edge_threshold": '
     '0.5, "corner_top_k": 20, "pca_final": false, "pca_variance": 0.6}, "stage1": {"epochs": 1, "lr_schedule":'
     ' "cosine"}, "weights": {"gptq_crops": 64, "eps_basin": 0.1, "enforce_basin": false, "bias_correction": '
-    'false, "bias_crops": 32}, "mixed_precision": {"max_8bit_fraction": 0.25, "target_cosine": null, '
+    'true, "bias_crops": 32}, "mixed_precision": {"max_8bit_fraction": 0.25, "target_cosine": null, '
     '"sensitivity_crops": 8, "objective": "outputs"}, "rounding": null, "qat": null, "compensation": null, '
     '"version": 2}')
 V1_ONBOARD_CUDA = dict(V1_ONBOARD, device='cuda', rounding_iters=2000, rounding_crops=128, rounding_batch=32)
@@ -305,7 +305,7 @@ def test_default_onboard_artifacts_are_still_found_by_their_paths():
     from gplq_ros.offline.api import BEST_CALIBRATION, BEST_SPEC, ONBOARD_RECIPES
     from gplq_ros.onboard.paths import default_onboard_artifact
     assert default_onboard_artifact('best').name == 'w4a8_gplq_rot_qk_ao_mp25_round.safetensors'
-    assert default_onboard_artifact().name == 'w4a8_gplq_rot_qk_mult32_mp25out_fast.safetensors'
+    assert default_onboard_artifact().name == 'w4a8_gplq_rot_qk_mult32_mp25out_aug_bc_fast.safetensors'
     assert BEST_CALIBRATION.method == 'gplq' and BEST_SPEC.tag == 'w4a8'
     constant = Stage1Config(lr_schedule='constant')
     assert CalibConfig.from_dict(V1_ONBOARD) == replace(BEST_CALIBRATION, stage1=constant)

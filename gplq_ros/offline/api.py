@@ -36,7 +36,7 @@ from gplq_ros.offline.calibration import batches_of, model_device, stage1
 from gplq_ros.offline.compensation import fit_compensation
 from gplq_ros.offline.qat import qat
 from gplq_ros.offline.rounding import refine_rounding
-from gplq_ros.offline.config import CalibConfig, MixedPrecisionConfig, RoundingConfig
+from gplq_ros.offline.config import CalibConfig, MixedPrecisionConfig, RoundingConfig, WeightsConfig
 from gplq_ros.offline.data import (CROP_POLICY, DRONE_POLICY, default_calibration_images, default_heldout, list_images,
                                    load_images, make_crops, random_views)
 from gplq_ros.offline.fakequant import export_tensors, fakequant_model
@@ -282,13 +282,16 @@ def export_fp32(extractor, out: Path, input_hw: Tuple[int, int] = ONBOARD_INPUT_
 # were chosen on the held-out tiles of the calibration sources (gplq_fidelity) and on
 # OpenVINO speed, then measured on unseen sources (docs/benchmarks.md).
 # 'fast' (the default, #21): 4-bit codes on the multiplier grid (offline.grids; decoded into
-# int8 weights), GPTQ with the Hessian-weighted clip search, 8-bit layers chosen by the
-# cosine of both graph outputs, 64 stage-1 crops, within a 5-minute budget on 2 CPU cores
+# int8 weights), GPTQ with the Hessian-weighted clip search, 64 drone-like stage-1 crops,
+# 8-bit layers chosen by the cosine of both graph outputs, bias correction, within a
+# 5-minute budget on 2 CPU cores
 # (recipe chosen by measured held-out fidelity per minute of calibration: docs/benchmarks.md).
 ONBOARD_SPEC = QuantSpec(weight_bits=4, act_bits=8, group_size=None, act_order=True, rotation='orthogonal',
                          attention='qk_int8', weight_grid='multiplier', grid_group=32)
-# No learned rounding: 100 steps per block alone took over 5 minutes here (docs/benchmarks.md).
-ONBOARD_CALIBRATION = CalibConfig(crops=64, budget_s=300.0,
+# Drone-like crops (augment) and choosing the 8-bit layers by both outputs gave the largest
+# gains; bias correction is cheap (seconds) and kept with them as measured; no learned
+# rounding: 100 steps per block alone took over 5 minutes here (docs/benchmarks.md).
+ONBOARD_CALIBRATION = CalibConfig(crops=64, augment=True, budget_s=300.0, weights=WeightsConfig(bias_correction=True),
                                   mixed_precision=MixedPrecisionConfig(max_8bit_fraction=0.25, sensitivity_crops=8,
                                                                        objective='outputs'))
 # with CUDA: the same recipe on the GPU (not measured there yet)
@@ -314,8 +317,8 @@ class OnboardRecipe:
 
 ONBOARD_RECIPES = {
     'fast': OnboardRecipe(ONBOARD_SPEC, ONBOARD_CALIBRATION, ONBOARD_CALIBRATION_CUDA,
-                          '4-bit multiplier grid, Hessian clip search, 25 % 8-bit chosen by both outputs: within '
-                          'a 5-minute budget, about 2-3 minutes on 2 CPU cores'),
+                          '4-bit multiplier grid, Hessian clip search, drone-like crops, 25 % 8-bit chosen by both '
+                          'outputs, bias correction: within a 5-minute budget on 2 CPU cores'),
     'best': OnboardRecipe(BEST_SPEC, BEST_CALIBRATION, BEST_CALIBRATION_CUDA,
                           'uniform 4-bit grid, 25 % 8-bit, learned rounding 400 steps per block: about 20 minutes '
                           'on 2 CPU cores'),

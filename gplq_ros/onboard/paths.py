@@ -28,7 +28,7 @@ def default_vocab() -> Path:
 
 
 # the artifact file of each ``offline.api.ONBOARD_RECIPES`` entry (a cached file is reused by name)
-ONBOARD_ARTIFACTS = {'fast': 'w4a8_gplq_rot_qk_mult32_mp25out_fast.safetensors',
+ONBOARD_ARTIFACTS = {'fast': 'w4a8_gplq_rot_qk_mult32_mp25out_aug_bc_fast.safetensors',
                      'best': 'w4a8_gplq_rot_qk_ao_mp25_round.safetensors'}
 
 
