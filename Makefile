@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.requirements.stamp
 OUT ?= out
+# the onboard artifact's recipe when it has to be calibrated: fast (within 5 minutes on 2 cores) or best (~20 min)
+CALIBRATION ?= fast
 
 # ROS 2 from PyPI wheels: ament_index looks in the venv; DDS discovery stays on this host.
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
@@ -66,7 +68,7 @@ vocab: assets
 ## graphs, 30 s simulated flight through the node graph recorded to a bag, bag report -> $(OUT)/flight/
 demo: vocab
 	$(VENV)/bin/gplq_demo --out $(OUT)/demo
-	$(VENV)/bin/gplq_flight_demo --out $(OUT)/flight --duration 30
+	$(VENV)/bin/gplq_flight_demo --out $(OUT)/flight --duration 30 --calibration $(CALIBRATION)
 
 ## test: set-up, assets, full test suite
 test: assets

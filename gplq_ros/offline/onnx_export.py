@@ -11,7 +11,6 @@ config, backbone and weights sha256.
 Every pass below works on an in-memory ``onnx.ModelProto``; ``export_onnx`` and
 ``export_artifact`` write the file once, atomically, at the end.
 """
-import collections
 import io
 import json
 import warnings
@@ -24,9 +23,10 @@ import torch
 from onnx import helper, numpy_helper
 
 from gplq_ros.offline.fakequant import fakequant_from_tensors
-from gplq_ros.onboard.artifact import PACKED_PREFIX, layer_codes, load_artifact
+from gplq_ros.onboard.artifact import PACKED_PREFIX, layer_int8, load_artifact
 from gplq_ros.onboard.engine import GRAPH_FORMAT, GRAPH_VERSION
 from gplq_ros.onboard.fileformat import BACKBONE_ID
+from gplq_ros.onboard.graph_rewrite import GraphIndex, add_ms_domain, integer_attention_scores, prune, replace_nodes
 from gplq_ros.onboard.pipeline import PipelineConfig
 from gplq_ros.onboard.preprocess import PATCH
 
@@ -93,7 +93,7 @@ def integer_weights(model: onnx.ModelProto, tensors: dict, layers: dict) -> int:
     for name, info in layers.items():
         if info['group_size'] not in (None, info['shape'][1]):
             continue
-        codes = layer_codes(tensors, name, info['shape'])
+        codes = layer_int8(tensors, name, info)      # int8 values on every 4-bit grid
         scales = tensors[f'w/{name}.scales'].reshape(-1)
         candidates[name] = (codes.T.copy(), scales)  # (in, out) as in the MatMul
     changed = 0
@@ -126,26 +126,12 @@ def fuse_integer_linears(model: onnx.ModelProto) -> Tuple[int, int]:
     """ONNX Runtime-specific rewrite of the int8-weight Linears written by ``integer_weights``:
     ``DQ(Q(x)) @ DQ(W_int8) + b`` becomes one ``com.microsoft.MatMulIntegerToFloat`` with the
     bias folded in, and a following LayerScale ``Mul(gamma)`` is folded into its weight
-    scales and bias (``gamma * (s_a s_w acc + b) = s_a (gamma s_w) acc + gamma b``).
+    scales and bias (``gamma * (s_a s_w acc + b) = s_a (gamma s_w) acc + gamma b``; an
+    all-ones gamma, as rotated artifacts have, so drops an exact no-op Mul).
     ORT does neither fusion on its own here. Returns (linears fused, LayerScales folded)."""
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    consts = {n.output[0]: n for n in g.node if n.op_type == 'Constant'}
-    prod = {o: n for n in g.node for o in n.output}
-    cons = collections.defaultdict(list)
-    for n in g.node:
-        for i in n.input:
-            cons[i].append(n)
-
-    def const(name):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        return numpy_helper.to_array(consts[name].attribute[0].t) if name in consts else None
-
-    def only_user(name, op):
-        users = cons[name]
-        return users[0] if len(users) == 1 and users[0].op_type == op else None
-
+    ix = GraphIndex(g)
+    inits, prod, cons, const, only_user = ix.inits, ix.prod, ix.cons, ix.const, ix.only_user
     drop, replace, fused, folded = set(), {}, 0, 0
     for n in g.node:
         if n.op_type != 'MatMul':
@@ -180,12 +166,147 @@ def fuse_integer_linears(model: onnx.ModelProto) -> Tuple[int, int]:
     nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
     del g.node[:]
     g.node.extend(nodes)
-    used = {i for n in g.node for i in n.input}
-    for t in [t for t in g.initializer if t.name not in used]:
-        g.initializer.remove(t)
-    if fused and not any(o.domain == 'com.microsoft' for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid('com.microsoft', 1))
+    prune(model)
+    if fused:
+        add_ms_domain(model)
     return fused, folded
+
+
+def split_qkv(model: onnx.ModelProto) -> int:
+    """An attention's fused ``MatMulIntegerToFloat`` qkv Linear (``fuse_integer_linears``) whose
+    output is reshaped to (b, n, 3, heads, d), transposed to (3, b, heads, n, d), split and squeezed
+    becomes three ``MatMulIntegerToFloat`` (q, k, v; their int8 weights a constant ``Split`` of
+    the one qkv weight, so a packed graph still takes it from the artifact), each reshaped and
+    transposed to (b, heads, n, d): no strided 5-D copy (ONNX Runtime: its Split; OpenVINO: a
+    float Transpose per block, 3 ms of 25 at 168x224). The same values. A last-axis ``Slice`` of
+    one part (the value features) reads that part; other readers of the qkv output get the
+    three concatenated. Returns how many."""
+    g = model.graph
+    ix = GraphIndex(g)
+
+    def single(name, op):
+        users = ix.cons[name]
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    def attr(n, name, default=None):
+        return next((helper.get_attribute_value(a) for a in n.attribute if a.name == name), default)
+
+    done, remove, rewire = [], [], {}
+    outputs = {o.name for o in g.output}
+    for m in g.node:
+        if m.op_type != 'MatMulIntegerToFloat' or len(m.input) != 7 or m.input[1] not in ix.inits:
+            continue
+        y = m.output[0]
+        resh = [u for u in ix.cons[y] if u.op_type == 'Reshape']
+        shape = ix.const(resh[0].input[1]) if len(resh) == 1 else None
+        w_scale, w_zp, bias = (ix.const(m.input[i]) for i in (3, 5, 6))
+        if shape is None or len(shape) != 5 or shape[2] != 3 or any(v is None for v in (w_scale, w_zp, bias)):
+            continue
+        b, n, _, heads, d = (int(v) for v in shape)
+        cols = int(ix.inits[m.input[1]].dims[1])
+        t = single(resh[0].output[0], 'Transpose')
+        sp = single(t.output[0], 'Split') if t is not None and list(attr(t, 'perm', [])) == [2, 0, 3, 1, 4] else None
+        if sp is None or attr(sp, 'axis', 0) != 0 or len(sp.output) != 3 or 3 * heads * d != cols \
+                or w_scale.shape != (cols,) or w_zp.shape != (cols,) or bias.shape != (cols,) or min(b, n) < 1:
+            continue
+        if len(sp.input) > 1 and not np.array_equal(ix.const(sp.input[1]), [1, 1, 1]):
+            continue
+        sq = [single(o, 'Squeeze') for o in sp.output]
+        axes = [ix.const(q.input[1]) if q is not None and len(q.input) == 2 else None for q in sq]
+        if any(a is None or a.reshape(-1).tolist() != [0] for a in axes):
+            continue
+        base = m.name.replace('/', '_').strip('_')
+        hd = heads * d
+        g.initializer.extend([numpy_helper.from_array(np.array([hd] * 3, np.int64), base + '_split'),
+                              numpy_helper.from_array(np.array([b, n, heads, d], np.int64), base + '_heads')])
+        nodes = [helper.make_node('Split', [m.input[1], base + '_split'], [f'{base}_w{i}' for i in 'qkv'],
+                                  axis=1, name=base + '_split_w')]
+        for j, (part, q) in enumerate(zip('qkv', sq)):
+            sl = slice(j * hd, (j + 1) * hd)
+            g.initializer.extend([numpy_helper.from_array(w_scale[sl].astype(np.float32), f'{base}_wscale_{part}'),
+                                  numpy_helper.from_array(w_zp[sl], f'{base}_wzp_{part}'),
+                                  numpy_helper.from_array(bias[sl].astype(np.float32), f'{base}_bias_{part}')])
+            inputs = [m.input[0], f'{base}_w{part}', m.input[2], f'{base}_wscale_{part}', m.input[4],
+                      f'{base}_wzp_{part}', f'{base}_bias_{part}']
+            nodes += [helper.make_node('MatMulIntegerToFloat', inputs, [f'{base}_{part}'],
+                                       domain='com.microsoft', name=f'{m.name}_{part}'),
+                      helper.make_node('Reshape', [f'{base}_{part}', base + '_heads'], [f'{base}_{part}_heads'],
+                                       name=f'{base}_reshape_{part}'),
+                      helper.make_node('Transpose', [f'{base}_{part}_heads'], list(q.output), perm=[0, 2, 1, 3],
+                                       name=f'{base}_transpose_{part}')]
+            remove.append(q)
+        others = [u for u in ix.cons[y] if u is not resh[0]]
+        for u in others:          # a last-axis Slice of one of q, k, v (the value features) reads that part
+            if u.op_type == 'Shape' and not u.attribute and u.output[0] not in outputs:
+                if base + '_shape' not in rewire.values():
+                    g.initializer.append(numpy_helper.from_array(np.array([b, n, 3 * hd], np.int64), base + '_shape'))
+                rewire[u.output[0]] = base + '_shape'      # a static shape
+                continue
+            j = _slice_part(ix, u, y, (b, n, 3 * hd), hd)
+            if j is None or u.output[0] in outputs:
+                break
+            rewire[u.output[0]] = f'{base}_{"qkv"[j]}'
+        else:
+            others = []
+        if others:                # read some other way: the three parts concatenated
+            nodes.append(helper.make_node('Concat', [f'{base}_{p}' for p in 'qkv'], [y], axis=-1,
+                                          name=base + '_concat'))
+        done.append((m, nodes))
+    replace_nodes(g, done, remove)
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            if name in rewire:
+                n.input[i] = rewire[name]
+    prune(model)
+    return len(done)
+
+
+def _int_value(ix: GraphIndex, name: str, known: dict):
+    """The value of a small integer tensor computed from constants and ``Shape`` of tensors of
+    ``known`` shape ({name: shape}), as torch.onnx writes slice bounds; None if it is not one."""
+    v = ix.const(name)
+    if v is not None:
+        return v
+    p = ix.prod.get(name)
+    if p is None:
+        return None
+    if p.op_type == 'Shape':
+        ok = p.input[0] in known and not p.attribute
+        return np.array(known[p.input[0]], np.int64) if ok else None
+    args = [_int_value(ix, i, known) for i in p.input]
+    if any(a is None for a in args):
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in p.attribute}
+    if p.op_type == 'Gather':
+        return np.take(args[0], args[1], axis=attrs.get('axis', 0))
+    if p.op_type in ('Add', 'Sub', 'Mul'):
+        return {'Add': np.add, 'Sub': np.subtract, 'Mul': np.multiply}[p.op_type](args[0], args[1])
+    if p.op_type == 'Div' and args[0].dtype.kind == 'i':        # integer division truncates
+        return np.sign(args[0]) * np.sign(args[1]) * (np.abs(args[0]) // np.abs(args[1]))
+    if p.op_type in ('Cast', 'Identity'):
+        return args[0]
+    if p.op_type == 'Unsqueeze' and len(args) == 2:
+        return np.expand_dims(args[0], tuple(int(a) for a in args[1]))
+    if p.op_type == 'Concat':
+        return np.concatenate([np.atleast_1d(a) for a in args], axis=attrs.get('axis', 0))
+    return None
+
+
+def _slice_part(ix: GraphIndex, node, data: str, shape, width: int):
+    """j when ``node`` is ``Slice(data)`` of columns [j * width, (j + 1) * width) of its last
+    axis (``data`` of shape ``shape``), else None."""
+    if node.op_type != 'Slice' or node.input[0] != data or len(node.input) < 4:
+        return None
+    known = {data: shape}
+    starts, ends, axes = (_int_value(ix, i, known) for i in node.input[1:4])
+    steps = _int_value(ix, node.input[4], known) if len(node.input) > 4 else np.ones(1, np.int64)
+    if any(v is None or np.size(v) != 1 for v in (starts, ends, axes, steps)):
+        return None
+    starts, ends, axes, steps = (int(np.ravel(v)[0]) for v in (starts, ends, axes, steps))
+    if steps != 1 or axes not in (-1, len(shape) - 1):
+        return None
+    j, r = divmod(starts, width)
+    return j if r == 0 and 0 <= starts and min(ends, shape[-1]) == (j + 1) * width else None
 
 
 def _set_meta(model, **changes) -> dict:
@@ -211,10 +332,12 @@ def strip_packed_weights(model: onnx.ModelProto, artifact_path: Path) -> int:
 
 def export_artifact(artifact_path: Path, path: Path, input_hw: Tuple[int, int],
                     cfg: PipelineConfig = PipelineConfig(), packed: bool = True, force: bool = False,
-                    expect_weights_sha256: str = None) -> dict:
+                    expect_weights_sha256: str = None, for_onnxruntime: bool = False) -> dict:
     """The whole GPLQ export: fake-quant model of the artifact -> Q/DQ graph -> int8 codes for
-    per-output-channel layers -> fused integer Linears -> (``packed``) codes left in the
-    artifact. Returns counts for the caller to report."""
+    per-output-channel layers -> fused integer Linears -> split qkv Linears -> (``for_onnxruntime``:
+    ``integer_attention_scores``, recorded as ``rewrites='onnxruntime'`` in the metadata; OpenVINO
+    runs such a graph slower) -> (``packed``) codes left in the artifact. Returns counts for the
+    caller to report."""
     if Path(path).exists() and not force:
         raise FileExistsError(f'{path} exists; pass --force to overwrite it')
     tensors, meta = load_artifact(artifact_path, BACKBONE_ID, expect_weights_sha256)
@@ -225,7 +348,12 @@ def export_artifact(artifact_path: Path, path: Path, input_hw: Tuple[int, int],
                        extra_meta={'artifact_checksum': meta['checksum'], 'tag': meta['tag']})
     n_int8 = integer_weights(model, tensors, meta['layers'])
     fused, folded = fuse_integer_linears(model)
+    split = split_qkv(model)
+    attention = integer_attention_scores(model) if for_onnxruntime else 0
+    if for_onnxruntime:
+        _set_meta(model, rewrites='onnxruntime')
     stripped = strip_packed_weights(model, artifact_path) if packed else 0
     path = save_model(model, path, force)
     return {'path': path, 'layers': len(meta['layers']), 'int8': n_int8, 'fused': fused, 'folded': folded,
-            'packed': stripped, 'tag': meta['tag'], 'group_size': meta['spec']['group_size']}
+            'split_qkv': split, 'attention': attention, 'packed': stripped, 'tag': meta['tag'],
+            'group_size': meta['spec']['group_size']}

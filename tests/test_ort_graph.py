@@ -1,0 +1,94 @@
+"""The graph rewrites of the GPLQ export (``offline.onnx_export``: LayerScales folded through
+torch's deduplicating ``Identity``, split qkv Linears, and for ONNX Runtime the integer q.k^T
+attention scores) compute what the fake-quant model computes, on ONNX Runtime and OpenVINO."""
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from gplq_ros.offline import onnx_export as ox
+from gplq_ros.offline.calibration import init_quantizers
+from gplq_ros.offline.data import make_crops
+from gplq_ros.offline.fakequant import export_tensors, fakequant_from_tensors
+from gplq_ros.offline.quantized import QuantDinoV2
+from gplq_ros.offline.spec import QuantSpec
+from gplq_ros.offline.weight_ptq import stage2
+from gplq_ros.onboard.artifact import load_artifact, save_artifact
+from gplq_ros.onboard.engine import graph_meta, load
+from gplq_ros.onboard.metrics import token_cosine
+
+HW = (168, 224)
+FRAMES = ('SOAP_031.png', '2019_YELL_2_541000_4977000_image_crop.png')
+
+
+@pytest.fixture(scope='module')
+def rotated_qk_artifact(extractor, images, tmp_path_factory):
+    """A W4A8 RTN artifact of the onboard default's form: rotated residual stream (all-ones
+    LayerScales), int8 q.k^T attention (signed symmetric q, k), per-output-channel weights."""
+    spec = QuantSpec.from_bits('w4a8', weight_method='rtn', rotation='orthogonal', rotation_seed=3,
+                               attention='qk_int8')
+    qm = QuantDinoV2(extractor, spec)
+    init_quantizers(qm, make_crops([images[FRAMES[1]]], 4, seed=0), 'minmax', 4)
+    stage2(qm, spec, None)
+    qm.set_modes(act=True, weight=True)
+    tensors, layout = export_tensors(qm)
+    path = tmp_path_factory.mktemp('ort_graph') / 'rot_qk.safetensors'
+    save_artifact(path, tensors, {'backbone': 'dinov2_vits14', 'weights_sha256': qm.extractor.weights_sha256,
+                                  'spec': qm.spec.to_dict(), 'tag': qm.spec.tag, **layout})
+    return path
+
+
+def plain_qdq_graph(artifact):
+    """The export before any rewrite (fake-quant trace + int8 weight codes): ORT fuses it itself."""
+    tensors, meta = load_artifact(artifact)
+    qm = fakequant_from_tensors(tensors, meta, artifact)
+    for q in qm.quantizers.values():
+        q.freeze()
+    model = ox.trace_onnx(qm.extractor, HW, kind='gplq', extra_meta={'artifact_checksum': meta['checksum']})
+    ox.integer_weights(model, tensors, meta['layers'])
+    return model, qm
+
+
+def test_rewritten_graphs_match_the_fake_quant_model(rotated_qk_artifact, images):
+    ort = ox.export_artifact(rotated_qk_artifact, rotated_qk_artifact.with_name('ort.onnx'), HW, force=True,
+                             for_onnxruntime=True)                 # packed: the engine reads the artifact
+    assert (ort['fused'], ort['folded'], ort['split_qkv'], ort['attention']) == (48, 24, 12, 12)
+    plain, fq = plain_qdq_graph(rotated_qk_artifact)
+    plain_path = ox.save_model(plain, rotated_qk_artifact.with_name('plain.onnx'), force=True)
+    default = copy.deepcopy(plain)                   # export_artifact's default passes (OpenVINO's form)
+    assert ox.fuse_integer_linears(default) == (48, 24) and ox.split_qkv(default) == 12   # LayerScales all ones
+    default_path = ox.save_model(default, rotated_qk_artifact.with_name('default.onnx'), force=True)
+    ops = {form: [n.op_type for n in onnx.load(str(p)).graph.node]
+           for form, p in (('default', default_path), ('ort', ort['path']))}
+    # 48 Linears, qkv as q, k and v: 72 integer MatMuls; the ORT form adds the 12 q.k^T and keeps
+    # no DequantizeLinear; float MatMuls left there: softmax x V and the final rotation
+    assert ops['default'].count('MatMulIntegerToFloat') == 72 and ops['default'].count('DequantizeLinear') == 24
+    assert ops['ort'].count('MatMulIntegerToFloat') == 84 and 'DequantizeLinear' not in ops['ort']
+    assert ops['ort'].count('MatMul') == 13 and ops['ort'].count('Mul') == ops['default'].count('Mul') - 12
+    assert graph_meta(onnx.load(str(ort['path']), load_external_data=False))['rewrites'] == 'onnxruntime'
+    graphs = {'default': default_path, 'ort': ort['path']}
+    engines = {(form, b): load(p, backend=b, warmup=0) for form, p in graphs.items()
+               for b in ('onnxruntime', 'openvino')}
+    # the engine gives ONNX Runtime the integer attention scores of a file in OpenVINO's form
+    assert engines[('default', 'onnxruntime')].ort_rewrites == 12
+    assert engines[('default', 'openvino')].ort_rewrites == 0 == engines[('ort', 'onnxruntime')].ort_rewrites
+    plain = load(plain_path, backend='onnxruntime', warmup=0)
+    for name in FRAMES:
+        frame = np.ascontiguousarray(images[name][:480, :640])
+        prep, tok, _ = engines[('ort', 'onnxruntime')].features(frame)
+        with torch.no_grad():
+            o = fq(torch.from_numpy(prep.tensor), [(11, 'token'), (9, 'value')])
+        ref, ref_vf = o[(11, 'token')][0].numpy(), o[(9, 'value')][0].numpy()
+        # exact rewrites: against ORT's own fusion of the plain Q/DQ graph only rounding flips
+        # (other kernels) remain, bounded as test_runtime_engine bounds its fused-vs-unfused graphs;
+        # to the fake-quant model the same bound as there: 4x that floor or 1e-3
+        floor = 1.0 - token_cosine(plain.features(frame)[1], tok)
+        assert floor < 2e-3, (name, floor)
+        for form in ('default', 'ort'):
+            _, tok_f, vf_f = engines[(form, 'onnxruntime')].features(frame)
+            assert 1.0 - token_cosine(tok_f, ref) <= max(4 * floor, 1e-3), (name, form, floor)
+            assert token_cosine(vf_f, ref_vf) > 0.99, (name, form)
+            # OpenVINO runs both forms (its own requantization rounding: test_gplq_model's bound)
+            assert token_cosine(engines[(form, 'openvino')].features(frame)[1], ref) > 0.999, (name, form)
