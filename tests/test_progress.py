@@ -24,6 +24,8 @@ def test_progress_lines_have_the_time_left_and_are_throttled():
     clock.t = 13
     log('stage 1', 5, 5)
     assert lines[-1] == 'cal: stage 1: 5/5 steps, 13 s, done'             # the end always shows
+    log('stage 1', 5, 5)
+    assert len(lines) == 3                                             # once
     log('weights', 1, 48)
     assert lines[-1] == 'cal: weights: 1/48 layers, 0 s'
     clock.t = 200

@@ -120,7 +120,7 @@ def calibrate(extractor, spec: QuantSpec, config: CalibConfig, crops: Sequence[t
         sens = layer_sensitivity(qm, xs, progress, keys)
         chosen, curve = choose_8bit(qm, xs, sens, mp.max_8bit_fraction, mp.target_cosine,
                                     lambda name, bits: quantize_layer(qm.linears[name], bits, applied,
-                                                                      (hs or {}).get(name)), keys)
+                                                                      (hs or {}).get(name)), keys, progress)
         applied = replace(applied, keep_8bit=sorted(set(applied.keep_8bit) | set(chosen)))
         mixed = {'sensitivity': sens, 'chosen': chosen, 'curve': curve}
     qat_history = {}
@@ -192,7 +192,7 @@ def report_vocabulary(path: Optional[Path], weights_sha256: str) -> Tuple[Option
 
 # what each calibration stage counts in its progress lines (offline.progress.ProgressLog)
 PROGRESS_UNITS = {'Hessians': 'batches', 'weights': 'layers', 'layer sensitivity': 'layers',
-                  'held-out report': 'images'}
+                  '8-bit choice': 'layers tried', 'held-out report': 'images'}
 # seconds of a budgeted calibration kept after the learned rounding for what follows (bias
 # correction, alignment, held-out report, saving; measured on 2 cores: about 40 s)
 RESERVE_S = 45.0

@@ -53,7 +53,7 @@ def layer_sensitivity(qm, xs: Sequence[torch.Tensor], progress=None, keys=None) 
 @torch.no_grad()
 def choose_8bit(qm, xs: Sequence[torch.Tensor], sensitivity: Dict[str, float], max_8bit_fraction: float,
                 target_cosine: Optional[float], requantize: Callable[[str, int], None],
-                keys=None) -> Tuple[List[str], list]:
+                keys=None, progress=None) -> Tuple[List[str], list]:
     """Layers to keep at 8 bits and the curve [(8-bit weight fraction, final cosine)]; the
     chosen layers are re-quantized at 8 bits with ``requantize(name, bits)``."""
     sizes = {n: qm.linears[n].weight.numel() for n in sensitivity}
@@ -64,7 +64,9 @@ def choose_8bit(qm, xs: Sequence[torch.Tensor], sensitivity: Dict[str, float], m
     chosen, used, curve = [], 0, []
     with qm.modes(act=True, weight=True):
         curve.append((0.0, _final_cosine(qm, xs, refs, keys)))
-        for name in order:
+        for i, name in enumerate(order):
+            if progress:
+                progress('8-bit choice', i, len(order), {})
             if target_cosine is not None and curve[-1][1] >= target_cosine:
                 break
             if (used + sizes[name]) / total > max_8bit_fraction:
@@ -73,4 +75,6 @@ def choose_8bit(qm, xs: Sequence[torch.Tensor], sensitivity: Dict[str, float], m
             chosen.append(name)
             used += sizes[name]
             curve.append((used / total, _final_cosine(qm, xs, refs, keys)))
+    if progress:
+        progress('8-bit choice', len(order), len(order), {'layers': len(chosen)})
     return chosen, curve

@@ -42,10 +42,13 @@ class ProgressLog:
 
     def __call__(self, stage: str, done: int, total: int, info: Optional[dict] = None) -> None:
         now = self.clock()
+        again = stage in self._done and done == self._done[stage] >= total    # its end said once already
         if stage not in self._start or done < self._done[stage]:     # a new stage, or the stage again
             self._start[stage], self._last[stage] = (now, done), -float('inf')
         self._done[stage] = done
         end = done >= total
+        if again and 'note' not in (info or {}):
+            return
         if not end and now - self._last[stage] < self.every and 'note' not in (info or {}):
             return
         self._last[stage] = now
