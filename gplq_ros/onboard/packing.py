@@ -11,7 +11,11 @@ def pack_int4(codes: np.ndarray) -> np.ndarray:
     c = np.asarray(codes).reshape(-1)
     if c.size and (c.min() < -8 or c.max() > 7):
         raise ValueError(f'int4 codes must lie in [-8, 7], got [{c.min()}, {c.max()}]')
-    u = (c.astype(np.int16) & 0xF).astype(np.uint8)
+    return _pack_nibbles((c.astype(np.int16) & 0xF).astype(np.uint8))
+
+
+def _pack_nibbles(u: np.ndarray) -> np.ndarray:
+    """Flat uint8 values in [0, 15] -> two per byte, little nibble first (an odd count padded with 0)."""
     if u.size % 2:
         u = np.concatenate([u, np.zeros(1, np.uint8)])
     return (u[0::2] | (u[1::2] << 4)).astype(np.uint8)
@@ -34,10 +38,7 @@ def pack_uint4(values: np.ndarray) -> np.ndarray:
     v = np.asarray(values).reshape(-1)
     if v.size and (v.min() < 0 or v.max() > 15):
         raise ValueError(f'uint4 values must lie in [0, 15], got [{v.min()}, {v.max()}]')
-    u = v.astype(np.uint8)
-    if u.size % 2:
-        u = np.concatenate([u, np.zeros(1, np.uint8)])
-    return (u[0::2] | (u[1::2] << 4)).astype(np.uint8)
+    return _pack_nibbles(v.astype(np.uint8))
 
 
 def unpack_uint4(packed: np.ndarray, count: int) -> np.ndarray:
