@@ -267,7 +267,7 @@ def test_mixed_precision_is_deterministic_and_respects_the_budget(extractor, cro
         qm = QuantDinoV2(extractor, spec)
         init_quantizers(qm, crops[:4], 'minmax', 4)
         stage2(qm, spec, None)
-        xs = list(batches_of(crops[:4], 4))
+        xs = list(batches_of(crops[:2], 2))
         sens = layer_sensitivity(qm, xs)
         chosen, curve = choose_8bit(qm, xs, sens, fraction, target,
                                     lambda n, b: quantize_layer(qm.linears[n], b, spec, None))
@@ -357,12 +357,13 @@ def test_rotated_artifact_round_trips_and_exports(extractor, crops, images, tmp_
     with torch.no_grad():
         for u, v in zip(qm.block_tokens(crops[0]), loaded.block_tokens(crops[0])):
             assert torch.equal(u, v)
-    graph = export_artifact(path, tmp_path / 'r.onnx', (168, 224))['path']
-    model = onnx.load(str(graph), load_external_data=False)
+    # the rotated qk_int8 export on both backends: tests/test_ort_graph.py (time)
+    graph = export_artifact(path, tmp_path / 'r.onnx', (168, 224))['path'] if attention == 'qkv_probs' else None
+    model = onnx.load(str(graph), load_external_data=False) if graph else onnx.ModelProto()
     int8_q = [n for n in model.graph.node if n.op_type == 'QuantizeLinear' and '/attn/' in n.name
               and '_quant/' in n.name and 'in_quant' not in n.name]
-    assert len(int8_q) == 12 * (4 if attention == 'qkv_probs' else 2)
-    for backend in ('onnxruntime', 'openvino'):
+    assert len(int8_q) == (12 * 4 if graph else 0)
+    for backend in ('onnxruntime', 'openvino') if graph else ():
         frame = np.ascontiguousarray(images['SOAP_031.png'])
         prep, tok, _ = load(graph, backend=backend).features(frame)
         with torch.no_grad():

@@ -2,6 +2,7 @@
 torch's deduplicating ``Identity``, split qkv Linears, and for ONNX Runtime the integer q.k^T
 attention scores) compute what the fake-quant model computes, on ONNX Runtime and OpenVINO."""
 import copy
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -14,7 +15,7 @@ from gplq_ros.offline.data import make_crops
 from gplq_ros.offline.fakequant import export_tensors, fakequant_from_tensors
 from gplq_ros.offline.quantized import QuantDinoV2
 from gplq_ros.offline.spec import QuantSpec
-from gplq_ros.offline.weight_ptq import stage2
+from gplq_ros.offline.weight_ptq import correct_biases, quantize_layer, stage2
 from gplq_ros.onboard.artifact import load_artifact, save_artifact
 from gplq_ros.onboard.engine import graph_meta, load
 from gplq_ros.onboard.metrics import token_cosine
@@ -26,12 +27,19 @@ FRAMES = ('SOAP_031.png', '2019_YELL_2_541000_4977000_image_crop.png')
 @pytest.fixture(scope='module')
 def rotated_qk_artifact(extractor, images, tmp_path_factory):
     """A W4A8 RTN artifact of the onboard default's form: rotated residual stream (all-ones
-    LayerScales), int8 q.k^T attention (signed symmetric q, k), per-output-channel weights."""
+    LayerScales), int8 q.k^T attention (signed symmetric q, k), per-output-channel weights on
+    the multiplier and codebook grids, one 8-bit layer, bias correction."""
     spec = QuantSpec.from_bits('w4a8', weight_method='rtn', rotation='orthogonal', rotation_seed=3,
-                               attention='qk_int8')
+                               attention='qk_int8', weight_grid='multiplier', keep_8bit=['blocks.11.mlp.fc2'])
     qm = QuantDinoV2(extractor, spec)
-    init_quantizers(qm, make_crops([images[FRAMES[1]]], 4, seed=0), 'minmax', 4)
+    crops = make_crops([images[FRAMES[1]]], 4, seed=0)
+    init_quantizers(qm, crops, 'minmax', 4)
     stage2(qm, spec, None)
+    # the 4-bit grids of #21 (offline.grids) decode into int8 weights: the same graph, here on
+    # both backends: three layers on the codebook grid, the rest on the multiplier grid
+    for name in ('blocks.1.attn.proj', 'blocks.6.attn.proj', 'blocks.6.attn.qkv'):   # the k-means takes time
+        quantize_layer(qm.linears[name], 4, replace(spec, weight_grid='codebook'), None)
+    correct_biases(qm, [torch.cat(crops[:2])])
     qm.set_modes(act=True, weight=True)
     tensors, layout = export_tensors(qm)
     path = tmp_path_factory.mktemp('ort_graph') / 'rot_qk.safetensors'
