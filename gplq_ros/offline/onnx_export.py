@@ -184,10 +184,6 @@ def split_qkv(model: onnx.ModelProto) -> int:
     g = model.graph
     ix = GraphIndex(g)
 
-    def single(name, op):
-        users = ix.cons[name]
-        return users[0] if len(users) == 1 and users[0].op_type == op else None
-
     def attr(n, name, default=None):
         return next((helper.get_attribute_value(a) for a in n.attribute if a.name == name), default)
 
@@ -204,14 +200,15 @@ def split_qkv(model: onnx.ModelProto) -> int:
             continue
         b, n, _, heads, d = (int(v) for v in shape)
         cols = int(ix.inits[m.input[1]].dims[1])
-        t = single(resh[0].output[0], 'Transpose')
-        sp = single(t.output[0], 'Split') if t is not None and list(attr(t, 'perm', [])) == [2, 0, 3, 1, 4] else None
+        t = ix.only_user(resh[0].output[0], 'Transpose')
+        perm_ok = t is not None and list(attr(t, 'perm', [])) == [2, 0, 3, 1, 4]
+        sp = ix.only_user(t.output[0], 'Split') if perm_ok else None
         if sp is None or attr(sp, 'axis', 0) != 0 or len(sp.output) != 3 or 3 * heads * d != cols \
                 or w_scale.shape != (cols,) or w_zp.shape != (cols,) or bias.shape != (cols,) or min(b, n) < 1:
             continue
         if len(sp.input) > 1 and not np.array_equal(ix.const(sp.input[1]), [1, 1, 1]):
             continue
-        sq = [single(o, 'Squeeze') for o in sp.output]
+        sq = [ix.only_user(o, 'Squeeze') for o in sp.output]
         axes = [ix.const(q.input[1]) if q is not None and len(q.input) == 2 else None for q in sq]
         if any(a is None or a.reshape(-1).tolist() != [0] for a in axes):
             continue
