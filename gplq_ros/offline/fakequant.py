@@ -14,9 +14,9 @@ from gplq_ros.offline.backbone import DinoV2Extractor, build_vit, load_strict
 from gplq_ros.offline.grids import Grid
 from gplq_ros.offline.quantized import QuantDinoV2
 from gplq_ros.onboard.fileformat import BACKBONE_ID
-from gplq_ros.onboard.packing import pack_int4, pack_uint4, unpack_uint4
+from gplq_ros.onboard.packing import pack_int4, pack_uint4
 from gplq_ros.offline.spec import QuantSpec
-from gplq_ros.onboard.artifact import ArtifactError, layer_codes, layer_int8, load_artifact
+from gplq_ros.onboard.artifact import ArtifactError, layer_codes, layer_grid, load_artifact
 
 
 def _fp_state(qm: QuantDinoV2) -> Dict[str, torch.Tensor]:
@@ -92,15 +92,11 @@ def fakequant_from_tensors(tensors: Dict[str, np.ndarray], meta: dict, path: Pat
         lin = qm.linears[name]
         codes = layer_codes(tensors, name, info['shape'])
         scales = torch.from_numpy(tensors[f'w/{name}.scales'].copy())
-        grid = None
-        if info.get('grid', 'uniform') != 'uniform':
-            layer_int8(tensors, name, info)        # refuses grid tensors that do not fit the layer
-            if info['grid'] == 'multiplier':
-                n = info['shape'][0] * (info['shape'][1] // info['grid_group'])
-                mult = unpack_uint4(tensors[f'w/{name}.mult'], n).reshape(info['shape'][0], -1)
-                grid = Grid('multiplier', torch.from_numpy(mult.astype(np.int16)), info['grid_group'])
-            else:
-                grid = Grid('codebook', levels=torch.from_numpy(tensors[f'w/{name}.codebook'].astype(np.int16)))
+        grid = layer_grid(tensors, name, info)       # refuses grid tensors that do not fit the layer
+        if grid is not None:
+            kind, values, group = grid
+            values = torch.from_numpy(values.astype(np.int16))
+            grid = Grid(kind, mult=values, group=group) if kind == 'multiplier' else Grid(kind, levels=values)
         lin.set_quantized(torch.from_numpy(codes.copy()), scales, info['bits'], info['group_size'], grid)
         with torch.no_grad():
             lin.weight.copy_(lin.weight_q)

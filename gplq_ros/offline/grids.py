@@ -52,10 +52,6 @@ class Grid:
         stack = torch.stack([g.levels for g in others])
         return Grid('codebook', levels=stack[index, torch.arange(len(index))])
 
-    def to(self, device) -> 'Grid':
-        return Grid(self.kind, None if self.mult is None else self.mult.to(device), self.group,
-                    None if self.levels is None else self.levels.to(device))
-
 
 def _weighted_err(w, v, d):
     return ((v - w) ** 2 * d)

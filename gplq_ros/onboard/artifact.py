@@ -87,19 +87,17 @@ def layer_codes(tensors: Dict[str, np.ndarray], name: str, shape) -> np.ndarray:
     return codes.reshape(shape).astype(np.int8, copy=False)
 
 
-def layer_int8(tensors: Dict[str, np.ndarray], name: str, info: dict) -> np.ndarray:
-    """The layer's weights as per-output-channel int8 values (out, in), to be multiplied by
-    ``w/<layer>.scales``: the codes themselves on the uniform grid, ``k_g * q`` on the
-    'multiplier' grid, ``L_c[q + 8]`` on the 'codebook' grid. A grid tensor that does not fit
-    the layer (shape, range, or a non-per-channel scale) is refused with the field named."""
-    shape = tuple(info['shape'])
-    codes = layer_codes(tensors, name, shape)
+def layer_grid(tensors: Dict[str, np.ndarray], name: str, info: dict) -> Optional[Tuple[str, np.ndarray, int]]:
+    """A 4-bit layer's grid, checked against the layer: None on the uniform grid, else
+    ('multiplier', k (out, in / grid_group) uint8, grid_group) or ('codebook', levels
+    (out, 16) int8, 16). A grid tensor that does not fit the layer (shape, range, order, or a
+    non-per-channel scale) is refused with the field named."""
     grid = info.get('grid', 'uniform')
     if grid == 'uniform':
-        return codes
+        return None
     if grid not in GRIDS:
         raise ArtifactError(f'layer {name}: grid={grid!r} is not one of {list(GRIDS)}')
-    out_f, in_f = shape
+    out_f, in_f = tuple(info['shape'])
     if info.get('bits') != 4 or f'w/{name}.int4' not in tensors:
         raise ArtifactError(f'layer {name}: grid={grid!r} needs 4-bit codes (w/{name}.int4), got bits='
                             f'{info.get("bits")!r}')
@@ -122,14 +120,28 @@ def layer_int8(tensors: Dict[str, np.ndarray], name: str, info: dict) -> np.ndar
         if mult.min() < lo or mult.max() > hi:
             raise ArtifactError(f'layer {name}: w/{name}.mult holds multipliers in [{mult.min()}, {mult.max()}]; '
                                 f'they must lie in [{lo}, {hi}] (so that k * q is an int8 value)')
-        return (np.repeat(mult.astype(np.int16), group, axis=1) * codes).astype(np.int8)
+        return 'multiplier', mult, group
     book = tensors.get(f'w/{name}.codebook')
     if book is None or book.dtype != np.int8 or book.shape != (out_f, CODEBOOK_LEVELS):
         raise ArtifactError(f'layer {name}: w/{name}.codebook must be int8 ({out_f}, {CODEBOOK_LEVELS}), got '
                             f'{None if book is None else (book.dtype.name, book.shape)}')
     if np.any(np.diff(book.astype(np.int16), axis=1) < 0):
         raise ArtifactError(f'layer {name}: w/{name}.codebook levels must be ascending per output channel')
-    return np.take_along_axis(book, codes.astype(np.int64) + CODEBOOK_LEVELS // 2, axis=1)
+    return 'codebook', book, CODEBOOK_LEVELS
+
+
+def layer_int8(tensors: Dict[str, np.ndarray], name: str, info: dict) -> np.ndarray:
+    """The layer's weights as per-output-channel int8 values (out, in), to be multiplied by
+    ``w/<layer>.scales``: the codes themselves on the uniform grid, ``k_g * q`` on the
+    'multiplier' grid, ``L_c[q + 8]`` on the 'codebook' grid (``layer_grid`` checks the grid)."""
+    grid = layer_grid(tensors, name, info)
+    codes = layer_codes(tensors, name, info['shape'])
+    if grid is None:
+        return codes
+    kind, values, group = grid
+    if kind == 'multiplier':
+        return (np.repeat(values.astype(np.int16), group, axis=1) * codes).astype(np.int8)
+    return np.take_along_axis(values, codes.astype(np.int64) + CODEBOOK_LEVELS // 2, axis=1)
 
 
 def read_meta(path: Path) -> dict:
