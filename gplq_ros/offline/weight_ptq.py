@@ -9,8 +9,9 @@ inputs; scales stay the MSE-searched ones). With ``weight_clip='hessian'`` or a 
 clip ratios and keeps per output channel the result with the least Hessian-weighted error.
 ``correct_biases``: closed-form bias correction after the weights are final.
 """
+import contextlib
 from dataclasses import replace
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 
@@ -19,27 +20,34 @@ from gplq_ros.offline.primitives import weight_codes, weight_qrange, weight_scal
 from gplq_ros.offline.spec import QuantSpec
 
 
+@contextlib.contextmanager
+def _linear_inputs(qm, names, record: Callable[[str, torch.Tensor, torch.Tensor], None]):
+    """Inside the block, ``record(name, x, Q(x))`` hears the input of each Linear of ``names``
+    before and after its activation quantizer; the hooks go on exit."""
+    hooks = [qm.linears[n].in_quant.register_forward_hook(lambda _m, inp, out, n=n: record(n, inp[0], out))
+             for n in names]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @torch.no_grad()
 def collect_hessians(qm, batches: Iterable[torch.Tensor], progress=None) -> Dict[str, torch.Tensor]:
     """H = sum X^T X of every quantized Linear's (activation-quantized) input."""
     hs: Dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, lin in qm.linears.items():
-        def hook(_m, _inp, out, name=name):
-            x = out.reshape(-1, out.shape[-1]).double()
-            h = x.T @ x
-            hs[name] = hs[name] + h if name in hs else h
-        hooks.append(lin.in_quant.register_forward_hook(hook))
-    try:
-        with qm.modes(act=True, weight=False):
-            batches = list(batches)
-            for i, x in enumerate(batches):
-                qm.block_tokens(x)
-                if progress:
-                    progress('Hessians', i + 1, len(batches), {})
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def record(name, _x, xq):
+        x = xq.reshape(-1, xq.shape[-1]).double()
+        h = x.T @ x
+        hs[name] = hs[name] + h if name in hs else h
+    with _linear_inputs(qm, list(qm.linears), record), qm.modes(act=True, weight=False):
+        batches = list(batches)
+        for i, x in enumerate(batches):
+            qm.block_tokens(x)
+            if progress:
+                progress('Hessians', i + 1, len(batches), {})
     return hs
 
 
@@ -125,7 +133,7 @@ def search_layer(w: torch.Tensor, h: Optional[torch.Tensor], bits: int, spec: Qu
     w = w.float()
     out_f, n = w.shape
     kind = spec.weight_grid if bits == 4 else 'uniform'
-    hd = torch.diag(h).float() if h is not None else torch.ones(n)
+    hd = torch.diag(h).float() if h is not None else torch.ones(n, device=w.device)
     d = (hd / hd.mean().clamp_min(1e-30)).clamp_min(1e-6)
     qmin, qmax = weight_qrange(bits)
     amax = w.abs().amax(1, keepdim=True).clamp_min(1e-12)
@@ -161,7 +169,7 @@ def search_layer(w: torch.Tensor, h: Optional[torch.Tensor], bits: int, spec: Qu
         results.append((codes, values, hessian_error(w, values, h)))
     errs = torch.stack([r[2] for r in results])
     best = errs.argmin(0)
-    rows = torch.arange(out_f)
+    rows = torch.arange(out_f, device=w.device)
     codes = torch.stack([r[0] for r in results])[best, rows]
     scales = torch.stack([c[0].reshape(-1) for c in cands])[best, rows][:, None].float()
     grid = cands[0][1].rows(best, [c[1] for c in cands]) if kind != 'uniform' else None
@@ -197,26 +205,17 @@ def correct_biases(qm, batches: Iterable[torch.Tensor]) -> Dict[str, float]:
     tokens. One pass over ``batches`` with activations and weights quantized. Returns per
     layer ||delta|| / ||bias||."""
     sums: Dict[str, list] = {}
-    hooks = []
-    for name, lin in qm.linears.items():
-        if lin.weight_q is None:
-            continue
 
-        def hook(mod, inp, out, name=name):
-            x = inp[0].reshape(-1, inp[0].shape[-1]).double()
-            xq = out.reshape(-1, out.shape[-1]).double()
-            s = sums.setdefault(name, [0, 0.0, 0.0])
-            s[0] += x.shape[0]
-            s[1] = s[1] + x.sum(0)
-            s[2] = s[2] + xq.sum(0)
-        hooks.append(lin.in_quant.register_forward_hook(hook))
-    try:
-        with qm.modes(act=True, weight=True):
-            for x in batches:
-                qm.block_tokens(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    def record(name, x, xq):
+        x, xq = (t.reshape(-1, t.shape[-1]).double() for t in (x, xq))
+        s = sums.setdefault(name, [0, 0.0, 0.0])
+        s[0] += x.shape[0]
+        s[1] = s[1] + x.sum(0)
+        s[2] = s[2] + xq.sum(0)
+    quantized = [n for n, lin in qm.linears.items() if lin.weight_q is not None]
+    with _linear_inputs(qm, quantized, record), qm.modes(act=True, weight=True):
+        for x in batches:
+            qm.block_tokens(x)
     report = {}
     for name, (count, sx, sxq) in sums.items():
         lin = qm.linears[name]
