@@ -14,8 +14,6 @@ Prints median and p90 ms per graph and the ratio of medians to REF; ``--json`` w
 import argparse
 import json
 import os
-import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +21,7 @@ import numpy as np
 from gplq_ros.onboard.engine import load
 from gplq_ros.onboard.paths import default_images_dir
 from gplq_ros.onboard.preprocess import prepare, read_rgb
-
-
-def interleaved(runners: dict, x: np.ndarray, runs: int, seed: int = 0) -> dict:
-    """{name: list of ms}: each round times every runner once, in a shuffled order."""
-    rng = random.Random(seed)
-    times = {n: [] for n in runners}
-    names = list(runners)
-    for r in runners.values():
-        for _ in range(3):
-            r(x)
-    for _ in range(runs):
-        rng.shuffle(names)
-        for n in names:
-            t = time.perf_counter()
-            runners[n](x)
-            times[n].append((time.perf_counter() - t) * 1e3)
-    return times
+from gplq_ros.onboard.stats import interleaved_ms
 
 
 def main() -> None:
@@ -62,7 +44,7 @@ def main() -> None:
         x = np.random.default_rng(0).standard_normal((1, 3, *hw)).astype(np.float32)
     else:
         x = prepare(read_rgb(args.image), size=hw).tensor
-    times = interleaved({k: e.runner for k, e in engines.items()}, x, args.runs)
+    times = interleaved_ms({k: e.runner for k, e in engines.items()}, [x], args.runs, warmup=3)
     ref = float(np.median(times['ref']))
     print(f'{hw[0]}x{hw[1]}, {args.threads} threads, {args.runs} interleaved rounds, load {os.getloadavg()[0]:.2f}')
     out = {}

@@ -21,7 +21,6 @@ final-token cosine and boundary-map SSIM. Fidelity on sources no artifact saw is
 imports only the onboard engine (no torch), loads the graph and runs 5 frames.
 """
 import os
-import random
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from gplq_ros.offline.onnx_export import export_artifact
 from gplq_ros.offline.peers import nncf_int8_graph, peer_graphs
 from gplq_ros.offline.reference import ReferencePipeline
 from gplq_ros.onboard import heads
+from gplq_ros.onboard.stats import interleaved_ms
 from gplq_ros.onboard.engine import load
 from gplq_ros.onboard.metrics import ssim, token_cosine
 from gplq_ros.onboard.paths import default_vocab
@@ -132,18 +132,7 @@ def stage_times(engine, frame: np.ndarray, runs: int) -> Dict[str, float]:
 
 def interleaved(fns: Dict[str, callable], frames: Sequence[np.ndarray], runs: int, seed: int = 0):
     """{name: (median ms, p95 ms)}: each round times every fn once, in a shuffled order."""
-    rng = random.Random(seed)
-    times = {n: [] for n in fns}
-    names = list(fns)
-    for fn in fns.values():
-        fn(frames[0])
-    for r in range(runs):
-        rng.shuffle(names)
-        frame = frames[r % len(frames)]
-        for n in names:
-            t = time.perf_counter()
-            fns[n](frame)
-            times[n].append((time.perf_counter() - t) * 1e3)
+    times = interleaved_ms(fns, frames, runs, seed)
     return {n: (float(np.median(v)), float(np.percentile(v, 95))) for n, v in times.items()}
 
 

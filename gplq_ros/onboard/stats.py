@@ -1,6 +1,8 @@
 """Latency and rate statistics over a sliding window (monotonic or ROS times, seconds)."""
 import collections
-from typing import Deque, Dict, Optional, Tuple
+import random
+import time
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -132,3 +134,24 @@ class FlowStats:
                 'latency_p50_ms': lat['p50_ms'], 'latency_p95_ms': lat['p95_ms'], 'latency_max_ms': lat['max_ms'],
                 'frames_in': self.rate_in.count, 'frames_out': self.rate_out.count, 'dropped': self.matcher.dropped,
                 'drop_rate': self.matcher.drop_rate}
+
+
+def interleaved_ms(fns: Dict[str, Callable], inputs: Sequence, runs: int, seed: int = 0,
+                   warmup: int = 1) -> Dict[str, List[float]]:
+    """{name: ms of each run}: every fn is called ``warmup`` times on ``inputs[0]``, then each
+    round times every fn once on ``inputs[round % len(inputs)]``, in a shuffled order, so that
+    clock and load changes hit all alike (the benchmarks' way of comparing engines)."""
+    rng = random.Random(seed)
+    times = {n: [] for n in fns}
+    names = list(fns)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(inputs[0])
+    for r in range(runs):
+        rng.shuffle(names)
+        x = inputs[r % len(inputs)]
+        for n in names:
+            t = time.perf_counter()
+            fns[n](x)
+            times[n].append((time.perf_counter() - t) * 1e3)
+    return times
