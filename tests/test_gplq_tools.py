@@ -4,6 +4,7 @@ from pathlib import Path
 
 import cv2
 from helpers.cli import run_module as run
+from helpers.cli import run_modules
 
 
 def test_calibrate_report_and_fidelity(tmp_path, manifest, vocab):
@@ -33,27 +34,24 @@ def test_calibrate_report_and_fidelity(tmp_path, manifest, vocab):
         assert cv2.imread(pic) is not None
     assert len(report['pictures']) == 3
 
-    res = run('gplq_ros.tools.calibrate', '--bits', 'w4a4', '--crops', 4, '--out', out)
-    assert res.returncode == 1 and '--force' in res.stderr  # never overwritten silently
-
     held = [p for p in (Path(manifest['images']['dir'])).iterdir() if p.name.startswith('SOAP_061')]
-    js = tmp_path / 'fid.json'
-    res = run('gplq_ros.tools.fidelity', '--model', out, '--images', *held, '--views', 1, '--json', js, *env_vocab)
+    calib_img = Path(manifest['images']['dir']) / 'AWPE_Pigeon_Lake_2020_DJI_0005.JPG'
+    js, bad = tmp_path / 'fid.json', tmp_path / 'bad.safetensors'
+    bad.write_bytes(out.read_bytes()[:-50] + b'\0' * 50)
+    again, res, calib, broken = run_modules(
+        ('gplq_ros.tools.calibrate', '--bits', 'w4a4', '--crops', 4, '--out', out),
+        ('gplq_ros.tools.fidelity', '--model', out, '--images', *held, '--views', 1, '--json', js, *env_vocab),
+        ('gplq_ros.tools.fidelity', '--model', out, '--images', calib_img, '--views', 0, *env_vocab),
+        ('gplq_ros.tools.fidelity', '--model', bad, '--images', *held, *env_vocab))
+    assert again.returncode == 1 and '--force' in again.stderr  # never overwritten silently
     assert res.returncode == 0, res.stderr[-3000:]
     fid = json.loads(js.read_text())
     assert fid['n'] == 2
     for k in ('final_cosine', 'output_mse', 'boundary_ssim', 'corner_repeatability', 'descriptor_cosine'):
         assert k in fid['summary'], k
     assert 'final_cosine' in res.stdout
-
-    calib_img = Path(manifest['images']['dir']) / 'AWPE_Pigeon_Lake_2020_DJI_0005.JPG'
-    res = run('gplq_ros.tools.fidelity', '--model', out, '--images', calib_img, '--views', 0, *env_vocab)
-    assert res.returncode == 0 and 'was used in calibration' in res.stderr
-
-    bad = tmp_path / 'bad.safetensors'
-    bad.write_bytes(out.read_bytes()[:-50] + b'\0' * 50)
-    res = run('gplq_ros.tools.fidelity', '--model', bad, '--images', *held, *env_vocab)
-    assert res.returncode == 2 and 'checksum mismatch' in res.stderr
+    assert calib.returncode == 0 and 'was used in calibration' in calib.stderr
+    assert broken.returncode == 2 and 'checksum mismatch' in broken.stderr
 
 
 def test_report_says_why_the_descriptor_metrics_are_absent(tmp_path, monkeypatch):

@@ -115,7 +115,9 @@ def test_bringup_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_f
     sent_hz = (len(sent_at) - 1) / (sent_at[-1] - sent_at[0])
     assert 8 < sent_hz < 11, sent_hz
     for q in ('input_rate_hz', 'output_rate_hz'):     # the monitor's rates follow what was really sent
-        assert 0.75 * sent_hz < max(d[q] for d in during) < 1.3 * sent_hz, (q, sent_hz, [d[q] for d in during])
+        known = [d[q] for d in during if d[q] > 0]    # 0: under 1 s of frames, no rate claimed yet
+        assert len(known) >= 4 and 0.8 * sent_hz < float(np.median(known)) < 1.2 * sent_hz, (q, sent_hz, known)
+        assert max(known) < 1.5 * sent_hz, (q, sent_hz, known)    # outputs after the first, slow frames
     assert live['frames_in'] == 40 and live['frames_out'] >= 38 and live['dropped'] <= 2
     assert float(feat['engine_p50_ms']) < live['latency_p50_ms'] < 1000
     assert live['checks'] >= 5

@@ -51,6 +51,18 @@ def test_latency_window_and_rate():
         r.add(100 + i * 0.1)             # 10 Hz for 5 s
     assert r.rate(105.0) == pytest.approx(10.0, rel=0.05)
     assert r.rate(200.0) == 0.0          # nothing in the window any more
+    b = RateMeter(window_s=5, min_span_s=1.0)
+    for t in (10.0, 10.05, 10.1, 10.15):  # a burst after a stall, then a 10 Hz stream
+        b.add(t)
+    assert b.rate(10.2) == 0.0           # 0.2 s of events: no rate claimed yet (a burst, not 20 Hz)
+    seen = {}
+    for i in range(1, 21):
+        b.add(10.15 + 0.1 * i)
+        seen[i] = b.rate(10.15 + 0.1 * i)
+    assert seen[6] == 0.0 and seen[9] == pytest.approx(12 / 1.05)   # 1.05 s: 13 events
+    assert seen[20] == pytest.approx(23 / 2.15)                     # the burst weighs less as the span grows
+    with pytest.raises(ValueError, match='min_span_s=6'):
+        RateMeter(window_s=5, min_span_s=6)
 
 
 def test_stamp_matcher_counts_drops_and_foreign_outputs():

@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 
+from helpers.cli import run_module, run_modules
 from gplq_ros.onboard.metrics import token_cosine
 from gplq_ros.offline.reference import ReferencePipeline
 from gplq_ros.onboard.pipeline import PipelineConfig
@@ -213,18 +214,15 @@ def test_engine_path_imports_no_torch(fp32_onnx):
 
 
 def test_export_cli(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     out = tmp_path / 'fp32.onnx'
-    res = subprocess.run([sys.executable, '-m', 'gplq_ros.tools.export', '--fp32', '--size', '112', '112',
-                          '--out', str(out)], capture_output=True, text=True, env=env, timeout=600)
+    res, missing = run_modules(('gplq_ros.tools.export', '--fp32', '--size', 112, 112, '--out', out),
+                               ('gplq_ros.tools.export', '--model', tmp_path / 'no.safetensors',
+                                '--out', tmp_path / 'q.onnx'))
     assert res.returncode == 0, res.stderr[-2000:]
     assert load(out).input_hw == (112, 112)
-    res = subprocess.run([sys.executable, '-m', 'gplq_ros.tools.export', '--fp32', '--size', '112', '112',
-                          '--out', str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert missing.returncode == 2 and 'not found' in missing.stderr
+    res = run_module('gplq_ros.tools.export', '--fp32', '--size', 112, 112, '--out', out)
     assert res.returncode == 2 and '--force' in res.stderr
-    res = subprocess.run([sys.executable, '-m', 'gplq_ros.tools.export', '--model', str(tmp_path / 'no.safetensors'),
-                          '--out', str(tmp_path / 'q.onnx')], capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 2 and 'not found' in res.stderr
 
 
 def test_packed_graph_reads_4bit_codes_from_the_artifact(w4a8_artifact, packed_graph, images, tmp_path):

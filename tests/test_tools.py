@@ -4,6 +4,7 @@ import json
 import cv2
 import pytest
 from helpers.cli import run_module as run
+from helpers.cli import run_modules
 
 
 @pytest.fixture(scope='module')
@@ -20,15 +21,13 @@ def test_vocab_then_demo(three_images, tmp_path, manifest):
     assert meta['weights_sha256'] == manifest['weights']['sha256']
     assert meta['n_features'] == 3 * 3 * 256  # whole image + 2 crops, 16x16 patches each
 
-    # never overwritten silently; --if-missing reuses it
-    res = run('gplq_ros.tools.vocab', '--images', *three_images, '--k', 8, '--out', vocab)
-    assert res.returncode == 1 and '--force' in res.stderr
-    res = run('gplq_ros.tools.vocab', '--if-missing', '--out', vocab)
-    assert res.returncode == 0 and 'existing' in res.stdout
-
     out = tmp_path / 'demo'
-    res = run('gplq_ros.tools.demo', '--images', *three_images, '--vocab', vocab, '--long-side', 224,
-              '--out', out)
+    again, reuse, res = run_modules(           # never overwritten silently; --if-missing reuses it
+        ('gplq_ros.tools.vocab', '--images', *three_images, '--k', 8, '--out', vocab),
+        ('gplq_ros.tools.vocab', '--if-missing', '--out', vocab),
+        ('gplq_ros.tools.demo', '--images', *three_images, '--vocab', vocab, '--long-side', 224, '--out', out))
+    assert again.returncode == 1 and '--force' in again.stderr
+    assert reuse.returncode == 0 and 'existing' in reuse.stdout
     assert res.returncode == 0, res.stderr
     for p in three_images:
         pic = cv2.imread(str(out / (p.stem + '.png')))

@@ -27,12 +27,20 @@ class LatencyWindow:
 
 
 class RateMeter:
-    """Events per second over the last ``window_s`` seconds of the caller's clock."""
+    """Events per second over the last ``window_s`` seconds of the caller's clock.
 
-    def __init__(self, window_s: float = 5.0):
-        if window_s <= 0:
+    A rate is reported only once the events in the window span ``min_span_s``: a few
+    outputs delivered together after a stall (a model warming up, a paused process) would
+    otherwise read as a burst rate several times the stream's (measured: 15 Hz from a 10 Hz
+    camera, from the first 0.2 s of outputs). Before that, and with fewer than two events,
+    the rate is 0.0 (not known)."""
+
+    def __init__(self, window_s: float = 5.0, min_span_s: float = 1.0):
+        if not window_s > 0:
             raise ValueError(f'window_s={window_s}: must be > 0')
-        self.window_s = window_s
+        if not 0 <= min_span_s <= window_s:
+            raise ValueError(f'min_span_s={min_span_s}: must be in [0, window_s={window_s}]')
+        self.window_s, self.min_span_s = window_s, min_span_s
         self.times: Deque[float] = collections.deque()
         self.count = 0
 
@@ -43,9 +51,10 @@ class RateMeter:
     def rate(self, now: float) -> float:
         while self.times and self.times[0] < now - self.window_s:
             self.times.popleft()
-        if len(self.times) < 2:
+        span = now - self.times[0] if self.times else 0.0
+        if len(self.times) < 2 or span < self.min_span_s:
             return 0.0
-        span = max(now - self.times[0], 1e-9)
+        span = max(span, 1e-9)
         return (len(self.times) - 1) / span if span < self.window_s else len(self.times) / self.window_s
 
 
