@@ -297,6 +297,29 @@ def test_mixed_precision_is_deterministic_and_respects_the_budget(extractor, sma
     assert len(fewer) < len(chosen) and curve2[-1][1] >= target
 
 
+def test_sensitivity_on_the_graph_outputs_measures_each_output(extractor, small_crops):
+    """objective='outputs' (the 'fast' recipe): the sensitivity is the mean cosine drop of the
+    heads' tokens (block 11) and the VLAD features (block 9's attention values): a layer after
+    block 9's values changes only the tokens, so it counts half, and nothing of the values."""
+    from gplq_ros.offline.mixed_precision import layer_sensitivity
+    from gplq_ros.onboard.pipeline import PipelineConfig
+    keys = PipelineConfig().keys
+    assert set(keys) == {(11, 'token'), (9, 'value')}
+    spec = QuantSpec.from_bits('w4a8', weight_method='rtn')
+    qm = QuantDinoV2(extractor, spec)
+    init_quantizers(qm, small_crops[:4], 'minmax', 4)
+    stage2(qm, spec, None)
+    xs = list(batches_of(small_crops[:2], 2))
+    both, tok, val = (layer_sensitivity(qm, xs, keys=k) for k in (keys, ((11, 'token'),), ((9, 'value'),)))
+    later = ('blocks.9.attn.proj', 'blocks.9.mlp', 'blocks.10.', 'blocks.11.')
+    after_values = [n for n in both if n.startswith(later)]
+    assert len(after_values) == 4 * 2 + 3
+    assert all(val[n] == 0 for n in after_values), {n: val[n] for n in after_values}
+    assert all(both[n] == pytest.approx(tok[n] / 2, rel=1e-4, abs=1e-7) for n in after_values)
+    assert all(val[n] > 0 for n in both if int(n.split('.')[1]) < 9)    # every earlier layer moves the values
+    assert sum(both.values()) == pytest.approx((sum(tok.values()) + sum(val.values())) / 2, rel=0.02)
+
+
 def test_compensation_lowers_block_error_and_round_trips(extractor, crops, images, tmp_path):
     import numpy as np
 

@@ -127,11 +127,24 @@ def test_layering_and_top_level_imports():
     assert not problems, '\n'.join(problems)
 
 
-def test_console_scripts_installed():
+def test_console_scripts_installed(capsys):
+    """Every console script pip installed is in the venv's bin; every gplq_ tool's entry point
+    loads and answers --help; the wrappers themselves run (one of the torch tools, one onboard)."""
+    from importlib.metadata import distribution
     bindir = Path(sys.executable).parent
-    names = ('gplq_assets', 'gplq_vocab', 'gplq_demo', 'gplq_calibrate', 'gplq_fidelity', 'gplq_export', 'gplq_bench')
+    eps = {e.name: e for e in distribution('gplq_ros').entry_points.select(group='console_scripts')}
+    tools = sorted(n for n in eps if n.startswith('gplq_'))
+    assert {'gplq_assets', 'gplq_vocab', 'gplq_demo', 'gplq_calibrate', 'gplq_fidelity', 'gplq_export', 'gplq_bench',
+            'gplq_map', 'gplq_up', 'gplq_record', 'gplq_eval_bag'} <= set(tools), tools
+    missing = [n for n in eps if not os.access(bindir / n, os.X_OK)]
+    assert not missing, missing
     procs = {name: subprocess.Popen([str(bindir / name), '--help'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True) for name in names}          # together: each mostly imports torch
+                                    text=True) for name in ('gplq_calibrate', 'gplq_map')}
+    for name in tools:          # in this process: the torch stack is imported once, not once per tool
+        with pytest.raises(SystemExit) as stop:
+            eps[name].load()(['--help'])
+        out = capsys.readouterr().out
+        assert stop.value.code == 0 and 'usage' in out, (name, out[-500:])
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0 and 'usage' in out, (name, err[-2000:])

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument('--duration', type=float, default=30.0, help='seconds of simulated flight')
     ap.add_argument('--calibration', choices=sorted(ONBOARD_RECIPES), default='fast',
                     help='the W4A8 artifact\'s recipe, if it has to be calibrated: ' +
-                    '; '.join(f'{k}: {r.about}' for k, r in ONBOARD_RECIPES.items()))
+                    '; '.join(f'{k}: {r.about}' for k, r in ONBOARD_RECIPES.items()).replace('%', '%%'))   # argparse
     ap.add_argument('overrides', nargs='*', help='extra launch arguments name:=value (see gplq_up)')
     args = ap.parse_args(argv)
 
