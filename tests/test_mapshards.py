@@ -146,6 +146,27 @@ def test_shards_of_other_weights_or_vocabulary_are_refused(ray_build, small_orth
         build_sharded(spec, out, Path(fp32_graph), Path(vocab_file), CFG, BuildConfig(shard_m=10.0))
 
 
+def test_a_local_build_gives_idle_workers_cores_to_threads(small_ortho, fp32_graph, vocab_file, reference,
+                                                           tmp_path):
+    """One shard for 2 local Ray workers: one would work and one wait; built in this process
+    with both cores instead (no Ray start), the same tiles. A cluster keeps what it was given."""
+    from gplq_ros.onboard.mapshards import _fit_workers
+    spec = [{'path': str(small_ortho[0]), 'gsd_m': CFG.gsd_m, 'georef': None}]
+    lines = []
+    res = build_sharded(spec, tmp_path / 'map', Path(fp32_graph), Path(vocab_file), CFG,
+                        BuildConfig(shard_m=1000.0, workers=2, threads=1), print_fn=lines.append)
+    assert res.stats['shards'] == 1 and res.stats['workers'] == 0 and res.stats['threads'] == 2, res.stats
+    assert '1 unit(s) of work for 2 Ray workers: built in this process with 2 thread(s) each' in lines, lines
+    m = res.placemap()
+    assert np.array_equal(m.poses, reference.poses) and m.descriptors.shape == reference.descriptors.shape
+    said = []
+    assert _fit_workers(BuildConfig(workers=4, threads=2), 2, said.append) == BuildConfig(workers=2, threads=4)
+    for build, units in ((BuildConfig(workers=4, ray_address='auto'), 1), (BuildConfig(workers=2), 2),
+                         (BuildConfig(workers=2), 0), (BuildConfig(workers=0, threads=2), 1)):
+        assert _fit_workers(build, units, said.append) is build
+    assert len(said) == 1
+
+
 def test_an_interrupted_build_resumes(small_ortho, fp32_graph, vocab_file, reference, tmp_path):
     """A real Ray build (gplq_map, 2 workers): one worker is killed (SIGKILL) after the first
     shard is written -- Ray starts it again and the build goes on --, then the whole build (driver

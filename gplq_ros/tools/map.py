@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument('--world-file', type=Path, default=None, help='north-up world file (.pgw/.tfw) of the image')
     ap.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                     help='Ray workers (default %(default)s: one per core of this machine, on a local Ray started for '
-                    'the build); 0 builds in this process without Ray')
+                    'the build; a map of fewer shards than workers gives the idle cores to threads, one of a single '
+                    'shard is built in this process); 0 builds in this process without Ray')
     ap.add_argument('--threads', type=int, default=None, help='intra-op threads per worker (default 1; with '
                     f'--workers 0: {os.cpu_count() or 1})')
     ap.add_argument('--ray-address', default=None, help='a running Ray cluster (`ray start --head` on one machine, '
