@@ -156,7 +156,7 @@ def test_a_local_build_gives_idle_workers_cores_to_threads(small_ortho, fp32_gra
     res = build_sharded(spec, tmp_path / 'map', Path(fp32_graph), Path(vocab_file), CFG,
                         BuildConfig(shard_m=1000.0, workers=2, threads=1), print_fn=lines.append)
     assert res.stats['shards'] == 1 and res.stats['workers'] == 0 and res.stats['threads'] == 2, res.stats
-    assert '1 unit(s) of work for 2 Ray workers: built in this process with 2 thread(s) each' in lines, lines
+    assert '1 unit(s) of work for 2 Ray workers: built in this process with 2 thread(s)' in lines, lines
     m = res.placemap()
     assert np.array_equal(m.poses, reference.poses) and m.descriptors.shape == reference.descriptors.shape
     said = []

@@ -317,9 +317,8 @@ def _fit_workers(build: BuildConfig, units: int, print_fn) -> BuildConfig:
     cores = build.workers * build.threads
     fitted = replace(build, workers=0, threads=min(cores, 256)) if units == 1 else \
         replace(build, workers=units, threads=max(1, cores // units))
-    where = 'in this process' if fitted.workers == 0 else f'on {fitted.workers} Ray workers'
-    print_fn(f'{units} unit(s) of work for {build.workers} Ray workers: built {where} with {fitted.threads} '
-             'thread(s) each')
+    where = 'in this process with' if fitted.workers == 0 else f'on {fitted.workers} Ray workers of'
+    print_fn(f'{units} unit(s) of work for {build.workers} Ray workers: built {where} {fitted.threads} thread(s)')
     return fitted
 
 
