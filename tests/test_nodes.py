@@ -117,7 +117,8 @@ def test_bringup_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_f
     for q in ('input_rate_hz', 'output_rate_hz'):     # the monitor's rates follow what was really sent
         known = [d[q] for d in during if d[q] > 0]    # 0: under 1 s of frames, no rate claimed yet
         assert len(known) >= 4 and 0.8 * sent_hz < float(np.median(known)) < 1.2 * sent_hz, (q, sent_hz, known)
-        assert max(known) < 1.5 * sent_hz, (q, sent_hz, known)    # outputs after the first, slow frames
+        # at most a burst of the 5 queued outputs (output_qos depth) within the first second's rate
+        assert max(known) < 1.5 * sent_hz + 5, (q, sent_hz, known)
     assert live['frames_in'] == 40 and live['frames_out'] >= 38 and live['dropped'] <= 2
     assert float(feat['engine_p50_ms']) < live['latency_p50_ms'] < 1000
     assert live['checks'] >= 5
