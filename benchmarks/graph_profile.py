@@ -25,7 +25,12 @@ from gplq_ros.onboard.paths import default_images_dir
 from gplq_ros.onboard.preprocess import prepare, read_rgb
 
 
+# a held-out camera-like tile (not a calibration image)
+DEFAULT_IMAGE = default_images_dir() / '2019_YELL_2_541000_4977000_image_crop.png'
+
+
 def input_tensor(image: str, hw) -> np.ndarray:
+    """The graph input: ``image`` prepared as the engine prepares a frame, or 'random' normal noise."""
     if image == 'random':
         return np.random.default_rng(0).standard_normal((1, 3, *hw)).astype(np.float32)
     return prepare(read_rgb(image), size=tuple(hw)).tensor
@@ -85,8 +90,7 @@ def main() -> None:
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--runs', type=int, default=30)
     ap.add_argument('--precision', default='f32', choices=('f32', 'bf16'), help='openvino only')
-    ap.add_argument('--image', default=str(default_images_dir() / '2019_YELL_2_541000_4977000_image_crop.png'),
-                    help="an image file, or 'random'")
+    ap.add_argument('--image', default=str(DEFAULT_IMAGE), help="an image file, or 'random'")
     ap.add_argument('--nodes', default=None, help='onnxruntime: also list each node of this op type')
     args = ap.parse_args()
     meta = graph_meta(onnx.load(args.graph, load_external_data=False)) or {}

@@ -17,10 +17,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+from graph_profile import DEFAULT_IMAGE, input_tensor      # the sibling script (run from benchmarks/)
 
 from gplq_ros.onboard.engine import load
-from gplq_ros.onboard.paths import default_images_dir
-from gplq_ros.onboard.preprocess import prepare, read_rgb
 from gplq_ros.onboard.stats import interleaved_ms
 
 
@@ -32,7 +31,7 @@ def main() -> None:
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--backend', default='onnxruntime', choices=('onnxruntime', 'openvino'))
     ap.add_argument('--ref-backend', default='onnxruntime', choices=('onnxruntime', 'openvino'))
-    ap.add_argument('--image', default=str(default_images_dir() / '2019_YELL_2_541000_4977000_image_crop.png'))
+    ap.add_argument('--image', default=str(DEFAULT_IMAGE), help="an image file, or 'random'")
     ap.add_argument('--json', type=Path, default=None)
     args = ap.parse_args()
     engines = {'ref': load(Path(args.ref), threads=args.threads, backend=args.ref_backend, warmup=0)}
@@ -40,10 +39,7 @@ def main() -> None:
         engines[f'{i}'] = load(Path(g), threads=args.threads, backend=args.backend, warmup=0)
     hw = engines['ref'].input_hw
     assert all(e.input_hw == hw for e in engines.values()), 'all graphs must have the same input size'
-    if args.image == 'random':
-        x = np.random.default_rng(0).standard_normal((1, 3, *hw)).astype(np.float32)
-    else:
-        x = prepare(read_rgb(args.image), size=hw).tensor
+    x = input_tensor(args.image, hw)
     times = interleaved_ms({k: e.runner for k, e in engines.items()}, [x], args.runs, warmup=3)
     ref = float(np.median(times['ref']))
     print(f'{hw[0]}x{hw[1]}, {args.threads} threads, {args.runs} interleaved rounds, load {os.getloadavg()[0]:.2f}')

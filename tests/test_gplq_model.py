@@ -20,17 +20,19 @@ from gplq_ros.offline.backbone import build_vit
 from gplq_ros.offline.rotation import ones_preserving_orthogonal, rotate_vit_
 
 
+def _two_images(images):
+    return [images['2019_YELL_2_541000_4977000_image_crop.png'], images['AWPE_Pigeon_Lake_2020_DJI_0005.JPG']]
+
+
 @pytest.fixture(scope='module')
 def crops(images):
-    big = [images['2019_YELL_2_541000_4977000_image_crop.png'], images['AWPE_Pigeon_Lake_2020_DJI_0005.JPG']]
-    return make_crops(big, 8, seed=0)
+    return make_crops(_two_images(images), 8, seed=0)
 
 
 @pytest.fixture(scope='module')
 def small_crops(images):
     """The same crops at 112 px (64 patches): for the tests whose cost is many block passes."""
-    big = [images['2019_YELL_2_541000_4977000_image_crop.png'], images['AWPE_Pigeon_Lake_2020_DJI_0005.JPG']]
-    return make_crops(big, 8, seed=0, size=112)
+    return make_crops(_two_images(images), 8, seed=0, size=112)
 
 
 def mimic_loss(qm, crops, cfg):

@@ -132,7 +132,7 @@ def fuse_integer_linears(model: onnx.ModelProto) -> Tuple[int, int]:
     g = model.graph
     ix = GraphIndex(g)
     inits, prod, cons, const, only_user = ix.inits, ix.prod, ix.cons, ix.const, ix.only_user
-    drop, replace, fused, folded = set(), {}, 0, 0
+    gone, pairs, fused, folded = [], [], 0, 0
     for n in g.node:
         if n.op_type != 'MatMul':
             continue
@@ -150,22 +150,20 @@ def fuse_integer_linears(model: onnx.ModelProto) -> Tuple[int, int]:
         gamma = const([i for i in mul.input if i != out][0]) if mul is not None else None
         if gamma is not None and gamma.shape == bias.shape:
             w_scale, bias, out = w_scale * gamma, bias * gamma, mul.output[0]
-            drop.add(id(mul))
+            gone.append(mul)
             folded += 1
         base = n.name.replace('/', '_').strip('_')
         g.initializer.extend([numpy_helper.from_array(w_scale.astype(np.float32), base + '_wscale'),
                               numpy_helper.from_array(bias.astype(np.float32), base + '_bias')])
-        replace[id(n)] = helper.make_node(
+        pairs.append((n, [helper.make_node(
             'MatMulIntegerToFloat', [da.input[0], dw.input[0], da.input[1], base + '_wscale', da.input[2],
                                      dw.input[2], base + '_bias'], [out], domain='com.microsoft',
-            name=n.name + '_int8')
-        drop.update({id(add), id(dw)})
+            name=n.name + '_int8')]))
+        gone += [add, dw]
         if len(cons[n.input[0]]) == 1:
-            drop.add(id(da))
+            gone.append(da)
         fused += 1
-    nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
-    del g.node[:]
-    g.node.extend(nodes)
+    replace_nodes(g, pairs, gone)
     prune(model)
     if fused:
         add_ms_domain(model)
