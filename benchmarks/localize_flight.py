@@ -29,6 +29,13 @@ frames (``agreement``: descriptor cosine, boundary-map NCC per frame; mean and m
 and builds the map with ``MapConfig.photometric = 'grayworld'`` (``<map>_norm``; see
 ``onboard.photometric``); ``agreement`` then compares with the normalized unmodified frames.
 ``--graphs fp32`` runs one graph only; ``--threads`` sets the engine's threads.
+
+The verification (``onboard.verify``) gets each frame as the engine got it (the camera's render
+with the same changes and undistortion), as localizer_node gets feature_node's ``verify_image``;
+``--no-verify`` runs without it (the boundary-map refinement), ``--verify-set name=value``
+overrides ``VerifyConfig`` fields. ``--map-season`` builds the map from a changed copy of the
+orthophoto (gamma 1.3, a warmer white balance, a blur and a colour shift towards brown: another
+season or sensor than the flight's frames).
 """
 import argparse
 import json
@@ -37,6 +44,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 
 from gplq_ros.onboard.engine import load
@@ -49,6 +57,7 @@ from gplq_ros.onboard.placemap import MapConfig, PlaceMap
 from gplq_ros.onboard.pipeline import single_thread_blas
 from gplq_ros.onboard.preprocess import read_rgb
 from gplq_ros.onboard.undistort import Undistorter
+from gplq_ros.onboard.verify import VerifyConfig
 
 FLIGHTS = {
     'demo': (default_images_dir() / DEFAULT_ORTHO, 0.1, 40.0),
@@ -104,6 +113,15 @@ def condition_tag(args) -> str:
     return ''.join(f'_{p}' for p in parts if p)
 
 
+def season(rgb: np.ndarray) -> np.ndarray:
+    """The orthophoto as another season or sensor might show it: gamma 1.3, warmer (red x1.1,
+    blue x0.85), a Gaussian blur (sigma 1 px), and greens shifted towards brown."""
+    v = photometric(rgb, 1.0, (1.1, 0.85), 1.3).astype(np.float32)
+    r, g, b = v[..., 0], v[..., 1], v[..., 2]
+    v = np.stack([0.8 * r + 0.2 * g, 0.85 * g + 0.1 * r, b], axis=-1)
+    return cv2.GaussianBlur(np.clip(v, 0, 255).astype(np.uint8), (0, 0), 1.0)
+
+
 def ncc(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
@@ -153,16 +171,23 @@ def main():
     ap.add_argument('--height-input', action='store_true', help='feed the localizer the true height above ground '
                     '(times 1 + --height-noise x a standard normal), as a rangefinder would')
     ap.add_argument('--height-noise', type=float, default=0.03, help='relative error of --height-input')
+    ap.add_argument('--no-verify', action='store_true', help='no verification: the frames are not given')
+    ap.add_argument('--verify-set', nargs='*', default=[], help='VerifyConfig overrides name=value')
+    ap.add_argument('--map-season', action='store_true', help='build the map from a seasonally changed orthophoto')
     args = ap.parse_args()
     image, gsd, height = FLIGHTS[args.flight]
     models = default_onboard_models()
     cfg = MapConfig(stride_m=args.stride, headings=args.headings, heights_m=tuple(args.heights), gsd_m=gsd,
                     photometric='grayworld' if args.normalize else 'none')
     tag = f'{image.stem}_g{gsd:g}_s{args.stride:g}_h{args.headings}_z{"-".join(f"{h:g}" for h in args.heights)}'
-    map_path = args.out / f'{tag}{"_norm" if args.normalize else ""}.safetensors'
+    map_path = args.out / f'{tag}{"_norm" if args.normalize else ""}{"_season" if args.map_season else ""}.safetensors'
     if not map_path.is_file():
         t0 = time.perf_counter()
-        pm = build_map_file(image, map_path, models['reference_model'], default_vocab(), cfg,
+        source = image
+        if args.map_season:
+            source = args.out / f'{image.stem}_season.png'
+            cv2.imwrite(str(source), cv2.cvtColor(season(read_rgb(image)), cv2.COLOR_RGB2BGR))
+        pm = build_map_file(source, map_path, models['reference_model'], default_vocab(), cfg,
                             progress=lambda i, n: print(f'{i}/{n} tiles', flush=True) if i % 1000 == 0 else None)
         print(f'map {map_path}: {pm.meta.n_tiles} tiles in {time.perf_counter() - t0:.0f} s, '
               f'PCA {pm.descriptors.shape[1]} dims explain {pm.meta.pca_explained:.3f}')
@@ -189,10 +214,12 @@ def main():
                                normalize=args.normalize)     # the unmodified frames (normalized with --normalize)
     ref_camera, ref_tag = Camera(plain, ref_args), condition_tag(ref_args)
 
-    def typed(k, v):
-        return v.lower() == 'true' if isinstance(getattr(LocalizerConfig(), k), bool) else \
-            type(getattr(LocalizerConfig(), k))(v)
-    lcfg = replace(LocalizerConfig(), **{k: typed(k, v) for k, v in (s.split('=', 1) for s in args.set)})
+    def typed(cls, k, v):
+        return v.lower() == 'true' if isinstance(getattr(cls(), k), bool) else type(getattr(cls(), k))(v)
+
+    def overrides(cls, pairs):
+        return replace(cls(), **{k: typed(cls, k, v) for k, v in (s.split('=', 1) for s in pairs)})
+    lcfg, vcfg = overrides(LocalizerConfig, args.set), overrides(VerifyConfig, args.verify_set)
     single_thread_blas()        # as localizer_node: one BLAS thread
     rows, agreement = {}, {}
     engines = {}
@@ -224,19 +251,25 @@ def main():
             nccs = np.array([ncc(x, y) for x, y in zip(bnd, b0)])
             agreement[name] = {'descriptor_cosine_mean': float(cos.mean()), 'descriptor_cosine_min': float(cos.min()),
                                'boundary_ncc_mean': float(nccs.mean()), 'boundary_ncc_min': float(nccs.min())}
-        loc = Localizer(pmap, lcfg)
+        loc = Localizer(pmap, lcfg, vcfg)
         fixes, q_ms = [], []
         odom = odometry_along(np.array([xy for _, xy, _ in truth]), np.array([a for _, _, a in truth]),
                               args.odometry_drift) if args.odometry_drift is not None else [None] * len(truth)
         rng = np.random.default_rng(1)
         heights = [flight.pose(float(t)).z_m * (1 + args.height_noise * rng.normal()) if args.height_input else None
                    for t, _, _ in truth]
+        verified = []
         for d, b, (t, _, _), o, h in zip(desc, bnd, truth, odom, heights):
+            img = None if args.no_verify else camera(flight.pose(float(t)))
             t0 = time.perf_counter()
-            est = loc.update(d, float(t), b, odom=o, height_m=h)
+            est = loc.update(d, float(t), b, odom=o, height_m=h, image=img)
             q_ms.append((time.perf_counter() - t0) * 1e3)
             if est.fix:
                 fixes.append((float(t), est.xy, est.cov, est.measurement.yaw))
+            g = est.independent
+            if g is not None and g.inliers and not g.weak:
+                p = flight.pose(float(t))
+                verified.append(float(np.hypot(g.xy[0] - p.x_m, g.xy[1] - p.y_m)))
         meas = [loc.measure(d, b) for d, b in zip(desc, bnd)]
         top1 = np.array([np.hypot(*(loc.map.poses[m.tile, :2] - xy)) for m, (_, xy, _) in zip(meas, truth)])
         per_frame = np.array([np.hypot(*(m.xy - xy)) for m, (_, xy, _) in zip(meas, truth)])
@@ -247,6 +280,9 @@ def main():
         s['measurement_p50_m'] = float(np.median(per_frame))
         s['localizer_ms_p50'] = float(np.median(q_ms))
         s['localizer_ms_p95'] = float(np.percentile(q_ms, 95))
+        s['verified_share'] = len(verified) / len(desc)
+        s['verified_within_5m'] = float(np.mean(np.array(verified) <= 5)) if verified else float('nan')
+        s['verified_p50_m'] = float(np.median(verified)) if verified else float('nan')
         rows[name] = s
     frames_info = {'k1': args.k1, 'k2': args.k2, 'undistort': args.undistort, 'exposure': args.exposure,
                    'wb': list(args.wb), 'gamma': args.gamma, 'normalize': args.normalize}
@@ -255,7 +291,8 @@ def main():
     if hasattr(pmap, 'stats'):
         frames_info['map_stats'] = dict(pmap.stats, resident_mb=pmap.resident_bytes() / 2 ** 20)
     print(json.dumps({'flight': args.flight, 'map': pmap.meta.n_tiles, 'map_form': map_form, 'frames': frames_info,
-                      'localizer': asdict(lcfg), 'rows': rows, 'agreement': agreement}, indent=1))
+                      'localizer': asdict(lcfg), 'verify': asdict(vcfg), 'rows': rows, 'agreement': agreement},
+                     indent=1))
     parts = (f'odometry {args.odometry_drift:g}/m' if args.odometry_drift is not None else '',
              'height' if args.height_input else '')
     inputs = ' + '.join(x for x in parts if x) or 'frames only'

@@ -39,7 +39,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ from gplq_ros.onboard.photos import list_photos, load_image, map_camera, map_xy,
 from gplq_ros.onboard.placemap import MapConfig, PlaceMap
 from gplq_ros.onboard.pipeline import single_thread_blas
 from gplq_ros.onboard.preprocess import resolve_size
+from gplq_ros.onboard.verify import VerifyConfig
 
 DEFAULTS = MapConfig()
 WIDTH = 640          # photo_camera_node's default published width
@@ -105,7 +106,8 @@ def pct(x, q):
     return float(np.percentile(x, q)) if len(x) else float('nan')
 
 
-def run_graph(label, graph: Path, vocab: Path, metas, size, pmap: PlaceMap, out: Path, threads: int, odom=None):
+def run_graph(label, graph: Path, vocab: Path, metas, size, pmap: PlaceMap, out: Path, threads: int, odom=None,
+              vcfg: VerifyConfig = VerifyConfig()):
     """Per-frame records of one graph over the photos (descriptors cached)."""
     cache = out / f'frames_{graph.stem}_{sha256_file(graph)[:12]}_{len(metas)}_{size[0]}x{size[1]}.npz'
     if cache.is_file():
@@ -129,14 +131,15 @@ def run_graph(label, graph: Path, vocab: Path, metas, size, pmap: PlaceMap, out:
         desc, bnd, eng_ms, backend = np.stack(desc), np.stack(bnd), np.array(eng_ms), engine.description
         np.savez(cache, desc=desc, boundary=bnd, engine_ms=eng_ms, backend=backend)
     single_thread_blas()                               # as localizer_node: one BLAS thread
-    loc, single = Localizer(pmap, LocalizerConfig()), Localizer(pmap, LocalizerConfig())
+    loc, single = Localizer(pmap, LocalizerConfig(), vcfg), Localizer(pmap, LocalizerConfig(), vcfg)
     rows = []
     for i, (m, d, b, ems) in enumerate(zip(metas, desc, bnd, eng_ms)):
+        img = load_image(m, size[0]) if loc.verifier is not None else None    # the frame, as verify_image
         t0 = time.perf_counter()
-        est = loc.update(d, float(m.time_s), b, odom=odom[i] if odom else None)
+        est = loc.update(d, float(m.time_s), b, odom=odom[i] if odom else None, image=img)
         loc_ms = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
-        meas = single.measure(d, b)
+        meas = single.measure(d, b, frame=single.frame_features(img))
         meas_ms = (time.perf_counter() - t0) * 1e3
         rows.append({'est': est, 'meas': meas, 'engine_ms': float(ems), 'localizer_ms': loc_ms,
                      'measure_ms': meas_ms})
@@ -157,9 +160,12 @@ def score(rows, truth, reg_truth, pmap: PlaceMap, metas):
              'retrieval_top1_err_m': float(np.hypot(*(tile_xy - xy))),
              'retrieval_err_m': float(np.hypot(*(meas.retrieval_xy - xy))),
              'measurement_err_m': float(np.hypot(*(meas.xy - xy))),
+             'measurement_inside_2sigma': inside_ellipse(meas.xy - xy, meas.cov),
              'nearest_tile_m': float(np.min(np.hypot(*(pmap.poses[:, :2] - xy).T))),
              'tracked_measurement_err_m': float(np.hypot(*(tm.xy - xy))) if tm is not None else float('nan'),
              'measurement_refined': bool(np.isfinite(meas.height_m)),
+             'verified': bool(meas.inliers and not meas.weak), 'inliers': int(meas.inliers),
+             'verify_reason': meas.weak,
              'ncc': float(meas.ncc), 'score': meas.score, 'margin': meas.margin,
              'measurement_height_m': float(meas.height_m),
              'fix': bool(est.fix), 'reason': est.reason,
@@ -195,6 +201,12 @@ def score(rows, truth, reg_truth, pmap: PlaceMap, metas):
         'measurement_p50_m': float(np.median(merr)),
         'frames_within_10m_of_a_tile': int(sum(1 for f in frames if f['nearest_tile_m'] <= 10)),
         'measurement_refined_share': float(np.mean([f['measurement_refined'] for f in frames])),
+        'verified_share': float(np.mean([f['verified'] for f in frames])),
+        'verified_within_10m': float(np.mean([f['measurement_err_m'] <= 10 for f in frames if f['verified']]))
+        if any(f['verified'] for f in frames) else float('nan'),
+        'verified_p50_m': pct([f['measurement_err_m'] for f in frames if f['verified']], 50),
+        'verified_inside_2sigma': float(np.mean([f['measurement_inside_2sigma'] for f in frames if f['verified']]))
+        if any(f['verified'] for f in frames) else float('nan'),
         'retrieval_top1_within_10m': float(np.mean(top1 <= 10)),
         'retrieval_within_10m': float(np.mean(rerr <= 10)), 'retrieval_p50_m': float(np.median(rerr)),
         'reasons': {k: sum(1 for f in frames if f['reason'] == k) for k in sorted({f['reason'] for f in frames})},
@@ -226,7 +238,11 @@ ROWS = [('frames', 'frames', '{:d}'), ('fixes', 'fixes', '{:d}'),
         ('time to first fix, s', 'time_to_first_fix_s', '{:.0f}'),
         ('single-frame measurement within 10 m', 'measurement_within_10m', '{:.0%}'),
         ('single-frame measurement p50, m', 'measurement_p50_m', '{:.1f}'),
-        ('  refined (boundary NCC >= min_ncc)', 'measurement_refined_share', '{:.0%}'),
+        ('  refined or verified', 'measurement_refined_share', '{:.0%}'),
+        ('  verified (keypoints + RANSAC + PnP)', 'verified_share', '{:.0%}'),
+        ('  verified within 10 m', 'verified_within_10m', '{:.0%}'),
+        ('  verified error p50, m', 'verified_p50_m', '{:.1f}'),
+        ('  verified inside their 2-sigma', 'verified_inside_2sigma', '{:.0%}'),
         ('retrieval (top-k cluster) within 10 m', 'retrieval_within_10m', '{:.0%}'),
         ('retrieval top-1 tile within 10 m', 'retrieval_top1_within_10m', '{:.0%}'),
         ('frames whose GPS is within 10 m of a tile centre', 'frames_within_10m_of_a_tile', '{:d}'),
@@ -299,7 +315,12 @@ def main():
                     'with a random-walk error of FRAC per metre travelled (onboard.flight.odometry_along); default: '
                     'no odometry')
     ap.add_argument('--out', type=Path, default=Path('out/localize_photos'))
+    ap.add_argument('--verify-set', nargs='*', default=[], help='VerifyConfig overrides name=value (verify=false: '
+                    'the boundary-map refinement)')
     args = ap.parse_args()
+    vcfg = replace(VerifyConfig(), **{k: (v.lower() == 'true') if isinstance(getattr(VerifyConfig(), k), bool)
+                                      else type(getattr(VerifyConfig(), k))(v)
+                                      for k, v in (x.split('=', 1) for x in args.verify_set)})
     t_start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     metas = sorted((read_photo(p) for p in list_photos(args.photos)), key=lambda m: (m.time_s, m.path.name))
@@ -374,7 +395,7 @@ def main():
         if args.odometry_drift is not None:      # simulated VIO: the GPS track (map frame) rotated, with drift
             odom = odometry_along(np.array([xy for xy, _ in truth]), np.array([a for _, a in truth]),
                                   args.odometry_drift)
-        rows, backends[label] = run_graph(label, graph, vocab, metas, size, pmap, args.out, args.threads, odom)
+        rows, backends[label] = run_graph(label, graph, vocab, metas, size, pmap, args.out, args.threads, odom, vcfg)
         if rows is None:
             continue
         summaries[label], per_frame[label] = score(rows, truth, reg_truth, pmap, metas)
@@ -393,7 +414,8 @@ def main():
                           'utm_zone': res.zone_text, 'origin_e': georef.origin_e, 'origin_n': georef.origin_n},
                'map': {'path': str(map_path), 'tiles': pmap.meta.n_tiles, 'config': asdict(cfg),
                        'build_s': map_s, 'photos_outside_tile_area': outside},
-               'graph_input_hw': list(input_hw), 'localizer': asdict(LocalizerConfig()), 'backends': backends,
+               'graph_input_hw': list(input_hw), 'localizer': asdict(LocalizerConfig()), 'verify': asdict(vcfg),
+               'backends': backends,
                'rows': summaries, 'frames': per_frame, 'wall_s': wall}
     (args.out / 'summary.json').write_text(json.dumps(summary, indent=1, default=float))
     print(f'\nwrote {args.out / "summary.json"}')

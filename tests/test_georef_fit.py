@@ -37,13 +37,13 @@ def test_wgs84_to_utm_inverts_geo_utm_to_wgs84():
                      (12.3, -110.9)]:
         zone, north = geo.utm_zone_of(lat, lon)
         e, n = geo.wgs84_to_utm(lat, lon, zone, north)
-        assert 160_000 < e < 840_000 and 0 <= n <= 10_000_000
+        assert 160_000 < e < 840_000 and 0 <= n <= 10_000_000     # a zone spans 166-834 km east at the equator
         lat2, lon2 = utm_to_wgs84(e, n, zone, north)
         assert abs(lat2 - lat) < 1e-8 and abs(lon2 - lon) < 1e-8, (lat, lon)       # ~1 mm (the inverse: 3rd order)
     assert geo.utm_zone_of(46.8, -91.99) == (15, True) and geo.utm_zone_of(-1, 179.9) == (60, False)
     # the neighbouring zone's projection of the same point (off its central meridian) still inverts
     e, n = geo.wgs84_to_utm(46.8426, -91.9946, 16, True)
-    assert utm_to_wgs84(e, n, 16, True) == pytest.approx((46.8426, -91.9946), abs=1e-8)
+    assert utm_to_wgs84(e, n, 16, True) == pytest.approx((46.8426, -91.9946), abs=1e-8)    # ~1 mm, as above
 
 
 def _north_up(p=0.25, c=500_123.4, f=4_100_456.7):
@@ -58,7 +58,7 @@ def test_world_file_round_trip_through_geo_and_gplq_map(tmp_path):
     with pytest.raises(FileExistsError, match='--force'):
         gf.write_world_file(path, fit)
     corner = read_world_file(path, fit.gsd_m)
-    assert corner == pytest.approx((fit.c - fit.p / 2, fit.f + fit.p / 2), abs=1e-9)
+    assert corner == pytest.approx((fit.c - fit.p / 2, fit.f + fit.p / 2), abs=1e-9)   # repr: exact round trip
     res = gf.GeorefResult(33, True, [], {}, None, fit, [])
     assert (res.georef().origin_e, res.georef().origin_n) == pytest.approx(corner, abs=1e-9)
     # gplq_map --utm-zone 33N --world-file ortho.jgw --gsd <the printed GSD> gives the same GeoRef
@@ -88,7 +88,7 @@ def test_fit_transform_recovers_similarity_and_rejects_outlier():
     fit = gf.fit_transform(uv, en, 'similarity', outlier_m=5.0)
     assert fit.inliers == [i != 3 for i in range(15)]
     assert fit.gsd_m == pytest.approx(g, rel=2e-3) and fit.rotation_deg == pytest.approx(4.0, abs=0.1)
-    assert fit.rms_m < 1.0 and fit.residuals_m[3] > 30
+    assert fit.rms_m < 1.0 and fit.residuals_m[3] > 30      # 0.5 m per axis: RMS ~0.7 m; the outlier is 36 m off
     nup = gf.fit_transform(uv, en, 'north_up', outlier_m=50.0)
     assert nup.q == 0 and nup.rms_m > 3 * fit.rms_m                           # 4 degrees unexplained
     with pytest.raises(gf.GeorefError, match='at least 2'):

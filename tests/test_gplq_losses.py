@@ -19,6 +19,7 @@ def two_regions(b=1, gh=8, gw=8, c=16, split=4):
 def test_edge_magnitude_matches_the_heads_definition():
     f = np.random.default_rng(0).normal(size=(6, 9, 32)).astype(np.float32)
     got = edge_magnitude(torch.from_numpy(f)[None])[0].numpy()
+    # unit tokens: magnitudes <= 2 sqrt(2), where 1e-6 is 4 or more float32 ulps (other summation order)
     np.testing.assert_allclose(got, heads.edge_magnitude(f), atol=1e-6)
 
 
@@ -44,7 +45,7 @@ def test_spatial_weight_makes_edge_errors_cost_more():
     fp = [f] * 12
     e = float(GPLQLoss(cfg)(fp, [f + at_edge] * 12, [])['mimic'])
     n = float(GPLQLoss(cfg)(fp, [f + flat] * 12, [])['mimic'])
-    assert e > 2.5 * n
+    assert e > 2.5 * n                 # weight 1 + beta = 3 at the border vs 1: the ratio is 3
     cfg0 = LossConfig(beta=0.0, lambda_corner=0, lambda_edge=0, lambda_reg=0)
     assert float(GPLQLoss(cfg0)(fp, [f + at_edge] * 12, [])['mimic']) == pytest.approx(
         float(GPLQLoss(cfg0)(fp, [f + flat] * 12, [])['mimic']))

@@ -53,6 +53,7 @@ def test_grids_decode_exactly_into_int8_and_beat_the_uniform_grid(kind, act_orde
     decoded = layer_int8(tensors, 'blocks.0.mlp.fc1', info)          # the onboard (numpy) decoding
     assert decoded.dtype == np.int8 and np.array_equal(decoded, ints.numpy().astype(np.int8))
     values = ints * scales
+    # err is float64; ints * scales here rounds wq by 2^-24, ~1e-6 of the much smaller wq - w
     torch.testing.assert_close(hessian_error(w, values, h), err, rtol=1e-5, atol=0)
     # the same search on the uniform grid (one step per channel) leaves more output error
     _, _, _, err_uniform, _ = search_layer(w, h, 4, replace(spec, weight_grid='uniform', weight_clip='hessian'))
@@ -98,6 +99,7 @@ def test_hessian_clipping_never_increases_the_hessian_weighted_error(act_order):
         w, h = layer_problem(seed)
         spec = QuantSpec(weight_clip='hessian', act_order=act_order)
         codes, scales, grid, err, minmax = search_layer(w, h, 4, spec)
+        # min-max (ratio 1) and the MSE scales are candidates of the search: <= by construction (1e-9: float64)
         assert grid is None and bool((err <= minmax * (1 + 1e-9)).all())
         # nor more than the plain MSE-clipped scales with GPTQ
         s = weight_scales(w, 4, None, 'mse')
@@ -196,7 +198,7 @@ def test_learned_rounding_moves_between_neighbours_of_the_grid(kind):
     lin.set_quantized(codes, scales, 4, None, grid)
     r = SoftRounding(lin)
     assert torch.equal(r.codes(), lin.codes)            # starts at the GPTQ codes
-    assert bool(((r() - lin.weight_q).abs() <= 0.1 * r.step.abs() + 1e-6).all())
+    assert bool(((r() - lin.weight_q).abs() <= 0.1 * r.step.abs() + 1e-6).all())   # h starts at 0.9 or 0.1
     with torch.no_grad():
         r.v.fill_(10.0)                                   # every weight rounds up: its upper neighbour
     up = r.codes()

@@ -20,7 +20,7 @@ def test_boundary_map_peaks_on_the_region_border_only():
     assert b.dtype == np.float32 and b.shape == (8, 10)
     assert 0.0 <= b.min() and b.max() <= 1.0
     assert np.all(b[:, 3] > 0.1) and np.all(b[:, 4] > 0.1)  # the two columns at the border
-    np.testing.assert_allclose(np.delete(b, [3, 4], axis=1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(np.delete(b, [3, 4], axis=1), 0.0, atol=1e-6)   # equal tokens: exactly 0
 
 
 def test_boundary_scale_is_absolute():
@@ -28,7 +28,7 @@ def test_boundary_scale_is_absolute():
     f = np.zeros((4, 6, 2), np.float32)
     f[:, :3, 0], f[:, 3:, 0] = 1.0, -1.0
     b = heads.boundary_map(f)
-    np.testing.assert_allclose(b[:, 2:4], 1.0 / np.sqrt(2.0), rtol=1e-6)
+    np.testing.assert_allclose(b[:, 2:4], 1.0 / np.sqrt(2.0), rtol=1e-6)     # float32 rounding: 1e-6 is ~12 ulps here
     assert heads.boundary_map(f * 100).max() == pytest.approx(b.max())  # token norm ignored
 
 
@@ -36,7 +36,8 @@ def test_upsample_keeps_patch_centres():
     g = np.arange(12, dtype=np.float32).reshape(3, 4)
     up = heads.upsample(g, (42, 56))
     assert up.shape == (42, 56)
-    # the 2x2 pixels around patch (1, 2)'s centre (21, 35) average to its value (linear field)
+    # the 2x2 pixels around patch (1, 2)'s centre (21, 35) average to its value (linear field: exact up to
+    # float32 rounding: ulp 4.8e-7 at 6)
     assert up[20:22, 34:36].mean() == pytest.approx(g[1, 2], abs=1e-5)
     assert up[20, 34] != pytest.approx(g[1, 2])
 
@@ -51,7 +52,7 @@ def test_harris_finds_the_corner_of_a_quadrant():
     assert abs(int(c.rows[0]) - 5) <= 1 and abs(int(c.cols[0]) - 7) <= 1
     # a straight edge is not a corner: no positive response along it away from the corner
     r = heads.harris_response(two_region_map(gh=16, gw=16, split=8))
-    assert r.max() <= 1e-6
+    assert r.max() <= 1e-6          # gy = 0: det = 0, R = -k tr^2 <= 0 (1e-6: float slack)
 
 
 def test_top_corners_suppress_neighbours_and_sort():
@@ -73,7 +74,7 @@ def test_vlad_properties():
     x = rng.normal(size=(50, 8)).astype(np.float32)
     d = heads.vlad(x, centers)
     assert d.shape == (32,) and d.dtype == np.float32
-    assert np.linalg.norm(d) == pytest.approx(1.0, abs=1e-5)
+    assert np.linalg.norm(d) == pytest.approx(1.0, abs=1e-5)                  # L2-normalized: float32 rounding
     np.testing.assert_allclose(heads.vlad(x[::-1], centers), d, atol=1e-6)  # order-free
     y = rng.normal(size=(50, 8)).astype(np.float32)
     assert float(d @ heads.vlad(y, centers)) < 0.9
@@ -86,6 +87,7 @@ def test_spherical_kmeans_recovers_planted_clusters():
     true = heads.l2_normalize(rng.normal(size=(3, 16)))
     x = np.concatenate([t + 0.05 * rng.normal(size=(100, 16)) for t in true])
     c = spherical_kmeans(x, 3, seed=0)
+    # a centre of 100 points with 0.05 noise per axis: ~0.05 sqrt(16 / 100) = 0.02 off, cosine ~0.9998
     assert np.all((c @ true.T).max(axis=0) > 0.99)
     with pytest.raises(ValueError, match='k='):
         spherical_kmeans(x[:2], 3)

@@ -78,6 +78,7 @@ def test_bayer_patterns_demosaic_to_the_right_colour(pattern):
     mosaic = encode_camera(np.tile(colour, (8, 10, 1)), f'bayer_{pattern}8')
     out = image_to_rgb(numpy_to_image(mosaic, f'bayer_{pattern}8'))
     assert out.shape == (8, 10, 3)
+    # bilinear demosaicing of a uniform mosaic averages equal samples: only integer rounding
     np.testing.assert_allclose(out[2:6, 2:8].reshape(-1, 3), np.tile(colour, (24, 1)), atol=2)
 
 

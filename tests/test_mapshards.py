@@ -65,6 +65,8 @@ def _same_map(a, b, atol=2e-3):
     assert np.abs(a.descriptors - b.descriptors).max() < atol
     assert a.boundary.shape == b.boundary.shape and np.abs(a.boundary - b.boundary).max() < 1e-4
     assert np.allclose(a.pca_mean, b.pca_mean, atol=1e-4)
+    # the orthophoto layer: block means of the same pixels, whichever window they were read in (exact)
+    assert a.ortho is not None and b.ortho is not None and np.array_equal(a.ortho, b.ortho)
 
 
 def test_sharded_build_on_ray_equals_the_single_process_map(ray_build, reference):
@@ -88,7 +90,7 @@ def test_sharded_map_folder_answers_like_the_one_file_map(ray_build, reference, 
         ids_s, sc_s = sm.search(q, 8)
         ids_w, sc_w = wm.search(q, 8)
         assert np.array_equal(sm.poses[ids_s[0]], wm.poses[ids_w[0]])       # the same top-1 tile
-        assert abs(sc_s[0] - sc_w[0]) < 2e-3
+        assert abs(sc_s[0] - sc_w[0]) < 2e-3                               # float16 rows: <= 2^-11 for unit rows
         near = (wm.poses[i, :2], 9.0)
         ids_s, _ = sm.search(q, 8, near)
         ids_w, _ = wm.search(q, 8, near)
@@ -97,6 +99,12 @@ def test_sharded_map_folder_answers_like_the_one_file_map(ray_build, reference, 
     full = wm.pmap.boundary
     win, r0, c0 = sm.boundary_window(30, 50, 90, 128)
     assert (r0, c0) == (30, 50) and np.abs(win - full[30:90, 50:128]).max() < 1e-3   # float16 storage
+    # the orthophoto layer across shard edges: the same pixels (uint8, exact); clipped at the map's edges
+    layer = wm.pmap.ortho
+    for r0, c0, r1, c1 in ((0, 0, layer.shape[0], layer.shape[1]), (-5, 100, 40, 400), (200, 200, 10 ** 6, 10 ** 6)):
+        win, wr0, wc0 = sm.ortho_window(r0, c0, r1, c1)
+        ref, rr0, rc0 = wm.ortho_window(r0, c0, r1, c1)
+        assert (wr0, wc0) == (rr0, rc0) and np.array_equal(win, ref)
 
 
 def test_memory_budget_releases_shards(ray_build, tmp_path):

@@ -258,7 +258,7 @@ def test_window_read_reads_the_window_bytes_not_the_file(tmp_path, layout):
     window_bytes = 256 * 256 * 3
     slack = 4096                                        # reading /proc/self/io itself, tile headers
     assert read <= (4 * 256 * 256 * 3 * 1.01 if layout.startswith('tiled') else window_bytes) + slack, (layout, read)
-    assert read < 0.05 * path.stat().st_size
+    assert read < 0.05 * path.stat().st_size           # 2 x 2 of the 9 x 9 tiles: 4.9 % of the pixels
     assert peak < 12 * window_bytes, (layout, peak)     # window, samples, one decoded tile: not the 15.9 MB
 
 
@@ -303,6 +303,7 @@ def test_geotiff_georef_equals_the_world_file_one(tmp_path):
         from_world = GeoRef(ref.zone, ref.north, *read_world_file(tfw, gsd))
         tagged = TiffSource(geo)
         assert tagged.georef.zone == from_world.zone and tagged.georef.north == from_world.north
+        # 0.1 is not a binary fraction: the two paths round e +- gsd / 2 differently (ulp ~1e-9 m here)
         assert tagged.georef.origin_e == pytest.approx(from_world.origin_e, abs=1e-6)
         assert tagged.georef.origin_n == pytest.approx(from_world.origin_n, abs=1e-6)
         if gsd == GSD:                                   # binary fractions: exactly equal

@@ -80,6 +80,6 @@ def test_pos_embed_interpolation_identity_and_shape():
     out = interpolate_pos_embed(pe, 12, 16)
     assert out.shape == (1, 1 + 12 * 16, 384)
     assert torch.equal(out[:, 0], pe[:, 0])
-    # a constant field stays constant under bicubic resampling
+    # a constant field stays constant under bicubic resampling (weights sum to 1: float32 rounding only)
     flat = torch.ones(1, 1 + 37 * 37, 384)
     np.testing.assert_allclose(interpolate_pos_embed(flat, 9, 20).numpy(), 1.0, atol=1e-5)

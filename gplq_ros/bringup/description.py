@@ -237,13 +237,15 @@ def node_specs(args: Dict[str, str]) -> List[NodeSpec]:
                               params('localizer_node', {'map': args['place_map'], 'autostart': autostart}),
                               (('descriptor', 'feature_node/descriptor'),
                                ('boundary_map', 'feature_node/boundary_map'),
+                               ('verify_image', 'feature_node/verify_image'),
                                ('odom', args['odom_topic']), ('height', args['height_topic'])), ros_args, ns))
     return specs
 
 
 def record_topics(args: Dict[str, str]) -> List[str]:
     args = resolve(args)
-    topics = [args['camera_topic']] + [f'feature_node/{t}' for t in FEATURE_TOPICS + ('camera_info',)] + \
+    topics = [args['camera_topic']] + \
+        [f'feature_node/{t}' for t in FEATURE_TOPICS + ('camera_info', 'verify_image')] + \
         ['monitor_node/status']
     if args['place_map']:
         topics += ['localizer_node/pose', 'localizer_node/fix']

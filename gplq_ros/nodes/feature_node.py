@@ -21,7 +21,10 @@ R = I, P = [K | 0]). A distortion it cannot undo (an unknown model with non-zero
 camera_info of another image size) is logged once, counted in ``frames_not_undistorted``,
 makes the status WARN, and the frame is processed as it is (its ``~/camera_info`` keeps the
 camera's D, which then still describes the maps). ``undistortion`` on ``/diagnostics`` says
-which applies. ``photometric`` (default ``none``; ``grayworld``: ``onboard.photometric``) normalizes
+which applies. ``~/verify_image`` (mono8, ``verify_image_width`` wide, 0 = not published): the
+undistorted frame in grey, before the photometric normalization, for localizer_node's
+verification (``onboard.verify``: keypoints registered to the map's orthophoto layer; at 240 px
+about 43 KB a frame). ``photometric`` (default ``none``; ``grayworld``: ``onboard.photometric``) normalizes
 each frame after undistortion; the place map must have been built with the same setting.
 Counters, engine latency, the lifecycle
 state and the inference thread's health go to ``/diagnostics`` every ``diagnostics_period``
@@ -43,7 +46,8 @@ from gplq_ros.nodes.lifecycle import ManagedNode
 from gplq_ros.nodes.params import declare_qos
 from gplq_ros.nodes.run import run_node
 from gplq_ros.onboard.engine import BACKENDS, PRECISIONS, load
-from gplq_ros.onboard.image_codec import MAX_PIXELS_DEFAULT, ImageFormatError, compressed_to_rgb, image_to_rgb
+from gplq_ros.onboard.image_codec import (MAX_PIXELS_DEFAULT, ImageFormatError, compressed_to_rgb, image_to_rgb,
+                                          numpy_to_image)
 from gplq_ros.onboard.messages import (MAP_RESOLUTIONS, encode_corners, encode_descriptor, encode_map,
                                        output_maps, scale_camera_info)
 from gplq_ros.onboard.paths import vocabulary_parameter
@@ -52,6 +56,7 @@ from gplq_ros.onboard.slot import SlotWorker
 from gplq_ros.onboard.stats import LatencyWindow
 from gplq_ros.onboard.status import feature_status
 from gplq_ros.onboard.undistort import UndistortError, Undistorter
+from gplq_ros.onboard.verify import verify_frame
 
 
 class FeatureNode(ManagedNode):
@@ -85,6 +90,8 @@ class FeatureNode(ManagedNode):
         p.declare('photometric', 'none', 'photometric normalization of each frame before the engine (grayworld: '
                   'gray-world white balance + mean/std); the place map must be built with the same',
                   choices=PHOTOMETRIC_MODES)
+        p.declare('verify_image_width', 240, '~/verify_image: the undistorted frame in grey at this width for '
+                  'localizer_node\'s verification; 0: not published', (0, 4096), read_only=True)
         p.declare('max_input_pixels', MAX_PIXELS_DEFAULT, 'larger camera images are rejected (height*width)',
                   (1, 2 ** 31 - 1))
         self.declare_diagnostics_period(lo=0.1)
@@ -107,9 +114,10 @@ class FeatureNode(ManagedNode):
         self.pub_corners = self.create_publisher(PointCloud2, '~/corners', out)
         self.pub_descriptor = self.create_publisher(Image, '~/descriptor', out)
         self.pub_info = self.create_publisher(CameraInfo, '~/camera_info', out)
+        self.pub_verify = self.create_publisher(Image, '~/verify_image', out) if p['verify_image_width'] else None
         self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.publishers_ = [self.pub_boundary, self.pub_corner_map, self.pub_corners, self.pub_descriptor,
-                            self.pub_info, self.pub_diag]
+        self.publishers_ = [x for x in (self.pub_boundary, self.pub_corner_map, self.pub_corners, self.pub_descriptor,
+                                        self.pub_info, self.pub_verify, self.pub_diag) if x is not None]
         self.latency = LatencyWindow(300)
         self.received = self.processed = self.skipped = 0
         self.rejected = {}
@@ -168,6 +176,7 @@ class FeatureNode(ManagedNode):
         with self._lock:
             info = self.camera_info
         rgb, undistorted = self._undistort(rgb, info)
+        gray = verify_frame(rgb, self.params['verify_image_width']) if self.pub_verify is not None else None
         rgb = apply_photometric(rgb, self.params['photometric'])
         t0 = time.perf_counter()
         out = self.engine(rgb)
@@ -178,6 +187,8 @@ class FeatureNode(ManagedNode):
                 self.skipped += 1     # shutting down or deactivated meanwhile: no outputs
                 return
             self._publish(header, out, boundary, corner_map, info, undistorted)
+            if gray is not None:
+                self.pub_verify.publish(numpy_to_image(gray, 'mono8', header))
         self.processed += 1
 
     def _undistort(self, rgb, info):

@@ -1,14 +1,18 @@
 """localizer_node: the feature node's place descriptor -> a position in the place map.
 
-Subscribes ``descriptor`` (sensor_msgs/Image 32FC1, the feature node's ``~/descriptor``) and,
-with ``refine``, ``boundary_map`` (its ``~/boundary_map``; remap both), joined by header stamp
+Subscribes ``descriptor`` (sensor_msgs/Image 32FC1, the feature node's ``~/descriptor``),
+with ``refine``, ``boundary_map`` (its ``~/boundary_map``) and, with ``verify`` and a map that has
+the orthophoto layer (gplq_map version 2), ``verify_image`` (its ``~/verify_image``, mono8; remap
+them), joined by header stamp
 (``onboard.join.StampJoin``: at most ``pending_stamps`` wait for their partner, the oldest
 beyond that counted as ``no_fix_unpaired``). The callbacks only join: a joined frame goes to a
 newest-only slot (a frame replaced before the localizer took it: ``frames_dropped``) and a
 localizer thread (``onboard.slot.SlotWorker``) runs ``onboard.localize.Localizer`` on it, so
 a search never delays the diagnostics timer. For every frame, the localizer retrieves the
-top-k tiles of the map (``map``: a gplq_map file), refines the position, yaw and height by
-matching the boundary map against the map's boundary orthomap, and runs the measurement
+top-k tiles of the map (``map``: a gplq_map file), verifies the retrieved places by registering
+the frame to the map's orthophoto layer with keypoints (``onboard.verify``; without the image or
+the layer: refines by matching the boundary map against the map's boundary orthomap), and runs
+the measurement
 through its Kalman filter. When the frame gives a fix it publishes, with the descriptor's
 header stamp (the camera frame's stamp):
 
@@ -87,8 +91,10 @@ from gplq_ros.onboard.aiding import (AidingConfig, HeightBuffer, PoseBuffer, aid
                                      odometry_pose, range_height)
 from gplq_ros.onboard.image_codec import ImageFormatError
 from gplq_ros.onboard.join import JoinConfig, StampJoin
+from gplq_ros.onboard.image_codec import image_to_rgb
 from gplq_ros.onboard.localize import FilterFault, Localizer, LocalizerConfig, OdomPose
 from gplq_ros.onboard.messages import decode_descriptor, decode_map, encode_fix, encode_pose
+from gplq_ros.onboard.verify import VerifyConfig
 from gplq_ros.onboard.paths import vocabulary_parameter
 from gplq_ros.onboard.pipeline import single_thread_blas
 from gplq_ros.onboard import mapindex
@@ -112,6 +118,7 @@ class LocalizerNode(ManagedNode):
                   '$GPLQ_HOME default', read_only=True)
         self.map_frame = p.declare('map_frame', 'map', 'frame_id of the published pose', read_only=True)
         p.declare_settings(LocalizerConfig)   # top_k ... height_tolerance, refine: one home, onboard.localize
+        p.declare_settings(VerifyConfig)      # verify, verify_*: onboard.verify
         p.declare_settings(JoinConfig)        # pending_stamps
         p.declare_settings(MapLoadConfig)     # map_memory_mb, map_cell_m: onboard.mapstore
         p.declare_settings(AidingConfig)      # use_odometry, use_height, ...: the optional inputs, onboard.aiding
@@ -142,10 +149,15 @@ class LocalizerNode(ManagedNode):
         single_thread_blas()      # a few ms of numpy per frame beside the feature node's graph runtime
         if isinstance(pmap, ShardedMap):
             mapindex.set_threads(1)      # its global search too: one thread
-        self.localizer = Localizer(pmap, cfg)
+        self.localizer = Localizer(pmap, cfg, p.settings(VerifyConfig))
+        if p['verify'] and self.localizer.verifier is None:
+            self.get_logger().warning(f'verify is true but map {Path(p["map"]).name} has no orthophoto layer (build it '
+                                      'again with this gplq_map): the boundary-map refinement only')
         self.georef = pmap.georef
         self.counts = dict.fromkeys(Localizer.REASONS + ('malformed', 'filter_fault'), 0)
-        self.join = StampJoin(('descriptor', 'boundary') if cfg.refine else ('descriptor',), p.settings(JoinConfig))
+        need = ('descriptor',) + (('boundary',) if cfg.refine else ()) + \
+            (('image',) if self.localizer.verifier is not None else ())
+        self.join = StampJoin(need, p.settings(JoinConfig))
         self.last = None                 # the last Estimate
         self.malformed = self.filter_fault = ''    # since the last status
         self.last_input = None
@@ -174,6 +186,9 @@ class LocalizerNode(ManagedNode):
         if self.params['refine']:
             self.inputs.append(self.create_subscription(Image, 'boundary_map', lambda m: self.on_input(m, 'boundary'),
                                                         self.qos_in))
+        if 'image' in self.join.need:
+            self.inputs.append(self.create_subscription(Image, 'verify_image', lambda m: self.on_input(m, 'image'),
+                                                        self.qos_in))
         if self.odom is not None:
             self.inputs.append(self.create_subscription(Odometry, 'odom', self.on_odom, self.qos_aid))
         if self.height is not None:
@@ -197,7 +212,7 @@ class LocalizerNode(ManagedNode):
         self.last_input = self.now_s()
         got = self.join.add((msg.header.stamp.sec, msg.header.stamp.nanosec), kind, msg)
         if got is not None:
-            self.worker.slot.put((got['descriptor'], got.get('boundary')))
+            self.worker.slot.put((got['descriptor'], got.get('boundary'), got.get('image')))
 
     def on_odom(self, msg: Odometry) -> None:
         """Stores the pose (at its stamp) for the localizer thread; a bad message is counted."""
@@ -249,14 +264,15 @@ class LocalizerNode(ManagedNode):
     def _localize(self, item) -> None:
         """Localizer thread: decode, localize, publish. A malformed input and a filter fault are
         counted apart (the filter keeps its state on either); other failures reach ``_fail``."""
-        msg, boundary_msg = item
+        msg, boundary_msg, image_msg = item
         stamp = msg.header.stamp
         try:
             d = decode_descriptor(msg)
             b = decode_map(boundary_msg) if boundary_msg is not None else None
+            img = image_to_rgb(image_msg) if image_msg is not None else None
             t = stamp.sec + stamp.nanosec * 1e-9
             t0 = time.perf_counter()
-            est = self.localizer.update(d, t, b, **self._aiding(t))
+            est = self.localizer.update(d, t, b, image=img, **self._aiding(t))
             self.query_ms.add((time.perf_counter() - t0) * 1e3)
         except FilterFault as e:
             with self._lock:
@@ -307,6 +323,7 @@ class LocalizerNode(ManagedNode):
                       last_score=last.measurement.score if last else None,
                       last_margin=last.measurement.margin if last else None,
                       last_ncc=last.measurement.ncc if last else None,
+                      last_inliers=last.measurement.inliers if last else None,
                       last_sigma_m=last.measurement.sigma if last else None,
                       last_independent=(last.independent.weak or 'usable') if last and last.independent else None,
                       map_tiles=loc.map.meta.n_tiles, track_drops=loc.track_drops,

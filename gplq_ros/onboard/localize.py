@@ -66,6 +66,7 @@ import numpy as np
 from gplq_ros.onboard.aiding import OdomPose
 from gplq_ros.onboard.mapstore import WholeMap
 from gplq_ros.onboard.settings import setting, validate
+from gplq_ros.onboard.verify import Verifier, VerifyConfig
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,9 @@ class LocalizerConfig:
                                      'travelled', range=(0.0, 10.0))
     height_tolerance: float = setting(0.1, 'height input: relative error of the height above ground, for the '
                                       'refinement\'s height search', range=(0.0, 1.0))
+    verified_confirms: bool = setting(True, 'a verified measurement (the frame registered to the map\'s orthophoto '
+                                      'layer: onboard.verify) starts and confirms a track on its own; false: it '
+                                      'counts as one of init_fixes like a refined one')
 
     def __post_init__(self):
         validate(self)
@@ -171,6 +175,17 @@ class Measurement:
     ncc_se: float = float('nan')                 # standard error of the match score
     second_ncc: float = float('nan')             # best match score away from the best
     weak: str = ''           # why it is no evidence for a track ('' = usable): see Localizer.usable
+    inliers: int = 0         # verification (onboard.verify): inliers of the accepted candidate (0: not verified)
+    verified: Optional[list] = None              # the candidates' ``Verified`` results, when verification ran
+    candidates: Optional[list] = None            # distinct retrieved places [(xy, height, score)], best first
+
+    @property
+    def evidence(self):
+        """(score, standard error) of the measurement's match: the verification's inlier count
+        (Poisson: sqrt), else the boundary match's NCC; (nan, nan) without either."""
+        if self.inliers:
+            return float(self.inliers), math.sqrt(self.inliers)
+        return self.ncc, self.ncc_se
 
     @property
     def sigma(self) -> float:
@@ -360,13 +375,15 @@ class Localizer:
 
     REASONS = ('weak', 'ambiguous', 'initialising', 'jump', 'gate', 'conflict', 'unconfirmed', 'uncertain', 'lost')
 
-    def __init__(self, pmap, cfg: LocalizerConfig = LocalizerConfig()):
-        self.map, self.cfg = (pmap if hasattr(pmap, 'search') else WholeMap(pmap)), cfg
+    def __init__(self, pmap, cfg: LocalizerConfig = LocalizerConfig(), vcfg: VerifyConfig = VerifyConfig()):
+        self.map, self.cfg, self.vcfg = (pmap if hasattr(pmap, 'search') else WholeMap(pmap)), cfg, vcfg
         mc = pmap.config
         self.grid_var = mc.stride_m ** 2 / 12.0
         self.heading_var = (2 * math.pi / mc.headings) ** 2 / 12.0
         self.matcher = BoundaryMatcher(pmap, (cfg.height_ratio_min, cfg.height_ratio_max),
                                        cfg.ncc_cells_per_sample) if cfg.refine else None
+        # the verification needs the map's orthophoto layer (version 2 maps)
+        self.verifier = Verifier(self.map, vcfg) if vcfg.verify and getattr(self.map, 'has_ortho', False) else None
         self.reset()
         self.fixes = self.frames = self.rejected_total = self.track_drops = 0
         self.odom_rot = None                         # (sum dot, sum cross, metres) odometry -> map rotation fit
@@ -386,8 +403,14 @@ class Localizer:
         self.odom_fix: Optional[tuple] = None        # (odometry xy, map xy) at the last confirmed measurement
 
     # -- 1 + 2: one frame's measurement ---------------------------------------------------------------
+    def frame_features(self, image: Optional[np.ndarray]):
+        """The frame's keypoints for the verification (None without an image or a verifier)."""
+        if image is None or self.verifier is None:
+            return None
+        return self.verifier.frame_features(image)
+
     def measure(self, descriptor: np.ndarray, boundary: Optional[np.ndarray] = None, prior=None,
-                height_m: Optional[float] = None, near_height: Optional[float] = None) -> Measurement:
+                height_m: Optional[float] = None, near_height: Optional[float] = None, frame=None) -> Measurement:
         """The retrieval measurement; refined with ``boundary`` (the frame's (gh, gw) boundary map)
         when the localizer refines and the match reaches ``min_ncc``. The refinement searches
         around the retrieval (``search_radius_m``, ``yaw_span_deg``) at the heights within
@@ -400,6 +423,8 @@ class Localizer:
             (prior[0], prior[1] + self.cfg.cluster_radius_m + self.map.config.stride_m)
         meas = self._retrieve(descriptor, near)
         meas.retrieval_xy, meas.retrieval_yaw = meas.xy.copy(), meas.yaw
+        if frame is not None and self.verifier is not None:
+            return self._verify(meas, frame, prior, height_m, near_height)
         if boundary is None or self.matcher is None:          # retrieval only: the margin is the evidence
             meas.weak = 'ambiguous' if meas.margin < self.cfg.min_margin else ''
             return meas
@@ -422,6 +447,46 @@ class Localizer:
         if m.ncc >= cfg.min_ncc:
             self._refined(meas, m)
         meas.weak = self._weakness(meas, m.edge)
+        return meas
+
+    def _verify(self, meas: Measurement, frame, prior, height_m: Optional[float],
+                near_height: Optional[float]) -> Measurement:
+        """The verified measurement (``onboard.verify``): the frame registered to the map's
+        orthophoto layer around the retrieval's distinct places (best first, ``verify_candidates``)
+        or, with ``prior`` (the running filter's), around the prediction only. The first verified
+        candidate gives the measurement; another place verified as well (farther than
+        ``cluster_radius_m`` plus 3 sigma, with at least half the inliers) makes the frame
+        ambiguous. None verified: weak, with the first candidate's reason."""
+        cfg, mc = self.cfg, self.map.config
+        if height_m is not None:
+            tol = max(cfg.height_tolerance, 0.05)
+            bounds = (height_m / (1 + 2 * tol), height_m * (1 + 2 * tol))
+        else:
+            bounds = (cfg.height_ratio_min * min(mc.heights_m), cfg.height_ratio_max * max(mc.heights_m))
+        if prior is not None:
+            pxy, _, _, ph, _ = prior
+            cands = [(np.asarray(pxy, float), height_m or ph, meas.score)]
+        else:
+            cands = meas.candidates[:self.vcfg.verify_candidates]
+            if height_m is not None or (near_height is not None and np.isfinite(near_height)):
+                cands = [(xy, height_m or near_height, sc) for xy, _, sc in cands]
+        results = [self.verifier.verify(frame, xy, h, bounds) for xy, h, _ in cands]
+        meas.verified = results
+        good = [v for v in results if v.ok]
+        if not good:
+            meas.weak = f'not verified ({results[0].reason})' if results else 'not verified'
+            return meas
+        best = good[0]
+        for v in good[1:]:
+            d = float(np.hypot(*(v.xy - best.xy)))
+            if d > cfg.cluster_radius_m + 3 * (largest_sigma(v.cov) + largest_sigma(best.cov)) and \
+                    v.inliers >= 0.5 * best.inliers:
+                meas.weak = 'ambiguous'
+                meas.inliers = best.inliers
+                return meas
+        meas.xy, meas.cov, meas.yaw, meas.yaw_var = best.xy, best.cov, best.yaw, best.yaw_var
+        meas.height_m, meas.inliers = best.height_m, best.inliers
+        meas.weak = f'sigma {meas.sigma:.1f} m' if meas.sigma > cfg.max_measurement_sigma_m else ''
         return meas
 
     def _weakness(self, meas: Measurement, edge: str = '') -> str:
@@ -470,7 +535,13 @@ class Localizer:
         spread = (w[:, None, None] * dev[:, :, None] * dev[:, None, :]).sum(axis=0)
         cov = cfg.measurement_scale * (spread + (self.grid_var + cfg.sigma_floor_m ** 2) * np.eye(2))
         yaw, yaw_spread = circular_mean(p[:, 2], w)
-        return Measurement(xy, cov, yaw, yaw_spread + self.heading_var, float(s[0]), margin, int(idx[0]))
+        # distinct places of the top-k, best first (for the verification)
+        cands = []
+        for j in range(len(idx)):
+            if all(float(np.hypot(*(pos[j, :2] - c[0]))) > cfg.cluster_radius_m for c in cands):
+                cands.append((pos[j, :2].copy(), float(pos[j, 3]), float(s[j])))
+        return Measurement(xy, cov, yaw, yaw_spread + self.heading_var, float(s[0]), margin, int(idx[0]),
+                           candidates=cands)
 
     # -- 3: the filter ---------------------------------------------------------------------------------
     def _odom_rotation(self) -> Optional[float]:
@@ -521,7 +592,8 @@ class Localizer:
         position + 2 m, at least 4 m, at most search_radius_m), yaw and height of the last fix, and
         the height steps (ratio 1.1) searched either side: 1, or 2 when the filter's state is
         ``NEAR_HEIGHT_WITHIN_S`` or more old."""
-        if self.x is None or self.last_refined is None or self.matcher is None or self.agreeing < self.cfg.init_fixes:
+        if self.x is None or self.last_refined is None or (self.matcher is None and self.verifier is None) or \
+                self.agreeing < self.cfg.init_fixes:
             return None
         xy, pv = pred[0][:2], pred[1][:2, :2]
         radius = min(max(3 * math.sqrt(float(max(np.linalg.eigvalsh(pv)))) + 2.0, 4.0), self.cfg.search_radius_m)
@@ -556,10 +628,15 @@ class Localizer:
         self.P[2:, 2:] = np.eye(2) * (self.cfg.max_speed_mps / 2) ** 2
         self.t, self.odom, self.agreeing, self.start_t = t, odom, 1, t
         self._remember(t, meas, odom)
-        if self.cfg.init_fixes <= 1:
+        if self.cfg.init_fixes <= 1 or self._verified(meas):
+            self.agreeing = self.cfg.init_fixes
             self.confirmed_t = t
             return self._fix(t, meas)
         return Estimate(t, meas, reason='initialising', independent=meas)
+
+    def _verified(self, meas: Optional[Measurement]) -> bool:
+        """Whether ``meas`` is geometric evidence on its own (``verified_confirms``)."""
+        return meas is not None and bool(meas.inliers) and not meas.weak and self.cfg.verified_confirms
 
     def _remember(self, t: float, meas: Measurement, odom: Optional[OdomPose]) -> None:
         """A measurement taken into the track: its refined yaw/height for the next search, the
@@ -602,11 +679,13 @@ class Localizer:
         self.x = self.x + k @ innov
         self.P = self.P - k @ h_p
         self.P = 0.5 * (self.P + self.P.T)
-        if self.matcher is not None:
-            # errors the boundary match shares from frame to frame (map georeference, relief) do not
-            # average out: the position's variance stays at least refine_floor_m^2 on every axis
+        floor = self.vcfg.verify_floor_m if meas.inliers else self.cfg.refine_floor_m if self.matcher is not None \
+            else None
+        if floor is not None:
+            # errors the matches share from frame to frame (map georeference, relief) do not average
+            # out: the position's variance stays at least the floor^2 on every axis
             lam, vec = np.linalg.eigh(self.P[:2, :2])
-            lift = np.maximum(self.cfg.refine_floor_m ** 2 - lam, 0.0)
+            lift = np.maximum(floor ** 2 - lam, 0.0)
             if lift.any():
                 self.P[:2, :2] += (vec * lift) @ vec.T
 
@@ -623,7 +702,8 @@ class Localizer:
             setattr(self, k, state[k])
 
     def update(self, descriptor: np.ndarray, t: float, boundary: Optional[np.ndarray] = None,
-               odom: Optional[OdomPose] = None, height_m: Optional[float] = None) -> Estimate:
+               odom: Optional[OdomPose] = None, height_m: Optional[float] = None,
+               image: Optional[np.ndarray] = None) -> Estimate:
         """One frame at time ``t`` (seconds of the node's clock, the frame's stamp), with its
         boundary map for the refinement (optional), the odometry pose at ``t`` (optional: the
         prediction) and the height above ground at ``t`` (optional: the refinement's heights).
@@ -636,9 +716,10 @@ class Localizer:
             raise ValueError(f'height_m={height_m!r}: must be a positive height above ground')
         if odom is not None and not isinstance(odom, OdomPose):
             raise ValueError(f'odom={odom!r}: expected an OdomPose')
+        frame = self.frame_features(image)           # outside the transaction: it changes no state
         before = self.state()
         try:
-            est = self._update(descriptor, t, boundary, odom, height_m)
+            est = self._update(descriptor, t, boundary, odom, height_m, frame)
             if self.x is not None and not (np.isfinite(self.x).all() and np.isfinite(self.P).all()):
                 raise FilterFault(f'non-finite filter state at t={t:.6g} (x={self.x}, P diagonal={np.diag(self.P)})')
         except (np.linalg.LinAlgError, ArithmeticError) as e:   # LinAlgError is a ValueError: still the filter's
@@ -650,7 +731,7 @@ class Localizer:
         return est
 
     def _update(self, descriptor: np.ndarray, t: float, boundary: Optional[np.ndarray],
-                odom: Optional[OdomPose], height_m: Optional[float]) -> Estimate:
+                odom: Optional[OdomPose], height_m: Optional[float], frame=None) -> Estimate:
         """Every frame gets an independent measurement g (retrieval + refinement around it); a
         confirmed track also a measurement searched around its prediction (tr). See the module
         docstring, step 4, for the decisions."""
@@ -661,7 +742,7 @@ class Localizer:
             boundary = patch_grid(boundary)                   # once, for both searches
         near = self.last_refined[1] if self.last_refined is not None and self.agreeing >= cfg.init_fixes and \
             t - self.t < self.NEAR_HEIGHT_WITHIN_S else None
-        g = self.measure(descriptor, boundary, height_m=height_m, near_height=near)
+        g = self.measure(descriptor, boundary, height_m=height_m, near_height=near, frame=frame)
         if self.x is None:
             if g.weak:
                 return Estimate(t, g, reason='ambiguous' if g.weak == 'ambiguous' else 'weak', independent=g)
@@ -684,18 +765,18 @@ class Localizer:
             self.confirmed_t, self.rejected = t, 0
             return self._fix(t, g)
         prior = self._prior(t, pred)
-        tr = self.measure(descriptor, boundary, prior, height_m) if prior is not None and boundary is not None \
-            else None
+        tr = self.measure(descriptor, boundary, prior, height_m, frame=frame) \
+            if prior is not None and (boundary is not None or frame is not None) else None
         g_agrees = not g.weak and self._reachable(t, g) and self._chi2(pred, g) <= cfg.gate_chi2
         tr_ok = tr is not None and not tr.weak and self._reachable(t, tr) and self._chi2(pred, tr) <= cfg.gate_chi2
         if g_agrees:
             use = tr if tr_ok and tr.sigma < g.sigma else g
             self.conflicts = 0
-            if self._motion_sigma(pred) <= cfg.max_agreement_sigma_m:
+            if self._motion_sigma(pred) <= cfg.max_agreement_sigma_m or self._verified(g):
                 self.confirmed_t = t
                 self.agreeing += 1
-        elif not g.weak and not (tr_ok and np.isfinite(tr.ncc) and
-                                 g.ncc < tr.ncc + cfg.conflict_sigmas * max(g.ncc_se, tr.ncc_se)):
+        elif not g.weak and not (tr_ok and np.isfinite(tr.evidence[0]) and g.evidence[0] < tr.evidence[0] +
+                                 cfg.conflict_sigmas * max(g.evidence[1], tr.evidence[1])):
             # an independent measurement elsewhere that explains the frame clearly better than the track
             self.conflicts += 1
             if self.conflicts >= cfg.drop_after:
@@ -706,6 +787,8 @@ class Localizer:
             return self._reject(t, g, 'conflict', tr)
         elif tr_ok:
             use = tr
+            if self._verified(tr):       # the frame registered where the track predicted: geometric evidence
+                self.confirmed_t = t
         else:                  # g is weak and the track's own search found nothing it can take
             reason = 'gate' if tr is not None and not tr.weak else 'ambiguous' if g.weak == 'ambiguous' else 'weak'
             return self._reject(t, g, reason, tr)

@@ -52,11 +52,12 @@ from gplq_ros.onboard.engine import graph_meta, load
 from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
 from gplq_ros.onboard.geo import GeoRef
 from gplq_ros.onboard.heads import l2_normalize
-from gplq_ros.onboard.mapstore import BuildResult, key_name, plan_shards, shard_rows
+from gplq_ros.onboard.mapstore import BuildResult, key_name, ortho_parts, plan_shards, shard_rows
 from gplq_ros.onboard.orthosource import Mosaic, open_source
 from gplq_ros.onboard.photometric import apply_photometric
 from gplq_ros.onboard.placemap import (MapConfig, MapError, MapMeta, accumulate_boundary, boundary_shape, fit_pca,
-                                       footprint_radius_m, pca_sample_ids, render_tile, tile_poses, vocabulary_id)
+                                       footprint_radius_m, ortho_layer, ortho_shape, pca_sample_ids, render_tile,
+                                       tile_poses, vocabulary_id)
 from gplq_ros.onboard.vocabulary import Vocabulary
 
 PLAN_VERSION = 1
@@ -466,6 +467,10 @@ def build_sharded(spec: Sequence[dict], out: Path, graph: Path, vocabulary: Path
             acc[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] += q['acc'][ir0 - pr:ir1 - pr, ic0 - pc:ic1 - pc]
             cnt[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] += q['cnt'][ir0 - pr:ir1 - pr, ic0 - pc:ic1 - pc]
         cores[k] = np.where(cnt > 0, acc / np.maximum(cnt, 1), 0.0).astype(np.float32)
+    # the orthophoto layer of the same shards, read from the source window by window (placemap.ortho_layer)
+    ohw = ortho_shape((rows_px, cols_px), cfg)
+    ortho = ortho_parts(ohw, sorted(keys, key=lambda k: (k[1], k[0])), build.shard_m, cfg.ortho_res_m,
+                        lambda r0, c0, r1, c1: ortho_layer(source.read, cfg, r0, c0, r1, c1))
     stats['finish_s'] = time.perf_counter() - t1
     stats['total_s'] = time.perf_counter() - t0
     names = [Path(s['path']).name for s in spec]
@@ -479,7 +484,8 @@ def build_sharded(spec: Sequence[dict], out: Path, graph: Path, vocabulary: Path
                    notes=[f'PCA fitted on {len(sample)} of {len(poses)} tiles, evenly spread over all shards '
                           f'(placemap.pca_sample_ids)'])
     rows = shard_rows(sorted(keys, key=lambda k: (k[1], k[0])), shards)    # orthomap-only shards: no tiles
-    return BuildResult(poses[order], rows, desc, mean, basis, cores, (bh, bw), core_px, meta, stats, order)
+    return BuildResult(poses[order], rows, desc, mean, basis, cores, (bh, bw), core_px, meta, stats, order, ortho,
+                       ohw)
 
 
 def sha_of(items: List[str]) -> str:

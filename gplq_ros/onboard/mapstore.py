@@ -14,15 +14,17 @@ from ``mapshards.build_sharded``):
   candidates exactly from it with positioned reads (``mapindex.DescriptorRows``: no memory map,
   so the pages read do not stay in the process).
 * ``index.faiss`` (+ ``.json``): the compressed global index over all descriptors (``mapindex``).
-* ``shards/<key>.safetensors``: the shard's descriptors (float16) and its square of the boundary
-  orthomap (float16), loaded when the localizer needs them and released least recently used
-  first when the loaded shards would exceed the budget.
+* ``shards/<key>.safetensors``: the shard's descriptors (float16), its square of the boundary
+  orthomap (float16) and (version 2) of the orthophoto layer (uint8; ``ortho_span``), loaded
+  when the localizer needs them and released least recently used first when the loaded shards would exceed the budget.
 
 ``ShardedMap`` and ``PlaceMap`` (one file, everything in memory) answer the localizer the same
 questions: ``search(q, k, near=None)`` (global, or only the tiles within a radius of a
-position), ``boundary_window`` (the boundary orthomap around a position), ``poses``,
+position), ``boundary_window`` (the boundary orthomap around a position), ``ortho_window`` (the
+orthophoto layer around a position: the verification's imagery), ``poses``,
 ``project``, ``config``, ``georef``. ``open_map`` opens either."""
 import json
+import math
 import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
@@ -34,7 +36,8 @@ from safetensors.numpy import load_file, save_file
 
 from gplq_ros.onboard import mapindex
 from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
-from gplq_ros.onboard.placemap import MapConfig, MapError, MapIdentity, MapMeta, PlaceMap
+from gplq_ros.onboard.placemap import (MapConfig, MapError, MapIdentity, MapMeta, PlaceMap, clip_window,
+                                       layer_sha256)
 from gplq_ros.onboard.settings import setting, validate
 
 
@@ -53,7 +56,18 @@ class MapLoadConfig:
 
 
 FORMAT = 'gplq_ros.sharded_place_map'
-VERSION = 1
+VERSION = 2          # 2: shards hold the orthophoto layer (version 1 folders are still read, without it)
+READS = (1, 2)
+
+
+def ortho_span(k: int, shard_m: float, res_m: float, n: int) -> Tuple[int, int]:
+    """Pixels [a, b) of the orthophoto layer (``n`` along this axis, ``res_m`` per pixel) that
+    shard index ``k`` holds: the pixels whose left/top edge lies in its ``shard_m`` metres."""
+    def edge(i):
+        return min(max(int(math.ceil(i * shard_m / res_m - 1e-9)), 0), n)
+    return edge(k), edge(k + 1)
+
+
 MANIFEST = 'map.json'
 
 
@@ -138,6 +152,8 @@ class BuildResult:
     meta: MapMeta
     stats: dict                             # tiles computed / reused, seconds per phase, workers
     order: np.ndarray                       # (N,) the single-process (``tile_poses``) index of each row
+    ortho: Optional[Dict[Tuple[int, int], np.ndarray]] = None   # shard -> its part of the orthophoto layer
+    ortho_hw: Optional[Tuple[int, int]] = None                  # the whole orthophoto layer's size
 
     def placemap(self) -> PlaceMap:
         """The map as one ``PlaceMap`` (tiles in the single-process order: ``tile_poses``)."""
@@ -147,7 +163,16 @@ class BuildResult:
         for k, core in self.boundary.items():
             r0, c0 = k[1] * self.core_px, k[0] * self.core_px
             full[r0:r0 + core.shape[0], c0:c0 + core.shape[1]] = core
-        return PlaceMap(self.poses[order], self.descriptors[order], self.pca_mean, self.pca_basis, full, self.meta)
+        layer = None
+        if self.ortho is not None:
+            layer = np.zeros(self.ortho_hw, np.uint8)
+            shard_m, res = self.core_px * self.meta.config['boundary_res_m'], MapConfig(**self.meta.config).ortho_res_m
+            for k, part in self.ortho.items():
+                r0 = ortho_span(k[1], shard_m, res, self.ortho_hw[0])[0]
+                c0 = ortho_span(k[0], shard_m, res, self.ortho_hw[1])[0]
+                layer[r0:r0 + part.shape[0], c0:c0 + part.shape[1]] = part
+        return PlaceMap(self.poses[order], self.descriptors[order], self.pca_mean, self.pca_basis, full, self.meta,
+                        layer)
 
 
 # -- the one-file map answers the same questions ---------------------------------------------------------------
@@ -186,9 +211,19 @@ class WholeMap:
         (here the whole orthomap)."""
         return self.pmap.boundary, 0, 0
 
+    def ortho_window(self, r0: int, c0: int, r1: int, c1: int):
+        """(array, row0, col0): the orthophoto layer's rows r0..r1-1, cols c0..c1-1 clipped to the layer
+        (empty without a layer)."""
+        return self.pmap.ortho_window(r0, c0, r1, c1)
+
+    @property
+    def has_ortho(self) -> bool:
+        return self.pmap.ortho is not None
+
     def resident_bytes(self) -> int:
         p = self.pmap
-        return int(p.poses.nbytes + p.descriptors.nbytes + p.boundary.nbytes + p.pca_basis.nbytes)
+        return int(p.poses.nbytes + p.descriptors.nbytes + p.boundary.nbytes + p.pca_basis.nbytes +
+                   (p.ortho.nbytes if p.ortho is not None else 0))
 
 
 # -- writing a sharded map -------------------------------------------------------------------------------------
@@ -221,27 +256,51 @@ def write_sharded(result, out: Path, index_cfg=None, force: bool = False) -> Pat
     for k, rows in result.shards.items():
         name = f'x{k[0]:04d}_y{k[1]:04d}'
         path = out / 'shards' / f'{name}.safetensors'
-        save_file({'descriptors': np.ascontiguousarray(result.descriptors[rows], np.float16),
-                   'boundary': np.ascontiguousarray(result.boundary[k], np.float16)}, str(path),
-                  metadata={'gplq_ros': json.dumps({**stamp, 'key': list(k)})})
+        tensors = {'descriptors': np.ascontiguousarray(result.descriptors[rows], np.float16),
+                   'boundary': np.ascontiguousarray(result.boundary[k], np.float16)}
+        if result.ortho is not None:
+            tensors['ortho'] = np.ascontiguousarray(result.ortho[k], np.uint8)
+        save_file(tensors, str(path), metadata={'gplq_ros': json.dumps({**stamp, 'key': list(k)})})
         a = int(rows[0]) if len(rows) else (shards[-1]['rows'][1] if shards else 0)
         shards.append({'key': [int(k[0]), int(k[1])], 'file': f'shards/{name}.safetensors',
-                       'rows': [a, a + len(rows)], 'sha256': sha256_file(path), **stamp})
+                       'rows': [a, a + len(rows)], 'sha256': sha256_file(path), **stamp,
+                       **({'ortho_sha256': layer_sha256(tensors['ortho'])} if 'ortho' in tensors else {})})
     save_file({'mean': result.pca_mean, 'basis': result.pca_basis}, str(out / 'pca.safetensors'))
     np.save(out / 'poses.npy', np.ascontiguousarray(result.poses, np.float64))
     mapindex.write_descriptor_rows(out / 'descriptors.f16', result.descriptors)
     cfg = index_cfg or default_index_config(*result.descriptors.shape)
     index = mapindex.build_index(result.descriptors, cfg)
     mapindex.save_index(index, out / 'index.faiss')
-    manifest = {'format': FORMAT, 'version': VERSION, 'meta': asdict(m),
+    if result.ortho is not None:
+        m = replace(m, ortho_sha256=sha_of_parts(result.ortho), version=2)
+    manifest = {'format': FORMAT, 'version': VERSION if result.ortho is not None else 1, 'meta': asdict(m),
                 'shard_m': result.core_px * m.config['boundary_res_m'], 'core_px': result.core_px,
                 'boundary_hw': [int(v) for v in result.boundary_hw], 'n_tiles': int(len(result.poses)),
+                'ortho_hw': [int(v) for v in result.ortho_hw] if result.ortho is not None else None,
                 'pca_dim': int(result.pca_basis.shape[0]), 'shards': shards,
                 'index': {'file': 'index.faiss', 'config': asdict(cfg)},
                 'build': {k: v for k, v in result.stats.items()}}
     tmp = out / (MANIFEST + '.tmp')
     tmp.write_text(json.dumps(manifest, indent=1) + '\n')
     os.replace(tmp, out / MANIFEST)
+    return out
+
+
+def sha_of_parts(parts: Dict[Tuple[int, int], np.ndarray]) -> str:
+    """The orthophoto layer's identity in a sharded map: the checksums of its parts in key order."""
+    import hashlib
+    text = '\n'.join(f'{k[0]},{k[1]}:{layer_sha256(parts[k])}' for k in sorted(parts, key=lambda k: (k[1], k[0])))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def ortho_parts(layer_hw, keys, shard_m: float, res_m: float, read) -> Dict[Tuple[int, int], np.ndarray]:
+    """Each shard's part of the orthophoto layer: ``read(r0, c0, r1, c1)`` gives layer pixels."""
+    out = {}
+    for k in keys:
+        r0, r1 = ortho_span(k[1], shard_m, res_m, layer_hw[0])
+        c0, c1 = ortho_span(k[0], shard_m, res_m, layer_hw[1])
+        out[k] = np.ascontiguousarray(read(r0, c0, r1, c1), np.uint8) if r1 > r0 and c1 > c0 else \
+            np.zeros((0, 0), np.uint8)
     return out
 
 
@@ -260,8 +319,11 @@ def shard_placemap(pmap: PlaceMap, shard_m: float = 500.0):
     order = np.concatenate([tiles[k] for k in keys if k in tiles])
     rows = shard_rows(keys, tiles)
     cores = {k: pmap.boundary[k[1] * core:(k[1] + 1) * core, k[0] * core:(k[0] + 1) * core] for k in keys}
+    ortho = None if pmap.ortho is None else \
+        ortho_parts(pmap.ortho.shape, keys, shard_m, cfg.ortho_res_m, lambda r0, c0, r1, c1: pmap.ortho[r0:r1, c0:c1])
     return BuildResult(pmap.poses[order], rows, pmap.descriptors[order], pmap.pca_mean, pmap.pca_basis, cores,
-                       (bh, bw), core, pmap.meta, {'from': 'one-file map'}, order)
+                       (bh, bw), core, pmap.meta, {'from': 'one-file map'}, order, ortho,
+                       None if pmap.ortho is None else pmap.ortho.shape)
 
 
 # -- reading a sharded map -------------------------------------------------------------------------------------
@@ -280,9 +342,9 @@ class ShardedMap(MapIdentity):
             raise MapError(f'sharded place map not found: {self.path / MANIFEST} (build one with gplq_map)') from None
         except ValueError as e:
             raise MapError(f'{self.path / MANIFEST}: not JSON ({e})') from None
-        if man.get('format') != FORMAT or man.get('version') != VERSION:
+        if man.get('format') != FORMAT or man.get('version') not in READS:
             raise MapError(f'{self.path}: format {man.get("format")!r} version {man.get("version")!r}; this reader '
-                           f'takes {FORMAT!r} version {VERSION}')
+                           f'takes {FORMAT!r} version {" or ".join(str(v) for v in READS)}')
         try:
             self.meta = MapMeta(**man['meta'])
             MapConfig(**self.meta.config)
@@ -298,6 +360,17 @@ class ShardedMap(MapIdentity):
                     raise MapError(f'{self.path / s["file"]}: {k} {s[k][:12]}... differs from the map\'s '
                                    f'{getattr(self.meta, k)[:12]}...: shards of other weights or vocabulary')
         self.core_px, self.boundary_hw = int(man['core_px']), tuple(man['boundary_hw'])
+        self.ortho_hw = tuple(man['ortho_hw']) if man.get('ortho_hw') else None
+        if (man['version'] >= 2) != (self.ortho_hw is not None) or bool(self.meta.ortho_sha256) != \
+                (self.ortho_hw is not None):
+            raise MapError(f'{self.path}: version {man["version"]} with ortho_hw={man.get("ortho_hw")} and '
+                           f'ortho_sha256={self.meta.ortho_sha256[:12]!r}: the orthophoto layer and the version '
+                           'do not agree')
+        if self.ortho_hw is not None:
+            from gplq_ros.onboard.placemap import ortho_shape
+            if self.ortho_hw != ortho_shape(self.meta.image_hw, self.config):
+                raise MapError(f'{self.path}: ortho_hw {self.ortho_hw} is not the map\'s orthophoto layer '
+                               f'{ortho_shape(self.meta.image_hw, self.config)}')
         pca = load_file(str(self.path / 'pca.safetensors'))
         self.pca_mean, self.pca_basis = pca['mean'], pca['basis']
         self.poses = np.load(self.path / 'poses.npy')
@@ -369,6 +442,35 @@ class ShardedMap(MapIdentity):
                 out[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = core[ir0 - sr0:ir1 - sr0, ic0 - sc0:ic1 - sc0]
         return out, r0, c0
 
+    @property
+    def has_ortho(self) -> bool:
+        return self.ortho_hw is not None
+
+    def ortho_window(self, r0: int, c0: int, r1: int, c1: int):
+        """(array, row0, col0): the orthophoto layer's rows r0..r1-1, cols c0..c1-1 clipped to the
+        layer, assembled from the shards that hold them (zero where no shard is); empty without a layer."""
+        if self.ortho_hw is None:
+            return clip_window(None, r0, c0, r1, c1)
+        oh, ow = self.ortho_hw
+        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, oh), min(c1, ow)
+        if r1 <= r0 or c1 <= c0:
+            return clip_window(None, r0, c0, r1, c1)
+        out = np.zeros((r1 - r0, c1 - c0), np.uint8)
+        shard_m, res = self.man['shard_m'], self.config.ortho_res_m
+        kx0, kx1 = int(c0 * res // shard_m), int((c1 - 1) * res // shard_m) + 1
+        ky0, ky1 = int(r0 * res // shard_m), int((r1 - 1) * res // shard_m) + 1
+        keys = [(kx, ky) for ky in range(max(ky0 - 1, 0), ky1 + 1) for kx in range(max(kx0 - 1, 0), kx1 + 1)]
+        needed = [self.key_index[k] for k in keys if k in self.key_index]
+        for i in needed:
+            kx, ky = self.keys[i]
+            sr0, sr1 = ortho_span(ky, shard_m, res, oh)
+            sc0, sc1 = ortho_span(kx, shard_m, res, ow)
+            ir0, ic0, ir1, ic1 = max(r0, sr0), max(c0, sc0), min(r1, sr1), min(c1, sc1)
+            if ir0 < ir1 and ic0 < ic1:
+                part = self._shard(i, keep=needed)['ortho']
+                out[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = part[ir0 - sr0:ir1 - sr0, ic0 - sc0:ic1 - sc0]
+        return out, r0, c0
+
     def resident_bytes(self) -> int:
         return self.fixed_bytes + self.loaded_bytes
 
@@ -387,6 +489,16 @@ class ShardedMap(MapIdentity):
         a, b = s['rows']
         if t['descriptors'].shape != (b - a, self.pca_basis.shape[0]) or t['boundary'].ndim != 2:
             raise MapError(f'{path}: tensor shapes do not match the manifest ({b - a} tiles)')
+        if self.ortho_hw is not None:
+            kx, ky = self.keys[i]
+            r0, r1 = ortho_span(ky, self.man['shard_m'], self.config.ortho_res_m, self.ortho_hw[0])
+            c0, c1 = ortho_span(kx, self.man['shard_m'], self.config.ortho_res_m, self.ortho_hw[1])
+            if 'ortho' not in t or t['ortho'].dtype != np.uint8 or t['ortho'].shape != \
+                    ((r1 - r0, c1 - c0) if r1 > r0 and c1 > c0 else (0, 0)):
+                raise MapError(f'{path}: no orthophoto layer of shape {(r1 - r0, c1 - c0)} (uint8) for this shard')
+            if layer_sha256(t['ortho']) != s.get('ortho_sha256'):
+                raise MapError(f'{path}: its orthophoto layer\'s checksum is not the one the manifest records: '
+                               'the shard does not belong to this map')
         t['boundary'] = t['boundary'].astype(np.float32)
         size = sum(v.nbytes for v in t.values())
         while self.loaded and self.fixed_bytes + self.loaded_bytes + size > self.budget:

@@ -18,12 +18,18 @@ each with its pose in ``map`` and its place descriptor (numpy + OpenCV; built by
   warped back onto the orthophoto and averaged, at ``boundary_res_m`` metres per pixel: what
   the feature node's boundary map of a frame should look like from anywhere in the map; the
   localizer matches a frame's boundary map against it to refine the retrieved position.
+* **Orthophoto layer** (version 2): the orthophoto in grey at ``ortho_res_m`` metres per pixel
+  (``verify_res_m`` rounded to a whole number of orthophoto pixels, each layer pixel the mean
+  of a k x k block: the same whichever window of the orthophoto it is computed from), for the
+  localizer's verification (``onboard.verify``: the frame registered to it with keypoints);
+  its sha256 is recorded in the metadata and checked on load.
 * **Poses**: x east, y north (metres, REP 103, origin the orthophoto's top-left corner),
   yaw of the camera's image-right axis from east (counter-clockwise), height.
 
 File format (``FORMAT`` version ``VERSION``): one safetensors file with ``poses`` (N, 4)
 float64 [x, y, yaw, height], ``descriptors`` (N, P) float32, ``pca_mean`` (D,),
-``pca_basis`` (P, D) and ``boundary`` (rows, cols) float32; header key ``gplq_ros`` holds the JSON ``MapMeta`` (also
+``pca_basis`` (P, D), ``boundary`` (rows, cols) float32 and (version 2) ``ortho`` (rows, cols) uint8;
+header key ``gplq_ros`` holds the JSON ``MapMeta`` (also
 written to a sidecar ``.json`` for people).
 """
 import hashlib
@@ -45,7 +51,8 @@ from gplq_ros.onboard.photometric import PHOTOMETRIC_MODES, apply_photometric
 
 FORMAT = 'gplq_ros.place_map'
 EXACT_PCA_MAX = 4096      # fit_pca: exact up to this many rows, randomized beyond
-VERSION = 1
+VERSION = 2              # 2: the orthophoto layer; version 1 maps (without it) are still read
+READS = (1, 2)
 
 
 class MapError(ValueError):
@@ -65,6 +72,7 @@ class MapConfig:
     boundary_res_m: float = 0.5      # metres per pixel of the map's boundary orthomap
     photometric: str = 'none'        # tile normalization (onboard.photometric); the frames need the same
     pca_sample: int = 4096           # the PCA is fitted on at most this many tiles, evenly spread (pca_sample_ids)
+    verify_res_m: float = 0.25       # orthophoto layer for the verification, m/px (rounded: ortho_res_m)
 
     def __post_init__(self):
         object.__setattr__(self, 'heights_m', tuple(float(h) for h in self.heights_m))
@@ -74,10 +82,21 @@ class MapConfig:
             ('width', 16 <= self.width <= 8192), ('height', 16 <= self.height <= 8192),
             ('hfov_deg', 10 <= self.hfov_deg <= 170), ('gsd_m', 0 < self.gsd_m <= 100),
             ('pca_dim', 8 <= self.pca_dim <= 4096), ('boundary_res_m', self.gsd_m <= self.boundary_res_m <= 100),
-            ('photometric', self.photometric in PHOTOMETRIC_MODES), ('pca_sample', 16 <= self.pca_sample <= 10 ** 7)])
+            ('photometric', self.photometric in PHOTOMETRIC_MODES), ('pca_sample', 16 <= self.pca_sample <= 10 ** 7),
+            ('verify_res_m', 0 < self.verify_res_m <= 100)])
 
     def scale(self, height_m: float) -> float:
         return scale_at(height_m, self.width, self.hfov_deg, self.gsd_m)
+
+    @property
+    def ortho_block(self) -> int:
+        """Orthophoto pixels per orthophoto-layer pixel (a side of the block averaged)."""
+        return max(1, int(round(self.verify_res_m / self.gsd_m)))
+
+    @property
+    def ortho_res_m(self) -> float:
+        """Metres per pixel of the orthophoto layer."""
+        return self.ortho_block * self.gsd_m
 
 
 @dataclass
@@ -93,6 +112,7 @@ class MapMeta:
     georef: Optional[dict] = None
     n_tiles: int = 0
     pca_explained: float = 0.0
+    ortho_sha256: str = ''           # the orthophoto layer's (version 2; '' = no layer)
     format: str = FORMAT
     version: int = VERSION
     notes: List[str] = field(default_factory=list)
@@ -223,6 +243,7 @@ class PlaceMap(MapIdentity):
     pca_basis: np.ndarray        # (P, D)
     boundary: np.ndarray         # (rows, cols) boundary orthomap, boundary_res_m per pixel, row 0 = y 0 (north edge)
     meta: MapMeta
+    ortho: Optional[np.ndarray] = None    # (rows, cols) uint8 orthophoto layer, ortho_res_m per pixel (ortho_layer)
 
     def save(self, path: Path, force: bool = False) -> None:
         path = Path(path)
@@ -230,18 +251,23 @@ class PlaceMap(MapIdentity):
             raise FileExistsError(f'{path} exists; pass --force to overwrite')
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + '.tmp')
-        save_file({'poses': np.ascontiguousarray(self.poses, np.float64),
+        tensors = {'poses': np.ascontiguousarray(self.poses, np.float64),
                    'descriptors': np.ascontiguousarray(self.descriptors, np.float32),
                    'pca_mean': np.ascontiguousarray(self.pca_mean, np.float32),
                    'pca_basis': np.ascontiguousarray(self.pca_basis, np.float32),
-                   'boundary': np.ascontiguousarray(self.boundary, np.float32)}, str(tmp),
-                  metadata={'gplq_ros': json.dumps(asdict(self.meta), sort_keys=True)})
+                   'boundary': np.ascontiguousarray(self.boundary, np.float32)}
+        if self.ortho is not None:
+            tensors['ortho'] = np.ascontiguousarray(self.ortho, np.uint8)
+            self.meta.ortho_sha256, self.meta.version = layer_sha256(tensors['ortho']), VERSION
+        else:
+            self.meta.ortho_sha256, self.meta.version = '', 1
+        save_file(tensors, str(tmp), metadata={'gplq_ros': json.dumps(asdict(self.meta), sort_keys=True)})
         tmp.replace(path)
         path.with_suffix('.json').write_text(json.dumps(asdict(self.meta), indent=2) + '\n')
 
     @classmethod
     def load(cls, path: Path, weights_sha256: Optional[str] = None) -> 'PlaceMap':
-        raw = read_versioned_meta(path, FORMAT, VERSION, 'place map', 'build one with gplq_map', MapError)
+        raw = read_versioned_meta(path, FORMAT, READS, 'place map', 'build one with gplq_map', MapError)
         try:
             meta = MapMeta(**raw)
             MapConfig(**meta.config)
@@ -257,7 +283,71 @@ class PlaceMap(MapIdentity):
         if meta.backbone != BACKBONE_ID or (weights_sha256 and meta.weights_sha256 != weights_sha256):
             raise MapError(f'{path}: built with {meta.backbone} weights {meta.weights_sha256[:12]}..., '
                            f'the graph uses {str(weights_sha256)[:12]}...')
-        return cls(t['poses'], t['descriptors'], t['pca_mean'], t['pca_basis'], t['boundary'], meta)
+        ortho = t.get('ortho')
+        check_ortho(ortho, meta, path)
+        return cls(t['poses'], t['descriptors'], t['pca_mean'], t['pca_basis'], t['boundary'], meta, ortho)
+
+    def ortho_window(self, r0: int, c0: int, r1: int, c1: int):
+        """(array, row0, col0): the orthophoto layer's rows r0..r1-1, cols c0..c1-1 clipped to the layer
+        (a view); an empty array when the map has no layer or the window misses it."""
+        return clip_window(self.ortho, r0, c0, r1, c1)
+
+
+def layer_sha256(layer: np.ndarray) -> str:
+    a = np.ascontiguousarray(layer, np.uint8)
+    return hashlib.sha256(np.array(a.shape, np.int64).tobytes() + a.tobytes()).hexdigest()
+
+
+def check_ortho(ortho: Optional[np.ndarray], meta: MapMeta, where) -> None:
+    """Refuse an orthophoto layer that does not belong to the map: a version-1 map with one, a
+    version-2 map without the one it records, another shape than the map's, another checksum."""
+    if meta.version < 2:
+        if ortho is not None or meta.ortho_sha256:
+            raise MapError(f'{where}: a version {meta.version} map with an orthophoto layer (a version 2 field)')
+        return
+    if ortho is None:
+        if meta.ortho_sha256:
+            raise MapError(f'{where}: the orthophoto layer the map records ({meta.ortho_sha256[:12]}...) is missing')
+        return
+    want = ortho_shape(meta.image_hw, MapConfig(**meta.config))
+    if ortho.dtype != np.uint8 or tuple(ortho.shape) != want:
+        raise MapError(f'{where}: orthophoto layer {ortho.dtype} {tuple(ortho.shape)}, the map needs uint8 {want}')
+    got = layer_sha256(ortho)
+    if got != meta.ortho_sha256:
+        raise MapError(f'{where}: orthophoto layer checksum {got[:12]}... is not the recorded '
+                       f'{meta.ortho_sha256[:12]}...: the layer does not belong to this map')
+
+
+def clip_window(layer: Optional[np.ndarray], r0: int, c0: int, r1: int, c1: int):
+    if layer is None:
+        return np.zeros((0, 0), np.uint8), 0, 0
+    h, w = layer.shape
+    r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
+    if r1 <= r0 or c1 <= c0:
+        return np.zeros((0, 0), np.uint8), 0, 0
+    return layer[r0:r1, c0:c1], r0, c0
+
+
+def ortho_shape(image_hw, cfg: MapConfig) -> Tuple[int, int]:
+    """The orthophoto layer's (rows, cols): whole k x k blocks of the orthophoto."""
+    k = cfg.ortho_block
+    return int(image_hw[0]) // k, int(image_hw[1]) // k
+
+
+def ortho_layer(read: Callable[[int, int, int, int], np.ndarray], cfg: MapConfig, r0: int, c0: int,
+                r1: int, c1: int) -> np.ndarray:
+    """Rows r0..r1-1, cols c0..c1-1 of the orthophoto layer (uint8 grey, each pixel the mean of a
+    k x k block of the orthophoto: the same from any window), from ``read(row0, col0, rows, cols)``
+    (RGB or grey pixels of the orthophoto). Pixel (i, j) is centred at x = (j + 0.5) ortho_res_m -
+    gsd_m / 2, y = -((i + 0.5) ortho_res_m - gsd_m / 2)."""
+    k = cfg.ortho_block
+    src = np.asarray(read(r0 * k, c0 * k, (r1 - r0) * k, (c1 - c0) * k))
+    if src.ndim == 3:
+        src = cv2.cvtColor(np.ascontiguousarray(src[..., :3]), cv2.COLOR_RGB2GRAY)
+    if k == 1:
+        return np.ascontiguousarray(src, np.uint8)
+    blocks = src.reshape(r1 - r0, k, c1 - c0, k).astype(np.float32).mean(axis=(1, 3))
+    return np.clip(np.round(blocks), 0, 255).astype(np.uint8)
 
 
 def read_georef(path: Path) -> Optional[GeoRef]:
@@ -269,7 +359,7 @@ def read_georef(path: Path) -> Optional[GeoRef]:
         except (OSError, ValueError, KeyError) as e:
             raise MapError(f'{path}: not a sharded place map folder ({e})') from None
     else:
-        raw = read_versioned_meta(path, FORMAT, VERSION, 'place map', 'build one with gplq_map', MapError)
+        raw = read_versioned_meta(path, FORMAT, READS, 'place map', 'build one with gplq_map', MapError)
     try:
         return GeoRef(**raw['georef']) if raw.get('georef') else None
     except (TypeError, ValueError) as e:
@@ -314,8 +404,10 @@ def build_map(ortho: np.ndarray, describe: Callable[[np.ndarray], Tuple[np.ndarr
         progress(i + 1, len(poses))
     desc = np.stack(desc)
     boundary = np.where(cnt > 0, acc / np.maximum(cnt, 1), 0.0).astype(np.float32)
+    orows, ocols = ortho_shape(ortho.shape[:2], cfg)
+    layer = ortho_layer(lambda r, c, h, w: ortho[r:r + h, c:c + w], cfg, 0, 0, orows, ocols)
     mean, basis, explained = fit_pca(desc[pca_sample_ids(len(desc), cfg.pca_sample)], cfg.pca_dim)
     meta.n_tiles, meta.pca_explained, meta.image_hw = len(poses), explained, list(ortho.shape[:2])
     meta.config = asdict(cfg)
     proj = l2_normalize((desc - mean) @ basis.T)
-    return PlaceMap(poses, proj.astype(np.float32), mean, basis, boundary, meta)
+    return PlaceMap(poses, proj.astype(np.float32), mean, basis, boundary, meta, layer)

@@ -1,0 +1,220 @@
+"""The verified measurement (onboard.verify) and the map's orthophoto layer it reads: frames
+rendered from a real orthophoto (NEON, 10 cm) and registered back to the map's layer; wrong
+places and frames of another place refused; the covariance grows as the evidence shrinks; the
+layer's round trip and refusals in one-file and sharded maps; the Localizer with the frames."""
+import math
+from dataclasses import asdict, replace
+
+import numpy as np
+import pytest
+
+from gplq_ros.onboard.fileformat import BACKBONE_ID
+from gplq_ros.onboard.flight import DEFAULT_ORTHO, Flight, FlightConfig
+from gplq_ros.onboard.localize import Localizer, LocalizerConfig, inside_ellipse, largest_sigma
+from gplq_ros.onboard.mapstore import ShardedMap, WholeMap, shard_placemap, write_sharded
+from gplq_ros.onboard.placemap import MapConfig, MapError, MapMeta, PlaceMap, ortho_layer, ortho_shape, vocabulary_id
+from gplq_ros.onboard.verify import Verifier, VerifyConfig
+
+CFG = MapConfig(stride_m=8.0, headings=8, heights_m=(40.0,), gsd_m=0.1, pca_dim=32)
+
+
+@pytest.fixture(scope='module')
+def ortho(images):
+    return images[DEFAULT_ORTHO]
+
+
+def _descriptor_fn(seed=0, dim=64, length_m=12.0):
+    """Place descriptors as a smooth random function of position and heading (the retrieval's part
+    of these tests; the imagery is real)."""
+    rng = np.random.default_rng(seed)
+    w, b, wy = rng.normal(0, 1 / length_m, (dim, 2)), rng.uniform(0, 2 * np.pi, dim), rng.normal(0, 1.0, dim)
+
+    def f(x, y, yaw):
+        v = np.cos(w @ np.array([x, y]) + b + wy * np.cos(yaw)) + 0.5 * np.sin(wy * np.sin(yaw))
+        return (v / np.linalg.norm(v)).astype(np.float32)
+    return f
+
+
+@pytest.fixture(scope='module')
+def layered_map(ortho):
+    """A place map of the real orthophoto: its layer from ``ortho``, descriptors from ``_descriptor_fn``."""
+    f = _descriptor_fn()
+    h, w = ortho.shape[:2]
+    poses = np.array([(x, -y, k * 2 * np.pi / 8, 40.0) for y in np.arange(40.0, h * 0.1 - 40, 8.0)
+                      for x in np.arange(40.0, w * 0.1 - 40, 8.0) for k in range(8)])
+    desc = np.stack([f(*p[:3]) for p in poses])
+    mean = desc.mean(axis=0)                     # the PCA of 64 dims directly (fit_pca's Gram route is for D >> N)
+    _, sv, vt = np.linalg.svd(desc - mean, full_matrices=False)
+    basis, explained = vt[:CFG.pca_dim].astype(np.float32), float((sv[:CFG.pca_dim] ** 2).sum() / (sv ** 2).sum())
+    proj = (desc - mean) @ basis.T
+    meta = MapMeta(BACKBONE_ID, 'w' * 64, vocabulary_id(np.eye(3)), 'fp32.onnx', DEFAULT_ORTHO, 's' * 64, [h, w],
+                   asdict(CFG), None, len(poses), explained)
+    layer = ortho_layer(lambda r, c, n, m: ortho[r:r + n, c:c + m], CFG, 0, 0, *ortho_shape((h, w), CFG))
+    pm = PlaceMap(poses, (proj / np.linalg.norm(proj, axis=1, keepdims=True)).astype(np.float32), mean, basis,
+                  np.zeros((8, 8), np.float32), meta, layer)
+    return pm, f
+
+
+@pytest.fixture(scope='module')
+def verifier(layered_map):
+    """One verifier (default settings) for the module: the map's keypoints are detected once per block."""
+    return Verifier(WholeMap(layered_map[0]))
+
+
+def _flight(ortho, seed=1):
+    return Flight(ortho, FlightConfig(gsd_m=0.1, height_m=40.0, seed=seed))
+
+
+def test_ortho_layer_is_the_same_from_any_window(ortho):
+    cfg = replace(CFG, verify_res_m=0.3)                    # 3x3 blocks of the 10 cm orthophoto
+    assert cfg.ortho_block == 3 and cfg.ortho_res_m == pytest.approx(0.3)
+    h, w = ortho_shape(ortho.shape[:2], cfg)
+
+    def read(r, c, n, m):
+        return ortho[r:r + n, c:c + m]
+    whole = ortho_layer(read, cfg, 0, 0, h, w)
+    assert whole.shape == (ortho.shape[0] // 3, ortho.shape[1] // 3) and whole.dtype == np.uint8
+    assert np.array_equal(ortho_layer(read, cfg, 17, 40, 90, 333), whole[17:90, 40:333])
+    gray = ortho[:3, :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    assert abs(int(whole[0, 0]) - gray.mean()) <= 1.0     # a block mean of the grey values (rounding, cvtColor)
+
+
+def test_rendered_frames_are_verified_at_their_pose(verifier, ortho):
+    """Frames rendered from the orthophoto (heights 30-50 m, any yaw) registered from a candidate
+    12 m x 9 m off. Bounds: 1 m = 5 pixels of the 0.2 m layer (a wrong pixel convention or scale
+    is off by metres: 40 m before a layer-resolution fault was fixed); height within 3 % and yaw
+    within 1 deg (their grid: 0.2 m in 40 m = 0.5 %)."""
+    v = verifier
+    fl = _flight(ortho)
+    errs = []
+    for t in np.arange(0.0, 60.0, 6.0):
+        p = fl.pose(float(t))
+        r = v.verify(v.frame_features(fl.render(p)), np.array([p.x_m + 12.0, p.y_m - 9.0]), 40.0, (20.0, 80.0))
+        assert r.ok, (t, r)
+        e = np.hypot(r.xy[0] - p.x_m, r.xy[1] - p.y_m)
+        errs.append(e)
+        assert e < 1.0 and abs(r.height_m / p.z_m - 1) < 0.03, (t, e, r.height_m, p.z_m)
+        assert abs(math.degrees((r.yaw - p.yaw + math.pi) % (2 * math.pi) - math.pi)) < 1.0, (t, r.yaw, p.yaw)
+        assert r.inliers >= VerifyConfig().verify_min_inliers and r.tilt_deg < 2.0
+        assert np.all(np.linalg.eigvalsh(r.cov) >= VerifyConfig().verify_floor_m ** 2 - 1e-9)
+    assert v.stats['blocks_detected'] > 0
+
+
+def test_wrong_places_and_other_imagery_are_refused(verifier, ortho, images):
+    v = verifier
+    fl = _flight(ortho)
+    other = images['SOAP_031.png']           # another forest, not in the map
+    refused = 0
+    for t in np.arange(0.0, 60.0, 6.0):
+        p = fl.pose(float(t))
+        frame = v.frame_features(fl.render(p))
+        # the same frame at a candidate 120 m away in the same map
+        far = np.array([p.x_m, p.y_m]) + 120.0 * np.array([math.cos(t), math.sin(t)])
+        far = np.clip(far, [40.0, -190.0], [200.0, -40.0])
+        if np.hypot(*(far - [p.x_m, p.y_m])) > 60.0:
+            r = v.verify(frame, far, 40.0, (20.0, 80.0))
+            refused += not r.ok
+            assert not r.ok, (t, r)
+        # a frame of the other image at the right candidate
+        o = Flight(other, FlightConfig(gsd_m=0.1, height_m=40.0, seed=2)).render(p) if min(other.shape[:2]) > 900 \
+            else other[:480, :640]
+        r = v.verify(v.frame_features(o), np.array([p.x_m, p.y_m]), 40.0, (20.0, 80.0))
+        assert not r.ok and r.reason, (t, r)
+    assert refused >= 5
+
+
+def test_fewer_inliers_give_a_larger_covariance(layered_map, verifier, ortho):
+    """The covariance comes from the evidence: the same frames with 8x fewer frame keypoints give fewer
+    inliers and a larger position sigma (before the floor), on every frame."""
+    pm, _ = layered_map
+    cfg = VerifyConfig(verify_floor_m=0.01)
+    full, few = Verifier(WholeMap(pm), cfg), Verifier(WholeMap(pm), replace(cfg, verify_frame_keypoints=125))
+    full.blocks = few.blocks = verifier.blocks            # the same map keypoints (default settings)
+    fl = _flight(ortho)
+    for t in (0.0, 12.0, 24.0):
+        p = fl.pose(t)
+        img, xy = fl.render(p), np.array([p.x_m, p.y_m])
+        a, b = full.verify(full.frame_features(img), xy, 40.0, (20, 80)), few.verify(few.frame_features(img), xy,
+                                                                                     40.0, (20, 80))
+        assert a.ok and b.ok and b.inliers < a.inliers, (a, b)
+        assert largest_sigma(b.cov) > largest_sigma(a.cov), (t, a.cov, b.cov)
+
+
+def test_localizer_with_frames_fixes_verified_positions(layered_map, verifier, ortho, images):
+    """The Localizer with the frames (0.5 Hz, as a survey camera): fixes on the frames after the
+    first, each within 1 m (the verification's bound above) and inside its 2-sigma ellipse
+    (the floor of 2.5 m per axis is far above the 0.1-0.8 m errors of rendered frames); frames of
+    another place: never a fix."""
+    pm, f = layered_map
+    fl = _flight(ortho)
+    loc = Localizer(pm, LocalizerConfig(), VerifyConfig())
+    loc.verifier = verifier                               # its map keypoints, detected once for the module
+    rng = np.random.default_rng(0)
+    fixes = []
+    ts = np.arange(0.0, 36.0, 2.0)
+    for t in ts:
+        p = fl.pose(float(t))
+        d = f(p.x_m, p.y_m, p.yaw) + rng.normal(0, 0.02, 64).astype(np.float32)
+        est = loc.update(d / np.linalg.norm(d), float(t), image=fl.render(p))
+        assert est.independent is not None and est.independent.inliers > 0, est.reason
+        if est.fix:
+            e = est.xy - [p.x_m, p.y_m]
+            assert np.hypot(*e) < 1.0 and inside_ellipse(e, est.cov), (t, e, est.cov)
+            fixes.append(t)
+    assert fixes and fixes[0] <= 2 * 2.0 * (LocalizerConfig().init_fixes - 1) + 1e-9   # init_fixes frames
+    assert len(fixes) == len([t for t in ts if t >= fixes[0]])                          # then every frame
+    other = images['SOAP_031.png'][:480, :640]
+    loc2 = Localizer(pm, LocalizerConfig(), VerifyConfig())
+    loc2.verifier = verifier
+    for t in ts[:6]:
+        p = fl.pose(float(t))
+        est = loc2.update(f(p.x_m, p.y_m, p.yaw), float(t), image=other)
+        assert not est.fix and est.reason in ('weak', 'ambiguous'), est.reason
+
+
+def test_map_orthophoto_layer_round_trips_and_is_refused_when_it_does_not_belong(layered_map, tmp_path):
+    pm, _ = layered_map
+    path = tmp_path / 'm.safetensors'
+    pm.save(path)
+    back = PlaceMap.load(path)
+    assert back.meta.version == 2 and back.meta.ortho_sha256 and np.array_equal(back.ortho, pm.ortho)
+    # another layer under the same metadata: refused by its checksum
+    from safetensors.numpy import load_file, save_file
+    import json
+    t = load_file(str(path))
+    from safetensors import safe_open
+    with safe_open(str(path), framework='numpy') as fh:
+        meta = json.loads(fh.metadata()['gplq_ros'])
+    t['ortho'] = t['ortho'].copy()
+    t['ortho'][5, 5] ^= 1
+    bad = tmp_path / 'bad.safetensors'
+    save_file(t, str(bad), metadata={'gplq_ros': json.dumps(meta)})
+    with pytest.raises(MapError, match='checksum'):
+        PlaceMap.load(bad)
+    # a version-1 file claiming a layer, a version-2 file missing the one it records
+    save_file(t, str(bad), metadata={'gplq_ros': json.dumps(dict(meta, version=1))})
+    with pytest.raises(MapError, match='version 1'):
+        PlaceMap.load(bad)
+    del t['ortho']
+    save_file(t, str(bad), metadata={'gplq_ros': json.dumps(meta)})
+    with pytest.raises(MapError, match='missing'):
+        PlaceMap.load(bad)
+    # a map without a layer (version 1) still loads; the localizer then has no verifier
+    save_file(t, str(bad), metadata={'gplq_ros': json.dumps(dict(meta, version=1, ortho_sha256=''))})
+    old = PlaceMap.load(bad)
+    assert old.ortho is None and Localizer(old).verifier is None
+    # sharded: the layer's parts, checked per shard
+    folder = write_sharded(shard_placemap(pm, 50.0), tmp_path / 'sharded')
+    sm = ShardedMap(folder)
+    assert sm.has_ortho and sm.meta.ortho_sha256
+    win, r0, c0 = sm.ortho_window(100, 150, 700, 900)
+    assert np.array_equal(win, pm.ortho[r0:700, c0:900]) and (r0, c0) == (100, 150)
+    shard = sorted((folder / 'shards').iterdir())[3]
+    st = load_file(str(shard))
+    with safe_open(str(shard), framework='numpy') as fh:
+        smeta = fh.metadata()
+    st['ortho'] = st['ortho'].copy()
+    st['ortho'][0, 0] ^= 1
+    save_file(st, str(shard), metadata=smeta)
+    with pytest.raises(MapError, match='checksum'):
+        ShardedMap(folder).ortho_window(0, 0, 10 ** 5, 10 ** 5)
