@@ -36,6 +36,7 @@ A development measurement: no localizer setting is tuned here (the defaults are 
 Photos are seconds apart (brighton_beach: 7-9 s), so the filter's motion model sees large gaps.
 """
 import argparse
+import csv
 import json
 import math
 import time
@@ -47,6 +48,7 @@ import numpy as np
 from gplq_ros.onboard.engine import load
 from gplq_ros.onboard.fileformat import sha256_file
 from gplq_ros.onboard.flight import odometry_along
+from gplq_ros.onboard.geotiff import read_geotiff
 from gplq_ros.onboard.georef_fit import GeorefConfig, fit_georeference, load_photos, write_world_file
 from gplq_ros.onboard.localize import Localizer, LocalizerConfig, inside_ellipse, largest_sigma, summarize
 from gplq_ros.onboard.mapbuild import build_map_file
@@ -315,6 +317,12 @@ def main():
                     'with a random-walk error of FRAC per metre travelled (onboard.flight.odometry_along); default: '
                     'no odometry')
     ap.add_argument('--out', type=Path, default=Path('out/localize_photos'))
+    ap.add_argument('--reference', type=Path, default=None,
+                    help='reference poses (poses.csv of benchmarks/seneca_reference.py): then --ortho is a '
+                    'geo-referenced GeoTIFF (no fit) and the truth is the reference camera centre, not the GPS')
+    ap.add_argument('--names', nargs=2, default=None, metavar=('FIRST', 'LAST'),
+                    help='only the photos whose file names lie in FIRST..LAST (e.g. one pass of a survey)')
+    ap.add_argument('--sensor-width-mm', type=float, default=0.0, help='for photos whose EXIF has no 35 mm focal')
     ap.add_argument('--verify-set', nargs='*', default=[], help='VerifyConfig overrides name=value (verify=false: '
                     'the boundary-map refinement)')
     args = ap.parse_args()
@@ -324,22 +332,35 @@ def main():
     t_start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     metas = sorted((read_photo(p) for p in list_photos(args.photos)), key=lambda m: (m.time_s, m.path.name))
+    if args.names:
+        metas = [m for m in metas if args.names[0] <= m.path.name <= args.names[1]]
+    reference = None
+    if args.reference:
+        with open(args.reference) as fh:
+            reference = {r['name']: r for r in csv.DictReader(fh) if r['registered'] == 'True'}
+        metas = [m for m in metas if m.path.name in reference]
     m0 = metas[0]
 
     # 1. geo-reference
     t0 = time.perf_counter()
-    res = fit_georeference(args.ortho, load_photos(args.photos), GeorefConfig())
-    fit, georef = res.north_up, res.georef()
-    gsd = fit.gsd_m
-    print(res.report())
-    print(f'georeference: north-up GSD {gsd:.5f} m/px, RMS {fit.rms_m:.2f} m over {sum(fit.inliers)} of '
-          f'{len(res.names)} registered photos ({len(metas)} photos), UTM {res.zone_text}, origin '
-          f'{georef.origin_e:.1f} E {georef.origin_n:.1f} N ({time.perf_counter() - t0:.0f} s)', flush=True)
-    write_world_file(args.out / (args.ortho.stem + '.jgw'), fit, force=True)
-    (args.out / 'georef.json').write_text(json.dumps(res.to_dict(), indent=1))
+    res = fit = None
+    if reference is not None:
+        gt = read_geotiff(args.ortho)
+        georef, gsd = gt.georef, gt.gsd_m
+        print(f'georeference: {gt.describe()}', flush=True)
+    else:
+        res = fit_georeference(args.ortho, load_photos(args.photos), GeorefConfig())
+        fit, georef = res.north_up, res.georef()
+        gsd = fit.gsd_m
+        print(res.report())
+        print(f'georeference: north-up GSD {gsd:.5f} m/px, RMS {fit.rms_m:.2f} m over {sum(fit.inliers)} of '
+              f'{len(res.names)} registered photos ({len(metas)} photos), UTM {res.zone_text}, origin '
+              f'{georef.origin_e:.1f} E {georef.origin_n:.1f} N ({time.perf_counter() - t0:.0f} s)', flush=True)
+        write_world_file(args.out / (args.ortho.stem + '.jgw'), fit, force=True)
+        (args.out / 'georef.json').write_text(json.dumps(res.to_dict(), indent=1))
 
     # 2. camera, graph, vocabulary, map
-    cam = map_camera(metas, WIDTH)                    # the photos' camera and heights, as gplq_map --photos
+    cam = map_camera(metas, WIDTH, args.sensor_width_mm)   # the photos' camera and heights, as gplq_map --photos
     size = (cam.width, cam.height)
     hfov = cam.hfov_deg
     input_hw = resolve_size(size[1], size[0], 224)
@@ -372,14 +393,21 @@ def main():
               f'{pm.meta.pca_explained:.3f}', flush=True)
     pmap = PlaceMap.load(map_path)
 
-    # truth: GPS in the map frame; SIFT registration (centre, heading) where the photo registered
-    truth = [(np.array(map_xy(georef, m.lat, m.lon)), m.yaw('gimbal')) for m in metas]
-    regs = {r.name: r for r in res.registrations}
-    reg_truth = []
-    for m in metas:
-        r = regs.get(m.path.name)
-        reg_truth.append((np.array([gsd * (r.centre_px[0] + 0.5), -gsd * (r.centre_px[1] + 0.5)]),
-                          -math.radians(r.heading_deg)) if r is not None and r.ok else None)
+    # truth: GPS in the map frame; SIFT registration (centre, heading) where the photo registered; with
+    # --reference: the reference camera centre and yaw
+    if reference is not None:
+        truth = [(np.array([float(reference[m.path.name]['e']) - georef.origin_e,
+                            float(reference[m.path.name]['n']) - georef.origin_n]),
+                  math.radians(float(reference[m.path.name]['yaw_deg']))) for m in metas]
+        reg_truth = [None] * len(metas)
+    else:
+        truth = [(np.array(map_xy(georef, m.lat, m.lon)), m.yaw('gimbal')) for m in metas]
+        regs = {r.name: r for r in res.registrations}
+        reg_truth = []
+        for m in metas:
+            r = regs.get(m.path.name)
+            reg_truth.append((np.array([gsd * (r.centre_px[0] + 0.5), -gsd * (r.centre_px[1] + 0.5)]),
+                              -math.radians(r.heading_deg)) if r is not None and r.ok else None)
     lo, hi = pmap.poses[:, :2].min(axis=0) - args.stride / 2, pmap.poses[:, :2].max(axis=0) + args.stride / 2
     outside = [m.path.name for m, (xy, _) in zip(metas, truth) if not ((xy >= lo) & (xy <= hi)).all()]
     print(f'map tile centres x {lo[0]:.0f}..{hi[0]:.0f} m, y {lo[1]:.0f}..{hi[1]:.0f} m; photos outside it: '
@@ -411,7 +439,8 @@ def main():
         print(f'{label}: reasons {s["reasons"]}; retrieval right, outcome wrong: {s["retrieval_right_outcome_wrong"]}')
     summary = {'photos': str(args.photos), 'ortho': str(args.ortho), 'development_set': True,
                'georef': {'gsd_m': gsd, 'rms_m': fit.rms_m, 'registered': len(res.names), 'fitted': sum(fit.inliers),
-                          'utm_zone': res.zone_text, 'origin_e': georef.origin_e, 'origin_n': georef.origin_n},
+                          'utm_zone': res.zone_text, 'origin_e': georef.origin_e, 'origin_n': georef.origin_n}
+               if fit is not None else {'gsd_m': gsd, 'from': str(args.ortho), 'reference': str(args.reference)},
                'map': {'path': str(map_path), 'tiles': pmap.meta.n_tiles, 'config': asdict(cfg),
                        'build_s': map_s, 'photos_outside_tile_area': outside},
                'graph_input_hw': list(input_hw), 'localizer': asdict(LocalizerConfig()), 'verify': asdict(vcfg),

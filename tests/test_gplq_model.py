@@ -467,10 +467,16 @@ def test_qat_baseline_trains_against_a_fixed_fp32_teacher(extractor, small_crops
                 ref = qm.block_tokens(x)[-1]
             return float(((qm.block_tokens(x)[-1] - ref) ** 2).mean() / (ref ** 2).mean())
     before = final_error()
-    hist = qat(qm, small_crops, cfg, steps=8, lr=1e-5)
+    hist = qat(qm, small_crops, cfg, steps=8)          # the default weight step (qat's docstring: why 1e-6)
     after = final_error()
     assert len(hist['total']) == 8 and hist['wall_s'][0] > 0
-    assert after < 0.95 * before, (before, after)       # on the training crops (0.80x measured at 224 px, 0.79x at 112)
+    # what QAT trains: the mimicking loss over the 8 crops (2 batches an epoch, every epoch all 8) falls
+    # from the first epoch to the last; the final tokens' error, which it does not train directly, does not
+    # rise. Bounds from what is optimized, not a CPU's ratio: 0.80x on an Intel Xeon and 1.31x on an AMD
+    # Zen 5 with the former step of 1e-5, whose code flips raised the loss itself (qat's docstring)
+    first, last = sum(hist['total'][:2]) / 2, sum(hist['total'][-2:]) / 2
+    assert last < first, hist['total']
+    assert after < before, (before, after)
     assert qm.current_modes == Modes(act=True, weight=True)
     for n, lin in qm.linears.items():
         assert torch.equal(lin.weight, w0[n]) and not lin.weight.requires_grad   # FP32 weights put back

@@ -83,6 +83,7 @@ def test_rewritten_graphs_match_the_fake_quant_model(rotated_qk_artifact, images
     assert engines[('default', 'onnxruntime')].ort_rewrites == 12
     assert engines[('default', 'openvino')].ort_rewrites == 0 == engines[('ort', 'onnxruntime')].ort_rewrites
     plain = load(plain_path, backend='onnxruntime', warmup=0)
+    plain_ov = load(plain_path, backend='openvino', warmup=0)
     for name in FRAMES:
         frame = np.ascontiguousarray(images[name][:480, :640])
         prep, tok, _ = engines[('ort', 'onnxruntime')].features(frame)
@@ -94,9 +95,16 @@ def test_rewritten_graphs_match_the_fake_quant_model(rotated_qk_artifact, images
         # to the fake-quant model the same bound as there: 4x that floor or 1e-3
         floor = 1.0 - token_cosine(plain.features(frame)[1], tok)
         assert floor < 2e-3, (name, floor)
+        # OpenVINO against the fake-quant model: its own requantization rounding, measured on the plain
+        # Q/DQ graph (this frame's OpenVINO floor; < 5e-3 as test_runtime_engine bounds that class); the
+        # rewritten forms get the same 4x / 1e-3 as on ONNX Runtime. Its kernels differ by CPU (VNNI, AMX,
+        # AVX2 only): 1.1e-3 on an AMD Zen 5 failed the fixed 1e-3 this replaced
+        floor_ov = 1.0 - token_cosine(plain_ov.features(frame)[1], ref)
+        assert floor_ov < 5e-3, (name, floor_ov)
         for form in ('default', 'ort'):
             _, tok_f, vf_f = engines[(form, 'onnxruntime')].features(frame)
             assert 1.0 - token_cosine(tok_f, ref) <= max(4 * floor, 1e-3), (name, form, floor)
             assert token_cosine(vf_f, ref_vf) > 0.99, (name, form)
-            # OpenVINO runs both forms (its own requantization rounding: test_gplq_model's bound)
-            assert token_cosine(engines[(form, 'openvino')].features(frame)[1], ref) > 0.999, (name, form)
+            # OpenVINO runs both forms exactly as it runs the plain Q/DQ graph (floor_ov above)
+            tok_ov = engines[(form, 'openvino')].features(frame)[1]
+            assert 1.0 - token_cosine(tok_ov, ref) <= max(4 * floor_ov, 1e-3), (name, form, floor_ov)

@@ -121,7 +121,9 @@ def _node_settings():
     from gplq_ros.onboard.join import JoinConfig
     from gplq_ros.onboard.localize import LocalizerConfig
     from gplq_ros.onboard.status import MonitorLimits
+    from gplq_ros.onboard.verify import VerifyConfig
     return [('localizer_node', LocalizerConfig), ('localizer_node', JoinConfig), ('localizer_node', AidingConfig),
+            ('localizer_node', VerifyConfig),
             ('monitor_node', DriftBounds), ('monitor_node', MonitorLimits)]
 
 

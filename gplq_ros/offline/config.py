@@ -141,7 +141,8 @@ class QATConfig:
     steps: int = setting(help='QAT baseline (offline.qat): train weights, weight scales and activation quantizers '
                          'end to end for this many steps after stage 2 (0: off; with --method minmax: an '
                          'LSQ-style QAT run)', range=(1, 10_000_000), none=0)
-    lr: float = setting(1e-5, 'QAT step of the weights (scales ~10x relative)', range=(1e-9, 1.0))
+    lr: float = setting(1e-6, 'QAT step of the weights (Adam: each weight moves about this far per step; 4-bit '
+                        'steps are 5e-3-1e-2 here; scales at the same relative rate)', range=(1e-9, 1.0))
 
     def __post_init__(self):
         validate(self)
