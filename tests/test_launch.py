@@ -234,7 +234,8 @@ def test_ros2_launch_in_a_namespace_records_the_namespaced_topics(tmp_path, pack
     wanted = {t for t in description.record_topics(args) if not t.endswith('/camera_info')}
     assert {t for t in wanted if t.startswith('/uav1/')} == {
         '/uav1/camera/image_raw', '/uav1/feature_node/boundary_map', '/uav1/feature_node/corner_map',
-        '/uav1/feature_node/corners', '/uav1/feature_node/descriptor', '/uav1/monitor_node/status',
+        '/uav1/feature_node/corners', '/uav1/feature_node/descriptor', '/uav1/feature_node/verify_image',
+        '/uav1/monitor_node/status',
         '/uav1/flight_sim_node/true_pose'}, wanted
     assert wanted <= set(counts) and all(counts[t] > 0 for t in wanted), (counts, log[-3000:])
     assert all(t.startswith('/uav1/') or t == '/diagnostics' for t in counts), counts
