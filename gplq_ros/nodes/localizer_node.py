@@ -272,7 +272,8 @@ class LocalizerNode(ManagedNode):
             img = image_to_rgb(image_msg) if image_msg is not None else None
             t = stamp.sec + stamp.nanosec * 1e-9
             t0 = time.perf_counter()
-            est = self.localizer.update(d, t, b, image=img, **self._aiding(t))
+            kw = dict(self._aiding(t), **({'image': img} if img is not None else {}))
+            est = self.localizer.update(d, t, b, **kw)
             self.query_ms.add((time.perf_counter() - t0) * 1e3)
         except FilterFault as e:
             with self._lock:
