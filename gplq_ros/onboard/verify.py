@@ -58,9 +58,10 @@ class VerifyConfig:
                                           'pixels a side)', range=(50, 50000))
     verify_ratio: float = setting(0.8, 'Lowe ratio: best match distance below this times the second best',
                                   range=(0.3, 1.0))
-    verify_ransac_px: float = setting(4.0, 'RANSAC inlier threshold, frame pixels at verify_frame_width',
+    verify_ransac_px: float = setting(4.0, 'homography (MAGSAC++) inlier threshold, frame px at verify_frame_width',
                                       range=(0.5, 50.0))
-    verify_min_inliers: int = setting(15, 'fewer RANSAC inliers: not verified', range=(6, 10000))
+    verify_min_inliers: int = setting(15, 'fewer inliers of the homography and the pose: not verified',
+                                      range=(6, 10000))
     verify_max_tilt_deg: float = setting(25.0, 'a larger camera tilt from nadir: not verified', range=(1.0, 80.0))
     verify_search_m: float = setting(30.0, 'the window covers the footprint and this much around the candidate, '
                                      'm', range=(1.0, 500.0))
