@@ -50,7 +50,7 @@ from gplq_ros.onboard.status import Level
 matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-OUTPUT_SUFFIXES = ('boundary_map', 'corner_map', 'corners', 'descriptor')
+OUTPUT_SUFFIXES = ('boundary_map', 'corner_map', 'corners', 'descriptor', 'verify_image')
 
 
 def _stamp(msg):
