@@ -286,7 +286,9 @@ def test_calibration_config_versions():
     assert CalibConfig.from_dict(V1_ONBOARD_CUDA) == replace(BEST_CALIBRATION_CUDA, stage1=constant)
     assert CalibConfig.from_dict(V1_COMMON) == CalibConfig(stage1=constant)
     minmax_qat = CalibConfig.from_dict(dict(V1_COMMON, method='minmax', qat_steps=128, compensation_rank=16))
-    assert minmax_qat == CalibConfig(stage1=None, qat=QATConfig(steps=128), compensation=CompensationConfig(rank=16))
+    # the record's own QAT step (1e-5, the default then), not today's default
+    assert minmax_qat == CalibConfig(stage1=None, qat=QATConfig(steps=128, lr=1e-5),
+                                     compensation=CompensationConfig(rank=16))
     assert CalibConfig.from_dict(dict(V1_COMMON, method='percentile')).method == 'percentile'
     full = CalibConfig.from_options(method='gplq', epochs=2, max_8bit_fraction=0.5, target_cosine=0.99,
                                     rounding_iters=5, qat_steps=3, compensation_rank=4, beta=0.5)

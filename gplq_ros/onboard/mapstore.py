@@ -23,6 +23,7 @@ questions: ``search(q, k, near=None)`` (global, or only the tiles within a radiu
 position), ``boundary_window`` (the boundary orthomap around a position), ``ortho_window`` (the
 orthophoto layer around a position: the verification's imagery), ``poses``,
 ``project``, ``config``, ``georef``. ``open_map`` opens either."""
+import hashlib
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from safetensors.numpy import load_file, save_file
 from gplq_ros.onboard import mapindex
 from gplq_ros.onboard.fileformat import BACKBONE_ID, sha256_file
 from gplq_ros.onboard.placemap import (MapConfig, MapError, MapIdentity, MapMeta, PlaceMap, clip_window,
-                                       layer_sha256)
+                                       layer_sha256, ortho_shape)
 from gplq_ros.onboard.settings import setting, validate
 
 
@@ -288,7 +289,6 @@ def write_sharded(result, out: Path, index_cfg=None, force: bool = False) -> Pat
 
 def sha_of_parts(parts: Dict[Tuple[int, int], np.ndarray]) -> str:
     """The orthophoto layer's identity in a sharded map: the checksums of its parts in key order."""
-    import hashlib
     text = '\n'.join(f'{k[0]},{k[1]}:{layer_sha256(parts[k])}' for k in sorted(parts, key=lambda k: (k[1], k[0])))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -367,7 +367,6 @@ class ShardedMap(MapIdentity):
                            f'ortho_sha256={self.meta.ortho_sha256[:12]!r}: the orthophoto layer and the version '
                            'do not agree')
         if self.ortho_hw is not None:
-            from gplq_ros.onboard.placemap import ortho_shape
             if self.ortho_hw != ortho_shape(self.meta.image_hw, self.config):
                 raise MapError(f'{self.path}: ortho_hw {self.ortho_hw} is not the map\'s orthophoto layer '
                                f'{ortho_shape(self.meta.image_hw, self.config)}')
