@@ -95,6 +95,11 @@ def test_rewritten_graphs_match_the_fake_quant_model(rotated_qk_artifact, images
         # to the fake-quant model the same bound as there: 4x that floor or 1e-3
         floor = 1.0 - token_cosine(plain.features(frame)[1], tok)
         assert floor < 2e-3, (name, floor)
+        # the plain Q/DQ graph's own distance from the fake-quant model on this runtime and CPU: without
+        # VNNI (an AMD Zen 3, AVX2) u8 x s8 pair sums saturate at 16 bits and ORT's plain and fused graphs
+        # agree exactly (floor 0) while both are 4.2e-3 from the fake-quant model on SOAP_031; the
+        # rewritten forms may not be more than 4x further than the plain graph is
+        plain_dev = 1.0 - token_cosine(plain.features(frame)[1], ref)
         # OpenVINO against the fake-quant model: its own requantization rounding, measured on the plain
         # Q/DQ graph (this frame's OpenVINO floor); the rewritten forms get the same 4x / 1e-3 as on ONNX
         # Runtime. Its kernels differ by CPU: the fixed 0.999 this replaced failed at 1.1e-3 on an AMD Zen 5,
@@ -103,7 +108,8 @@ def test_rewritten_graphs_match_the_fake_quant_model(rotated_qk_artifact, images
         floor_ov = 1.0 - token_cosine(plain_ov.features(frame)[1], ref)
         for form in ('default', 'ort'):
             _, tok_f, vf_f = engines[(form, 'onnxruntime')].features(frame)
-            assert 1.0 - token_cosine(tok_f, ref) <= max(4 * floor, 1e-3), (name, form, floor)
+            dev = 1.0 - token_cosine(tok_f, ref)
+            assert dev <= max(4 * floor, 4 * plain_dev, 1e-3), (name, form, floor, plain_dev)
             assert token_cosine(vf_f, ref_vf) > 0.99, (name, form)
             # OpenVINO runs both forms exactly as it runs the plain Q/DQ graph (floor_ov above)
             tok_ov = engines[(form, 'openvino')].features(frame)[1]
