@@ -89,12 +89,10 @@ from gplq_ros.nodes.params import declare_qos
 from gplq_ros.nodes.run import run_node
 from gplq_ros.onboard.aiding import (AidingConfig, HeightBuffer, PoseBuffer, aiding_status, altitude_height,
                                      odometry_pose, range_height)
-from gplq_ros.onboard.image_codec import ImageFormatError
+from gplq_ros.onboard.image_codec import ImageFormatError, image_to_rgb
 from gplq_ros.onboard.join import JoinConfig, StampJoin
-from gplq_ros.onboard.image_codec import image_to_rgb
 from gplq_ros.onboard.localize import FilterFault, Localizer, LocalizerConfig, OdomPose
 from gplq_ros.onboard.messages import decode_descriptor, decode_map, encode_fix, encode_pose
-from gplq_ros.onboard.verify import VerifyConfig
 from gplq_ros.onboard.paths import vocabulary_parameter
 from gplq_ros.onboard.pipeline import single_thread_blas
 from gplq_ros.onboard import mapindex
@@ -103,6 +101,7 @@ from gplq_ros.onboard.placemap import MapError
 from gplq_ros.onboard.slot import SlotWorker
 from gplq_ros.onboard.stats import LatencyWindow
 from gplq_ros.onboard.status import localizer_status
+from gplq_ros.onboard.verify import VerifyConfig
 from gplq_ros.onboard.vocabulary import Vocabulary
 
 

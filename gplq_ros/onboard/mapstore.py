@@ -423,23 +423,8 @@ class ShardedMap(MapIdentity):
     def boundary_window(self, r0: int, c0: int, r1: int, c1: int):
         """(array, row0, col0): the boundary orthomap's rows r0..r1-1, cols c0..c1-1 clipped to the
         map, assembled from the shards that hold them (zero where no shard is)."""
-        bh, bw = self.boundary_hw
-        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, bh), min(c1, bw)
-        if r1 <= r0 or c1 <= c0:
-            return np.zeros((1, 1), np.float32), 0, 0
-        out = np.zeros((r1 - r0, c1 - c0), np.float32)
-        cp = self.core_px
-        keys = [(kx, ky) for ky in range(r0 // cp, (r1 - 1) // cp + 1) for kx in range(c0 // cp, (c1 - 1) // cp + 1)]
-        needed = [self.key_index[k] for k in keys if k in self.key_index]
-        for i in needed:
-            kx, ky = self.keys[i]
-            core = self._shard(i, keep=needed)['boundary']
-            sr0, sc0 = ky * cp, kx * cp
-            ir0, ic0 = max(r0, sr0), max(c0, sc0)
-            ir1, ic1 = min(r1, sr0 + core.shape[0]), min(c1, sc0 + core.shape[1])
-            if ir0 < ir1 and ic0 < ic1:
-                out[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = core[ir0 - sr0:ir1 - sr0, ic0 - sc0:ic1 - sc0]
-        return out, r0, c0
+        got = self._window('boundary', self.boundary_hw, self.config.boundary_res_m, np.float32, r0, c0, r1, c1)
+        return got if got is not None else (np.zeros((1, 1), np.float32), 0, 0)
 
     @property
     def has_ortho(self) -> bool:
@@ -448,26 +433,33 @@ class ShardedMap(MapIdentity):
     def ortho_window(self, r0: int, c0: int, r1: int, c1: int):
         """(array, row0, col0): the orthophoto layer's rows r0..r1-1, cols c0..c1-1 clipped to the
         layer, assembled from the shards that hold them (zero where no shard is); empty without a layer."""
-        if self.ortho_hw is None:
-            return clip_window(None, r0, c0, r1, c1)
-        oh, ow = self.ortho_hw
-        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, oh), min(c1, ow)
+        got = None if self.ortho_hw is None else \
+            self._window('ortho', self.ortho_hw, self.config.ortho_res_m, np.uint8, r0, c0, r1, c1)
+        return got if got is not None else clip_window(None, r0, c0, r1, c1)
+
+    def _window(self, name: str, hw, res_m: float, dtype, r0: int, c0: int, r1: int, c1: int):
+        """(array, row0, col0) of the shards' layer ``name`` (``hw`` pixels of ``res_m`` metres; a shard
+        holds its ``ortho_span`` of them) for rows r0..r1-1, cols c0..c1-1 clipped to the layer; only the
+        shards overlapping the window are loaded; None when the window misses the layer."""
+        h, w = hw
+        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
         if r1 <= r0 or c1 <= c0:
-            return clip_window(None, r0, c0, r1, c1)
-        out = np.zeros((r1 - r0, c1 - c0), np.uint8)
-        shard_m, res = self.man['shard_m'], self.config.ortho_res_m
-        kx0, kx1 = int(c0 * res // shard_m), int((c1 - 1) * res // shard_m) + 1
-        ky0, ky1 = int(r0 * res // shard_m), int((r1 - 1) * res // shard_m) + 1
-        keys = [(kx, ky) for ky in range(max(ky0 - 1, 0), ky1 + 1) for kx in range(max(kx0 - 1, 0), kx1 + 1)]
-        needed = [self.key_index[k] for k in keys if k in self.key_index]
-        for i in needed:
-            kx, ky = self.keys[i]
-            sr0, sr1 = ortho_span(ky, shard_m, res, oh)
-            sc0, sc1 = ortho_span(kx, shard_m, res, ow)
-            ir0, ic0, ir1, ic1 = max(r0, sr0), max(c0, sc0), min(r1, sr1), min(c1, sc1)
-            if ir0 < ir1 and ic0 < ic1:
-                part = self._shard(i, keep=needed)['ortho']
-                out[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = part[ir0 - sr0:ir1 - sr0, ic0 - sc0:ic1 - sc0]
+            return None
+        out = np.zeros((r1 - r0, c1 - c0), dtype)
+        shard_m = self.man['shard_m']
+        per = shard_m / res_m                    # layer pixels per shard
+        spans = {}
+        for ky in range(max(int(r0 // per) - 1, 0), int((r1 - 1) // per) + 2):
+            for kx in range(max(int(c0 // per) - 1, 0), int((c1 - 1) // per) + 2):
+                (sr0, sr1), (sc0, sc1) = ortho_span(ky, shard_m, res_m, h), ortho_span(kx, shard_m, res_m, w)
+                if (kx, ky) in self.key_index and max(r0, sr0) < min(r1, sr1) and max(c0, sc0) < min(c1, sc1):
+                    spans[self.key_index[(kx, ky)]] = (sr0, sc0)
+        needed = list(spans)
+        for i, (sr0, sc0) in spans.items():
+            part = self._shard(i, keep=needed)[name]
+            ir0, ic0 = max(r0, sr0), max(c0, sc0)
+            ir1, ic1 = min(r1, sr0 + part.shape[0]), min(c1, sc0 + part.shape[1])
+            out[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = part[ir0 - sr0:ir1 - sr0, ic0 - sc0:ic1 - sc0]
         return out, r0, c0
 
     def resident_bytes(self) -> int:

@@ -38,6 +38,8 @@ import cv2
 import faiss
 import numpy as np
 
+from gplq_ros.onboard.flight import FlightConfig
+from gplq_ros.onboard.messages import scale_intrinsics
 from gplq_ros.onboard.settings import setting, validate
 
 FEATURES = ('sift', 'orb')
@@ -92,13 +94,11 @@ class Verified:
 
 
 def camera_matrix(width: int, height: int, hfov_deg: float, out_width: int) -> Tuple[np.ndarray, float]:
-    """K of the map's camera (pinhole, principal point at the centre: ``flight.FlightConfig``)
-    for the frame resized to ``out_width``, and the resize factor."""
-    f = width / (2 * math.tan(math.radians(hfov_deg) / 2))
+    """K of the map's camera (the simulator's pinhole: ``flight.FlightConfig.camera_matrix``) for the
+    frame resized to ``out_width`` (``messages.scale_intrinsics``), and the resize factor."""
     s = out_width / width
-    k = np.array([[f * s, 0, ((width - 1) / 2 + 0.5) * s - 0.5], [0, f * s, ((height - 1) / 2 + 0.5) * s - 0.5],
-                  [0, 0, 1]])
-    return k, s
+    k = FlightConfig(width=width, height=height, hfov_deg=hfov_deg).camera_matrix()
+    return scale_intrinsics(k, s, s), s
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
