@@ -376,7 +376,7 @@ def test_a_track_without_independent_support_stops_giving_fixes():
 
 def test_odometry_drives_the_prediction_once_its_rotation_is_known():
     """Odometry in a frame rotated 30 deg from the map: after 20 m of confirmed track the
-    localizer has fitted the rotation, and its prediction follows the odometry through a turn
+    localizer has aligned it (``onboard.odomfit``), and its prediction follows the odometry through a turn
     that a constant-velocity prediction misses. Without odometry it is as before."""
     from gplq_ros.onboard.localize import OdomPose
     f = _feature_fn()
@@ -384,12 +384,14 @@ def test_odometry_drives_the_prediction_once_its_rotation_is_known():
     rot = math.radians(30.0)
     c, s = math.cos(-rot), math.sin(-rot)
     to_odom = np.array([[c, -s], [s, c]])
-    loc = Localizer(pmap, LocalizerConfig(init_fixes=2))
+    # this map's retrieval-only measurements claim sigma 15-20 m (measurement_scale): fixes up to 20 m sigma, so
+    # that every frame of the running track is counted (the aligned odometry fuses only one per 5 m of travel)
+    loc = Localizer(pmap, LocalizerConfig(init_fixes=2, max_fix_sigma_m=20.0))
     t, xy, yaw = _track(n=80, rate=10.0, v=(4.0, -3.0), start=(40.0, -40.0))     # 8 s, 40 m
     for tt, p, a in zip(t, xy, yaw):
         o = to_odom @ (p - xy[0]) + [5.0, 7.0]
         loc.update(f(*p, a), float(tt), odom=OdomPose(float(o[0]), float(o[1]), float(a - rot)))
-    assert loc.fixes >= 80 - 10 * loc.cfg.init_span_s - 2 and abs(math.degrees(loc._odom_rotation() - rot)) < 3.0
+    assert loc.fixes >= 80 - 10 * loc.cfg.init_span_s - 2 and abs(math.degrees(loc.align.alignment().theta - rot)) < 3.0
     # a sharp turn: 2 s later the drone is 8 m north of its last position instead of 10 m further along
     turned = xy[-1] + np.array([0.0, 8.0])
     o = to_odom @ (turned - xy[0]) + [5.0, 7.0]
@@ -405,6 +407,59 @@ def test_odometry_drives_the_prediction_once_its_rotation_is_known():
         loc.update(f(*turned, yaw[-1]), t1 + 0.1, odom=(1.0, 2.0, 0.0))
     with pytest.raises(ValueError, match='OdomPose.x'):
         OdomPose(float('nan'), 0.0, 0.0)
+
+
+def test_odometry_carries_the_track_between_measurements_with_an_honest_covariance():
+    """A flight at 1 Hz, 10 m/s with turns, odometry in a frame rotated 40 deg with a 5 % per metre heading/
+    scale error; only every 3rd frame can be measured (the others' descriptors match no place: ambiguous).
+    Once the track's measurements span ``odom_min_span_m``, the odometry carries it: the unmeasured frames
+    get fixes (``coasted``), every fix within 3 sigma (worst axis) of the truth and errors inside 2-sigma
+    at least as often as a consistent covariance gives (86.5 %, minus 3 binomial standard deviations over
+    the fixes of 12 flights: a conservative count, the fixes of one flight are correlated). When the
+    measurements stop, the fixes stop after ``confirm_window_s``: no coasting beyond the evidence."""
+    from gplq_ros.onboard.localize import OdomPose
+    from gplq_ros.onboard.odomfit import rotation
+    f = _feature_fn()
+    pmap = _synthetic_map(f)
+    # min_margin 0.2: this map's places score margins 0.27-0.40, a random descriptor 0.003-0.12; measurement_scale
+    # 1: the retrieval's own covariance (the grid's quantization and the top-k spread), not inflated 16x
+    cfg = LocalizerConfig(min_margin=0.2, odom_sigma_frac=0.05, measurement_scale=1.0)
+    inside, coasted, lost_after = [], 0, []
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        heading = np.cumsum(rng.normal(0, 0.2, 60)) + rng.uniform(0, 2 * math.pi)
+        xy = [np.array([100.0, -100.0])]
+        for h in heading[:-1]:
+            step = 10.0 * np.array([math.cos(h), math.sin(h)])
+            if not (10 < xy[-1][0] + step[0] < 190 and -190 < xy[-1][1] + step[1] < -10):
+                step = -step                                      # stay over the map
+            xy.append(xy[-1] + step)
+        xy = np.array(xy)
+        path = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(xy, axis=0).T))])
+        odom = (xy - xy[0]) @ rotation(-math.radians(40.0)).T + np.outer(path, rng.normal(0, 0.05, 2))
+        loc = Localizer(pmap, cfg)
+        for i in range(len(xy)):
+            yaw = float(heading[i])
+            if i % 3 == 0 and i < 45:
+                d = f(*xy[i], yaw) + rng.normal(0, 0.1 / math.sqrt(96), 96).astype(np.float32)
+            else:                                                 # a frame no place explains
+                d = rng.normal(0, 1, 96).astype(np.float32)
+            est = loc.update(d / np.linalg.norm(d), float(i),
+                             odom=OdomPose(float(odom[i][0]), float(odom[i][1]), yaw - math.radians(40.0)))
+            if est.fix:
+                e = est.xy - xy[i]
+                assert float(np.hypot(*e)) <= 3 * math.sqrt(max(np.linalg.eigvalsh(est.cov))), (seed, i, e, est.cov)
+                inside.append(inside_ellipse(e, est.cov))
+                coasted += est.coasted
+                if i >= 45:
+                    lost_after.append(i - 42)
+    p = 1 - math.exp(-2)
+    share = float(np.mean(inside))
+    print(f'{len(inside)} fixes, {coasted} coasted, inside 2-sigma {share:.3f}, last fix after the measurements '
+          f'stopped: {max(lost_after, default=0)} s')
+    assert coasted >= len(inside) / 3, (coasted, len(inside))
+    assert share >= p - 3 * math.sqrt(p * (1 - p) / len(inside)), share
+    assert max(lost_after, default=0) <= cfg.confirm_window_s
 
 
 def test_height_input_sets_the_refinement_scale():

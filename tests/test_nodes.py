@@ -51,15 +51,48 @@ def params_file(path, **sections):
     return path
 
 
+@pytest.fixture(scope='module')
+def frame_ms(packed_graph, fp32_graph, vocab_file, images):
+    """Median wall time (ms) of one camera frame through the onboard graph (2 threads, as the feature node
+    runs it) and through the FP32 reference (1 thread, as the monitor runs it), measured here, in this run,
+    on this machine's cores. The tests below pace their cameras by it (``period``): they check that nothing
+    is lost or late at a rate this machine sustains, not at a rate tuned on one CPU."""
+    from gplq_ros.onboard.engine import load
+    rgb = frames(images, 1)[0]
+
+    def median_ms(path, threads):
+        engine = load(path, vocab_file, threads=threads)
+        engine(rgb)
+        took = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            engine(rgb)
+            took.append(1e3 * (time.perf_counter() - t0))
+        return float(np.median(took))
+    took = {'onboard': median_ms(packed_graph, 2), 'reference': median_ms(fp32_graph, 1)}
+    print(f'one frame, ms: {took}')
+    return took
+
+
+def period(frame_ms, check_every_n, vehicles=1, floor=0.1):
+    """Seconds between camera frames that a graph of ``vehicles`` x (feature node on every frame + monitor
+    on every ``check_every_n``-th) sustains on this machine: their graphs' measured time, x2 for what the
+    same 2 cores do besides (DDS copies of 0.9 MB frames to every subscriber, heads, VLAD, a recorder); never
+    faster than ``floor`` (the rate the test is written for)."""
+    demand_ms = vehicles * (frame_ms['onboard'] + frame_ms['reference'] / check_every_n)
+    return max(floor, 2 * demand_ms / 1e3)
+
+
 def wait_for_subscribers(h, pub, n, seconds=60):
     assert h.spin(seconds, lambda: pub.get_subscription_count() >= n), \
         f'{pub.topic_name}: {pub.get_subscription_count()} subscribers after {seconds} s, expected {n}'
 
 
-def test_bringup_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_file, images):
-    """gplq_up (no simulated camera) + a real camera publisher: 40 frames at 10 Hz in,
-    outputs with the input's stamps out, diagnostics, a bag whose evaluation reproduces the
-    monitor's live latency."""
+def test_bringup_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_file, images, frame_ms):
+    """gplq_up (no simulated camera) + a real camera publisher: 40 frames at 10 Hz (or the slower rate this
+    machine's graphs sustain, ``period``) in, outputs with the input's stamps out, diagnostics, a bag whose
+    evaluation reproduces the monitor's live latency."""
+    dt = period(frame_ms, check_every_n=4)
     params = params_file(tmp_path / 'params.yaml',
                          feature_node={'vocabulary': str(vocab_file)},
                          monitor_node={'vocabulary': str(vocab_file), 'check_every_n': 4,
@@ -79,13 +112,13 @@ def test_bringup_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_f
         h.spin(1.0)
         sent, sent_at = {}, []
         t0 = time.monotonic()
-        for i, rgb in enumerate(frames(images, 40)):      # paced by deadlines: 10 Hz even when a spin overruns
+        for i, rgb in enumerate(frames(images, 40)):      # paced by deadlines: 1/dt even when a spin overruns
             msg = image_msg(h, rgb)
             pub.publish(msg)
             sent_at.append(time.monotonic())
             sent[key(msg)] = msg
-            h.spin(max(0.0, t0 + 0.1 * (i + 1) - time.monotonic()))
-        h.spin(10, lambda: len(out['boundary_map']) >= 40 and len(status) > 0 and
+            h.spin(max(0.0, t0 + dt * (i + 1) - time.monotonic()))
+        h.spin(10 + 40 * dt, lambda: len(out['boundary_map']) >= 40 and len(status) > 0 and
                decode_status(status[-1])['frames_out'] >= 40)
         h.spin(1.5)
     finally:
@@ -93,7 +126,7 @@ def test_bringup_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_f
         rc = stop(up)
     log = (tmp_path / 'up.log').read_text(errors='replace')
     assert rc == 0, log[-3000:]
-    # every output carries its input's stamp and frame_id; at 10 Hz nothing is dropped
+    # every output carries its input's stamp and frame_id; at a rate the graphs sustain nothing is dropped
     for topic, msgs in out.items():
         assert len(msgs) >= 38, (topic, len(msgs), log[-2000:])
         assert all(key(m) in sent and m.header.frame_id == 'camera_optical_frame' for m in msgs), topic
@@ -113,7 +146,7 @@ def test_bringup_end_to_end_with_bag(tmp_path, packed_graph, fp32_graph, vocab_f
     live = decode_status(status[-1])
     during = [decode_status(m) for m in status]     # rates over the last 5 s, while frames arrived
     sent_hz = (len(sent_at) - 1) / (sent_at[-1] - sent_at[0])
-    assert 8 < sent_hz < 11, sent_hz
+    assert 0.8 / dt < sent_hz < 1.1 / dt, (sent_hz, dt, frame_ms)
     for q in ('input_rate_hz', 'output_rate_hz'):     # the monitor's rates follow what was really sent
         known = [d[q] for d in during if d[q] > 0]    # 0: under 1 s of frames, no rate claimed yet
         assert len(known) >= 4 and 0.8 * sent_hz < float(np.median(known)) < 1.2 * sent_hz, (q, sent_hz, known)
@@ -291,6 +324,7 @@ def test_feature_node_memory_is_flat_over_5000_frames(tmp_path, packed_graph, vo
         wait_for_subscribers(h, pub, 1)
         msgs = [image_msg(h, f) for f in frames(images, 8)]
         t0 = time.monotonic()
+        first = h.node.get_clock().now().nanoseconds * 1e-9
         for i in range(5000):
             m = msgs[i % len(msgs)]
             m.header.stamp = h.node.get_clock().now().to_msg()
@@ -301,6 +335,7 @@ def test_feature_node_memory_is_flat_over_5000_frames(tmp_path, packed_graph, vo
             if i in (500, 4999):
                 rss.append(vm_kb(proc.pid))
         wall = time.monotonic() - t0
+        last = h.node.get_clock().now().nanoseconds * 1e-9
         h.spin(3)
         rss.append(vm_kb(proc.pid))
     finally:
@@ -310,7 +345,12 @@ def test_feature_node_memory_is_flat_over_5000_frames(tmp_path, packed_graph, vo
     growth_mb = (max(rss[1:]) - rss[0]) / 1024
     print(f'5000 frames in {wall:.1f} s; received {feat["frames_received"]}, processed {feat["frames_processed"]}, '
           f'dropped {feat["frames_dropped"]}; RSS {rss[0] / 1024:.0f} -> {rss[1] / 1024:.0f} -> {rss[2] / 1024:.0f} MB')
-    assert int(feat['frames_received']) >= 4900 and int(feat['frames_processed']) > 100 and len(outputs) > 20
+    assert int(feat['frames_received']) >= 4900
+    # the worker is not starved by the flood: outputs of frames sent in each quarter of it, however fast
+    # this machine's graph is (it processes the newest frame whenever it is free)
+    quarters = {min(3, int(4 * (m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec - first) / (last - first)))
+                for m in outputs}
+    assert quarters == {0, 1, 2, 3}, (quarters, len(outputs), feat['frames_processed'])
     # every received frame was either processed or replaced by a newer one: no backlog
     assert int(feat['frames_received']) == int(feat['frames_processed']) + int(feat['frames_dropped'])
     assert int(feat['queue_depth']) == 0
@@ -451,11 +491,14 @@ def test_monitor_survives_every_drift_level_and_no_worker_thread_ends(
     assert all(values(s)['worker_alive'] == 'True' and values(s)['worker_errors'] == '0' for s in ours)
 
 
-def test_sim_time_keeps_stamps_and_the_monitor_follows_the_ros_clock(tmp_path, packed_graph, fp32_graph, images):
+def test_sim_time_keeps_stamps_and_the_monitor_follows_the_ros_clock(tmp_path, packed_graph, fp32_graph, images,
+                                                                     frame_ms):
     """gplq_up use_sim_time:=true with a /clock publisher at t = 1000 s and frames stamped 50 ms in the past:
     every output keeps its frame's stamp, the monitor's latency is measured on the /clock time (about 50-150 ms
     here, not the ~1.8e12 ms a wall clock would give) and its staleness too: with /clock running 5x faster than
-    the wall, STALE comes well before 3 s of wall time."""
+    the wall, STALE comes well before 3 s of wall time. Frames every 0.2 s, or every ``period`` where this
+    machine's graphs need longer."""
+    ticks = int(np.ceil(period(frame_ms, check_every_n=2, floor=0.2) / 0.05))     # of 50 ms between frames
     from builtin_interfaces.msg import Time
     from rosgraph_msgs.msg import Clock
     params = params_file(tmp_path / 'params.yaml',
@@ -496,7 +539,7 @@ def test_sim_time_keeps_stamps_and_the_monitor_follows_the_ros_clock(tmp_path, p
                 msg.header.stamp = stamp(sim[0] - 0.05)
                 pub.publish(msg)
                 into.append(key(msg))
-                for _ in range(4):
+                for _ in range(ticks):
                     tick(0.05, 0.05)
         send(8, sent)
         for _ in range(100):
@@ -530,8 +573,9 @@ def test_sim_time_keeps_stamps_and_the_monitor_follows_the_ros_clock(tmp_path, p
     log = (tmp_path / 'up.log').read_text(errors='replace')
     assert sorted(key(m) for m in outputs if m.header.stamp.sec >= 1000) == sorted(sent), log[-3000:]  # none lost
     assert {key(m) for m in outputs} == set(sent) | set(after_jump)                # stamps kept
-    # on the /clock time: frames are stamped 50 ms before it, plus the engine's time
-    assert 40.0 <= live['latency_p50_ms'] <= 400.0, live
+    # on the /clock time: frames are stamped 50 ms before it, plus the graph's time, under the frame period at a
+    # rate the graphs sustain: allow two periods (a wall clock would give ~1.8e12 ms)
+    assert 40.0 <= live['latency_p50_ms'] <= 50.0 + 2 * 50.0 * ticks, (live, frame_ms)
     # stale_after_s 3 s of /clock at 5x the wall: 0.6 s of wall time (a wall clock: 3 s)
     assert stale_after_wall is not None and stale_after_wall < 2.5, (stale_after_wall, log[-3000:])
     assert alive_after_jump and {key(m) for m in outputs} >= set(after_jump), log[-3000:]
@@ -545,7 +589,7 @@ def camera_info(width=640, height=480, fx=500.0, fy=505.0, cx=319.5, cy=239.5):
                       p=[fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
-def test_lifecycle_transitions_with_a_real_lifecycle_client(tmp_path, packed_graph, fp32_graph, images):
+def test_lifecycle_transitions_with_a_real_lifecycle_client(tmp_path, packed_graph, fp32_graph, images, frame_ms):
     """gplq_up autostart:=false: both nodes wait unconfigured; driven through the lifecycle_msgs services
     configure -> activate -> deactivate -> cleanup -> configure -> activate, they publish outputs only while
     active, report their lifecycle state on /diagnostics, and keep their worker threads alive."""
@@ -590,7 +634,7 @@ def test_lifecycle_transitions_with_a_real_lifecycle_client(tmp_path, packed_gra
             before = len(outputs)
             for rgb in frames(images, n):
                 pub.publish(image_msg(h, rgb))
-                h.spin(0.3)
+                h.spin(period(frame_ms, check_every_n=1, floor=0.3))
             h.spin(2.0)
             outputs_per_phase[phase] = len(outputs) - before
             alive.append(up.poll() is None)
@@ -635,14 +679,18 @@ def test_lifecycle_transitions_with_a_real_lifecycle_client(tmp_path, packed_gra
     assert all(values(s)['worker_alive'] == 'True' for s in ours)
 
 
-def test_two_vehicles_in_one_domain_under_their_namespaces(tmp_path, packed_graph, fp32_graph, images):
+def test_two_vehicles_in_one_domain_under_their_namespaces(tmp_path, packed_graph, fp32_graph, images, frame_ms):
     """Two graphs (gplq_up namespace:=uav1 / uav2, default relative camera topic) in one ROS domain: each
     feature node answers only its own camera's frames, each monitor checks only its own feature node (drift
     OK, every check counted), the diagnostic names are distinct, nothing is published outside the namespaces;
     uav1's camera also publishes camera_info and gets a scaled ~/camera_info with each frame's header."""
     params = params_file(tmp_path / 'params.yaml',
                          feature_node={'vocabulary': 'none', 'diagnostics_period': 0.3, 'threads': 1},
-                         monitor_node={'vocabulary': 'none', 'check_every_n': 2, 'diagnostics_period': 0.3})
+                         # latency is not what this test checks (test_bringup_end_to_end_with_bag does): two
+                         # complete graphs share the 2 cores, so the end-to-end p95 is several frame times
+                         monitor_node={'vocabulary': 'none', 'check_every_n': 2, 'diagnostics_period': 0.3,
+                                       'latency_p95_warn_ms': 1e5})
+    dt = period(frame_ms, check_every_n=2, vehicles=2, floor=0.6)
     ups = {ns: start([sys.executable, '-m', 'gplq_ros.tools.up', 'use_sim_camera:=false', f'namespace:={ns}',
                       f'model:={packed_graph}', f'reference_model:={fp32_graph}', f'params_file:={params}'],
                      tmp_path / f'{ns}.log') for ns in ('uav1', 'uav2')}
@@ -670,7 +718,7 @@ def test_two_vehicles_in_one_domain_under_their_namespaces(tmp_path, packed_grap
                 msg = image_msg(h, src[ns][i])
                 pubs[ns].publish(msg)
                 sent[ns].append(key(msg))
-            h.spin(0.6)
+            h.spin(dt)
         assert h.spin(60, lambda: all(len(outs[ns]) >= len(sent[ns]) for ns in sent))
         h.spin(30, lambda: all(status[ns] and decode_status(status[ns][-1])['checks'] >= 3 for ns in sent))
         h.spin(1.0)

@@ -319,7 +319,8 @@ class LocalizerNode(ManagedNode):
         status = localizer_status(None if last is None else ('' if last.fix else last.reason), idle,
                                   self.params['stale_after_s'], malformed, fault)
         status, aiding = self.aiding_values(status)
-        values = dict(frames=loc.frames, fixes=loc.fixes, fix_rate=loc.fixes / max(loc.frames, 1),
+        values = dict(frames=loc.frames, fixes=loc.fixes, fixes_coasted=loc.coasted,
+                      fix_rate=loc.fixes / max(loc.frames, 1),
                       last_score=last.measurement.score if last else None,
                       last_margin=last.measurement.margin if last else None,
                       last_ncc=last.measurement.ncc if last else None,

@@ -21,10 +21,15 @@ Per frame (``Localizer.update``):
    ``refine_floor_m``^2. A measurement is *weak* (no evidence for a track) when the match is
    below ``min_ncc``, its best lies at the edge of the search (position or height), the retrieval
    margin is below ``min_margin``, or its sigma exceeds ``max_measurement_sigma_m``.
-4. **Filter**: state x, y, vx, vy; white-acceleration process noise ``accel_sigma``, or the
-   odometry's displacement when an odometry pose comes with the frame (its rotation to the
-   map fitted from the track). Integrity first: every frame gets an *independent* measurement
-   (retrieval + refinement around it, never around the track).
+4. **Filter**: state x, y, vx, vy; white-acceleration process noise ``accel_sigma``, or, when an
+   odometry pose comes with the frame, the odometry mapped through the track's alignment
+   (``onboard.odomfit``: rotation, shift and drift of the odometry frame fitted at once to the
+   track's measurements, one per ``odom_anchor_spacing_m`` of travel, the newest ``odom_window``,
+   wrong ones outvoted; its covariance grows with the travel since them, ``odom_sigma_frac`` per
+   metre, and with the rotation's uncertainty). With the odometry aligned, a frame without a
+   measurement the track can take still gets a fix (*coasted*) under the rules below (confirmed
+   within ``confirm_window_s``, sigma at most ``max_fix_sigma_m``). Integrity first: every frame
+   gets an *independent* measurement (retrieval + refinement around it, never around the track).
 
    * A track starts from one non-weak independent measurement and gives fixes once
      ``init_fixes`` of them agreed with it (chi-square gate ``gate_chi2`` and reachable at
@@ -65,6 +70,7 @@ import numpy as np
 
 from gplq_ros.onboard.aiding import OdomPose
 from gplq_ros.onboard.mapstore import WholeMap
+from gplq_ros.onboard.odomfit import OdometryAlignment
 from gplq_ros.onboard.settings import setting, validate
 from gplq_ros.onboard.verify import Verifier, VerifyConfig
 
@@ -130,6 +136,16 @@ class LocalizerConfig:
                                      range=(0.1, 10000.0))
     odom_sigma_frac: float = setting(0.1, 'odometry input: standard deviation of its displacement per metre '
                                      'travelled', range=(0.0, 10.0))
+    odom_window: int = setting(30, 'odometry input: the newest measurements of the track (with the odometry pose of '
+                               'their frames) that the odometry frame is fitted to, outliers outvoted',
+                               range=(3, 1000))
+    odom_anchor_spacing_m: float = setting(5.0, 'odometry input: one measurement per this much odometry travel '
+                                           'enters the fit (the better of two closer ones): frames a few metres '
+                                           'apart see nearly the same view, their errors are not independent, m',
+                                           range=(0.0, 1000.0))
+    odom_min_span_m: float = setting(20.0, 'odometry input: the fitted measurements span at least this much odometry '
+                                     'travel before the odometry carries the track (its rotation to the map is '
+                                     'unknown over a shorter baseline), m', range=(0.0, 10000.0))
     height_tolerance: float = setting(0.1, 'height input: relative error of the height above ground, for the '
                                       'refinement\'s height search', range=(0.0, 1.0))
     verified_confirms: bool = setting(True, 'a verified measurement (the frame registered to the map\'s orthophoto '
@@ -202,6 +218,7 @@ class Estimate:
     cov: Optional[np.ndarray] = None
     tracked: Optional[Measurement] = None        # the measurement searched around the track, when there was one
     independent: Optional[Measurement] = None    # the frame's independent measurement (retrieval + refinement)
+    coasted: bool = False    # a fix carried by the odometry from the track's measurements, none of this frame
 
 
 def largest_sigma(cov: np.ndarray) -> float:
@@ -366,7 +383,8 @@ class Localizer:
     transactional: a frame that raises (ValueError, ``FilterFault``) leaves the filter as it
     was. ``measure`` is the independent measurement alone (retrieval plus refinement), without
     the filter; ``reset`` forgets the track (also done on a clock jump back); ``state``/``restore``
-    snapshot it. Counters for diagnostics: ``frames``, ``fixes``, ``track_drops``. Use from one
+    snapshot it. Counters for diagnostics: ``frames``, ``fixes`` (of them ``coasted``: carried by the
+    odometry, no measurement of their frame), ``track_drops``. Use from one
     thread (the node's worker)."""
 
     # within this time of the filter's state the height changes little: the independent search takes
@@ -385,8 +403,9 @@ class Localizer:
         # the verification needs the map's orthophoto layer (version 2 maps)
         self.verifier = Verifier(self.map, vcfg) if vcfg.verify and getattr(self.map, 'has_ortho', False) else None
         self.reset()
-        self.fixes = self.frames = self.rejected_total = self.track_drops = 0
-        self.odom_rot = None                         # (sum dot, sum cross, metres) odometry -> map rotation fit
+        self.fixes = self.frames = self.rejected_total = self.track_drops = self.coasted = 0
+        self.odom_last: Optional[OdomPose] = None    # the last frame's odometry pose
+        self.odom_path = 0.0                         # odometry path length travelled up to it, m
 
     def reset(self) -> None:
         self.x: Optional[np.ndarray] = None          # (4,) x, y, vx, vy
@@ -400,7 +419,8 @@ class Localizer:
         self.last_fix: Optional[tuple] = None        # (t, xy, sigma)
         self.last_refined: Optional[tuple] = None    # (yaw, height) of the last refined measurement in the track
         self.odom: Optional[OdomPose] = None         # odometry at the filter's time
-        self.odom_fix: Optional[tuple] = None        # (odometry xy, map xy) at the last confirmed measurement
+        self.align = OdometryAlignment(self.cfg.odom_sigma_frac, self.cfg.odom_window, self.cfg.odom_min_span_m,
+                                       spacing_m=self.cfg.odom_anchor_spacing_m)
 
     # -- 1 + 2: one frame's measurement ---------------------------------------------------------------
     def frame_features(self, image: Optional[np.ndarray]):
@@ -544,42 +564,40 @@ class Localizer:
                            candidates=cands)
 
     # -- 3: the filter ---------------------------------------------------------------------------------
-    def _odom_rotation(self) -> Optional[float]:
-        """Rotation odometry frame -> map (radians), fitted to the displacements between confirmed
-        measurements, once they add up to 20 m; None before."""
-        if self.odom_rot is None or self.odom_rot[2] < 20.0:
-            return None
-        return math.atan2(self.odom_rot[1], self.odom_rot[0])
-
     def _predicted(self, t: float, odom: Optional[OdomPose]):
-        """(F, Q, u): the prediction x' = F x + u, P' = F P F^T + Q from the filter's time to ``t``:
-        constant velocity with white acceleration, or, with odometry whose rotation to the map is
-        known, the odometry's displacement (error ``odom_sigma_frac`` per metre)."""
+        """(F, Q, u, aligned): the prediction x' = F x + u, P' = F P F^T + Q from the filter's time to
+        ``t``: constant velocity with white acceleration, or, with odometry once the track's
+        measurements have placed the odometry frame on the map (``onboard.odomfit``), the odometry
+        pose mapped through that alignment (the prediction then does not depend on the filter's
+        previous state: the alignment already holds the track's measurements)."""
         dt = t - self.t
         f = np.eye(4)
         u = np.zeros(4)
-        rot = self._odom_rotation()
-        if odom is not None and self.odom is not None and rot is not None:
-            c, s = math.cos(rot), math.sin(rot)
-            d = np.array([[c, -s], [s, c]]) @ np.array([odom.x - self.odom.x, odom.y - self.odom.y])
-            u[:2] = d
-            f[2, 2] = f[3, 3] = 0.0
-            if dt > 1e-6:
+        align = self.align.alignment() if odom is not None else None
+        if align is not None:
+            xy, cov = align.predict((odom.x, odom.y), self.odom_path)
+            f[:] = 0.0
+            u[:2] = xy
+            qm = np.zeros((4, 4))
+            qm[:2, :2] = cov
+            if self.odom is not None and dt > 1e-6:
+                d = xy - align.predict((self.odom.x, self.odom.y), self.odom_path)[0]
                 u[2:] = d / dt
-            var = (self.cfg.odom_sigma_frac * float(np.hypot(*d))) ** 2 + 0.25
-            qm = np.diag([var, var, var / max(dt, 0.1) ** 2, var / max(dt, 0.1) ** 2])
-            return f, qm, u
+                qm[2:, 2:] = np.eye(2) * ((self.cfg.odom_sigma_frac * float(np.hypot(*d))) ** 2 + 0.25) / dt ** 2
+            else:
+                qm[2:, 2:] = np.eye(2) * (self.cfg.max_speed_mps / 2) ** 2
+            return f, qm, u, True
         f[0, 2] = f[1, 3] = dt
         q1 = self.cfg.accel_sigma ** 2 * np.array([[dt ** 4 / 4, dt ** 3 / 2], [dt ** 3 / 2, dt ** 2]])
         qm = np.zeros((4, 4))
         qm[np.ix_([0, 2], [0, 2])] = q1
         qm[np.ix_([1, 3], [1, 3])] = q1
-        return f, qm, u
+        return f, qm, u, False
 
     def _prediction(self, t: float, odom: Optional[OdomPose]):
-        """(x, P): the filter's state predicted to ``t`` (``_predicted``), once per frame."""
-        f, qm, u = self._predicted(t, odom)
-        return f @ self.x + u, f @ self.P @ f.T + qm
+        """(x, P, aligned): the filter's state predicted to ``t`` (``_predicted``), once per frame."""
+        f, qm, u, aligned = self._predicted(t, odom)
+        return f @ self.x + u, f @ self.P @ f.T + qm, aligned
 
     def _predict(self, t: float, odom: Optional[OdomPose], pred) -> None:
         """The filter moves to ``t``: its state becomes the prediction ``pred``."""
@@ -602,7 +620,10 @@ class Localizer:
 
     def _motion_sigma(self, pred) -> float:
         """Standard deviation (worst axis) that the motion to the prediction ``pred`` adds to the
-        position: how well the track knows where the drone went since its last update."""
+        position: how well the track knows where the drone went since its last update (with the
+        odometry aligned: how well the prediction knows where the drone is)."""
+        if pred[2]:
+            return largest_sigma(pred[1][:2, :2])
         added = pred[1][:2, :2] - self.P[:2, :2]
         return math.sqrt(max(float(np.linalg.eigvalsh(0.5 * (added + added.T)).max()), 0.0))
 
@@ -640,20 +661,12 @@ class Localizer:
 
     def _remember(self, t: float, meas: Measurement, odom: Optional[OdomPose]) -> None:
         """A measurement taken into the track: its refined yaw/height for the next search, the
-        last fix for the reach check, and an odometry/map displacement pair for the rotation fit."""
+        last fix for the reach check, and the measurement with its frame's odometry pose as an anchor of
+        the odometry alignment."""
         self.last_refined = (meas.yaw, meas.height_m) if np.isfinite(meas.height_m) else None
         self.last_fix = (t, self.x[:2].copy(), largest_sigma(self.P[:2, :2]))
         if odom is not None and not meas.weak:
-            oxy = np.array([odom.x, odom.y])
-            if self.odom_fix is not None:
-                do, dm = oxy - self.odom_fix[0], self.x[:2] - self.odom_fix[1]
-                if float(np.hypot(*do)) > 1.0:
-                    s = self.odom_rot or (0.0, 0.0, 0.0)
-                    self.odom_rot = (s[0] + float(do @ dm), s[1] + float(do[0] * dm[1] - do[1] * dm[0]),
-                                     s[2] + float(np.hypot(*do)))
-                    self.odom_fix = (oxy, self.x[:2].copy())
-            else:
-                self.odom_fix = (oxy, self.x[:2].copy())
+            self.align.add((odom.x, odom.y), self.odom_path, meas.xy, meas.cov, self._floor(meas) or 0.0)
 
     def _fix(self, t: float, meas: Measurement, tracked: Optional[Measurement] = None,
              independent: Optional[Measurement] = None) -> Estimate:
@@ -671,6 +684,11 @@ class Localizer:
         self.fixes += 1
         return Estimate(t, meas, fix=True, xy=self.x[:2].copy(), cov=cov, tracked=tracked, independent=independent)
 
+    def _floor(self, meas: Measurement) -> Optional[float]:
+        """The standard deviation of the error ``meas`` shares with measurements of its kind (None: no floor)."""
+        return self.vcfg.verify_floor_m if meas.inliers else self.cfg.refine_floor_m if self.matcher is not None \
+            else None
+
     def _correct(self, meas: Measurement) -> None:
         h_p = self.P[:2]
         s = h_p[:, :2] + meas.cov
@@ -679,8 +697,7 @@ class Localizer:
         self.x = self.x + k @ innov
         self.P = self.P - k @ h_p
         self.P = 0.5 * (self.P + self.P.T)
-        floor = self.vcfg.verify_floor_m if meas.inliers else self.cfg.refine_floor_m if self.matcher is not None \
-            else None
+        floor = self._floor(meas)
         if floor is not None:
             # errors the matches share from frame to frame (map georeference, relief) do not average
             # out: the position's variance stays at least the floor^2 on every axis
@@ -691,7 +708,7 @@ class Localizer:
 
     # the filter's state: everything ``update`` may change (``frames`` counts every frame, failed or not)
     _STATE = ('x', 'P', 't', 'agreeing', 'rejected', 'conflicts', 'confirmed_t', 'start_t', 'last_fix', 'last_refined',
-              'odom', 'odom_fix', 'odom_rot', 'fixes', 'rejected_total', 'track_drops')
+              'odom', 'align', 'odom_last', 'odom_path', 'fixes', 'coasted', 'rejected_total', 'track_drops')
 
     def state(self) -> dict:
         """A deep copy of the filter's state (``restore`` puts it back)."""
@@ -738,6 +755,11 @@ class Localizer:
         cfg = self.cfg
         if self.t is not None and t < self.t:                 # clock jumped back (bag replayed): start over
             self.reset()
+            self.odom_last = None
+        if odom is not None:
+            if self.odom_last is not None:
+                self.odom_path += math.hypot(odom.x - self.odom_last.x, odom.y - self.odom_last.y)
+            self.odom_last = odom
         if boundary is not None:
             boundary = patch_grid(boundary)                   # once, for both searches
         near = self.last_refined[1] if self.last_refined is not None and self.agreeing >= cfg.init_fixes and \
@@ -791,12 +813,34 @@ class Localizer:
                 self.confirmed_t = t
         else:                  # g is weak and the track's own search found nothing it can take
             reason = 'gate' if tr is not None and not tr.weak else 'ambiguous' if g.weak == 'ambiguous' else 'weak'
+            if pred[2]:        # the odometry carries the track: a fix while its evidence is recent enough
+                return self._coast(t, odom, pred, g, tr)
             return self._reject(t, g, reason, tr)
         self._predict(t, odom, pred)
         self._correct(use)
         self.rejected = 0
         self._remember(t, use, odom)
         return self._fix(t, use, tr, g)
+
+    def _coast(self, t: float, odom: OdomPose, pred, g: Measurement, tr: Optional[Measurement]) -> Estimate:
+        """A frame without a measurement the track can take, the odometry aligned: the filter moves to
+        the odometry's prediction and gives a fix under the same rules as any (confirmed within
+        ``confirm_window_s``, sigma at most ``max_fix_sigma_m``: else their reason); the frame still
+        counts as rejected (``reset_after`` of them in a row lose the track). The fix's yaw is the
+        odometry's, rotated by the alignment."""
+        self._predict(t, odom, pred)
+        self.rejected_total += 1
+        self.rejected += 1
+        if self.rejected >= self.cfg.reset_after:
+            self.reset()
+            return Estimate(t, g, reason='lost', tracked=tr, independent=g)
+        align = self.align.alignment()
+        carried = Measurement(self.x[:2].copy(), self.P[:2, :2].copy(), wrap(odom.yaw + align.theta),
+                              float(align.cov[0, 0]), g.score, g.margin, g.tile)
+        est = self._fix(t, carried, tr, g)
+        est.coasted = est.fix
+        self.coasted += est.fix
+        return est
 
     def _reject(self, t: float, meas: Measurement, reason: str, tracked: Optional[Measurement] = None) -> Estimate:
         self.rejected_total += 1
