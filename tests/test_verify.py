@@ -150,17 +150,25 @@ def test_localizer_with_frames_fixes_verified_positions(layered_map, verifier, o
     loc = Localizer(pm, LocalizerConfig(), VerifyConfig())
     loc.verifier = verifier                               # its map keypoints, detected once for the module
     rng = np.random.default_rng(0)
-    fixes = []
+    fixes, tracked = [], []
     ts = np.arange(0.0, 36.0, 2.0)
     for t in ts:
         p = fl.pose(float(t))
         d = f(p.x_m, p.y_m, p.yaw) + rng.normal(0, 0.02, 64).astype(np.float32)
         est = loc.update(d / np.linalg.norm(d), float(t), image=fl.render(p))
         assert est.independent is not None and est.independent.inliers > 0, est.reason
+        # once the frame verifies where the track predicts, the independent measurement verifies the
+        # retrieval's best place only; before, every distinct place up to verify_candidates
+        tracked_ok = est.tracked is not None and est.tracked.inliers > 0 and not est.tracked.weak
+        assert len(est.independent.verified) == (1 if tracked_ok else
+                                                 min(VerifyConfig().verify_candidates,
+                                                     len(est.independent.candidates))), (t, est.tracked)
         if est.fix:
             e = est.xy - [p.x_m, p.y_m]
             assert np.hypot(*e) < 1.0 and inside_ellipse(e, est.cov), (t, e, est.cov)
             fixes.append(t)
+            tracked.append(tracked_ok)
+    assert sum(tracked) >= len(fixes) - 1, tracked            # after the first fix, the track verifies
     assert fixes and fixes[0] <= 2 * 2.0 * (LocalizerConfig().init_fixes - 1) + 1e-9   # init_fixes frames
     assert len(fixes) == len([t for t in ts if t >= fixes[0]])                          # then every frame
     other = images['SOAP_031.png'][:480, :640]

@@ -430,21 +430,24 @@ class Localizer:
         return self.verifier.frame_features(image)
 
     def measure(self, descriptor: np.ndarray, boundary: Optional[np.ndarray] = None, prior=None,
-                height_m: Optional[float] = None, near_height: Optional[float] = None, frame=None) -> Measurement:
+                height_m: Optional[float] = None, near_height: Optional[float] = None, frame=None,
+                candidates: Optional[int] = None) -> Measurement:
         """The retrieval measurement; refined with ``boundary`` (the frame's (gh, gw) boundary map)
         when the localizer refines and the match reaches ``min_ncc``. The refinement searches
         around the retrieval (``search_radius_m``, ``yaw_span_deg``) at the heights within
         ``height_tolerance`` of ``height_m`` (the height input), else at the three coarse heights
         around ``near_height`` (a confirmed track's height: the position stays independent of the
         track), else at every height of the map's range; or, with ``prior`` = (xy, radius, yaw,
-        height, height steps) from the running filter, around that. ``weak`` says why it is no evidence for a
-        track."""
+        height, height steps) from the running filter, around that. With the frame's keypoints
+        (``frame``) and a verifier, the verification replaces the refinement (``_verify``;
+        ``candidates``: at most this many of the retrieval's places, default ``verify_candidates``).
+        ``weak`` says why it is no evidence for a track."""
         near = None if prior is None or not self.cfg.near_search else \
             (prior[0], prior[1] + self.cfg.cluster_radius_m + self.map.config.stride_m)
         meas = self._retrieve(descriptor, near)
         meas.retrieval_xy, meas.retrieval_yaw = meas.xy.copy(), meas.yaw
         if frame is not None and self.verifier is not None:
-            return self._verify(meas, frame, prior, height_m, near_height)
+            return self._verify(meas, frame, prior, height_m, near_height, candidates)
         if boundary is None or self.matcher is None:          # retrieval only: the margin is the evidence
             meas.weak = 'ambiguous' if meas.margin < self.cfg.min_margin else ''
             return meas
@@ -470,10 +473,11 @@ class Localizer:
         return meas
 
     def _verify(self, meas: Measurement, frame, prior, height_m: Optional[float],
-                near_height: Optional[float]) -> Measurement:
+                near_height: Optional[float], candidates: Optional[int] = None) -> Measurement:
         """The verified measurement (``onboard.verify``): the frame registered to the map's
-        orthophoto layer around the retrieval's distinct places (best first, ``verify_candidates``)
-        or, with ``prior`` (the running filter's), around the prediction only. The first verified
+        orthophoto layer around the retrieval's distinct places (best first, ``verify_candidates``
+        or ``candidates``) or, with ``prior`` (the running filter's), around the prediction only.
+        The first verified
         candidate gives the measurement; another place verified as well (farther than
         ``cluster_radius_m`` plus 3 sigma, with at least half the inliers) makes the frame
         ambiguous. None verified: weak, with the first candidate's reason."""
@@ -487,7 +491,7 @@ class Localizer:
             pxy, _, _, ph, _ = prior
             cands = [(np.asarray(pxy, float), height_m or ph, meas.score)]
         else:
-            cands = meas.candidates[:self.vcfg.verify_candidates]
+            cands = meas.candidates[:min(self.vcfg.verify_candidates, candidates or self.vcfg.verify_candidates)]
             if height_m is not None or (near_height is not None and np.isfinite(near_height)):
                 cands = [(xy, height_m or near_height, sc) for xy, _, sc in cands]
         results = [self.verifier.verify(frame, xy, h, bounds) for xy, h, _ in cands]
@@ -764,12 +768,19 @@ class Localizer:
             boundary = patch_grid(boundary)                   # once, for both searches
         near = self.last_refined[1] if self.last_refined is not None and self.agreeing >= cfg.init_fixes and \
             t - self.t < self.NEAR_HEIGHT_WITHIN_S else None
-        g = self.measure(descriptor, boundary, height_m=height_m, near_height=near, frame=frame)
+        pred = self._prediction(t, odom) if self.x is not None else None   # the filter's state at t, once
+        prior = self._prior(t, pred) if pred is not None else None
+        tr = self.measure(descriptor, boundary, prior, height_m, frame=frame) \
+            if prior is not None and (boundary is not None or frame is not None) else None
+        # while the frame verifies where the confirmed track predicts, the independent measurement
+        # verifies the retrieval's best place only (does it agree?), not every candidate: the time
+        # of one verification instead of verify_candidates
+        g = self.measure(descriptor, boundary, height_m=height_m, near_height=near, frame=frame,
+                         candidates=1 if tr is not None and tr.inliers and not tr.weak else None)
         if self.x is None:
             if g.weak:
                 return Estimate(t, g, reason='ambiguous' if g.weak == 'ambiguous' else 'weak', independent=g)
             return self._begin(t, g, odom)
-        pred = self._prediction(t, odom)                      # the filter's state at t, for every check below
         if self.agreeing < cfg.init_fixes:                    # a candidate track: independent agreement only
             if g.weak:
                 return self._reject(t, g, 'ambiguous' if g.weak == 'ambiguous' else 'initialising')
@@ -786,9 +797,6 @@ class Localizer:
                 return Estimate(t, g, reason='initialising', independent=g)
             self.confirmed_t, self.rejected = t, 0
             return self._fix(t, g)
-        prior = self._prior(t, pred)
-        tr = self.measure(descriptor, boundary, prior, height_m, frame=frame) \
-            if prior is not None and (boundary is not None or frame is not None) else None
         g_agrees = not g.weak and self._reachable(t, g) and self._chi2(pred, g) <= cfg.gate_chi2
         tr_ok = tr is not None and not tr.weak and self._reachable(t, tr) and self._chi2(pred, tr) <= cfg.gate_chi2
         if g_agrees:
