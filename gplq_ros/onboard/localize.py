@@ -772,11 +772,13 @@ class Localizer:
         prior = self._prior(t, pred) if pred is not None else None
         tr = self.measure(descriptor, boundary, prior, height_m, frame=frame) \
             if prior is not None and (boundary is not None or frame is not None) else None
-        # while the frame verifies where the confirmed track predicts, the independent measurement
-        # verifies the retrieval's best place only (does it agree?), not every candidate: the time
-        # of one verification instead of verify_candidates
+        tr_ok = tr is not None and not tr.weak and self._reachable(t, tr) and self._chi2(pred, tr) <= cfg.gate_chi2
+        # while the frame verifies where the confirmed track predicts (inside its gate), the independent
+        # measurement verifies the retrieval's best place only (does it agree?), not every candidate: the
+        # time of one verification instead of verify_candidates (a track it would start is checked on all)
+        reduced = tr_ok and bool(tr.inliers) and frame is not None
         g = self.measure(descriptor, boundary, height_m=height_m, near_height=near, frame=frame,
-                         candidates=1 if tr is not None and tr.inliers and not tr.weak else None)
+                         candidates=1 if reduced else None)
         if self.x is None:
             if g.weak:
                 return Estimate(t, g, reason='ambiguous' if g.weak == 'ambiguous' else 'weak', independent=g)
@@ -798,7 +800,6 @@ class Localizer:
             self.confirmed_t, self.rejected = t, 0
             return self._fix(t, g)
         g_agrees = not g.weak and self._reachable(t, g) and self._chi2(pred, g) <= cfg.gate_chi2
-        tr_ok = tr is not None and not tr.weak and self._reachable(t, tr) and self._chi2(pred, tr) <= cfg.gate_chi2
         if g_agrees:
             use = tr if tr_ok and tr.sigma < g.sigma else g
             self.conflicts = 0
@@ -811,6 +812,12 @@ class Localizer:
             self.conflicts += 1
             if self.conflicts >= cfg.drop_after:
                 self.track_drops += 1
+                if reduced:       # the new track's place: checked against every candidate first
+                    g = self.measure(descriptor, boundary, height_m=height_m, near_height=near, frame=frame)
+                    if g.weak:
+                        self.reset()
+                        return Estimate(t, g, reason='ambiguous' if g.weak == 'ambiguous' else 'conflict',
+                                        tracked=tr, independent=g)
                 est = self._begin(t, g, odom)
                 est.reason = est.reason if est.fix else 'conflict'
                 return est
@@ -821,7 +828,9 @@ class Localizer:
                 self.confirmed_t = t
         else:                  # g is weak and the track's own search found nothing it can take
             reason = 'gate' if tr is not None and not tr.weak else 'ambiguous' if g.weak == 'ambiguous' else 'weak'
-            if pred[2]:        # the odometry carries the track: a fix while its evidence is recent enough
+            if pred[2] and (tr is None or tr.weak):
+                # no measurement of this frame: the odometry carries the track while its evidence is recent
+                # (a tracked measurement outside the gate is evidence against the prediction: no fix)
                 return self._coast(t, odom, pred, g, tr)
             return self._reject(t, g, reason, tr)
         self._predict(t, odom, pred)

@@ -14,16 +14,18 @@ anchors at once (a consensus over the trajectory, not frame by frame), so that
   others explains are left out (``outliers``), and no alignment is given while they are not a
   minority.
 
-Error model. Anchor i: ``m_i = R(theta) o_i + shift + e_i``, ``e_i ~ N(0, C_i + D_i)`` with
-``C_i`` the measurement's covariance and ``D_i = (drift_frac * |s_ref - s_i|)^2 I`` the odometry's
-error accumulated between the anchor and the newest anchor (``s``: odometry path length; the
-error of a displacement grows linearly with its length, as a heading or scale error makes it, the
-conservative case of a random walk). The fit is weighted least squares (Gauss-Newton on theta and
-the shift); its covariance is the inverse information, scaled up by the residuals' chi-square per
-degree of freedom when they are larger than the inputs claim. The prediction at odometry pose
-``o`` (path length ``s``) adds ``(drift_frac * |s - s_ref|)^2`` per axis, and never claims less
-than the smallest shared-error floor of its anchors (errors measurements of one kind share, such
-as the map's georeference, do not average out).
+Error model. Anchor i: ``m_i = R(theta) o_i + shift - drift (s_i - s_ref) + e_i`` (``s``: odometry
+path length, ``s_ref`` the newest anchor's), ``drift`` the odometry's error per metre in map axes
+(a heading or scale error: a displacement's error grows linearly with its length; prior
+``N(0, drift_frac^2)`` per axis), ``e_i ~ N(0, C_i + D_i)`` with ``C_i`` the measurement's
+covariance and ``D_i = (drift_frac * |s_ref - s_i|)^2 I`` the part of the odometry's error the
+drift does not explain (a random walk, bounded conservatively by the linear growth). The fit is
+weighted least squares of (theta, shift, drift) by Gauss-Newton with the prior; its covariance is
+the inverse information, scaled up by the chi-square per degree of freedom (residuals and prior)
+when it exceeds 1. The prediction at odometry pose ``o`` (path length ``s``) propagates that
+covariance, adds ``(drift_frac * |s - s_ref|)^2`` per axis, and never claims less than the smallest
+shared-error floor of its anchors (errors measurements of one kind share, such as the map's
+georeference, do not average out).
 """
 import math
 from dataclasses import dataclass
@@ -85,11 +87,11 @@ class Alignment:
 class OdometryAlignment:
     """Anchors (odometry pose, measurement) of one track and the alignment they support.
 
-    ``window``: the newest anchors kept; ``spacing_m``: one anchor per this much odometry travel (the
-    better of two closer ones, by the area of its covariance: frames a few metres apart see nearly the
-    same view, their measurements' errors are not independent); ``min_span_m``: odometry distance
-    the inliers must span before an alignment is given (the rotation is unknown over a shorter
-    baseline); ``min_inliers``: anchors that must agree, and always more than half of them (two
+    ``window``: the newest anchors kept; ``spacing_m``: one anchor per this much odometry travel (per
+    slot of path length the one with the smallest covariance area: frames a few metres apart see
+    nearly the same view, their measurements' errors are not independent); ``min_span_m``: the
+    extent of the inliers' odometry positions before an alignment is given (the rotation is
+    unknown over a shorter baseline); ``min_inliers``: anchors that must agree, and always more than half of them (two
     anchors agree when their map distance matches their odometry distance; a third one that does not
     fit both is outvoted)."""
 
@@ -132,9 +134,11 @@ class OdometryAlignment:
         if not (np.isfinite(a.odom).all() and np.isfinite(a.xy).all() and np.isfinite(a.cov).all()
                 and math.isfinite(a.s)):
             raise ValueError(f'anchor odom={a.odom}, s={a.s}, xy={a.xy}: not finite')
-        if self.anchors and abs(a.s - self.anchors[-1].s) < self.spacing_m:
+        if self.anchors and self.spacing_m > 0 and \
+                math.floor(a.s / self.spacing_m) == math.floor(self.anchors[-1].s / self.spacing_m):
+            # one anchor per spacing_m of path length (fixed slots: the kept anchor cannot creep forward)
             if np.linalg.det(a.cov) >= np.linalg.det(self.anchors[-1].cov):
-                return                                       # the closer anchor kept is at least as good
+                return                                       # the anchor kept in this slot is at least as good
             self.anchors = self.anchors[:-1]
         self.anchors = (self.anchors + [a])[-self.window:]
         self._stale = True
@@ -143,7 +147,11 @@ class OdometryAlignment:
         """The alignment of the current anchors, or None while they do not support one (too few,
         too short a span, or no majority agreeing)."""
         if self._stale:
-            self._fit, self._stale = self._solve(), False
+            try:
+                self._fit = self._solve()
+            except np.linalg.LinAlgError:        # a degenerate set (all anchors at one odometry position)
+                self._fit = None
+            self._stale = False
         return self._fit
 
     # -- the fit --------------------------------------------------------------------------------------
@@ -186,13 +194,20 @@ class OdometryAlignment:
             if (new == inl).all():
                 break
             inl = new
+        else:                                  # not settled: the fit of the last set, which is what is reported
+            if inl.sum() < 2:
+                return None
+            q, info = self._gauss_newton(o[inl], m[inl], ds[inl], gate_w[inl])
         k = int(inl.sum())
-        span = float(np.ptp(ds[inl])) if k else 0.0
-        if k < self.min_inliers or 2 * k <= n or span < self.min_span_m:
+        # the baseline: the inliers' extent in the odometry frame (a hover's path length fixes no rotation)
+        oi = o[inl]
+        extent = float(np.sqrt(((oi[:, None] - oi[None]) ** 2).sum(-1).max())) if k else 0.0
+        if k < self.min_inliers or 2 * k <= n or extent < self.min_span_m:
             return None
         cov = np.linalg.inv(info)
         dof = 2 * k - 3
-        chi2 = float(self._residual_chi2(q, o[inl], m[inl], ds[inl], gate_w[inl]).sum())
+        chi2 = float(self._residual_chi2(q, o[inl], m[inl], ds[inl], gate_w[inl]).sum()) + \
+            float(q[3:5] @ q[3:5]) / max(self.drift_frac, 1e-6) ** 2          # the drift prior's residual
         per_dof = chi2 / dof if dof > 0 else 1.0
         cov = cov * max(1.0, per_dof)
         floor = min(a.floor_m for a, ok in zip(self.anchors, inl) if ok) ** 2
