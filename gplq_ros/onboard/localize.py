@@ -70,7 +70,7 @@ import numpy as np
 
 from gplq_ros.onboard.aiding import OdomPose
 from gplq_ros.onboard.mapstore import WholeMap
-from gplq_ros.onboard.odomfit import OdometryAlignment
+from gplq_ros.onboard.odomfit import OdometryAlignment, rotation
 from gplq_ros.onboard.settings import setting, validate
 from gplq_ros.onboard.verify import Verifier, VerifyConfig
 
@@ -585,7 +585,7 @@ class Localizer:
             qm = np.zeros((4, 4))
             qm[:2, :2] = cov
             if self.odom is not None and dt > 1e-6:
-                d = xy - align.predict((self.odom.x, self.odom.y), self.odom_path)[0]
+                d = rotation(align.theta) @ np.array([odom.x - self.odom.x, odom.y - self.odom.y])   # the motion
                 u[2:] = d / dt
                 qm[2:, 2:] = np.eye(2) * ((self.cfg.odom_sigma_frac * float(np.hypot(*d))) ** 2 + 0.25) / dt ** 2
             else:
@@ -846,10 +846,7 @@ class Localizer:
         counts as rejected (``reset_after`` of them in a row lose the track). The fix's yaw is the
         odometry's, rotated by the alignment."""
         self._predict(t, odom, pred)
-        self.rejected_total += 1
-        self.rejected += 1
-        if self.rejected >= self.cfg.reset_after:
-            self.reset()
+        if self._count_rejection():
             return Estimate(t, g, reason='lost', tracked=tr, independent=g)
         align = self.align.alignment()
         carried = Measurement(self.x[:2].copy(), self.P[:2, :2].copy(), wrap(odom.yaw + align.theta),
@@ -859,13 +856,21 @@ class Localizer:
         self.coasted += est.fix
         return est
 
-    def _reject(self, t: float, meas: Measurement, reason: str, tracked: Optional[Measurement] = None) -> Estimate:
+    def _count_rejection(self) -> bool:
+        """A frame the track took no measurement from, counted: ``reset_after`` of them in a row lose
+        the track (True)."""
         self.rejected_total += 1
-        if self.x is not None:
-            self.rejected += 1
-            if self.rejected >= self.cfg.reset_after:
-                self.reset()
-                reason = 'lost'
+        if self.x is None:
+            return False
+        self.rejected += 1
+        if self.rejected >= self.cfg.reset_after:
+            self.reset()
+            return True
+        return False
+
+    def _reject(self, t: float, meas: Measurement, reason: str, tracked: Optional[Measurement] = None) -> Estimate:
+        if self._count_rejection():
+            reason = 'lost'
         return Estimate(t, meas, reason=reason, tracked=tracked, independent=meas)
 
 
