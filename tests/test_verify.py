@@ -140,6 +140,70 @@ def test_fewer_inliers_give_a_larger_covariance(layered_map, verifier, ortho):
         assert largest_sigma(b.cov) > largest_sigma(a.cov), (t, a.cov, b.cov)
 
 
+def _brute_force_matches(fd: np.ndarray, wd: np.ndarray, ratio: float) -> set:
+    """Lowe's ratio test + mutual nearest neighbour, written out in float64 (L2 distances)."""
+    a, b = fd.astype(np.float64), wd.astype(np.float64)
+    d = np.sqrt(np.maximum((a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2 * a @ b.T, 0.0))
+    order = np.argsort(d, axis=1)
+    out = set()
+    for q in range(len(a)):
+        t, second = order[q, 0], order[q, 1]
+        if d[q, t] < ratio * d[q, second] and np.argmin(d[:, t]) == q:
+            out.add((q, int(t)))
+    return out
+
+
+def test_candidates_of_one_frame_compare_each_map_keypoint_once(verifier, ortho):
+    """Verifying one frame at several overlapping candidates (as the localizer does: the track's
+    prediction and the retrieval's places) computes the descriptor distance of each map keypoint
+    once, and every result is the one a fresh frame gets; the matches are the exact ratio-test
+    mutual nearest neighbours (a float64 brute force; ties of float32 rounding aside: 1 in 100 allowed)."""
+    v = verifier
+    fl = _flight(ortho)
+    p = fl.pose(30.0)
+    img = fl.render(p)
+    shared = v.frame_features(img)
+    cands = [np.array([p.x_m, p.y_m]) + off for off in ([0.0, 0.0], [15.0, -10.0], [-20.0, 5.0])]
+    union = {}
+    for xy in cands:
+        a, b = v.verify(shared, xy, 40.0, (20.0, 80.0)), v.verify(v.frame_features(img), xy, 40.0, (20.0, 80.0))
+        assert a.ok and b.ok and a.inliers == b.inliers and np.allclose(a.xy, b.xy) and np.allclose(a.cov, b.cov)
+        for key, block, mask in v._window(xy, 40.0)[1]:
+            union[key] = union.get(key, np.zeros(len(mask), bool)) | mask
+    computed = shared.distances[id(v)]
+    assert sum(int(done.sum()) for _, done in computed.values()) == sum(int(m.sum()) for m in union.values())
+    # the matching itself, against the brute force on the first window
+    _, parts = v._window(cands[0], 40.0)
+    wd = np.concatenate([block[1][mask] for _, block, mask in parts])
+    got = {tuple(map(int, m)) for m in v._matches(v._distances(shared, parts))}
+    want = _brute_force_matches(shared.descriptors, wd, VerifyConfig().verify_ratio)
+    assert len(want) >= VerifyConfig().verify_min_inliers
+    assert len(got ^ want) <= max(1, len(want) // 100), (len(got), len(want), len(got ^ want))
+
+
+def test_orb_matches_are_exact_hamming_neighbours(layered_map, ortho):
+    """ORB's binary descriptors: the distances are Hamming distances (bits unpacked; the squared L2
+    of 0/1 vectors), the matches the ratio-test mutual nearest neighbours of a brute force over the
+    popcounts, and the frame verifies at its pose."""
+    pm, _ = layered_map
+    v = Verifier(WholeMap(pm), VerifyConfig(verify_features='orb', verify_frame_width=320))
+    p = _flight(ortho).pose(12.0)
+    frame = v.frame_features(_flight(ortho).render(p))
+    xy = np.array([p.x_m, p.y_m])
+    _, parts = v._window(xy, 40.0)
+    wd = np.concatenate([block[1][mask] for _, block, mask in parts])
+    ham = np.unpackbits(frame.descriptors[:, None, :] ^ wd[None, :, :], axis=2).sum(axis=2)
+    assert np.array_equal(v._distances(frame, parts), ham.T.astype(np.float32))
+    order = np.argsort(ham, axis=1, kind='stable')
+    ratio = VerifyConfig().verify_ratio
+    want = {(q, int(order[q, 0])) for q in range(len(ham))
+            if ham[q, order[q, 0]] < ratio * ham[q, order[q, 1]] and np.argmin(ham[:, order[q, 0]]) == q}
+    got = {tuple(map(int, m)) for m in v._matches(v._distances(frame, parts))}
+    assert len(want) >= VerifyConfig().verify_min_inliers and got == want   # integers: no rounding ties
+    r = v.verify(frame, xy + [10.0, 0.0], 40.0, (20.0, 80.0))
+    assert r.ok and np.hypot(r.xy[0] - p.x_m, r.xy[1] - p.y_m) < 1.0, r
+
+
 def test_localizer_with_frames_fixes_verified_positions(layered_map, verifier, ortho, images):
     """The Localizer with the frames (0.5 Hz, as a survey camera): fixes on the frames after the
     first, each within 1 m (the verification's bound above) and inside its 2-sigma ellipse

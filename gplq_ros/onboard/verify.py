@@ -12,7 +12,9 @@ height:
    grey levels, not the shapes); the keypoints' scale pyramids take the difference between the
    frame's ground sample distance and the layer's.
 2. **Keypoints**: ``verify_features`` (ORB or SIFT) on the frame resized to
-   ``verify_frame_width``; matches that pass Lowe's ratio test (``verify_ratio``), mutual best.
+   ``verify_frame_width``; matches that pass Lowe's ratio test (``verify_ratio``), mutual best
+   (exact nearest neighbours; the frame keeps its distances to the map keypoints it was compared
+   with, so the candidates and the tracked search of one frame compare with each map keypoint once).
 3. **Geometry**: a robust homography (MAGSAC++; frame pixels -> map metres at the frame's expected
    ground sample distance, threshold ``verify_ransac_px``) selects the
    inliers; a planar PnP (OpenCV IPPE) on them with the camera matrix (the map's camera, scaled
@@ -35,7 +37,6 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import cv2
-import faiss
 import numpy as np
 
 from gplq_ros.onboard.flight import FlightConfig
@@ -110,6 +111,29 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return img
 
 
+def _vectors(desc: np.ndarray) -> np.ndarray:
+    """Descriptors as float32 vectors whose squared L2 distance is the matching distance: SIFT's as
+    they are, ORB's 256 bits unpacked to 0/1 (squared L2 of bit vectors = Hamming distance)."""
+    if desc.dtype == np.uint8:
+        return np.unpackbits(desc, axis=1).astype(np.float32)
+    return np.ascontiguousarray(desc, np.float32)
+
+
+class FrameKeypoints:
+    """A frame's keypoints (``Verifier.frame_features``): ``points`` (n, 2) float32 at
+    ``verify_frame_width``, ``descriptors`` (None without keypoints), and the squared descriptor
+    distances to the map keypoints compared so far (``distances``: per verifier and map block)."""
+
+    def __init__(self, points: np.ndarray, descriptors: Optional[np.ndarray]):
+        self.points, self.descriptors = points, descriptors
+        self.vectors = None if descriptors is None else _vectors(descriptors)
+        self.norms = None if descriptors is None else np.einsum('ij,ij->i', self.vectors, self.vectors)
+        self.distances: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
 def verify_frame(rgb: np.ndarray, width: int) -> np.ndarray:
     """The frame as the verification takes it: grey, ``width`` wide (area-averaged; the aspect kept)."""
     g = to_gray(rgb)
@@ -151,14 +175,13 @@ class Verifier:
         """(width, height) the frame is resized to."""
         return self.cfg.verify_frame_width, max(1, int(round(self.mc.height * self.frame_scale)))
 
-    def frame_features(self, image: np.ndarray):
-        """Keypoints of a frame (undistorted camera image, any size with the map camera's aspect):
-        (points (n, 2) float32 at ``verify_frame_width``, descriptors)."""
+    def frame_features(self, image: np.ndarray) -> FrameKeypoints:
+        """Keypoints of a frame (undistorted camera image, any size with the map camera's aspect)."""
         g = to_gray(image)
         w, h = self.frame_size()
         if g.shape[1] != w:
             g = cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA)
-        return self._detect(self.frame_det, self.clahe.apply(np.ascontiguousarray(g)))
+        return FrameKeypoints(*self._detect(self.frame_det, self.clahe.apply(np.ascontiguousarray(g))))
 
     @staticmethod
     def _detect(det, g):
@@ -172,7 +195,8 @@ class Verifier:
         return height_m / self.k[0, 0]
 
     def _block(self, key):
-        """(points in map metres (n, 2), descriptors) of the map's keypoints in layer block ``key``."""
+        """(points in map metres (n, 2), descriptors, their squared norms as vectors) of the map's
+        keypoints in layer block ``key``."""
         if key in self.blocks:
             self.blocks.move_to_end(key)
             return self.blocks[key]
@@ -190,76 +214,96 @@ class Verifier:
                 pts = np.stack([(cols[inside] + 0.5) * res - 0.5 * gsd, -((rows[inside] + 0.5) * res - 0.5 * gsd)],
                                axis=1).astype(np.float64)
                 desc = d[inside] if inside.any() else None
+        norms = None
+        if desc is not None:
+            vec = _vectors(desc)
+            norms = np.einsum('ij,ij->i', vec, vec)
         self.stats['blocks_detected'] += 1
-        self.blocks[key] = (pts, desc)
+        self.blocks[key] = (pts, desc, norms)
         while len(self.blocks) > self.max_blocks:
             self.blocks.popitem(last=False)
             self.stats['blocks_released'] += 1
         return self.blocks[key]
 
     def _window(self, xy, height_m: float):
-        """(points in metres (n, 2), descriptors) of the map's keypoints a frame at ``xy`` and
-        ``height_m`` can see: within its footprint radius + ``verify_search_m``."""
+        """The map's keypoints a frame at ``xy`` and ``height_m`` can see at any yaw: within its
+        footprint's radius (half its diagonal) + ``verify_search_m``. (points in metres (n, 2),
+        [(block key, block, mask of the block's keypoints in the window)])."""
         res, b = self.mc.ortho_res_m, self.BLOCK_PX
         w, h = self.frame_size()
         radius = 0.5 * math.hypot(w, h) * self.frame_gsd(height_m) + self.cfg.verify_search_m
         c0, c1 = (xy[0] - radius) / res, (xy[0] + radius) / res
         r0, r1 = (-xy[1] - radius) / res, (-xy[1] + radius) / res
-        pts, descs = [], []
+        pts, parts = [], []
         for by in range(int(math.floor(r0 / b)), int(math.floor(r1 / b)) + 1):
             for bx in range(int(math.floor(c0 / b)), int(math.floor(c1 / b)) + 1):
                 if by < 0 or bx < 0:
                     continue
-                p, d = self._block((bx, by))
-                if d is not None:
-                    near = np.abs(p - np.asarray(xy, float)).max(axis=1) <= radius
-                    pts.append(p[near])
-                    descs.append(d[near])
-        if not pts or not sum(len(p) for p in pts):
-            return np.zeros((0, 2)), None
-        return np.concatenate(pts), np.concatenate(descs)
+                block = self._block((bx, by))
+                p = block[0]
+                if block[1] is not None:
+                    near = np.hypot(p[:, 0] - xy[0], p[:, 1] - xy[1]) <= radius
+                    if near.any():
+                        pts.append(p[near])
+                        parts.append(((bx, by), block, near))
+        if not pts:
+            return np.zeros((0, 2)), []
+        return np.concatenate(pts), parts
 
-    def _knn(self, base: np.ndarray, queries: np.ndarray, k: int):
-        """(distances, indices) of the ``k`` nearest ``base`` descriptors of each query (FAISS,
-        exact: Hamming for ORB's binary descriptors, L2 for SIFT's)."""
-        if self.cfg.verify_features == 'orb':
-            index = faiss.IndexBinaryFlat(base.shape[1] * 8)
-        else:
-            index = faiss.IndexFlatL2(base.shape[1])
-            base, queries = np.ascontiguousarray(base, np.float32), np.ascontiguousarray(queries, np.float32)
-        index.add(np.ascontiguousarray(base))
-        return index.search(np.ascontiguousarray(queries), k)
+    def _distances(self, frame: 'FrameKeypoints', parts) -> np.ndarray:
+        """(window keypoints, frame keypoints) squared descriptor distances (Hamming for ORB's bits)
+        of the window ``parts`` (``_window``). Computed once per frame and map keypoint (the frame
+        keeps them, block by block): the candidates of one frame share most map keypoints."""
+        n = len(frame.points)
+        cache = frame.distances.setdefault(id(self), {})
+        rows = []
+        for key, (pts, desc, norms), mask in parts:
+            if key not in cache or cache[key][0].shape[0] != len(pts):
+                cache[key] = (np.empty((len(pts), n), np.float32), np.zeros(len(pts), bool))
+            dist, done = cache[key]
+            need = np.flatnonzero(mask & ~done)
+            if len(need):
+                dist[need] = norms[need][:, None] + frame.norms[None, :] - \
+                    2.0 * (_vectors(desc[need]) @ frame.vectors.T)
+                done[need] = True
+            rows.append(dist[mask])
+        return np.maximum(np.concatenate(rows), 0.0)
 
-    def _matches(self, d1, d2) -> np.ndarray:
-        """(m, 2) index pairs (frame, map): Lowe's ratio test from the frame's side, kept when the
-        frame keypoint is also the map keypoint's best match (mutual)."""
-        if d1 is None or d2 is None or len(d1) < 2 or len(d2) < 2:
+    def _matches(self, dist: np.ndarray) -> np.ndarray:
+        """(m, 2) index pairs (frame, window) from the squared distances ``dist`` (window, frame):
+        Lowe's ratio test from the frame's side (L2 distances for SIFT, Hamming for ORB), kept when
+        the frame keypoint is also the map keypoint's nearest (mutual). Exact nearest neighbours."""
+        k, n = dist.shape
+        if n < 2 or k < 2:
             return np.zeros((0, 2), np.int64)
-        dist, idx = self._knn(d2, d1, 2)
-        dist = dist.astype(np.float64)
+        cols = np.arange(n)
+        best = dist.argmin(axis=0)
+        d1 = dist[best, cols].astype(np.float64)
+        dist[best, cols] = np.inf
+        d2 = dist.min(axis=0).astype(np.float64)
+        dist[best, cols] = d1
         if self.cfg.verify_features != 'orb':
-            dist = np.sqrt(np.maximum(dist, 0.0))     # FAISS L2 gives squared distances
-        ok = dist[:, 0] < self.cfg.verify_ratio * dist[:, 1]
-        q = np.flatnonzero(ok)
+            d1, d2 = np.sqrt(d1), np.sqrt(d2)
+        q = np.flatnonzero(d1 < self.cfg.verify_ratio * d2)
         if not len(q):
             return np.zeros((0, 2), np.int64)
-        t = idx[q, 0].astype(np.int64)
-        _, back = self._knn(d1, d2[t], 1)
-        mutual = back[:, 0] == q
+        t = best[q].astype(np.int64)
+        mutual = dist[t].argmin(axis=1) == q
         return np.stack([q[mutual], t[mutual]], axis=1)
 
     def verify(self, frame, xy, height_m: float, heights: Tuple[float, float]) -> Verified:
         """Verify the candidate at ``xy`` (map metres) expected at ``height_m``; ``frame`` =
-        ``frame_features(image)``; ``heights`` = (lowest, highest) height accepted."""
+        ``frame_features(image)`` (of this verifier); ``heights`` = (lowest, highest) height accepted."""
         cfg = self.cfg
-        fp, fd = frame
-        if fd is None or len(fp) < cfg.verify_min_inliers:
+        fp = frame.points
+        if frame.descriptors is None or len(fp) < cfg.verify_min_inliers:
             return Verified(False, f'{len(fp)} frame keypoints')
-        wp, wd = self._window(xy, height_m)
+        xy = np.asarray(xy, float)
+        wp, parts = self._window(xy, height_m)
         px_per_m = 1.0 / self.frame_gsd(height_m)
-        if wd is None or len(wp) < cfg.verify_min_inliers:
+        if len(wp) < cfg.verify_min_inliers:
             return Verified(False, f'{len(wp)} map keypoints')
-        m = self._matches(fd, wd)
+        m = self._matches(self._distances(frame, parts))
         if len(m) < cfg.verify_min_inliers:
             return Verified(False, f'{len(m)} matches', matches=len(m))
         src = fp[m[:, 0]].astype(np.float64)
