@@ -204,6 +204,54 @@ def test_orb_matches_are_exact_hamming_neighbours(layered_map, ortho):
     assert r.ok and np.hypot(r.xy[0] - p.x_m, r.xy[1] - p.y_m) < 1.0, r
 
 
+def test_map_keypoints_detected_in_the_background_are_the_same(layered_map, verifier, ortho):
+    """prefetch / warm detect the map keypoints in a background thread: the same keypoints as the
+    frame's own detection, a window then detects nothing; warm takes a small map's whole layer and
+    nothing of a map above verify_warm_blocks; a detection that fails raises in the caller."""
+    pm, _ = layered_map
+    v = Verifier(WholeMap(pm))
+    p = _flight(ortho).pose(6.0)
+    xy = np.array([p.x_m, p.y_m])
+    n = v.prefetch(xy, 40.0)
+    assert n == len(v._keys(xy, 40.0)) > 0 and v.prefetch(xy, 40.0) == 0      # submitted once
+    v.settle()
+    detected = v.stats['blocks_detected']
+    assert detected == n and not v.pending and v.stats['prefetch_ms'] > 0
+    _, parts = v._window(xy, 40.0)
+    assert v.stats['blocks_detected'] == detected                             # nothing detected by the frame
+    for key, (pts, desc, _), _ in parts:
+        ref = verifier._block(key)
+        assert np.array_equal(pts, ref[0]) and np.array_equal(desc, ref[1])
+    h, w = pm.ortho.shape
+    whole = -(-h // Verifier.BLOCK_PX) * -(-w // Verifier.BLOCK_PX)
+    warm = Verifier(WholeMap(pm))
+    assert warm.warm() == whole
+    warm.settle()
+    assert len(warm.blocks) == whole
+    assert Verifier(WholeMap(pm), VerifyConfig(verify_warm_blocks=whole - 1)).warm() == 0
+    bad = Verifier(WholeMap(pm))
+
+    def fails(key, window, det, clahe):
+        raise RuntimeError(f'detection of block {key} failed')
+    bad._keypoints = fails
+    bad.prefetch(xy, 40.0)
+    with pytest.raises(RuntimeError, match='detection of block'):
+        bad.settle()
+
+
+def test_localizer_prefetches_the_next_window_along_the_track(layered_map, ortho):
+    """With a track, the localizer submits the next frame's window (one frame interval ahead) to the
+    background detection: blocks the flight reaches are prefetched, not detected by the frame."""
+    pm, f = layered_map
+    fl = _flight(ortho)
+    loc = Localizer(pm, LocalizerConfig(), VerifyConfig())
+    for t in np.arange(0.0, 30.0, 2.0):
+        p = fl.pose(float(t))
+        loc.update(f(p.x_m, p.y_m, p.yaw), float(t), image=fl.render(p))
+    loc.verifier.settle()
+    assert loc.fixes > 0 and loc.verifier.stats['blocks_prefetched'] > 0, loc.verifier.stats
+
+
 def test_localizer_with_frames_fixes_verified_positions(layered_map, verifier, ortho, images):
     """The Localizer with the frames (0.5 Hz, as a survey camera): fixes on the frames after the
     first, each within 1 m (the verification's bound above) and inside its 2-sigma ellipse

@@ -152,6 +152,9 @@ class LocalizerNode(ManagedNode):
         if p['verify'] and self.localizer.verifier is None:
             self.get_logger().warning(f'verify is true but map {Path(p["map"]).name} has no orthophoto layer (build it '
                                       'again with this gplq_map): the boundary-map refinement only')
+        warm = self.localizer.warm()
+        if warm:
+            self.get_logger().info(f'detecting the map keypoints of {warm} orthophoto layer blocks in the background')
         self.georef = pmap.georef
         self.counts = dict.fromkeys(Localizer.REASONS + ('malformed', 'filter_fault'), 0)
         need = ('descriptor',) + (('boundary',) if cfg.refine else ()) + \

@@ -406,6 +406,7 @@ class Localizer:
         self.fixes = self.frames = self.rejected_total = self.track_drops = self.coasted = 0
         self.odom_last: Optional[OdomPose] = None    # the last frame's odometry pose
         self.odom_path = 0.0                         # odometry path length travelled up to it, m
+        self.frame_t: Optional[float] = None         # the last frame's time (the map keypoints' prefetch)
 
     def reset(self) -> None:
         self.x: Optional[np.ndarray] = None          # (4,) x, y, vx, vy
@@ -421,6 +422,12 @@ class Localizer:
         self.odom: Optional[OdomPose] = None         # odometry at the filter's time
         self.align = OdometryAlignment(self.cfg.odom_sigma_frac, self.cfg.odom_window, self.cfg.odom_min_span_m,
                                        spacing_m=self.cfg.odom_anchor_spacing_m)
+
+    def warm(self) -> int:
+        """The verification's map keypoints of a small map's whole orthophoto layer, detected in the
+        background (``Verifier.warm``); call when the localizer is made, before the first frame. The
+        number of blocks submitted."""
+        return self.verifier.warm() if self.verifier is not None else 0
 
     # -- 1 + 2: one frame's measurement ---------------------------------------------------------------
     def frame_features(self, image: Optional[np.ndarray]):
@@ -749,7 +756,20 @@ class Localizer:
         except BaseException:
             self.restore(before)
             raise
+        if frame is not None:
+            self._prefetch(t)
         return est
+
+    def _prefetch(self, t: float) -> None:
+        """With a track: the map keypoints of the next frame's window (the track's position one frame
+        interval ahead, at its height) detected in the background (``Verifier.prefetch``)."""
+        dt = t - self.frame_t if self.frame_t is not None and t > self.frame_t else 0.0
+        self.frame_t = t
+        if self.x is None:
+            return
+        h = self.last_refined[1] if self.last_refined is not None and np.isfinite(self.last_refined[1]) else \
+            float(np.mean(self.map.config.heights_m))
+        self.verifier.prefetch(self.x[:2] + self.x[2:] * dt, h)
 
     def _update(self, descriptor: np.ndarray, t: float, boundary: Optional[np.ndarray],
                 odom: Optional[OdomPose], height_m: Optional[float], frame=None) -> Estimate:

@@ -32,7 +32,10 @@ height:
 
 """
 import math
+import threading
+import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -41,6 +44,7 @@ import numpy as np
 
 from gplq_ros.onboard.flight import FlightConfig
 from gplq_ros.onboard.messages import scale_intrinsics
+from gplq_ros.onboard.placemap import ortho_shape
 from gplq_ros.onboard.settings import setting, validate
 
 FEATURES = ('sift', 'orb')
@@ -73,6 +77,9 @@ class VerifyConfig:
                                     range=(0.01, 100.0))
     verify_candidates: int = setting(3, 'distinct retrieved places verified per frame (best first)',
                                      range=(1, 50))
+    verify_warm_blocks: int = setting(400, 'at start (Localizer.warm: the node\'s configure), the map keypoints of the '
+                                      'whole orthophoto layer are detected in the background when it has at most '
+                                      'this many blocks (256 pixels a side); larger maps: along the track', range=(0, 400))
 
     def __post_init__(self):
         validate(self)
@@ -148,7 +155,9 @@ class Verifier:
     The map's keypoints are detected block by block (``BLOCK_PX`` layer pixels a side, each with
     a ``MARGIN_PX`` border so that its keypoints do not depend on the window that asked), when a
     window first needs the block, and kept (at most ``blocks`` blocks, least recently used
-    released first): a flight detects the map's keypoints of a place once."""
+    released first): a flight detects the map's keypoints of a place once. ``prefetch`` detects the
+    blocks of a window expected next (the track's next position) in a background thread, so that a
+    frame over a new place does not wait for them."""
 
     BLOCK_PX = 256
     MARGIN_PX = 32
@@ -163,7 +172,13 @@ class Verifier:
         self.block_det = self._detector(cfg.verify_block_keypoints)
         self.blocks: 'OrderedDict[tuple, tuple]' = OrderedDict()
         self.max_blocks = blocks
-        self.stats = {'blocks_detected': 0, 'blocks_released': 0}
+        # background detection (prefetch): its own detector and CLAHE (OpenCV's objects are not shared
+        # between threads); the futures are collected by the caller's thread only
+        self.pending: 'dict[tuple, Future]' = {}
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._bg = None
+        self._bg_lock = threading.Lock()
+        self.stats = {'blocks_detected': 0, 'blocks_released': 0, 'blocks_prefetched': 0, 'prefetch_ms': 0.0}
 
     def _detector(self, n: int):
         if self.cfg.verify_features == 'sift':
@@ -194,18 +209,20 @@ class Verifier:
         """Metres per pixel of the resized frame at ``height_m`` over flat ground."""
         return height_m / self.k[0, 0]
 
-    def _block(self, key):
-        """(points in map metres (n, 2), descriptors, their squared norms as vectors) of the map's
-        keypoints in layer block ``key``."""
-        if key in self.blocks:
-            self.blocks.move_to_end(key)
-            return self.blocks[key]
-        b, m, res, gsd = self.BLOCK_PX, self.MARGIN_PX, self.mc.ortho_res_m, self.mc.gsd_m
+    def _layer(self, key):
+        """The map's orthophoto layer around block ``key`` (the block and ``MARGIN_PX`` around it)."""
+        b, m = self.BLOCK_PX, self.MARGIN_PX
         r0, c0 = key[1] * b - m, key[0] * b - m
-        layer, lr0, lc0 = self.map.ortho_window(r0, c0, r0 + b + 2 * m, c0 + b + 2 * m)
+        return self.map.ortho_window(r0, c0, r0 + b + 2 * m, c0 + b + 2 * m)
+
+    def _keypoints(self, key, window, det, clahe):
+        """(points in map metres (n, 2), descriptors, their squared norms as vectors) of the map's
+        keypoints in layer block ``key`` from its ``window`` (``_layer``)."""
+        layer, lr0, lc0 = window
+        b, res, gsd = self.BLOCK_PX, self.mc.ortho_res_m, self.mc.gsd_m
         pts, desc = np.zeros((0, 2)), None
         if layer.size >= 64 and min(layer.shape) >= 16:
-            px, d = self._detect(self.block_det, self.clahe.apply(np.ascontiguousarray(layer)))
+            px, d = self._detect(det, clahe.apply(np.ascontiguousarray(layer)))
             if d is not None:
                 rows, cols = px[:, 1] + lr0, px[:, 0] + lc0          # layer pixel coordinates
                 inside = (rows >= key[1] * b - 0.5) & (rows < (key[1] + 1) * b - 0.5) & \
@@ -218,34 +235,100 @@ class Verifier:
         if desc is not None:
             vec = _vectors(desc)
             norms = np.einsum('ij,ij->i', vec, vec)
+        return pts, desc, norms
+
+    def _keep(self, key, entry):
         self.stats['blocks_detected'] += 1
-        self.blocks[key] = (pts, desc, norms)
+        self.blocks[key] = entry
         while len(self.blocks) > self.max_blocks:
             self.blocks.popitem(last=False)
             self.stats['blocks_released'] += 1
-        return self.blocks[key]
+        return entry
+
+    def _block(self, key):
+        """The map's keypoints in layer block ``key`` (``_keypoints``): kept, prefetched (waited
+        for when still running) or detected now."""
+        if key in self.blocks:
+            self.blocks.move_to_end(key)
+            return self.blocks[key]
+        fut = self.pending.pop(key, None)
+        if fut is not None:
+            return self._keep(key, fut.result())        # a failed detection raises here, not silently
+        return self._keep(key, self._keypoints(key, self._layer(key), self.block_det, self.clahe))
+
+    def _background(self, key, window):
+        with self._bg_lock:                              # one detector for the background thread
+            t0 = time.perf_counter()
+            entry = self._keypoints(key, window, *self._bg)
+            self.stats['prefetch_ms'] += (time.perf_counter() - t0) * 1e3
+            return entry
+
+    def _collect(self) -> None:
+        """Finished background detections into the kept blocks (the caller's thread only)."""
+        for key in [k for k, f in self.pending.items() if f.done()]:
+            self._keep(key, self.pending.pop(key).result())
+
+    def prefetch(self, xy, height_m: float) -> int:
+        """Detect the map keypoints of the window at ``xy``, ``height_m`` (``_window``) that are not
+        kept yet, in a background thread; the layer is read here (the map is not shared with the
+        thread). Returns the number of blocks submitted. A frame that needs one of them takes it
+        when ready or waits for it."""
+        return self._submit(self._keys(np.asarray(xy, float), height_m))
+
+    def warm(self) -> int:
+        """Prefetch every block of the map's orthophoto layer when there are at most
+        ``verify_warm_blocks`` of them (and the kept blocks hold them all); else none. Returns the
+        number of blocks submitted."""
+        h, w = ortho_shape(self.map.meta.image_hw, self.mc)
+        b = self.BLOCK_PX
+        keys = [(bx, by) for by in range(-(-h // b)) for bx in range(-(-w // b))]
+        return self._submit(keys) if len(keys) <= min(self.cfg.verify_warm_blocks, self.max_blocks) else 0
+
+    def _submit(self, keys) -> int:
+        self._collect()
+        keys = [k for k in keys if k not in self.blocks and k not in self.pending]
+        if keys and self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix='verify-prefetch')
+            self._bg = (self._detector(self.cfg.verify_block_keypoints), cv2.createCLAHE(clipLimit=2.0,
+                                                                                       tileGridSize=(8, 8)))
+        for key in keys:
+            self.pending[key] = self._pool.submit(self._background, key, self._layer(key))
+        self.stats['blocks_prefetched'] += len(keys)
+        return len(keys)
+
+    def settle(self) -> None:
+        """Wait for the background detections and keep their blocks."""
+        for f in list(self.pending.values()):
+            f.result()
+        self._collect()
+
+    def _radius(self, height_m: float) -> float:
+        """The window's radius: the footprint's half diagonal at ``height_m`` + ``verify_search_m``."""
+        w, h = self.frame_size()
+        return 0.5 * math.hypot(w, h) * self.frame_gsd(height_m) + self.cfg.verify_search_m
+
+    def _keys(self, xy, height_m: float):
+        """The layer blocks the window at ``xy``, ``height_m`` touches."""
+        res, b, radius = self.mc.ortho_res_m, self.BLOCK_PX, self._radius(height_m)
+        c0, c1 = (xy[0] - radius) / res, (xy[0] + radius) / res
+        r0, r1 = (-xy[1] - radius) / res, (-xy[1] + radius) / res
+        return [(bx, by) for by in range(max(int(math.floor(r0 / b)), 0), int(math.floor(r1 / b)) + 1)
+                for bx in range(max(int(math.floor(c0 / b)), 0), int(math.floor(c1 / b)) + 1)]
 
     def _window(self, xy, height_m: float):
         """The map's keypoints a frame at ``xy`` and ``height_m`` can see at any yaw: within its
         footprint's radius (half its diagonal) + ``verify_search_m``. (points in metres (n, 2),
         [(block key, block, mask of the block's keypoints in the window)])."""
-        res, b = self.mc.ortho_res_m, self.BLOCK_PX
-        w, h = self.frame_size()
-        radius = 0.5 * math.hypot(w, h) * self.frame_gsd(height_m) + self.cfg.verify_search_m
-        c0, c1 = (xy[0] - radius) / res, (xy[0] + radius) / res
-        r0, r1 = (-xy[1] - radius) / res, (-xy[1] + radius) / res
+        radius = self._radius(height_m)
         pts, parts = [], []
-        for by in range(int(math.floor(r0 / b)), int(math.floor(r1 / b)) + 1):
-            for bx in range(int(math.floor(c0 / b)), int(math.floor(c1 / b)) + 1):
-                if by < 0 or bx < 0:
-                    continue
-                block = self._block((bx, by))
-                p = block[0]
-                if block[1] is not None:
-                    near = np.hypot(p[:, 0] - xy[0], p[:, 1] - xy[1]) <= radius
-                    if near.any():
-                        pts.append(p[near])
-                        parts.append(((bx, by), block, near))
+        for key in self._keys(xy, height_m):
+            block = self._block(key)
+            p = block[0]
+            if block[1] is not None:
+                near = np.hypot(p[:, 0] - xy[0], p[:, 1] - xy[1]) <= radius
+                if near.any():
+                    pts.append(p[near])
+                    parts.append((key, block, near))
         if not pts:
             return np.zeros((0, 2)), []
         return np.concatenate(pts), parts
