@@ -13,7 +13,7 @@ from gplq_ros.onboard.flight import DEFAULT_ORTHO, Flight, FlightConfig
 from gplq_ros.onboard.localize import Localizer, LocalizerConfig, inside_ellipse, largest_sigma
 from gplq_ros.onboard.mapstore import ShardedMap, WholeMap, shard_placemap, write_sharded
 from gplq_ros.onboard.placemap import MapConfig, MapError, MapMeta, PlaceMap, ortho_layer, ortho_shape, vocabulary_id
-from gplq_ros.onboard.verify import Verifier, VerifyConfig
+from gplq_ros.onboard.verify import Verifier, VerifyConfig, _augmented
 
 CFG = MapConfig(stride_m=8.0, headings=8, heights_m=(40.0,), gsd_m=0.1, pca_dim=32)
 
@@ -153,29 +153,24 @@ def _brute_force_matches(fd: np.ndarray, wd: np.ndarray, ratio: float) -> set:
     return out
 
 
-def test_candidates_of_one_frame_compare_each_map_keypoint_once(verifier, ortho):
-    """Verifying one frame at several overlapping candidates (as the localizer does: the track's
-    prediction and the retrieval's places) computes the descriptor distance of each map keypoint
-    once, and every result is the one a fresh frame gets; the matches are the exact ratio-test
-    mutual nearest neighbours (a float64 brute force; ties of float32 rounding aside: 1 in 100 allowed)."""
+def test_matches_are_exact_mutual_ratio_test_neighbours(verifier, ortho):
+    """The matches are the exact ratio-test mutual nearest neighbours (a float64 brute force; ties
+    of float32 rounding aside: 1 in 100 allowed), with the map's SIFT descriptors kept as uint8 (whole
+    numbers: no loss); one frame's keypoints serve every candidate with the results a fresh frame
+    gets."""
     v = verifier
     fl = _flight(ortho)
     p = fl.pose(30.0)
     img = fl.render(p)
     shared = v.frame_features(img)
     cands = [np.array([p.x_m, p.y_m]) + off for off in ([0.0, 0.0], [15.0, -10.0], [-20.0, 5.0])]
-    union = {}
     for xy in cands:
         a, b = v.verify(shared, xy, 40.0, (20.0, 80.0)), v.verify(v.frame_features(img), xy, 40.0, (20.0, 80.0))
         assert a.ok and b.ok and a.inliers == b.inliers and np.allclose(a.xy, b.xy) and np.allclose(a.cov, b.cov)
-        for key, block, mask in v._window(xy, 40.0)[1]:
-            union[key] = union.get(key, np.zeros(len(mask), bool)) | mask
-    computed = shared.distances[id(v)]
-    assert sum(int(done.sum()) for _, done in computed.values()) == sum(int(m.sum()) for m in union.values())
-    # the matching itself, against the brute force on the first window
     _, parts = v._window(cands[0], 40.0)
     wd = np.concatenate([block[1][mask] for _, block, mask in parts])
-    got = {tuple(map(int, m)) for m in v._matches(v._distances(shared, parts))}
+    assert wd.dtype == np.uint8
+    got = {tuple(map(int, m)) for m in v._matches(shared, parts)}
     want = _brute_force_matches(shared.descriptors, wd, VerifyConfig().verify_ratio)
     assert len(want) >= VerifyConfig().verify_min_inliers
     assert len(got ^ want) <= max(1, len(want) // 100), (len(got), len(want), len(got ^ want))
@@ -193,12 +188,13 @@ def test_orb_matches_are_exact_hamming_neighbours(layered_map, ortho):
     _, parts = v._window(xy, 40.0)
     wd = np.concatenate([block[1][mask] for _, block, mask in parts])
     ham = np.unpackbits(frame.descriptors[:, None, :] ^ wd[None, :, :], axis=2).sum(axis=2)
-    assert np.array_equal(v._distances(frame, parts), ham.T.astype(np.float32))
+    base = np.concatenate([block[1][mask] for _, block, mask in parts])
+    assert np.array_equal(frame.query @ _augmented(base, True, False).T, ham.astype(np.float32))
     order = np.argsort(ham, axis=1, kind='stable')
     ratio = VerifyConfig().verify_ratio
     want = {(q, int(order[q, 0])) for q in range(len(ham))
             if ham[q, order[q, 0]] < ratio * ham[q, order[q, 1]] and np.argmin(ham[:, order[q, 0]]) == q}
-    got = {tuple(map(int, m)) for m in v._matches(v._distances(frame, parts))}
+    got = {tuple(map(int, m)) for m in v._matches(frame, parts)}
     assert len(want) >= VerifyConfig().verify_min_inliers and got == want   # integers: no rounding ties
     r = v.verify(frame, xy + [10.0, 0.0], 40.0, (20.0, 80.0))
     assert r.ok and np.hypot(r.xy[0] - p.x_m, r.xy[1] - p.y_m) < 1.0, r
@@ -275,6 +271,13 @@ def test_localizer_with_frames_fixes_verified_positions(layered_map, verifier, o
         assert len(est.independent.verified) == (1 if tracked_ok else
                                                  min(VerifyConfig().verify_candidates,
                                                      len(est.independent.candidates))), (t, est.tracked)
+        # a best place within verify_search_m of the tracked registration takes it over (not verified again)
+        near = tracked_ok and np.hypot(*(est.independent.candidates[0][0] - est.tracked.xy)) <= \
+            VerifyConfig().verify_search_m
+        assert est.independent.shared == near, (t, est.independent.candidates[0][0], est.tracked.xy)
+        if near:
+            assert est.independent.verified is est.tracked.verified and np.array_equal(est.independent.xy,
+                                                                                     est.tracked.xy)
         if est.fix:
             e = est.xy - [p.x_m, p.y_m]
             assert np.hypot(*e) < 1.0 and inside_ellipse(e, est.cov), (t, e, est.cov)
@@ -290,6 +293,26 @@ def test_localizer_with_frames_fixes_verified_positions(layered_map, verifier, o
         p = fl.pose(float(t))
         est = loc2.update(f(p.x_m, p.y_m, p.yaw), float(t), image=other)
         assert not est.fix and est.reason in ('weak', 'ambiguous'), est.reason
+
+
+def test_a_known_registration_is_taken_over_only_near_its_place(layered_map, verifier, ortho):
+    """measure(known=...): the retrieval's best place within verify_search_m of the frame's verified
+    tracked measurement takes its registration over; a known registration farther away (here: 80 m
+    off) does not: the place is verified on its own."""
+    pm, f = layered_map
+    loc = Localizer(pm, LocalizerConfig(), VerifyConfig())
+    loc.verifier = verifier
+    p = _flight(ortho).pose(20.0)
+    frame = verifier.frame_features(_flight(ortho).render(p))
+    d = f(p.x_m, p.y_m, p.yaw)
+    known = loc.measure(d, frame=frame, candidates=1)
+    assert known.inliers > 0 and not known.weak and not known.shared
+    took = loc.measure(d, frame=frame, candidates=1, known=known)
+    assert took.shared and took.verified is known.verified and np.array_equal(took.xy, known.xy)
+    far = replace(known, xy=known.xy + [80.0, 0.0])
+    own = loc.measure(d, frame=frame, candidates=1, known=far)
+    assert not own.shared and own.inliers > 0 and own.verified is not far.verified
+    assert np.hypot(*(own.xy - [p.x_m, p.y_m])) < 1.0
 
 
 def test_map_orthophoto_layer_round_trips_and_is_refused_when_it_does_not_belong(layered_map, tmp_path):

@@ -194,6 +194,7 @@ class Measurement:
     inliers: int = 0         # verification (onboard.verify): inliers of the accepted candidate (0: not verified)
     verified: Optional[list] = None              # the candidates' ``Verified`` results, when verification ran
     candidates: Optional[list] = None            # distinct retrieved places [(xy, height, score)], best first
+    shared: bool = False     # the verification of the frame's tracked measurement, taken over (Localizer._verify)
 
     @property
     def evidence(self):
@@ -438,7 +439,7 @@ class Localizer:
 
     def measure(self, descriptor: np.ndarray, boundary: Optional[np.ndarray] = None, prior=None,
                 height_m: Optional[float] = None, near_height: Optional[float] = None, frame=None,
-                candidates: Optional[int] = None) -> Measurement:
+                candidates: Optional[int] = None, known: Optional[Measurement] = None) -> Measurement:
         """The retrieval measurement; refined with ``boundary`` (the frame's (gh, gw) boundary map)
         when the localizer refines and the match reaches ``min_ncc``. The refinement searches
         around the retrieval (``search_radius_m``, ``yaw_span_deg``) at the heights within
@@ -447,14 +448,15 @@ class Localizer:
         track), else at every height of the map's range; or, with ``prior`` = (xy, radius, yaw,
         height, height steps) from the running filter, around that. With the frame's keypoints
         (``frame``) and a verifier, the verification replaces the refinement (``_verify``;
-        ``candidates``: at most this many of the retrieval's places, default ``verify_candidates``).
+        ``candidates``: at most this many of the retrieval's places, default ``verify_candidates``;
+        ``known``: the frame's verified tracked measurement, see ``_verify``).
         ``weak`` says why it is no evidence for a track."""
         near = None if prior is None or not self.cfg.near_search else \
             (prior[0], prior[1] + self.cfg.cluster_radius_m + self.map.config.stride_m)
         meas = self._retrieve(descriptor, near)
         meas.retrieval_xy, meas.retrieval_yaw = meas.xy.copy(), meas.yaw
         if frame is not None and self.verifier is not None:
-            return self._verify(meas, frame, prior, height_m, near_height, candidates)
+            return self._verify(meas, frame, prior, height_m, near_height, candidates, known)
         if boundary is None or self.matcher is None:          # retrieval only: the margin is the evidence
             meas.weak = 'ambiguous' if meas.margin < self.cfg.min_margin else ''
             return meas
@@ -480,14 +482,18 @@ class Localizer:
         return meas
 
     def _verify(self, meas: Measurement, frame, prior, height_m: Optional[float],
-                near_height: Optional[float], candidates: Optional[int] = None) -> Measurement:
+                near_height: Optional[float], candidates: Optional[int] = None,
+                known: Optional[Measurement] = None) -> Measurement:
         """The verified measurement (``onboard.verify``): the frame registered to the map's
         orthophoto layer around the retrieval's distinct places (best first, ``verify_candidates``
         or ``candidates``) or, with ``prior`` (the running filter's), around the prediction only.
         The first verified
         candidate gives the measurement; another place verified as well (farther than
         ``cluster_radius_m`` plus 3 sigma, with at least half the inliers) makes the frame
-        ambiguous. None verified: weak, with the first candidate's reason."""
+        ambiguous. None verified: weak, with the first candidate's reason. With ``known`` (this frame's
+        measurement verified around the track's prediction) and one candidate within
+        ``verify_search_m`` of its position, the candidate takes that registration (``shared``): its
+        window holds the same ground and would give the same one; it is not verified again."""
         cfg, mc = self.cfg, self.map.config
         if height_m is not None:
             tol = max(cfg.height_tolerance, 0.05)
@@ -501,6 +507,12 @@ class Localizer:
             cands = meas.candidates[:min(self.vcfg.verify_candidates, candidates or self.vcfg.verify_candidates)]
             if height_m is not None or (near_height is not None and np.isfinite(near_height)):
                 cands = [(xy, height_m or near_height, sc) for xy, _, sc in cands]
+        if known is not None and known.inliers and not known.weak and len(cands) == 1 and \
+                float(np.hypot(*(np.asarray(cands[0][0], float) - known.xy))) <= self.vcfg.verify_search_m:
+            meas.xy, meas.cov, meas.yaw, meas.yaw_var = known.xy.copy(), known.cov.copy(), known.yaw, known.yaw_var
+            meas.height_m, meas.inliers, meas.verified, meas.shared = known.height_m, known.inliers, known.verified, True
+            meas.weak = f'sigma {meas.sigma:.1f} m' if meas.sigma > cfg.max_measurement_sigma_m else ''
+            return meas
         results = [self.verifier.verify(frame, xy, h, bounds) for xy, h, _ in cands]
         meas.verified = results
         good = [v for v in results if v.ok]
@@ -795,10 +807,11 @@ class Localizer:
         tr_ok = tr is not None and not tr.weak and self._reachable(t, tr) and self._chi2(pred, tr) <= cfg.gate_chi2
         # while the frame verifies where the confirmed track predicts (inside its gate), the independent
         # measurement verifies the retrieval's best place only (does it agree?), not every candidate: the
-        # time of one verification instead of verify_candidates (a track it would start is checked on all)
+        # time of one verification instead of verify_candidates (a track it would start is checked on all);
+        # a best place within verify_search_m of the tracked registration takes it over (the same ground)
         reduced = tr_ok and bool(tr.inliers) and frame is not None
         g = self.measure(descriptor, boundary, height_m=height_m, near_height=near, frame=frame,
-                         candidates=1 if reduced else None)
+                         candidates=1 if reduced else None, known=tr if reduced else None)
         if self.x is None:
             if g.weak:
                 return Estimate(t, g, reason='ambiguous' if g.weak == 'ambiguous' else 'weak', independent=g)

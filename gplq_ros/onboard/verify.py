@@ -13,8 +13,7 @@ height:
    frame's ground sample distance and the layer's.
 2. **Keypoints**: ``verify_features`` (ORB or SIFT) on the frame resized to
    ``verify_frame_width``; matches that pass Lowe's ratio test (``verify_ratio``), mutual best
-   (exact nearest neighbours; the frame keeps its distances to the map keypoints it was compared
-   with, so the candidates and the tracked search of one frame compare with each map keypoint once).
+   (exact nearest neighbours, all distances of a window in one matrix product).
 3. **Geometry**: a robust homography (MAGSAC++; frame pixels -> map metres at the frame's expected
    ground sample distance, threshold ``verify_ransac_px``) selects the
    inliers; a planar PnP (OpenCV IPPE) on them with the camera matrix (the map's camera, scaled
@@ -118,24 +117,46 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return img
 
 
-def _vectors(desc: np.ndarray) -> np.ndarray:
+def _vectors(desc: np.ndarray, bits: bool) -> np.ndarray:
     """Descriptors as float32 vectors whose squared L2 distance is the matching distance: SIFT's as
-    they are, ORB's 256 bits unpacked to 0/1 (squared L2 of bit vectors = Hamming distance)."""
-    if desc.dtype == np.uint8:
+    they are, ORB's 256 bits (``bits``) unpacked to 0/1 (squared L2 of bit vectors = Hamming distance)."""
+    if bits:
         return np.unpackbits(desc, axis=1).astype(np.float32)
     return np.ascontiguousarray(desc, np.float32)
 
 
+def _squares(desc: np.ndarray, bits: bool) -> np.ndarray:
+    v = _vectors(desc, bits)
+    return np.einsum('ij,ij->i', v, v)
+
+
+def _augmented(desc: np.ndarray, bits: bool, query: bool, squares: Optional[np.ndarray] = None) -> np.ndarray:
+    """Vectors whose dot products are squared distances: [-2 a, 1, |a|^2] (query) . [b, |b|^2, 1]
+    (base) = |a - b|^2, so that one matrix product gives them all (``squares``: |b|^2 when known)."""
+    v = _vectors(desc, bits)
+    sq = (np.einsum('ij,ij->i', v, v) if squares is None else squares)[:, None].astype(np.float32)
+    one = np.ones_like(sq)
+    return np.hstack([-2.0 * v, one, sq]) if query else np.hstack([v, sq, one])
+
+
+def _compact(desc: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """SIFT's float descriptors hold whole numbers 0-255 (OpenCV rounds them): kept as uint8 (4x less
+    memory), else as they are. ORB's are uint8 bit strings already."""
+    if desc is None or desc.dtype == np.uint8:
+        return desc
+    if desc.size and desc.min() >= 0 and desc.max() <= 255 and np.array_equal(desc, np.round(desc)):
+        return desc.astype(np.uint8)
+    return desc
+
+
 class FrameKeypoints:
     """A frame's keypoints (``Verifier.frame_features``): ``points`` (n, 2) float32 at
-    ``verify_frame_width``, ``descriptors`` (None without keypoints), and the squared descriptor
-    distances to the map keypoints compared so far (``distances``: per verifier and map block)."""
+    ``verify_frame_width``, ``descriptors`` (None without keypoints) and their vectors for the
+    distances (``_augmented``), made once for all the frame's candidates."""
 
-    def __init__(self, points: np.ndarray, descriptors: Optional[np.ndarray]):
+    def __init__(self, points: np.ndarray, descriptors: Optional[np.ndarray], bits: bool):
         self.points, self.descriptors = points, descriptors
-        self.vectors = None if descriptors is None else _vectors(descriptors)
-        self.norms = None if descriptors is None else np.einsum('ij,ij->i', self.vectors, self.vectors)
-        self.distances: dict = {}
+        self.query = None if descriptors is None else _augmented(descriptors, bits, True)
 
     def __len__(self) -> int:
         return len(self.points)
@@ -165,6 +186,7 @@ class Verifier:
 
     def __init__(self, pmap, cfg: VerifyConfig = VerifyConfig(), blocks: int = 400):
         self.map, self.cfg, self.mc = pmap, cfg, pmap.config
+        self.bits = cfg.verify_features == 'orb'           # binary descriptors: Hamming distances
         self.k, self.frame_scale = camera_matrix(self.mc.width, self.mc.height, self.mc.hfov_deg,
                                                  cfg.verify_frame_width)
         self.clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
@@ -196,7 +218,7 @@ class Verifier:
         w, h = self.frame_size()
         if g.shape[1] != w:
             g = cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA)
-        return FrameKeypoints(*self._detect(self.frame_det, self.clahe.apply(np.ascontiguousarray(g))))
+        return FrameKeypoints(*self._detect(self.frame_det, self.clahe.apply(np.ascontiguousarray(g))), self.bits)
 
     @staticmethod
     def _detect(det, g):
@@ -216,7 +238,7 @@ class Verifier:
         return self.map.ortho_window(r0, c0, r0 + b + 2 * m, c0 + b + 2 * m)
 
     def _keypoints(self, key, window, det, clahe):
-        """(points in map metres (n, 2), descriptors, their squared norms as vectors) of the map's
+        """(points in map metres (n, 2), descriptors (``_compact``), their squared norms) of the map's
         keypoints in layer block ``key`` from its ``window`` (``_layer``)."""
         layer, lr0, lc0 = window
         b, res, gsd = self.BLOCK_PX, self.mc.ortho_res_m, self.mc.gsd_m
@@ -231,11 +253,8 @@ class Verifier:
                 pts = np.stack([(cols[inside] + 0.5) * res - 0.5 * gsd, -((rows[inside] + 0.5) * res - 0.5 * gsd)],
                                axis=1).astype(np.float64)
                 desc = d[inside] if inside.any() else None
-        norms = None
-        if desc is not None:
-            vec = _vectors(desc)
-            norms = np.einsum('ij,ij->i', vec, vec)
-        return pts, desc, norms
+        desc = _compact(desc)
+        return pts, desc, (None if desc is None else _squares(desc, self.bits))
 
     def _keep(self, key, entry):
         self.stats['blocks_detected'] += 1
@@ -333,46 +352,31 @@ class Verifier:
             return np.zeros((0, 2)), []
         return np.concatenate(pts), parts
 
-    def _distances(self, frame: 'FrameKeypoints', parts) -> np.ndarray:
-        """(window keypoints, frame keypoints) squared descriptor distances (Hamming for ORB's bits)
-        of the window ``parts`` (``_window``). Computed once per frame and map keypoint (the frame
-        keeps them, block by block): the candidates of one frame share most map keypoints."""
+    def _matches(self, frame: 'FrameKeypoints', parts) -> np.ndarray:
+        """(m, 2) index pairs (frame, window keypoint) of the window ``parts`` (``_window``): Lowe's
+        ratio test from the frame's side (L2 distances for SIFT, Hamming for ORB), kept when the
+        frame keypoint is also the map keypoint's nearest (mutual). Exact nearest neighbours: all
+        squared distances in one matrix product."""
         n = len(frame.points)
-        cache = frame.distances.setdefault(id(self), {})
-        rows = []
-        for key, (pts, desc, norms), mask in parts:
-            if key not in cache or cache[key][0].shape[0] != len(pts):
-                cache[key] = (np.empty((len(pts), n), np.float32), np.zeros(len(pts), bool))
-            dist, done = cache[key]
-            need = np.flatnonzero(mask & ~done)
-            if len(need):
-                dist[need] = norms[need][:, None] + frame.norms[None, :] - \
-                    2.0 * (_vectors(desc[need]) @ frame.vectors.T)
-                done[need] = True
-            rows.append(dist[mask])
-        return np.maximum(np.concatenate(rows), 0.0)
-
-    def _matches(self, dist: np.ndarray) -> np.ndarray:
-        """(m, 2) index pairs (frame, window) from the squared distances ``dist`` (window, frame):
-        Lowe's ratio test from the frame's side (L2 distances for SIFT, Hamming for ORB), kept when
-        the frame keypoint is also the map keypoint's nearest (mutual). Exact nearest neighbours."""
-        k, n = dist.shape
-        if n < 2 or k < 2:
+        if n < 2 or sum(int(m.sum()) for _, _, m in parts) < 2:
             return np.zeros((0, 2), np.int64)
-        cols = np.arange(n)
-        best = dist.argmin(axis=0)
-        d1 = dist[best, cols].astype(np.float64)
-        dist[best, cols] = np.inf
-        d2 = dist.min(axis=0).astype(np.float64)
-        dist[best, cols] = d1
+        base = np.concatenate([_augmented(desc[mask], self.bits, False, sq[mask]) for _, (_, desc, sq), mask in parts])
+        dist = frame.query @ base.T                      # (frame, window) squared distances
+        rows = np.arange(n)
+        best = dist.argmin(axis=1)
+        d1 = dist[rows, best]
+        dist[rows, best] = np.inf
+        d2 = dist.min(axis=1)
+        dist[rows, best] = d1
+        d1, d2 = np.maximum(d1.astype(np.float64), 0.0), np.maximum(d2.astype(np.float64), 0.0)
         if self.cfg.verify_features != 'orb':
             d1, d2 = np.sqrt(d1), np.sqrt(d2)
         q = np.flatnonzero(d1 < self.cfg.verify_ratio * d2)
         if not len(q):
             return np.zeros((0, 2), np.int64)
-        t = best[q].astype(np.int64)
-        mutual = dist[t].argmin(axis=1) == q
-        return np.stack([q[mutual], t[mutual]], axis=1)
+        t = best[q]
+        mutual = np.take(dist, t, axis=1).argmin(axis=0) == q     # the map keypoint's nearest frame keypoint
+        return np.stack([q[mutual], t[mutual]], axis=1).astype(np.int64)
 
     def verify(self, frame, xy, height_m: float, heights: Tuple[float, float]) -> Verified:
         """Verify the candidate at ``xy`` (map metres) expected at ``height_m``; ``frame`` =
@@ -386,7 +390,7 @@ class Verifier:
         px_per_m = 1.0 / self.frame_gsd(height_m)
         if len(wp) < cfg.verify_min_inliers:
             return Verified(False, f'{len(wp)} map keypoints')
-        m = self._matches(self._distances(frame, parts))
+        m = self._matches(frame, parts)
         if len(m) < cfg.verify_min_inliers:
             return Verified(False, f'{len(m)} matches', matches=len(m))
         src = fp[m[:, 0]].astype(np.float64)
