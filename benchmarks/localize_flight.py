@@ -276,7 +276,7 @@ def main():
             if est.fix:
                 fixes.append((float(t), est.xy, est.cov, est.measurement.yaw))
             g = est.independent
-            if g is not None and g.inliers and not g.weak:
+            if g is not None and g.inliers and not g.weak and not g.shared:    # verified on its own
                 p = flight.pose(float(t))
                 verified.append(float(np.hypot(g.xy[0] - p.x_m, g.xy[1] - p.y_m)))
         meas = [loc.measure(d, b) for d, b in zip(desc, bnd)]

@@ -32,7 +32,8 @@ evidence, ``ambiguous`` map, track ``initialising``, a ``jump`` or ``gate`` reje
 ``conflict`` with a better independent match, ``unconfirmed`` for ``confirm_window_s``,
 ``uncertain`` above ``max_fix_sigma_m``, ``lost``) = no message and a counter per reason
 (``no_fix_<reason>``; ``last_sigma_m`` and ``last_independent`` say what the last frame's
-evidence was); a malformed input (``no_fix_malformed``) and a numerical failure of the
+evidence was; ``verify_*``: the verification's map keypoints, kept / detected by a frame / failed
+in the background); a malformed input (``no_fix_malformed``) and a numerical failure of the
 filter (``no_fix_filter_fault``; the filter keeps its state from before the frame) are
 counted apart. ``/diagnostics`` every ``diagnostics_period`` s (``onboard.status.localizer_status``):
 ``gplq_ros: <node>``, OK while the last descriptor gave a fix, WARN otherwise (with the
@@ -203,6 +204,8 @@ class LocalizerNode(ManagedNode):
 
     def release(self) -> None:
         super().release()
+        if self.localizer is not None:
+            self.localizer.close()
         self.localizer = None
 
     def now_s(self) -> float:
@@ -329,7 +332,8 @@ class LocalizerNode(ManagedNode):
                       last_ncc=last.measurement.ncc if last else None,
                       last_inliers=last.measurement.inliers if last else None,
                       last_sigma_m=last.measurement.sigma if last else None,
-                      last_independent=(last.independent.weak or 'usable') if last and last.independent else None,
+                      last_independent=(last.independent.weak or ('shared' if last.independent.shared else 'usable'))
+                      if last and last.independent else None,
                       map_tiles=loc.map.meta.n_tiles, track_drops=loc.track_drops,
                       map_resident_mb=loc.map.resident_bytes() / 2 ** 20,
                       map_shards_loaded=loc.map.stats['shards_loaded'],
@@ -337,8 +341,19 @@ class LocalizerNode(ManagedNode):
                       query_p50_ms=self.query_ms.summary()['p50_ms'],
                       frames_dropped=self.worker.slot.dropped, frames_skipped=self.skipped,
                       lifecycle_state=self.state_label,
-                      **{f'no_fix_{k}': v for k, v in counts.items()}, **aiding)
+                      **{f'no_fix_{k}': v for k, v in counts.items()}, **aiding, **self.verify_values(loc))
         diag.publish(self, self.pub_diag, status, values, self.worker)
+
+    @staticmethod
+    def verify_values(loc) -> dict:
+        """The verification's map keypoints (``onboard.verify.Verifier.stats``): blocks kept, detected by a
+        frame (not ready in the background), background detections that failed and the last failure."""
+        v = loc.verifier
+        if v is None:
+            return {}
+        st = v.stats
+        return dict(verify_blocks_kept=len(v.blocks), verify_blocks_foreground=st['blocks_foreground'],
+                    verify_prefetch_failed=st['prefetch_failed'], verify_prefetch_error=st['prefetch_error'])
 
     def aiding_values(self, status):
         """The diagnostics values of the enabled optional inputs, and the status with them (WARN

@@ -29,7 +29,9 @@ Per frame (``Localizer.update``):
    metre, and with the rotation's uncertainty). With the odometry aligned, a frame without a
    measurement the track can take still gets a fix (*coasted*) under the rules below (confirmed
    within ``confirm_window_s``, sigma at most ``max_fix_sigma_m``). Integrity first: every frame
-   gets an *independent* measurement (retrieval + refinement around it, never around the track).
+   gets an *independent* measurement (retrieval + refinement around it, never around the track;
+   with the verification, a retrieval place at the track's verified registration takes that over
+   and then counts as no independent evidence: ``_verify``).
 
    * A track starts from one non-weak independent measurement and gives fixes once
      ``init_fixes`` of them agreed with it (chi-square gate ``gate_chi2`` and reachable at
@@ -492,8 +494,9 @@ class Localizer:
         ``cluster_radius_m`` plus 3 sigma, with at least half the inliers) makes the frame
         ambiguous. None verified: weak, with the first candidate's reason. With ``known`` (this frame's
         measurement verified around the track's prediction) and one candidate within
-        ``verify_search_m`` of its position, the candidate takes that registration (``shared``): its
-        window holds the same ground and would give the same one; it is not verified again."""
+        ``cluster_radius_m`` of its position (the same place), the candidate takes that registration
+        (``shared``) instead of registering the same ground again; it is then no independent
+        evidence (``_update``: it neither confirms nor contradicts the track)."""
         cfg, mc = self.cfg, self.map.config
         if height_m is not None:
             tol = max(cfg.height_tolerance, 0.05)
@@ -508,7 +511,7 @@ class Localizer:
             if height_m is not None or (near_height is not None and np.isfinite(near_height)):
                 cands = [(xy, height_m or near_height, sc) for xy, _, sc in cands]
         if known is not None and known.inliers and not known.weak and len(cands) == 1 and \
-                float(np.hypot(*(np.asarray(cands[0][0], float) - known.xy))) <= self.vcfg.verify_search_m:
+                float(np.hypot(*(np.asarray(cands[0][0], float) - known.xy))) <= cfg.cluster_radius_m:
             meas.xy, meas.cov, meas.yaw, meas.yaw_var = known.xy.copy(), known.cov.copy(), known.yaw, known.yaw_var
             meas.height_m, meas.inliers, meas.verified, meas.shared = known.height_m, known.inliers, known.verified, True
             meas.weak = f'sigma {meas.sigma:.1f} m' if meas.sigma > cfg.max_measurement_sigma_m else ''
@@ -769,17 +772,24 @@ class Localizer:
             self.restore(before)
             raise
         if frame is not None:
-            self._prefetch(t)
+            self._prefetch(t, height_m)
         return est
 
-    def _prefetch(self, t: float) -> None:
+    def close(self) -> None:
+        """Stop the verification's background thread (``Verifier.close``)."""
+        if self.verifier is not None:
+            self.verifier.close()
+
+    def _prefetch(self, t: float, height_m: Optional[float]) -> None:
         """With a track: the map keypoints of the next frame's window (the track's position one frame
-        interval ahead, at its height) detected in the background (``Verifier.prefetch``)."""
+        interval ahead, at the height input's height, else the track's) detected in the background
+        (``Verifier.prefetch``)."""
         dt = t - self.frame_t if self.frame_t is not None and t > self.frame_t else 0.0
         self.frame_t = t
         if self.x is None:
             return
-        h = self.last_refined[1] if self.last_refined is not None and np.isfinite(self.last_refined[1]) else \
+        h = height_m if height_m is not None else self.last_refined[1] \
+            if self.last_refined is not None and np.isfinite(self.last_refined[1]) else \
             float(np.mean(self.map.config.heights_m))
         self.verifier.prefetch(self.x[:2] + self.x[2:] * dt, h)
 
@@ -808,7 +818,7 @@ class Localizer:
         # while the frame verifies where the confirmed track predicts (inside its gate), the independent
         # measurement verifies the retrieval's best place only (does it agree?), not every candidate: the
         # time of one verification instead of verify_candidates (a track it would start is checked on all);
-        # a best place within verify_search_m of the tracked registration takes it over (the same ground)
+        # a best place within cluster_radius_m of the tracked registration takes it over (the same place)
         reduced = tr_ok and bool(tr.inliers) and frame is not None
         g = self.measure(descriptor, boundary, height_m=height_m, near_height=near, frame=frame,
                          candidates=1 if reduced else None, known=tr if reduced else None)
@@ -832,7 +842,7 @@ class Localizer:
                 return Estimate(t, g, reason='initialising', independent=g)
             self.confirmed_t, self.rejected = t, 0
             return self._fix(t, g)
-        g_agrees = not g.weak and self._reachable(t, g) and self._chi2(pred, g) <= cfg.gate_chi2
+        g_agrees = not g.weak and not g.shared and self._reachable(t, g) and self._chi2(pred, g) <= cfg.gate_chi2
         if g_agrees:
             use = tr if tr_ok and tr.sigma < g.sigma else g
             self.conflicts = 0

@@ -31,7 +31,6 @@ height:
 
 """
 import math
-import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -78,7 +77,8 @@ class VerifyConfig:
                                      range=(1, 50))
     verify_warm_blocks: int = setting(400, 'at start (Localizer.warm: the node\'s configure), the map keypoints of the '
                                       'whole orthophoto layer are detected in the background when it has at most '
-                                      'this many blocks (256 pixels a side); larger maps: along the track', range=(0, 400))
+                                      'this many blocks (256 pixels a side; at most the 400 blocks the verifier '
+                                      'keeps); larger maps, or 0: along the track only', range=(0, 400))
 
     def __post_init__(self):
         validate(self)
@@ -171,14 +171,17 @@ def verify_frame(rgb: np.ndarray, width: int) -> np.ndarray:
 
 class Verifier:
     """Verification against one map (module doc). ``pmap``: anything with ``config``
-    (``MapConfig``) and ``ortho_window(r0, c0, r1, c1) -> (array, row0, col0)``.
+    (``MapConfig``), ``meta.image_hw`` and ``ortho_window(r0, c0, r1, c1) -> (array, row0, col0)``.
 
     The map's keypoints are detected block by block (``BLOCK_PX`` layer pixels a side, each with
     a ``MARGIN_PX`` border so that its keypoints do not depend on the window that asked), when a
     window first needs the block, and kept (at most ``blocks`` blocks, least recently used
     released first): a flight detects the map's keypoints of a place once. ``prefetch`` detects the
     blocks of a window expected next (the track's next position) in a background thread, so that a
-    frame over a new place does not wait for them."""
+    frame over a new place does not wait for them. ``close`` stops the thread.
+    ``stats``: blocks_detected (kept, either way), blocks_foreground (detected by a frame),
+    blocks_prefetched (submitted), prefetch_failed (background detections that raised: the block is
+    detected again by the frame that needs it, where an error raises), prefetch_ms."""
 
     BLOCK_PX = 256
     MARGIN_PX = 32
@@ -199,8 +202,8 @@ class Verifier:
         self.pending: 'dict[tuple, Future]' = {}
         self._pool: Optional[ThreadPoolExecutor] = None
         self._bg = None
-        self._bg_lock = threading.Lock()
-        self.stats = {'blocks_detected': 0, 'blocks_released': 0, 'blocks_prefetched': 0, 'prefetch_ms': 0.0}
+        self.stats = {'blocks_detected': 0, 'blocks_released': 0, 'blocks_foreground': 0, 'blocks_prefetched': 0,
+                      'prefetch_failed': 0, 'prefetch_error': '', 'prefetch_ms': 0.0}
 
     def _detector(self, n: int):
         if self.cfg.verify_features == 'sift':
@@ -266,26 +269,41 @@ class Verifier:
 
     def _block(self, key):
         """The map's keypoints in layer block ``key`` (``_keypoints``): kept, prefetched (waited
-        for when still running) or detected now."""
+        for when running; one still queued is taken out of the queue and detected now) or detected
+        now."""
         if key in self.blocks:
             self.blocks.move_to_end(key)
             return self.blocks[key]
         fut = self.pending.pop(key, None)
-        if fut is not None:
-            return self._keep(key, fut.result())        # a failed detection raises here, not silently
+        if fut is not None and not fut.cancel():
+            self._collect_one(key, fut, wait=True)
+            if key in self.blocks:
+                return self.blocks[key]
+        self.stats['blocks_foreground'] += 1
         return self._keep(key, self._keypoints(key, self._layer(key), self.block_det, self.clahe))
 
     def _background(self, key, window):
-        with self._bg_lock:                              # one detector for the background thread
-            t0 = time.perf_counter()
-            entry = self._keypoints(key, window, *self._bg)
-            self.stats['prefetch_ms'] += (time.perf_counter() - t0) * 1e3
-            return entry
+        """The worker's detection (one worker thread: its detector and CLAHE are its own)."""
+        t0 = time.perf_counter()
+        entry = self._keypoints(key, window, *self._bg)
+        self.stats['prefetch_ms'] += (time.perf_counter() - t0) * 1e3
+        return entry
+
+    def _collect_one(self, key, fut: Future, wait: bool = False) -> None:
+        """A background detection into the kept blocks; one that raised is counted (``stats``) and
+        left to the frame that needs the block."""
+        try:
+            entry = fut.result() if wait else fut.result(timeout=0)
+        except Exception as e:                  # noqa: BLE001 -- counted and retried in the foreground
+            self.stats['prefetch_failed'] += 1
+            self.stats['prefetch_error'] = f'block {key}: {type(e).__name__}: {e}'
+            return
+        self._keep(key, entry)
 
     def _collect(self) -> None:
         """Finished background detections into the kept blocks (the caller's thread only)."""
         for key in [k for k, f in self.pending.items() if f.done()]:
-            self._keep(key, self.pending.pop(key).result())
+            self._collect_one(key, self.pending.pop(key))
 
     def prefetch(self, xy, height_m: float) -> int:
         """Detect the map keypoints of the window at ``xy``, ``height_m`` (``_window``) that are not
@@ -317,9 +335,15 @@ class Verifier:
 
     def settle(self) -> None:
         """Wait for the background detections and keep their blocks."""
-        for f in list(self.pending.values()):
-            f.result()
-        self._collect()
+        for key in list(self.pending):
+            self._collect_one(key, self.pending.pop(key), wait=True)
+
+    def close(self) -> None:
+        """Stop the background thread (queued detections cancelled; the running one finishes)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self.pending.clear()
 
     def _radius(self, height_m: float) -> float:
         """The window's radius: the footprint's half diagonal at ``height_m`` + ``verify_search_m``."""
@@ -352,30 +376,39 @@ class Verifier:
             return np.zeros((0, 2)), []
         return np.concatenate(pts), parts
 
+    CHUNK = 1 << 22          # squared distances computed at once (16 MB of float32): frame rows in chunks
+
     def _matches(self, frame: 'FrameKeypoints', parts) -> np.ndarray:
         """(m, 2) index pairs (frame, window keypoint) of the window ``parts`` (``_window``): Lowe's
         ratio test from the frame's side (L2 distances for SIFT, Hamming for ORB), kept when the
-        frame keypoint is also the map keypoint's nearest (mutual). Exact nearest neighbours: all
-        squared distances in one matrix product."""
+        frame keypoint is also the map keypoint's nearest (mutual). Exact nearest neighbours: the
+        squared distances as matrix products (``_augmented``), frame rows in chunks of ``CHUNK``
+        distances; whole-number descriptors (SIFT's, ORB's bits) give exact float32 sums."""
         n = len(frame.points)
         if n < 2 or sum(int(m.sum()) for _, _, m in parts) < 2:
             return np.zeros((0, 2), np.int64)
         base = np.concatenate([_augmented(desc[mask], self.bits, False, sq[mask]) for _, (_, desc, sq), mask in parts])
-        dist = frame.query @ base.T                      # (frame, window) squared distances
-        rows = np.arange(n)
-        best = dist.argmin(axis=1)
-        d1 = dist[rows, best]
-        dist[rows, best] = np.inf
-        d2 = dist.min(axis=1)
-        dist[rows, best] = d1
-        d1, d2 = np.maximum(d1.astype(np.float64), 0.0), np.maximum(d2.astype(np.float64), 0.0)
-        if self.cfg.verify_features != 'orb':
+        best = np.empty(n, np.int64)
+        d1, d2 = np.empty(n, np.float64), np.empty(n, np.float64)
+        step = max(1, self.CHUNK // len(base))
+        for r0 in range(0, n, step):
+            dist = frame.query[r0:r0 + step] @ base.T             # (frame rows, window) squared distances
+            rows = np.arange(len(dist))
+            b = dist.argmin(axis=1)
+            best[r0:r0 + step] = b
+            d1[r0:r0 + step] = dist[rows, b]
+            dist[rows, b] = np.inf
+            d2[r0:r0 + step] = dist.min(axis=1)
+        d1, d2 = np.maximum(d1, 0.0), np.maximum(d2, 0.0)
+        if not self.bits:
             d1, d2 = np.sqrt(d1), np.sqrt(d2)
         q = np.flatnonzero(d1 < self.cfg.verify_ratio * d2)
         if not len(q):
             return np.zeros((0, 2), np.int64)
         t = best[q]
-        mutual = np.take(dist, t, axis=1).argmin(axis=0) == q     # the map keypoint's nearest frame keypoint
+        cols, inv = np.unique(t, return_inverse=True)
+        back = (frame.query @ base[cols].T).argmin(axis=0)        # each matched map keypoint's nearest frame keypoint
+        mutual = back[inv] == q
         return np.stack([q[mutual], t[mutual]], axis=1).astype(np.int64)
 
     def verify(self, frame, xy, height_m: float, heights: Tuple[float, float]) -> Verified:
