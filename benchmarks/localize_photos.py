@@ -109,7 +109,7 @@ def pct(x, q):
 
 
 def run_graph(label, graph: Path, vocab: Path, metas, size, pmap: PlaceMap, out: Path, threads: int, odom=None,
-              vcfg: VerifyConfig = VerifyConfig()):
+              vcfg: VerifyConfig = VerifyConfig(), heights=None):
     """Per-frame records of one graph over the photos (descriptors cached)."""
     cache = out / f'frames_{graph.stem}_{sha256_file(graph)[:12]}_{len(metas)}_{size[0]}x{size[1]}.npz'
     if cache.is_file():
@@ -143,7 +143,8 @@ def run_graph(label, graph: Path, vocab: Path, metas, size, pmap: PlaceMap, out:
     for i, (m, d, b, ems) in enumerate(zip(metas, desc, bnd, eng_ms)):
         img = load_image(m, size[0]) if loc.verifier is not None else None    # the frame, as verify_image
         t0 = time.perf_counter()
-        est = loc.update(d, float(m.time_s), b, odom=odom[i] if odom else None, image=img)
+        est = loc.update(d, float(m.time_s), b, odom=odom[i] if odom else None, image=img,
+                         height_m=heights[i] if heights else None)
         loc_ms = (time.perf_counter() - t0) * 1e3
         bg_ms = 0.0
         if loc.verifier is not None:      # the map keypoints detected in the background, done before the next
@@ -331,6 +332,10 @@ def main():
                     help='feed the localizer a simulated odometry: the photos\' GPS track in a frame rotated 25 deg, '
                     'with a random-walk error of FRAC per metre travelled (onboard.flight.odometry_along); default: '
                     'no odometry')
+    ap.add_argument('--height-input', type=float, nargs='?', const=0.03, default=None, metavar='NOISE',
+                    help='feed the localizer a height above ground: the reference height (--reference) or else the '
+                    'photo\'s RelativeAltitude (above take-off; flat ground), times 1 + NOISE x N(0, 1) (default '
+                    '0.03: a rangefinder or barometer of 3 %%); default: no height input')
     ap.add_argument('--out', type=Path, default=Path('out/localize_photos'))
     ap.add_argument('--reference', type=Path, default=None,
                     help='reference poses (poses.csv of benchmarks/seneca_reference.py): then --ortho is a '
@@ -438,7 +443,15 @@ def main():
         if args.odometry_drift is not None:      # simulated VIO: the GPS track (map frame) rotated, with drift
             odom = odometry_along(np.array([xy for xy, _ in truth]), np.array([a for _, a in truth]),
                                   args.odometry_drift)
-        rows, backends[label] = run_graph(label, graph, vocab, metas, size, pmap, args.out, args.threads, odom, vcfg)
+        heights_in = None
+        if args.height_input is not None:        # a rangefinder / barometer: the reference or EXIF height, with noise
+            hrng = np.random.default_rng(1)
+            heights_in = [(float(reference[m.path.name]['height_agl_m']) if reference is not None else m.relative_alt_m)
+                          * (1 + args.height_input * hrng.normal()) for m in metas]
+            if any(h is None or not h > 0 for h in heights_in):
+                raise SystemExit('--height-input: a photo without a height (no RelativeAltitude in its EXIF)')
+        rows, backends[label] = run_graph(label, graph, vocab, metas, size, pmap, args.out, args.threads, odom, vcfg,
+                                          heights_in)
         if rows is None:
             continue
         summaries[label], per_frame[label] = score(rows, truth, reg_truth, pmap, metas)
@@ -448,7 +461,11 @@ def main():
               'heading; err/2sig/in: the fix)')
         print(frame_table(per_frame[label]))
     wall = time.perf_counter() - t_start
-    print(f'\n{args.photos} ({len(metas)} photos; a development set), default LocalizerConfig, run {wall:.0f} s\n')
+    inputs = ' + '.join(x for x in (f'odometry {args.odometry_drift:g}/m' if args.odometry_drift is not None else '',
+                                    f'height ({args.height_input:g} noise)' if args.height_input is not None else '')
+                         if x) or 'frames only'
+    print(f'\n{args.photos} ({len(metas)} photos; a development set), {inputs}, default LocalizerConfig, '
+          f'run {wall:.0f} s\n')
     print(markdown(summaries))
     for label, s in summaries.items():
         print(f'{label}: reasons {s["reasons"]}; retrieval right, outcome wrong: {s["retrieval_right_outcome_wrong"]}')
@@ -459,7 +476,7 @@ def main():
                'map': {'path': str(map_path), 'tiles': pmap.meta.n_tiles, 'config': asdict(cfg),
                        'build_s': map_s, 'photos_outside_tile_area': outside},
                'graph_input_hw': list(input_hw), 'localizer': asdict(LocalizerConfig()), 'verify': asdict(vcfg),
-               'backends': backends,
+               'backends': backends, 'odometry_drift': args.odometry_drift, 'height_input': args.height_input,
                'rows': summaries, 'frames': per_frame, 'wall_s': wall}
     (args.out / 'summary.json').write_text(json.dumps(summary, indent=1, default=float))
     print(f'\nwrote {args.out / "summary.json"}')
