@@ -325,8 +325,8 @@ def table_row(flight: str, graph: str, r: dict) -> str:
     return (f'| {flight} | {graph} | {pc("fix_rate")} | {pc("within_5m")} / {pc("within_10m")} / {pc("within_20m")} | '
             f'{err} | {pc("inside_2sigma")} | {r["confident_wrong"]} of {r["fixes"]} | {first} | '
             f'{r["localizer_ms_p50"]:.1f} / {r["localizer_ms_p95"]:.1f}' +
-            (f' (background {r["background_ms_p50"]:.0f} / max {r["background_ms_max"]:.0f})' if 'background_ms_p50' in r
-             else '') + ' |')
+            (f' (background {r["background_ms_p50"]:.0f} / max {r["background_ms_max"]:.0f})'
+             if 'background_ms_p50' in r else '') + ' |')
 
 
 if __name__ == '__main__':

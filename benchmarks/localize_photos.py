@@ -461,9 +461,9 @@ def main():
               'heading; err/2sig/in: the fix)')
         print(frame_table(per_frame[label]))
     wall = time.perf_counter() - t_start
-    inputs = ' + '.join(x for x in (f'odometry {args.odometry_drift:g}/m' if args.odometry_drift is not None else '',
-                                    f'height ({args.height_input:g} noise)' if args.height_input is not None else '')
-                         if x) or 'frames only'
+    parts = (f'odometry {args.odometry_drift:g}/m' if args.odometry_drift is not None else '',
+             f'height ({args.height_input:g} noise)' if args.height_input is not None else '')
+    inputs = ' + '.join(x for x in parts if x) or 'frames only'
     print(f'\n{args.photos} ({len(metas)} photos; a development set), {inputs}, default LocalizerConfig, '
           f'run {wall:.0f} s\n')
     print(markdown(summaries))

@@ -294,8 +294,8 @@ def test_localizer_with_frames_fixes_verified_positions(layered_map, verifier, o
             LocalizerConfig().cluster_radius_m
         assert est.independent.shared == near, (t, est.independent.candidates[0][0], est.tracked.xy)
         if near:
-            assert est.independent.verified is est.tracked.verified and np.array_equal(est.independent.xy,
-                                                                                     est.tracked.xy)
+            assert est.independent.verified is est.tracked.verified
+            assert np.array_equal(est.independent.xy, est.tracked.xy)
         if est.fix:
             e = est.xy - [p.x_m, p.y_m]
             assert np.hypot(*e) < 1.0 and inside_ellipse(e, est.cov), (t, e, est.cov)

@@ -513,7 +513,8 @@ class Localizer:
         if known is not None and known.inliers and not known.weak and len(cands) == 1 and \
                 float(np.hypot(*(np.asarray(cands[0][0], float) - known.xy))) <= cfg.cluster_radius_m:
             meas.xy, meas.cov, meas.yaw, meas.yaw_var = known.xy.copy(), known.cov.copy(), known.yaw, known.yaw_var
-            meas.height_m, meas.inliers, meas.verified, meas.shared = known.height_m, known.inliers, known.verified, True
+            meas.height_m, meas.inliers, meas.verified = known.height_m, known.inliers, known.verified
+            meas.shared = True
             meas.weak = f'sigma {meas.sigma:.1f} m' if meas.sigma > cfg.max_measurement_sigma_m else ''
             return meas
         results = [self.verifier.verify(frame, xy, h, bounds) for xy, h, _ in cands]

@@ -326,8 +326,8 @@ class Verifier:
         keys = [k for k in keys if k not in self.blocks and k not in self.pending]
         if keys and self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix='verify-prefetch')
-            self._bg = (self._detector(self.cfg.verify_block_keypoints), cv2.createCLAHE(clipLimit=2.0,
-                                                                                       tileGridSize=(8, 8)))
+            self._bg = (self._detector(self.cfg.verify_block_keypoints),
+                        cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)))
         for key in keys:
             self.pending[key] = self._pool.submit(self._background, key, self._layer(key))
         self.stats['blocks_prefetched'] += len(keys)
