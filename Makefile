@@ -14,7 +14,7 @@ export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup assets vocab demo test clean
+.PHONY: setup assets vocab demo test test-fast clean
 
 # The ROS 2 launch tooling (launch, launch_ros, ros2cli, ...) is not on PyPI: a user has it from a ROS 2
 # install; for developers and CI its pure-Python Jazzy sources are in ../shared/ros2 (installed when there).
@@ -73,6 +73,10 @@ demo: vocab
 ## test: set-up, assets, full test suite
 test: assets
 	$(PY) -m pytest -q tests
+
+## test-fast: the fast loop for development: the suite without the tests marked slow (tests/conftest.py)
+test-fast: assets
+	$(PY) -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) build gplq_ros.egg-info $(OUT) .pytest_cache

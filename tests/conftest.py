@@ -15,6 +15,25 @@ from gplq_ros.bringup.description import environment  # noqa: E402  (no rclpy im
 for _k, _v in environment().items():
     os.environ.setdefault(_k, _v)
 
+# The fast loop (`make test-fast`: pytest -m "not slow"): a test is slow when it uses the real model or
+# graph fixtures below (torch, ONNX export, calibration, a map build: minutes once per run) or lives in a
+# module that starts real ROS 2 processes; tests slow for their own work carry @pytest.mark.slow.
+SLOW_FIXTURES = frozenset({'extractor', 'vocab', 'w4a8_artifact', 'packed_graph', 'fp32_graph', 'vocab_file',
+                           'place_map'})
+SLOW_MODULES = frozenset({'test_nodes', 'test_launch', 'test_ros_pubsub'})
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: real model, graph, map or ROS 2 processes, or seconds of work of '
+                            'its own; the fast loop leaves it out (make test-fast)')
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = getattr(getattr(item, 'module', None), '__name__', '')
+        if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())) or module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope='session')
 def manifest():

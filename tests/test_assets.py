@@ -41,6 +41,7 @@ def test_tampered_wheel_is_refused(tmp_path):
         fetch_wheel('deepforest', tmp_path, offline=True)
 
 
+@pytest.mark.slow
 def test_cli_json_reports_verification(manifest, tmp_path):
     home = Path(manifest['home'])
     # a copy of the cached wheels: the CLI redoes extraction, conversion and verification
@@ -56,6 +57,7 @@ def test_cli_json_reports_verification(manifest, tmp_path):
     assert {i['name'] for i in man['images']['files']} >= {'OSBS_029.png', 'AWPE_Pigeon_Lake_2020_DJI_0005.JPG'}
 
 
+@pytest.mark.slow
 def test_user_checkpoint_in_meta_layout(manifest, tmp_path, capsys):
     import torch
 

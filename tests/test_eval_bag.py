@@ -11,6 +11,7 @@ from helpers.maps import tiny_place_map
 T0 = 1_700_000_000
 
 
+@pytest.mark.slow
 def test_eval_bag_latency_drops_and_foreign_outputs(tmp_path):
     bag = tmp_path / 'flight'
     w = CameraBag(bag)
@@ -121,6 +122,7 @@ def test_eval_bag_with_a_navsatfix_reference(tmp_path):
     assert loc['error_max_m'] == pytest.approx(30.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_bag_refuses_what_a_navsatfix_reference_cannot_use(tmp_path):
     bag = tmp_path / 'flight'
     _gnss_flight(bag)

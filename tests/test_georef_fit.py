@@ -186,6 +186,7 @@ def test_exif_reader_matches_pil():
         gf.read_photo_tag(BRIGHTON / 'README.md')
 
 
+@pytest.mark.slow
 @needs_brighton
 def test_brighton_beach_real_photos():
     """Consumer GNSS (a DJI Phantom 3, no RTK) is good to a few metres absolute; over one

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import cv2
+import pytest
 from helpers.cli import run_module as run
 from helpers.cli import run_modules
 
@@ -72,6 +73,7 @@ def test_report_says_why_the_descriptor_metrics_are_absent(tmp_path, monkeypatch
     assert centers.shape == (4, 384) and absent == {}
 
 
+@pytest.mark.slow
 def test_calibrate_refuses_a_missing_report_vocabulary(tmp_path):
     """An explicit --report-vocab that does not exist is an error before any work (it used to
     drop the descriptor metrics silently)."""

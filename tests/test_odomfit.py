@@ -43,6 +43,7 @@ def flight(seed, frac, drift, n=60, step=10.0, every=3, wrong=0.0):
         yield i, truth[i], odom[i], s[i], meas
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('drift,wrong', [('bias', 0.15), ('walk', 0.0)])
 def test_predictions_between_measurements_are_consistent(drift, wrong):
     """200 synthetic flights (45 frames, odometry error 5 % per metre, measurements on every 3rd frame, with

@@ -84,6 +84,7 @@ def test_onboard_and_bringup_modules_import_without_torch_or_rclpy(module):
     _check_imports([module], FORBIDDEN[module.split('.')[1]])
 
 
+@pytest.mark.slow
 def test_offline_imports_no_rclpy():
     mods = modules_of('offline')
     assert len(mods) >= 10
@@ -127,6 +128,7 @@ def test_layering_and_top_level_imports():
     assert not problems, '\n'.join(problems)
 
 
+@pytest.mark.slow
 def test_console_scripts_installed(capsys):
     """Every console script pip installed is in the venv's bin; every gplq_ tool's entry point
     loads and answers --help; the wrappers themselves run (one of the torch tools, one onboard)."""

@@ -213,6 +213,7 @@ def test_engine_path_imports_no_torch(fp32_onnx):
     assert '(12, 16)' in res.stdout
 
 
+@pytest.mark.slow
 def test_export_cli(tmp_path):
     out = tmp_path / 'fp32.onnx'
     res, missing = run_modules(('gplq_ros.tools.export', '--fp32', '--size', 112, 112, '--out', out),

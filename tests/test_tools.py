@@ -12,6 +12,7 @@ def three_images(image_paths):
     return [p for p in image_paths if p.name.startswith(('OSBS', 'SOAP'))]
 
 
+@pytest.mark.slow
 def test_vocab_then_demo(three_images, tmp_path, manifest):
     vocab = tmp_path / 'v.safetensors'
     res = run('gplq_ros.tools.vocab', '--images', *three_images, '--k', 8, '--crops', 2, '--out', vocab)
@@ -37,12 +38,14 @@ def test_vocab_then_demo(three_images, tmp_path, manifest):
     assert cv2.imread(str(out / 'similarity.png')) is not None
 
 
+@pytest.mark.slow
 def test_demo_without_vocabulary_says_how_to_build_it(tmp_path, three_images):
     res = run('gplq_ros.tools.demo', '--images', three_images[0], '--vocab', tmp_path / 'none.safetensors',
               '--out', tmp_path / 'd')
     assert res.returncode == 2 and 'gplq_vocab' in res.stderr
 
 
+@pytest.mark.slow
 def test_bad_images_argument(tmp_path):
     res = run('gplq_ros.tools.vocab', '--images', tmp_path / 'nowhere', '--out', tmp_path / 'v.safetensors')
     assert res.returncode == 2 and 'nowhere' in res.stderr
