@@ -10,7 +10,7 @@ them for good (the calibration entry point ends with both on).
 import contextlib
 import copy
 from dataclasses import dataclass, replace
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -191,15 +191,9 @@ class QuantDinoV2(nn.Module):
         finally:
             self.set_modes(saved.act, saved.weight, saved.observe, saved.comp)
 
-    def quantizer_params(self) -> List[nn.Parameter]:
-        return [p for q in self.quantizers.values() for p in (q.scale, q.zero_point)]
-
     # -- forward ----------------------------------------------------------------------
     def block_tokens(self, x):
         return self.extractor.block_tokens(x)
 
     def forward(self, x, keys=((11, 'token'),), norm=True):
         return self.extractor(x, keys, norm)
-
-    def quantized_named_weights(self) -> Dict[str, torch.Tensor]:
-        return {n: lin.weight_q for n, lin in self.linears.items() if lin.weight_q is not None}

@@ -104,7 +104,7 @@ class LocalizerConfig:
                            "boundary_map, same stamp as the descriptor) against the map's boundary orthomap")
     near_search: bool = setting(True, "tracking: the tracked measurement's retrieval scores only the tiles near "
                                 "the filter's prediction (a spatial index; a sharded map loads only the shards "
-                                "there); false: the whole map, as before #20. The independent measurement always "
+                                "there); false: the whole map scored for it too. The independent measurement always "
                                 "searches the whole map")
     search_radius_m: float = setting(12.0, 'refinement: translations searched around the retrieved position, m',
                                      range=(0.5, 100.0))

@@ -130,9 +130,6 @@ class ShardWorker:
         self.source = open_sources(spec)
         self.counter = None
 
-    def ping(self) -> int:
-        return os.getpid()
-
     def set_counter(self, counter) -> None:
         self.counter = counter
 
