@@ -433,23 +433,25 @@ def main():
     print(f'map tile centres x {lo[0]:.0f}..{hi[0]:.0f} m, y {lo[1]:.0f}..{hi[1]:.0f} m; photos outside it: '
           f'{len(outside)} {outside}', flush=True)
 
+    # the optional inputs, the same for every graph
+    odom = None
+    if args.odometry_drift is not None:      # simulated VIO: the GPS track (map frame) rotated, with drift
+        odom = odometry_along(np.array([xy for xy, _ in truth]), np.array([a for _, a in truth]), args.odometry_drift)
+    heights_in = None
+    if args.height_input is not None:        # a rangefinder / barometer: the reference or EXIF height, with noise
+        base = [float(reference[m.path.name]['height_agl_m']) if reference is not None else m.relative_alt_m
+                for m in metas]
+        if any(h is None or not h > 0 for h in base):
+            raise SystemExit('--height-input: a photo without a height (no RelativeAltitude in its EXIF)')
+        hrng = np.random.default_rng(1)
+        heights_in = [h * (1 + args.height_input * hrng.normal()) for h in base]
+
     # 3 + 4. every graph
     summaries, per_frame, backends = {}, {}, {}
     for label, graph in parse_graphs(args.graphs, fp32, input_hw):
         if not graph.is_file():
             print(f'{label}: {graph} not found: skipped', flush=True)
             continue
-        odom = None
-        if args.odometry_drift is not None:      # simulated VIO: the GPS track (map frame) rotated, with drift
-            odom = odometry_along(np.array([xy for xy, _ in truth]), np.array([a for _, a in truth]),
-                                  args.odometry_drift)
-        heights_in = None
-        if args.height_input is not None:        # a rangefinder / barometer: the reference or EXIF height, with noise
-            hrng = np.random.default_rng(1)
-            heights_in = [(float(reference[m.path.name]['height_agl_m']) if reference is not None else m.relative_alt_m)
-                          * (1 + args.height_input * hrng.normal()) for m in metas]
-            if any(h is None or not h > 0 for h in heights_in):
-                raise SystemExit('--height-input: a photo without a height (no RelativeAltitude in its EXIF)')
         rows, backends[label] = run_graph(label, graph, vocab, metas, size, pmap, args.out, args.threads, odom, vcfg,
                                           heights_in)
         if rows is None:

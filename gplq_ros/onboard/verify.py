@@ -125,8 +125,8 @@ def _vectors(desc: np.ndarray, bits: bool) -> np.ndarray:
     return np.ascontiguousarray(desc, np.float32)
 
 
-def _squares(desc: np.ndarray, bits: bool) -> np.ndarray:
-    v = _vectors(desc, bits)
+def _squares(v: np.ndarray) -> np.ndarray:
+    """Squared norms of the rows of ``v`` (``_vectors``)."""
     return np.einsum('ij,ij->i', v, v)
 
 
@@ -134,7 +134,7 @@ def _augmented(desc: np.ndarray, bits: bool, query: bool, squares: Optional[np.n
     """Vectors whose dot products are squared distances: [-2 a, 1, |a|^2] (query) . [b, |b|^2, 1]
     (base) = |a - b|^2, so that one matrix product gives them all (``squares``: |b|^2 when known)."""
     v = _vectors(desc, bits)
-    sq = (np.einsum('ij,ij->i', v, v) if squares is None else squares)[:, None].astype(np.float32)
+    sq = (_squares(v) if squares is None else squares)[:, None].astype(np.float32)
     one = np.ones_like(sq)
     return np.hstack([-2.0 * v, one, sq]) if query else np.hstack([v, sq, one])
 
@@ -157,9 +157,6 @@ class FrameKeypoints:
     def __init__(self, points: np.ndarray, descriptors: Optional[np.ndarray], bits: bool):
         self.points, self.descriptors = points, descriptors
         self.query = None if descriptors is None else _augmented(descriptors, bits, True)
-
-    def __len__(self) -> int:
-        return len(self.points)
 
 
 def verify_frame(rgb: np.ndarray, width: int) -> np.ndarray:
@@ -192,7 +189,7 @@ class Verifier:
         self.bits = cfg.verify_features == 'orb'           # binary descriptors: Hamming distances
         self.k, self.frame_scale = camera_matrix(self.mc.width, self.mc.height, self.mc.hfov_deg,
                                                  cfg.verify_frame_width)
-        self.clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+        self.clahe = self._clahe()
         self.frame_det = self._detector(cfg.verify_frame_keypoints)
         self.block_det = self._detector(cfg.verify_block_keypoints)
         self.blocks: 'OrderedDict[tuple, tuple]' = OrderedDict()
@@ -204,6 +201,11 @@ class Verifier:
         self._bg = None
         self.stats = {'blocks_detected': 0, 'blocks_released': 0, 'blocks_foreground': 0, 'blocks_prefetched': 0,
                       'prefetch_failed': 0, 'prefetch_error': '', 'prefetch_ms': 0.0}
+
+    @staticmethod
+    def _clahe():
+        """The contrast equalization of the frame and the map (one per thread: OpenCV's objects are not shared)."""
+        return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
 
     def _detector(self, n: int):
         if self.cfg.verify_features == 'sift':
@@ -257,7 +259,7 @@ class Verifier:
                                axis=1).astype(np.float64)
                 desc = d[inside] if inside.any() else None
         desc = _compact(desc)
-        return pts, desc, (None if desc is None else _squares(desc, self.bits))
+        return pts, desc, (None if desc is None else _squares(_vectors(desc, self.bits)))
 
     def _keep(self, key, entry):
         self.stats['blocks_detected'] += 1
@@ -326,8 +328,7 @@ class Verifier:
         keys = [k for k in keys if k not in self.blocks and k not in self.pending]
         if keys and self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix='verify-prefetch')
-            self._bg = (self._detector(self.cfg.verify_block_keypoints),
-                        cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)))
+            self._bg = (self._detector(self.cfg.verify_block_keypoints), self._clahe())
         for key in keys:
             self.pending[key] = self._pool.submit(self._background, key, self._layer(key))
         self.stats['blocks_prefetched'] += len(keys)
